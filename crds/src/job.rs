@@ -1,0 +1,197 @@
+//! The `StreamJob` custom resource.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, DeadLetter, Sink, Source, StreamJobStatus, pipeline::Step};
+
+/// A Kafka stream-processing job: read a topic, run a pipeline of filters, projections and
+/// windowed aggregates on event time, and write the results to a topic. Weir runs it on
+/// `parallelism` pods, checkpoints its state, and upgrades and rescales it through savepoints.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "StreamJob",
+    plural = "streamjobs",
+    shortname = "sj",
+    category = "weir",
+    namespaced,
+    status = "StreamJobStatus",
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".spec.parallelism"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.consumerLag"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.sink.kafka.delivery != 'exactlyOnce' || has(self.checkpoint)")
+    .message("exactlyOnce delivery needs checkpoint.storage: transactions commit with checkpoints")
+    .field_path(".checkpoint"))]
+#[x_kube(validation = Rule::new("!has(self.upgradeMode) || self.upgradeMode == 'stateless' || has(self.checkpoint)")
+    .message("upgradeMode savepoint and lastState need checkpoint.storage")
+    .field_path(".checkpoint"))]
+pub struct StreamJobSpec {
+    /// Runtime container image. Defaults to the runtime image the operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// Number of runtime pods. Each pod owns some of the source topic's partitions, so more
+    /// pods than partitions leaves pods idle. The `/scale` subresource (`kubectl scale`, KEDA)
+    /// writes this field; with `autoscaling` set, leave it out of GitOps manifests.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1024))]
+    pub parallelism: i32,
+    /// Where records come from.
+    pub source: Source,
+    /// Steps applied in order to each record: `filter`, `select`, `keyBy`, `window`, `aggregate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipeline: Vec<Step>,
+    /// Where results go.
+    pub sink: Sink,
+    /// Where undecodable (and optionally late) records go. Without it they are only counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetter>,
+    /// Periodic durable snapshots of state and offsets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+    /// How state crosses an upgrade or rescale: `savepoint` (stop with a savepoint, restore it),
+    /// `lastState` (restore the latest checkpoint) or `stateless` (start fresh from committed
+    /// offsets). Defaults to `savepoint` when `checkpoint` is set, `stateless` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_mode: Option<UpgradeMode>,
+    /// Scale `parallelism` on consumer lag with KEDA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Take a savepoint and stop all pods; setting it back to false restores the savepoint.
+    #[serde(default)]
+    pub suspend: bool,
+    /// CPU and memory of each runtime pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Overrides of the runtime pods' template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// Durable snapshots of the job's state and the source offsets they reflect.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Time between checkpoints, e.g. `30s`.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: Duration,
+    /// Object-store URL of the checkpoint folder: `s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// or `file:///path` on a mounted volume.
+    #[schemars(regex(pattern = r"^(file|s3|gs|az|abfs|abfss)://.+"))]
+    pub storage: String,
+    /// Completed checkpoints kept per partition; older ones are deleted. Savepoints are kept
+    /// until deleted by hand.
+    #[serde(default = "default_retained")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retained: i32,
+    /// Consecutive failed checkpoints after which a pod reports not ready.
+    #[serde(default = "default_tolerable_failures")]
+    #[schemars(range(min = 1))]
+    pub tolerable_failures: i32,
+}
+
+fn default_checkpoint_interval() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+
+fn default_retained() -> i32 {
+    3
+}
+
+fn default_tolerable_failures() -> i32 {
+    3
+}
+
+/// How state crosses an upgrade or rescale.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum UpgradeMode {
+    /// New pods start without state, from the committed offsets.
+    Stateless,
+    /// Old pods stop with a savepoint; new pods restore it. Nothing lost, nothing repeated.
+    Savepoint,
+    /// New pods restore the latest checkpoint; the old pods are not asked for a savepoint.
+    LastState,
+}
+
+/// KEDA autoscaling of `parallelism` on the job's consumer lag.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("minReplicas must not exceed maxReplicas").field_path(".minReplicas"))]
+pub struct Autoscaling {
+    /// Fewest pods; `0` lets KEDA stop the job when there is no lag.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// Most pods. More pods than source partitions is clamped to the partition count.
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_replicas: i32,
+    /// Consumer lag (records) each pod is expected to handle; KEDA asks for
+    /// `ceil(total lag / lagThreshold)` pods.
+    #[schemars(range(min = 1))]
+    pub lag_threshold: i64,
+    /// Lag above which a job scaled to zero is started again.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub activation_lag_threshold: i64,
+    /// Prometheus server KEDA queries, e.g. `http://prometheus.monitoring:9090`. Defaults to
+    /// the operator's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub prometheus_address: Option<String>,
+}
+
+/// The parts of the runtime pods' template a StreamJob may set.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    /// Extra environment variables of the runtime container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Node labels the pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Service account of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Extra labels of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations of the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl StreamJobSpec {
+    /// The upgrade mode in effect: the one set, or the default for the checkpoint setting.
+    pub fn effective_upgrade_mode(&self) -> UpgradeMode {
+        self.upgrade_mode.unwrap_or(if self.checkpoint.is_some() {
+            UpgradeMode::Savepoint
+        } else {
+            UpgradeMode::Stateless
+        })
+    }
+}

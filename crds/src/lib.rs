@@ -1,0 +1,29 @@
+//! The `StreamJob` API of Weir (`weir.dev/v1alpha1`): the custom resource types with their
+//! schema, CEL rules and documentation, and the semantic validation that operator and runtime
+//! share. Types and validation only: no client, no async runtime.
+
+pub mod document;
+mod duration;
+pub mod expr;
+mod job;
+pub mod kafka;
+pub mod pipeline;
+mod sink;
+mod source;
+mod status;
+pub mod validation;
+
+pub use document::{JobDocument, LoadError};
+pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use job::{Autoscaling, Checkpoint, PodTemplateOverrides, StreamJob, StreamJobSpec, UpgradeMode};
+pub use kafka::{Format, KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use pipeline::{AggregateFn, Aggregation, Step, Window};
+pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, Sink};
+pub use source::{EventTime, FieldDecl, FieldType, KafkaSource, Source, StartOffset};
+pub use status::{Phase, SavepointInfo, StreamJobStatus};
+pub use validation::{InvalidSpec, Problem, validate};
+
+/// API group of the StreamJob resource.
+pub const GROUP: &str = "weir.dev";
+/// Label carried by every object rendered for a StreamJob and by its pods; value: the job's name.
+pub const JOB_LABEL: &str = "weir.dev/streamjob";

@@ -1,0 +1,127 @@
+//! Where a StreamJob writes to.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Duration,
+    kafka::{Format, KafkaProperties, KafkaSecurity, SchemaRegistry},
+};
+
+/// The output of the job. Kafka is the only sink today.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Sink {
+    /// Write records to a Kafka topic.
+    pub kafka: KafkaSink,
+}
+
+/// A Kafka topic the job produces to.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.format != 'avro' || has(self.schemaRegistry)")
+    .message("format avro needs schemaRegistry").field_path(".schemaRegistry"))]
+#[x_kube(validation = Rule::new("self.format != 'protobuf'")
+    .message("the sink writes json or avro").field_path(".format"))]
+#[x_kube(validation = Rule::new("self.delivery == 'atLeastOnce' || !has(self.acks) || self.acks == 'all'")
+    .message("idempotent and exactlyOnce delivery need acks all").field_path(".acks"))]
+pub struct KafkaSink {
+    /// Comma-separated `host:port` list of brokers to bootstrap from.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Topic to produce to.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic: String,
+    /// Payload encoding: `json` or `avro`.
+    #[serde(default)]
+    pub format: Format,
+    /// Schema registry for `avro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistry>,
+    /// Output field whose value becomes the Kafka record key. Without it, records have no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub key_field: Option<String>,
+    /// Delivery guarantee: `atLeastOnce`, `idempotent` (no duplicates from producer retries)
+    /// or `exactlyOnce` (Kafka transactions committed with each checkpoint; needs `checkpoint`).
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Acknowledgements the producer waits for: `"0"`, `"1"` or `all`. Defaults to `1` for
+    /// `atLeastOnce` and `all` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<Acks>,
+    /// Compression codec of produced batches.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch, e.g. `5ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger: Option<Duration>,
+    /// Security protocol and credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<KafkaSecurity>,
+    /// librdkafka producer properties passed through.
+    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
+    pub properties: KafkaProperties,
+}
+
+/// The delivery guarantee of the sink.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Delivery {
+    /// Every result arrives at least once; a retry or restart may repeat some.
+    AtLeastOnce,
+    /// Producer retries never duplicate; a restart may still repeat results since the last checkpoint.
+    #[default]
+    Idempotent,
+    /// Every result is committed exactly once, atomically with the source offsets, per checkpoint.
+    /// Readers must use `isolation.level=read_committed`.
+    ExactlyOnce,
+}
+
+/// Producer acknowledgements.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// Fire and forget.
+    #[serde(rename = "0")]
+    None,
+    /// The partition leader has written the record.
+    #[serde(rename = "1")]
+    Leader,
+    /// All in-sync replicas have written the record.
+    #[serde(rename = "all")]
+    All,
+}
+
+/// Compression codec of produced batches.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Compression {
+    /// No compression.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+/// A topic for records the job cannot process: undecodable payloads and late records.
+/// Each carries the error in the `weir.error` header.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// Topic to produce dead letters to.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic: String,
+    /// Brokers of the dead-letter topic. Defaults to the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+    /// Also send records that arrive after their window closed. Otherwise they are only counted.
+    #[serde(default)]
+    pub late_records: bool,
+}

@@ -1,0 +1,140 @@
+//! Where a StreamJob reads from.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Duration,
+    kafka::{Format, KafkaProperties, KafkaSecurity, ProtobufFormat, SchemaRegistry},
+};
+
+/// The input of the job. Kafka is the only source today.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// Read records from a Kafka topic through a consumer group.
+    pub kafka: KafkaSource,
+}
+
+/// A Kafka topic read through a consumer group: each runtime pod owns some partitions,
+/// and all state is kept per owned partition.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.format != 'avro' || has(self.schemaRegistry)")
+    .message("format avro needs schemaRegistry").field_path(".schemaRegistry"))]
+#[x_kube(validation = Rule::new("self.format != 'protobuf' || has(self.protobuf)")
+    .message("format protobuf needs protobuf (descriptor set and message type)").field_path(".protobuf"))]
+pub struct KafkaSource {
+    /// Comma-separated `host:port` list of brokers to bootstrap from.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Topic to consume.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
+    pub topic: String,
+    /// Consumer group id. Defaults to `<namespace>.<name>` of the StreamJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub group_id: Option<String>,
+    /// Where a partition without a committed offset or checkpoint starts: `earliest` or `latest`.
+    #[serde(default)]
+    pub start_offset: StartOffset,
+    /// Payload encoding: `json`, `avro` or `protobuf`.
+    #[serde(default)]
+    pub format: Format,
+    /// Schema registry for `avro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_registry: Option<SchemaRegistry>,
+    /// Descriptor set and message type for `protobuf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protobuf: Option<ProtobufFormat>,
+    /// Declared fields of the records. Optional; when given, the pipeline's field references
+    /// are checked against it before the job starts, and values are read with these types.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema: Vec<FieldDecl>,
+    /// Fields by which the topic is already partitioned. When they cover `keyBy`, the job
+    /// aggregates each partition directly; otherwise it repartitions through an internal topic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitioned_by: Vec<String>,
+    /// Event time of each record. Without it, the Kafka record timestamp is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTime>,
+    /// Security protocol and credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<KafkaSecurity>,
+    /// librdkafka consumer properties passed through, e.g. `fetch.min.bytes: "32768"`.
+    #[serde(default, skip_serializing_if = "KafkaProperties::is_empty")]
+    pub properties: KafkaProperties,
+}
+
+/// Where consumption starts when a partition has no committed offset and no checkpoint.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum StartOffset {
+    /// The oldest record still on the topic.
+    #[default]
+    Earliest,
+    /// Only records produced after the job starts.
+    Latest,
+}
+
+/// Where a record's event time comes from, and how far out of order records may arrive.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTime {
+    /// Field holding the event time: an integer is epoch milliseconds, a string RFC 3339.
+    /// Without it, the Kafka record timestamp is the event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub field: Option<String>,
+    /// How late a record may be relative to the newest seen in its partition; the watermark
+    /// is the newest event time minus this.
+    #[serde(default = "zero_duration")]
+    pub max_out_of_orderness: Duration,
+    /// A partition that has produced nothing for this long stops holding the watermark back.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+fn zero_duration() -> Duration {
+    std::time::Duration::ZERO.into()
+}
+
+fn default_idle_timeout() -> Duration {
+    std::time::Duration::from_secs(30).into()
+}
+
+/// A declared field of the input records.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldDecl {
+    /// Field name as it appears in the payload.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `string`, `long`, `double`, `boolean` or `timestamp`.
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Whether the field may be missing or null.
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The type of a declared field.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FieldType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer.
+    Long,
+    /// 64-bit floating point.
+    Double,
+    /// `true` or `false`.
+    Boolean,
+    /// A point in time: epoch milliseconds or an RFC 3339 string in the payload.
+    Timestamp,
+}
