@@ -47,9 +47,7 @@ impl FromStr for Duration {
         let mut total = time::Duration::ZERO;
         let mut rest = text;
         while !rest.is_empty() {
-            let number_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(error)?;
+            let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(error)?;
             let (number, tail) = rest.split_at(number_len);
             let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
             let (unit, tail) = tail.split_at(unit_len);
@@ -71,7 +69,7 @@ impl FromStr for Duration {
 impl From<time::Duration> for Duration {
     fn from(value: time::Duration) -> Self {
         let millis = value.as_millis();
-        let text = if millis % 1000 == 0 { format!("{}s", millis / 1000) } else { format!("{millis}ms") };
+        let text = if millis.is_multiple_of(1000) { format!("{}s", millis / 1000) } else { format!("{millis}ms") };
         Self { text, value }
     }
 }

@@ -41,7 +41,7 @@ pub enum SelectItem {
     /// An expression and the name of its output field.
     Named {
         /// The expression.
-        expr: Expr,
+        expr: Box<Expr>,
         /// The output field name.
         name: String,
     },
@@ -62,9 +62,11 @@ pub fn parse_select_item(text: &str) -> Result<SelectItem, ExprError> {
     expect_end(&parser)?;
     match item {
         SqlSelectItem::Wildcard(_) => Ok(SelectItem::Wildcard),
-        SqlSelectItem::ExprWithAlias { expr, alias } => Ok(SelectItem::Named { expr, name: alias.value }),
+        SqlSelectItem::ExprWithAlias { expr, alias } => {
+            Ok(SelectItem::Named { expr: Box::new(expr), name: alias.value })
+        }
         SqlSelectItem::UnnamedExpr(expr) => match column_name(&expr) {
-            Some(name) => Ok(SelectItem::Named { name, expr }),
+            Some(name) => Ok(SelectItem::Named { name, expr: Box::new(expr) }),
             None => Err(ExprError::MissingAlias(text.trim().to_owned())),
         },
         SqlSelectItem::ExprWithAliases { .. } => Err(ExprError::MultipleAliases(text.trim().to_owned())),
@@ -83,9 +85,7 @@ fn expect_end(parser: &Parser<'_>) -> Result<(), ExprError> {
 pub fn column_name(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Identifier(ident) => Some(ident.value.clone()),
-        Expr::CompoundIdentifier(parts) => {
-            Some(parts.iter().map(|p| p.value.as_str()).collect::<Vec<_>>().join("."))
-        }
+        Expr::CompoundIdentifier(parts) => Some(parts.iter().map(|p| p.value.as_str()).collect::<Vec<_>>().join(".")),
         Expr::Nested(inner) => column_name(inner),
         _ => None,
     }

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Duration, DeadLetter, Sink, Source, StreamJobStatus, pipeline::Step};
+use crate::{DeadLetter, Duration, Sink, Source, StreamJobStatus, pipeline::Step};
 
 /// A Kafka stream-processing job: read a topic, run a pipeline of filters, projections and
 /// windowed aggregates on event time, and write the results to a topic. Weir runs it on
@@ -27,11 +27,11 @@ use crate::{Duration, DeadLetter, Sink, Source, StreamJobStatus, pipeline::Step}
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".spec.parallelism"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.consumerLag"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Parallelism", "type": "integer", "jsonPath": ".spec.parallelism"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"}"#,
+    printcolumn = r#"{"name": "Lag", "type": "integer", "jsonPath": ".status.consumerLag"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.sink.kafka.delivery != 'exactlyOnce' || has(self.checkpoint)")

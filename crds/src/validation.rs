@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, fmt};
 use crate::{
     Aggregation, Checkpoint, Delivery, FieldType, KafkaSecurity, SecurityProtocol, StreamJobSpec, UpgradeMode,
     expr::{self, SelectItem},
-    kafka::{Format, MANAGED_PROPERTIES, KafkaProperties, SaslMechanism},
+    kafka::{Format, KafkaProperties, MANAGED_PROPERTIES, SaslMechanism},
     pipeline::{Step, WINDOW_END, WINDOW_START, Window},
 };
 
@@ -104,13 +104,21 @@ impl Checker {
         for (i, field) in kafka.partitioned_by.iter().enumerate() {
             self.require_field(&fields, field, &format!("{base}.partitionedBy[{i}]"));
         }
-        if let Some(event_time) = &kafka.event_time {
-            if let Some(field) = &event_time.field {
+        if let Some(field) = kafka.event_time.as_ref().and_then(|e| e.field.as_ref()) {
+            {
                 let path = format!("{base}.eventTime.field");
                 self.require_field(&fields, field, &path);
                 let declared = kafka.schema.iter().find(|d| &d.name == field);
-                if let Some(decl) = declared.filter(|d| !matches!(d.field_type, FieldType::Long | FieldType::Timestamp | FieldType::String)) {
-                    self.report(path, format!("event time field `{}` must be long, string or timestamp, not {:?}", decl.name, decl.field_type));
+                if let Some(decl) = declared
+                    .filter(|d| !matches!(d.field_type, FieldType::Long | FieldType::Timestamp | FieldType::String))
+                {
+                    self.report(
+                        path,
+                        format!(
+                            "event time field `{}` must be long, string or timestamp, not {:?}",
+                            decl.name, decl.field_type
+                        ),
+                    );
                 }
             }
         }
@@ -118,9 +126,8 @@ impl Checker {
             Format::Avro if kafka.schema_registry.is_none() => {
                 self.report(format!("{base}.schemaRegistry"), "format avro needs schemaRegistry")
             }
-            Format::Protobuf if kafka.protobuf.is_none() => {
-                self.report(format!("{base}.protobuf"), "format protobuf needs protobuf (descriptor set and message type)")
-            }
+            Format::Protobuf if kafka.protobuf.is_none() => self
+                .report(format!("{base}.protobuf"), "format protobuf needs protobuf (descriptor set and message type)"),
             _ => {}
         }
         self.security(base, kafka.security.as_ref());
@@ -135,7 +142,10 @@ impl Checker {
             && topic.len() <= 249
             && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !valid_topic {
-            self.report(format!("{base}.topic"), "a topic name has 1 to 249 characters from a-z, A-Z, 0-9, '.', '_', '-'");
+            self.report(
+                format!("{base}.topic"),
+                "a topic name has 1 to 249 characters from a-z, A-Z, 0-9, '.', '_', '-'",
+            );
         }
     }
 
@@ -150,8 +160,8 @@ impl Checker {
         if security.sasl_mechanism.is_some() && security.credentials_secret.is_none() {
             self.report(format!("{path}.credentialsSecret"), "required with saslMechanism");
         }
-        let plain_text_password =
-            security.protocol == SecurityProtocol::SaslPlaintext && security.sasl_mechanism == Some(SaslMechanism::Plain);
+        let plain_text_password = security.protocol == SecurityProtocol::SaslPlaintext
+            && security.sasl_mechanism == Some(SaslMechanism::Plain);
         if plain_text_password && !security.allow_insecure {
             self.report(
                 format!("{path}.protocol"),
@@ -268,7 +278,9 @@ impl Checker {
     fn window(&mut self, window: &Window, path: &str) {
         let positive = |d: &crate::Duration| !d.get().is_zero();
         match window {
-            Window::Tumbling(w) if !positive(&w.size) => self.report(format!("{path}.tumbling.size"), "must be longer than 0s"),
+            Window::Tumbling(w) if !positive(&w.size) => {
+                self.report(format!("{path}.tumbling.size"), "must be longer than 0s")
+            }
             Window::Sliding(w) => {
                 if !positive(&w.slide) {
                     self.report(format!("{path}.sliding.slide"), "must be longer than 0s");
@@ -276,7 +288,9 @@ impl Checker {
                     self.report(format!("{path}.sliding.slide"), "slide must not be longer than size");
                 }
             }
-            Window::Session(w) if !positive(&w.gap) => self.report(format!("{path}.session.gap"), "must be longer than 0s"),
+            Window::Session(w) if !positive(&w.gap) => {
+                self.report(format!("{path}.session.gap"), "must be longer than 0s")
+            }
             _ => {}
         }
     }
@@ -316,7 +330,10 @@ impl Checker {
             self.report(format!("{base}.acks"), "idempotent and exactlyOnce delivery need acks all");
         }
         if kafka.delivery == Delivery::ExactlyOnce && spec.checkpoint.is_none() {
-            self.report("spec.checkpoint", "exactlyOnce delivery needs checkpoint.storage: transactions commit with checkpoints");
+            self.report(
+                "spec.checkpoint",
+                "exactlyOnce delivery needs checkpoint.storage: transactions commit with checkpoints",
+            );
         }
         self.security(base, kafka.security.as_ref());
         self.properties(base, &kafka.properties);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts etcd and the devcluster API server on 127.0.0.1 and waits until it is ready.
-#   start.sh RUN_DIR    (env: API_PORT, default 6443; ETCD_PORT, default 2379; ETCD_PEER_PORT, default ETCD_PORT+1)
+#   start.sh RUN_DIR    (env: API_PORT, default 6443; ETCD_PORT, default 2379; ETCD_PEER_PORT, default ETCD_PORT+1;
+#                        WATCH_PID: stop the cluster when this process exits, so a test run never leaks it)
 # Writes RUN_DIR/kubeconfig (a generated CA, a serving certificate for 127.0.0.1 and an
 # admin client certificate), RUN_DIR/etcd.pid and RUN_DIR/apiserver.pid, logs beside them.
 # Stop it with stop.sh RUN_DIR.
@@ -73,6 +74,9 @@ for _ in $(seq 1 300); do
   fi
   if curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
        "https://127.0.0.1:$API_PORT/api/v1/namespaces/default" >/dev/null 2>&1; then
+    if [ -n "${WATCH_PID:-}" ]; then
+      (while kill -0 "$WATCH_PID" 2>/dev/null; do sleep 1; done; "$HERE/stop.sh" "$RUN") >/dev/null 2>&1 &
+    fi
     echo "devcluster ready on https://127.0.0.1:$API_PORT in $(( ($(date +%s%N) - started) / 1000000 )) ms; KUBECONFIG=$RUN/kubeconfig"
     exit 0
   fi

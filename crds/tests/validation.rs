@@ -1,0 +1,401 @@
+//! One test per semantic rule, each asserting the field path of the problem it reports.
+
+use serde_json::Value;
+use weir_crds::{JobDocument, LoadError, Problem, StreamJobSpec, validate};
+
+/// A valid windowed job with a declared schema; each test breaks one thing in it.
+const BASE: &str = r#"
+source:
+  kafka:
+    bootstrapServers: kafka:9092
+    topic: payments
+    schema:
+      - {name: user_id, type: string}
+      - {name: amount, type: double}
+      - {name: currency, type: string}
+      - {name: ts, type: long}
+    eventTime: {field: ts, maxOutOfOrderness: 5s}
+pipeline:
+  - filter: "amount > 0 AND currency = 'EUR'"
+  - select: ["user_id", "amount * 1.19 AS gross", "ts"]
+  - keyBy: [user_id]
+  - window: {tumbling: {size: 60s}}
+  - aggregate:
+      - {fn: sum, field: gross, as: total}
+      - {fn: count}
+sink:
+  kafka:
+    bootstrapServers: kafka:9092
+    topic: spend
+    keyField: user_id
+"#;
+
+fn spec_with(edit: impl FnOnce(&mut Value)) -> StreamJobSpec {
+    let mut value = yaml(BASE);
+    edit(&mut value);
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("the edited spec does not parse: {e}"))
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not YAML: {e}"))
+}
+
+fn set(value: &mut Value, path: &[&str], text: &str) {
+    let mut node = value;
+    for key in path {
+        node = match key.parse::<usize>() {
+            Ok(index) => &mut node[index],
+            Err(_) => &mut node[*key],
+        };
+    }
+    *node = yaml(text);
+}
+
+fn problems(spec: &StreamJobSpec) -> Vec<Problem> {
+    match validate(spec) {
+        Ok(()) => Vec::new(),
+        Err(invalid) => invalid.0,
+    }
+}
+
+/// Asserts that validation reports exactly one problem, at `path`, mentioning `words`.
+fn assert_single_problem(spec: &StreamJobSpec, path: &str, words: &str) {
+    let found = problems(spec);
+    assert_eq!(found.len(), 1, "expected one problem at {path}, got {found:#?}");
+    assert_eq!(found[0].path, path, "{found:#?}");
+    assert!(found[0].message.contains(words), "message {:?} should mention {words:?}", found[0].message);
+}
+
+/// Asserts that validation reports a problem at `path` mentioning `words` (others may follow from it).
+fn assert_has_problem(spec: &StreamJobSpec, path: &str, words: &str) {
+    let found = problems(spec);
+    assert!(
+        found.iter().any(|p| p.path == path && p.message.contains(words)),
+        "expected a problem at {path} mentioning {words:?}, got {found:#?}"
+    );
+}
+
+#[test]
+fn the_base_spec_is_valid() {
+    assert_eq!(problems(&spec_with(|_| {})), []);
+}
+
+#[test]
+fn a_filter_that_does_not_parse_is_reported_at_the_step() {
+    let spec = spec_with(|v| set(v, &["pipeline", "0", "filter"], "'amount >'"));
+    assert_single_problem(&spec, "spec.pipeline[0].filter", "not a valid SQL expression");
+}
+
+#[test]
+fn a_filter_on_an_undeclared_field_is_reported() {
+    let spec = spec_with(|v| set(v, &["pipeline", "0", "filter"], "'amount > 0 AND countri = 1'"));
+    assert_single_problem(&spec, "spec.pipeline[0].filter", "unknown field `countri`");
+}
+
+#[test]
+fn kafka_metadata_fields_are_always_known() {
+    let spec = spec_with(|v| set(v, &["pipeline", "0", "filter"], "'_partition = 0 AND _offset > 10'"));
+    assert_eq!(problems(&spec), []);
+}
+
+#[test]
+fn a_computed_select_item_needs_an_alias() {
+    let spec = spec_with(|v| set(v, &["pipeline", "1", "select", "2"], "'ts * 2'"));
+    assert_single_problem(&spec, "spec.pipeline[1].select[2]", "AS name");
+}
+
+#[test]
+fn a_select_item_on_an_unknown_field_is_reported() {
+    let spec = spec_with(|v| set(v, &["pipeline", "1", "select", "1"], "'amont * 2 AS gross'"));
+    assert_single_problem(&spec, "spec.pipeline[1].select[1]", "unknown field `amont`");
+}
+
+#[test]
+fn a_select_producing_a_name_twice_is_reported() {
+    let spec = spec_with(|v| set(v, &["pipeline", "1", "select", "2"], "'amount AS gross'"));
+    assert_single_problem(&spec, "spec.pipeline[1].select[2]", "produced twice");
+}
+
+#[test]
+fn fields_dropped_by_a_select_are_unknown_afterwards() {
+    let spec = spec_with(|v| set(v, &["pipeline", "2", "keyBy"], "[currency]"));
+    assert_has_problem(&spec, "spec.pipeline[2].keyBy[0]", "unknown field `currency`");
+}
+
+#[test]
+fn without_a_declared_schema_any_field_may_be_referenced() {
+    let spec = spec_with(|v| {
+        set(v, &["source", "kafka", "schema"], "[]");
+        set(v, &["pipeline", "0", "filter"], "'whatever > 1'");
+    });
+    assert_eq!(problems(&spec), []);
+}
+
+#[test]
+fn a_window_needs_a_key_by_before_it() {
+    let spec = spec_with(|v| {
+        let pipeline = v["pipeline"].as_array_mut().unwrap();
+        pipeline.remove(2);
+    });
+    assert_has_problem(&spec, "spec.pipeline[2].window", "needs a keyBy");
+}
+
+#[test]
+fn an_aggregate_needs_a_window_before_it() {
+    let spec = spec_with(|v| {
+        let pipeline = v["pipeline"].as_array_mut().unwrap();
+        pipeline.remove(3);
+    });
+    assert_has_problem(&spec, "spec.pipeline[3].aggregate", "needs a window");
+}
+
+#[test]
+fn a_window_must_be_followed_by_an_aggregate() {
+    let spec = spec_with(|v| {
+        v["pipeline"].as_array_mut().unwrap().pop();
+    });
+    assert_single_problem(&spec, "spec.pipeline[3].window", "followed by an aggregate");
+}
+
+#[test]
+fn key_by_without_a_window_is_reported() {
+    let spec = spec_with(|v| {
+        let pipeline = v["pipeline"].as_array_mut().unwrap();
+        pipeline.truncate(3);
+    });
+    assert_single_problem(&spec, "spec.pipeline[2].keyBy", "window");
+}
+
+#[test]
+fn a_second_window_is_reported() {
+    let spec = spec_with(|v| {
+        let pipeline = v["pipeline"].as_array_mut().unwrap();
+        let window = pipeline[3].clone();
+        pipeline.insert(4, window);
+    });
+    assert_has_problem(&spec, "spec.pipeline[4].window", "at most one");
+}
+
+#[test]
+fn only_filter_and_select_may_follow_an_aggregate() {
+    let spec = spec_with(|v| {
+        let pipeline = v["pipeline"].as_array_mut().unwrap();
+        pipeline.push(yaml("{keyBy: [total]}"));
+    });
+    assert_single_problem(&spec, "spec.pipeline[5].keyBy", "only filter and select");
+}
+
+#[test]
+fn a_filter_after_an_aggregate_sees_the_aggregate_output() {
+    let spec = spec_with(|v| {
+        let pipeline = v["pipeline"].as_array_mut().unwrap();
+        pipeline.push(yaml("{filter: \"total > 100 AND window_start IS NOT NULL\"}"));
+        pipeline.push(yaml("{filter: \"amount > 1\"}"));
+    });
+    assert_single_problem(&spec, "spec.pipeline[6].filter", "unknown field `amount`");
+}
+
+#[test]
+fn sum_min_max_and_avg_need_a_field() {
+    let spec = spec_with(|v| set(v, &["pipeline", "4", "aggregate", "0"], "{fn: avg, as: mean}"));
+    assert_single_problem(&spec, "spec.pipeline[4].aggregate[0].field", "avg needs a field");
+}
+
+#[test]
+fn an_aggregate_of_an_unknown_field_is_reported() {
+    let spec = spec_with(|v| set(v, &["pipeline", "4", "aggregate", "0", "field"], "amount"));
+    assert_single_problem(&spec, "spec.pipeline[4].aggregate[0].field", "unknown field `amount`");
+}
+
+#[test]
+fn aggregate_output_names_must_be_unique() {
+    let spec = spec_with(|v| set(v, &["pipeline", "4", "aggregate", "1", "as"], "total"));
+    assert_single_problem(&spec, "spec.pipeline[4].aggregate[1].as", "produced twice");
+}
+
+#[test]
+fn a_sliding_window_slide_may_not_exceed_its_size() {
+    let spec = spec_with(|v| set(v, &["pipeline", "3", "window"], "{sliding: {size: 1m, slide: 5m}}"));
+    assert_single_problem(&spec, "spec.pipeline[3].window.sliding.slide", "longer than size");
+}
+
+#[test]
+fn a_zero_length_window_is_reported() {
+    let spec = spec_with(|v| set(v, &["pipeline", "3", "window"], "{tumbling: {size: 0s}}"));
+    assert_single_problem(&spec, "spec.pipeline[3].window.tumbling.size", "longer than 0s");
+}
+
+#[test]
+fn the_sink_key_field_must_be_an_output_field() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "keyField"], "ts"));
+    assert_single_problem(&spec, "spec.sink.kafka.keyField", "unknown field `ts`");
+}
+
+#[test]
+fn partitioned_by_fields_must_exist() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "partitionedBy"], "[user]"));
+    assert_single_problem(&spec, "spec.source.kafka.partitionedBy[0]", "unknown field `user`");
+}
+
+#[test]
+fn the_event_time_field_must_exist() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "eventTime", "field"], "time"));
+    assert_single_problem(&spec, "spec.source.kafka.eventTime.field", "unknown field `time`");
+}
+
+#[test]
+fn the_event_time_field_must_hold_a_time() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "eventTime", "field"], "amount"));
+    assert_single_problem(&spec, "spec.source.kafka.eventTime.field", "long, string or timestamp");
+}
+
+#[test]
+fn a_field_declared_twice_is_reported() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "schema", "3", "name"], "amount"));
+    assert_has_problem(&spec, "spec.source.kafka.schema[3].name", "declared twice");
+}
+
+#[test]
+fn exactly_once_needs_a_checkpoint() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "delivery"], "exactlyOnce"));
+    assert_single_problem(&spec, "spec.checkpoint", "exactlyOnce");
+}
+
+#[test]
+fn savepoint_upgrades_need_a_checkpoint() {
+    let spec = spec_with(|v| set(v, &["upgradeMode"], "savepoint"));
+    assert_single_problem(&spec, "spec.checkpoint", "savepoint");
+}
+
+#[test]
+fn the_default_upgrade_mode_follows_the_checkpoint_setting() {
+    use weir_crds::UpgradeMode;
+    assert_eq!(spec_with(|_| {}).effective_upgrade_mode(), UpgradeMode::Stateless);
+    let with_checkpoint = spec_with(|v| set(v, &["checkpoint"], "{storage: 'file:///tmp/cp'}"));
+    assert_eq!(with_checkpoint.effective_upgrade_mode(), UpgradeMode::Savepoint);
+}
+
+#[test]
+fn a_checkpoint_storage_needs_a_known_scheme() {
+    let spec = spec_with(|v| set(v, &["checkpoint"], "{storage: 'ftp://host/cp'}"));
+    assert_single_problem(&spec, "spec.checkpoint.storage", "scheme");
+}
+
+#[test]
+fn a_checkpoint_interval_below_100ms_is_reported() {
+    let spec = spec_with(|v| set(v, &["checkpoint"], "{storage: 'file:///cp', interval: 10ms}"));
+    assert_single_problem(&spec, "spec.checkpoint.interval", "100ms");
+}
+
+#[test]
+fn min_replicas_may_not_exceed_max_replicas() {
+    let spec = spec_with(|v| set(v, &["autoscaling"], "{minReplicas: 4, maxReplicas: 2, lagThreshold: 100}"));
+    assert_single_problem(&spec, "spec.autoscaling.minReplicas", "maxReplicas");
+}
+
+#[test]
+fn negative_parallelism_is_reported() {
+    let spec = spec_with(|v| set(v, &["parallelism"], "-1"));
+    assert_single_problem(&spec, "spec.parallelism", "0 or more");
+}
+
+#[test]
+fn idempotent_delivery_needs_acks_all() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "acks"], "'1'"));
+    assert_single_problem(&spec, "spec.sink.kafka.acks", "acks all");
+}
+
+#[test]
+fn avro_needs_a_schema_registry() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "format"], "avro"));
+    assert_single_problem(&spec, "spec.source.kafka.schemaRegistry", "avro");
+}
+
+#[test]
+fn the_sink_does_not_write_protobuf() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "format"], "protobuf"));
+    assert_single_problem(&spec, "spec.sink.kafka.format", "json or avro");
+}
+
+#[test]
+fn sasl_needs_a_mechanism() {
+    let spec =
+        spec_with(|v| set(v, &["source", "kafka", "security"], "{protocol: SASL_SSL, credentialsSecret: creds}"));
+    assert_single_problem(&spec, "spec.source.kafka.security.saslMechanism", "required");
+}
+
+#[test]
+fn a_sasl_mechanism_needs_credentials() {
+    let spec =
+        spec_with(|v| set(v, &["sink", "kafka", "security"], "{protocol: SASL_SSL, saslMechanism: SCRAM-SHA-512}"));
+    assert_single_problem(&spec, "spec.sink.kafka.security.credentialsSecret", "required");
+}
+
+#[test]
+fn plain_passwords_without_tls_need_allow_insecure() {
+    let insecure = "{protocol: SASL_PLAINTEXT, saslMechanism: PLAIN, credentialsSecret: creds}";
+    let spec = spec_with(|v| set(v, &["source", "kafka", "security"], insecure));
+    assert_single_problem(&spec, "spec.source.kafka.security.protocol", "unencrypted");
+    let allowed = spec_with(|v| {
+        set(v, &["source", "kafka", "security"], insecure);
+        set(v, &["source", "kafka", "security", "allowInsecure"], "true");
+    });
+    assert_eq!(problems(&allowed), []);
+}
+
+#[test]
+fn managed_librdkafka_properties_are_refused() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "properties"], "{group.id: other, fetch.min.bytes: '1024'}"));
+    assert_single_problem(&spec, "spec.source.kafka.properties[group.id]", "managed by Weir");
+}
+
+#[test]
+fn an_invalid_topic_name_is_reported() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "topic"], "'out put'"));
+    assert_single_problem(&spec, "spec.sink.kafka.topic", "topic name");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let spec = spec_with(|v| {
+        set(v, &["parallelism"], "-3");
+        set(v, &["pipeline", "0", "filter"], "'amount >'");
+        set(v, &["sink", "kafka", "keyField"], "nope");
+    });
+    let paths: Vec<_> = problems(&spec).into_iter().map(|p| p.path).collect();
+    assert_eq!(paths, ["spec.parallelism", "spec.pipeline[0].filter", "spec.sink.kafka.keyField"]);
+}
+
+#[test]
+fn a_document_may_be_a_whole_resource_or_only_a_spec() {
+    let whole = format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: spend, namespace: shop}}\nspec:\n{}",
+        BASE.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    );
+    let document = JobDocument::parse(&whole).unwrap();
+    assert_eq!((document.name.as_deref(), document.namespace.as_deref()), (Some("spend"), Some("shop")));
+    let spec_only = JobDocument::parse(BASE).unwrap();
+    assert_eq!(spec_only.name, None);
+    assert_eq!(spec_only.spec, document.spec);
+}
+
+#[test]
+fn a_document_that_is_json_parses_too() {
+    let json = serde_json::to_string(&spec_with(|_| {})).unwrap();
+    assert!(JobDocument::parse(&json).is_ok());
+}
+
+#[test]
+fn an_invalid_document_is_refused_with_its_problems() {
+    let broken = BASE.replace("keyField: user_id", "keyField: nope");
+    match JobDocument::parse(&broken) {
+        Err(LoadError::Invalid(invalid)) => assert_eq!(invalid.0[0].path, "spec.sink.kafka.keyField"),
+        other => panic!("expected an invalid spec, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_document_with_a_wrong_type_is_refused() {
+    let broken = format!("parallelism: two\n{BASE}");
+    assert!(matches!(JobDocument::parse(&broken), Err(LoadError::Parse(_))));
+}

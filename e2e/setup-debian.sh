@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages Weir's build, tests and local stack use, when missing.
+# Debian packages only; needs root or sudo. The Rust toolchain (1.89 or newer) is a prerequisite.
+set -euo pipefail
+need=()
+command -v kubectl >/dev/null || need+=(kubectl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl ca-certificates)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v make >/dev/null || need+=(make)
+command -v python3 >/dev/null || need+=(python3)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "setup: Rust is not installed; install Rust 1.89 or newer (https://rustup.rs) and run again" >&2
+  exit 1
+fi

@@ -1,0 +1,223 @@
+//! The StreamJob CRD against a real API server: it installs, examples apply, kubectl shows
+//! descriptions and columns, defaults are applied, `/scale` works, and invalid objects are
+//! rejected with a message naming the field.
+
+use std::{process::Output, sync::OnceLock};
+
+use serde_json::{Value, json};
+use weir_e2e::{devcluster::DevCluster, repo_root};
+
+/// Unwraps in the helpers below, with what failed in the panic message.
+fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// One cluster for this test binary; it stops when the binary exits.
+fn cluster() -> &'static DevCluster {
+    static CLUSTER: OnceLock<DevCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let cluster = must(DevCluster::start(), "starting the devcluster");
+        must(cluster.install_crds(), "installing the CRDs");
+        cluster
+    })
+}
+
+/// Each test works in a namespace of its own.
+fn namespace(name: &str) -> String {
+    let created = must(cluster().kubectl(["create", "namespace", name]), "kubectl create namespace");
+    assert!(created.status.success(), "{}", stderr(&created));
+    name.to_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A minimal valid StreamJob; tests change one thing in it.
+fn minimal_job(name: &str) -> Value {
+    json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "in"}},
+            "sink": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "out"}}
+        }
+    })
+}
+
+fn apply(ns: &str, object: &Value) -> Output {
+    must(cluster().kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &object.to_string()), "kubectl apply")
+}
+
+/// Asserts the API server rejects `object`, and that its message names `field` and says `why`.
+fn assert_rejected(ns: &str, object: &Value, field: &str, why: &str) {
+    let output = apply(ns, object);
+    let message = stderr(&output);
+    assert!(!output.status.success(), "expected a rejection naming {field}, but it was accepted");
+    assert!(message.contains(field), "rejection should name {field}: {message}");
+    assert!(message.contains(why), "rejection should say {why:?}: {message}");
+}
+
+#[test]
+fn the_devcluster_serves_namespaces() {
+    let output = cluster().kubectl(["get", "namespaces", "-o", "name"]).unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("namespace/default"), "{}", stdout(&output));
+}
+
+#[test]
+fn the_crd_is_established() {
+    let output =
+        cluster().kubectl(["wait", "--for=condition=Established", "--timeout=30s", "crd/streamjobs.weir.dev"]).unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn every_example_applies() {
+    let ns = namespace("examples");
+    let examples = repo_root().join("examples");
+    let output = cluster().kubectl(["apply", "-n", &ns, "-f", examples.to_str().unwrap()]).unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = stdout(&cluster().kubectl(["get", "sj", "-n", &ns, "-o", "name"]).unwrap());
+    for name in ["spend-per-user", "page-views", "sessionized-clicks"] {
+        assert!(listed.contains(&format!("streamjob.weir.dev/{name}")), "{name} missing from {listed}");
+    }
+}
+
+#[test]
+fn kubectl_get_shows_the_printer_columns() {
+    let ns = namespace("columns");
+    assert!(apply(&ns, &minimal_job("cols")).status.success());
+    let output = cluster().kubectl(["get", "sj", "-n", &ns]).unwrap();
+    let header = stdout(&output).lines().next().unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(header, "NAME PHASE PARALLELISM READY LAG AGE");
+}
+
+#[test]
+fn kubectl_explain_shows_field_descriptions() {
+    let output = cluster().kubectl(["explain", "streamjob.spec.source.kafka"]).unwrap();
+    let text = stdout(&output);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(text.contains("Consumer group id"), "{text}");
+    assert!(text.contains("partitionedBy"), "{text}");
+    let output = cluster().kubectl(["explain", "streamjob.spec.source"]).unwrap();
+    assert!(stdout(&output).contains("Read records from a Kafka topic"), "{}", stdout(&output));
+}
+
+#[test]
+fn the_api_server_applies_defaults() {
+    let ns = namespace("defaults");
+    assert!(apply(&ns, &minimal_job("defaults")).status.success());
+    let output = cluster().kubectl(["get", "sj", "defaults", "-n", &ns, "-o", "json"]).unwrap();
+    let job: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(job["spec"]["parallelism"], 1);
+    assert_eq!(job["spec"]["sink"]["kafka"]["delivery"], "idempotent");
+    assert_eq!(job["spec"]["source"]["kafka"]["startOffset"], "earliest");
+    assert_eq!(job["spec"]["source"]["kafka"]["format"], "json");
+}
+
+#[test]
+fn the_scale_subresource_reads_and_writes_parallelism() {
+    let ns = namespace("scale");
+    assert!(apply(&ns, &minimal_job("scaled")).status.success());
+    let scaled = cluster().kubectl(["scale", "sj", "scaled", "-n", &ns, "--replicas=3"]).unwrap();
+    assert!(scaled.status.success(), "{}", stderr(&scaled));
+    let output = cluster().kubectl(["get", "sj", "scaled", "-n", &ns, "-o", "jsonpath={.spec.parallelism}"]).unwrap();
+    assert_eq!(stdout(&output), "3");
+    let path = format!("/apis/weir.dev/v1alpha1/namespaces/{ns}/streamjobs/scaled/scale");
+    let scale: Value = serde_json::from_slice(&cluster().kubectl(["get", "--raw", &path]).unwrap().stdout).unwrap();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 3);
+}
+
+#[test]
+fn the_status_is_written_only_through_its_subresource() {
+    let ns = namespace("status");
+    let mut job = minimal_job("with-status");
+    job["status"] = json!({"phase": "Running"});
+    assert!(apply(&ns, &job).status.success());
+    let output = cluster().kubectl(["get", "sj", "with-status", "-n", &ns, "-o", "jsonpath={.status.phase}"]).unwrap();
+    assert_eq!(stdout(&output), "", "status must be ignored on the main resource");
+}
+
+#[test]
+fn negative_parallelism_is_rejected() {
+    let ns = namespace("reject-parallelism");
+    let mut job = minimal_job("bad");
+    job["spec"]["parallelism"] = json!(-1);
+    assert_rejected(&ns, &job, "spec.parallelism", "greater than or equal to 0");
+}
+
+#[test]
+fn min_replicas_above_max_replicas_is_rejected() {
+    let ns = namespace("reject-autoscaling");
+    let mut job = minimal_job("bad");
+    job["spec"]["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2, "lagThreshold": 100});
+    assert_rejected(&ns, &job, "spec.autoscaling.minReplicas", "must not exceed maxReplicas");
+}
+
+#[test]
+fn an_unknown_upgrade_mode_is_rejected() {
+    let ns = namespace("reject-upgrade-mode");
+    let mut job = minimal_job("bad");
+    job["spec"]["upgradeMode"] = json!("yolo");
+    assert_rejected(&ns, &job, "spec.upgradeMode", "Unsupported value: \"yolo\"");
+}
+
+#[test]
+fn exactly_once_without_checkpoint_storage_is_rejected() {
+    let ns = namespace("reject-exactly-once");
+    let mut job = minimal_job("bad");
+    job["spec"]["sink"]["kafka"]["delivery"] = json!("exactlyOnce");
+    assert_rejected(&ns, &job, "spec.checkpoint", "exactlyOnce delivery needs checkpoint.storage");
+}
+
+#[test]
+fn a_wrong_type_is_rejected() {
+    let ns = namespace("reject-type");
+    let mut job = minimal_job("bad");
+    job["spec"]["parallelism"] = json!("two");
+    assert_rejected(&ns, &job, "spec.parallelism", "must be of type integer");
+}
+
+#[test]
+fn a_slide_longer_than_the_window_is_rejected() {
+    let ns = namespace("reject-slide");
+    let mut job = minimal_job("bad");
+    job["spec"]["pipeline"] = json!([
+        {"keyBy": ["k"]},
+        {"window": {"sliding": {"size": "1m", "slide": "5m"}}},
+        {"aggregate": [{"fn": "count"}]}
+    ]);
+    assert_rejected(&ns, &job, "spec.pipeline[1].window.sliding.slide", "slide must not be longer than size");
+}
+
+#[test]
+fn a_malformed_duration_is_rejected() {
+    let ns = namespace("reject-duration");
+    let mut job = minimal_job("bad");
+    job["spec"]["checkpoint"] = json!({"interval": "5 minutes", "storage": "file:///cp"});
+    assert_rejected(&ns, &job, "spec.checkpoint.interval", "should match");
+}
+
+#[test]
+fn a_plaintext_password_is_rejected() {
+    let ns = namespace("reject-plain");
+    let mut job = minimal_job("bad");
+    job["spec"]["source"]["kafka"]["security"] =
+        json!({"protocol": "SASL_PLAINTEXT", "saslMechanism": "PLAIN", "credentialsSecret": "creds"});
+    assert_rejected(&ns, &job, "spec.source.kafka.security.protocol", "unencrypted");
+}
+
+#[test]
+fn a_pipeline_step_with_two_kinds_is_rejected() {
+    let ns = namespace("reject-step");
+    let mut job = minimal_job("bad");
+    job["spec"]["pipeline"] = json!([{"filter": "a > 1", "select": ["a"]}]);
+    assert_rejected(&ns, &job, "spec.pipeline[0]", "one and only one");
+}
