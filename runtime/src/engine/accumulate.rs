@@ -1,0 +1,457 @@
+//! Aggregate state, stored column-wise: one vector per aggregate, indexed by a slot that
+//! stands for one (key, window). Updates are tight loops over typed input columns.
+
+use std::sync::Arc;
+
+use arrow::{
+    array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray},
+    compute::kernels::cast::cast,
+    datatypes::{DataType, Float64Type, Int64Type},
+    error::ArrowError,
+};
+use weir_crds::{AggregateFn, Aggregation};
+
+/// One slot index per (row, window) pair to update.
+#[derive(Debug, Default)]
+pub struct Updates {
+    /// Input row of each update.
+    pub rows: Vec<u32>,
+    /// Slot of each update.
+    pub slots: Vec<u32>,
+}
+
+impl Updates {
+    /// Forgets all pairs, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.slots.clear();
+    }
+
+    /// Adds one pair.
+    #[inline]
+    pub fn push(&mut self, row: usize, slot: u32) {
+        self.rows.push(row as u32);
+        self.slots.push(slot);
+    }
+}
+
+/// The aggregates of a window step, for every slot.
+#[derive(Debug)]
+pub struct Accumulators {
+    specs: Vec<Aggregation>,
+    columns: Vec<Column>,
+    slots: usize,
+    free: Vec<u32>,
+}
+
+#[derive(Debug)]
+enum Column {
+    Count(Vec<i64>),
+    SumInt(Vec<Option<i64>>),
+    SumFloat(Vec<Option<f64>>),
+    Avg { sum: Vec<f64>, count: Vec<i64> },
+    ExtremeInt { values: Vec<Option<i64>>, output: DataType, max: bool },
+    ExtremeFloat { values: Vec<Option<f64>>, max: bool },
+    ExtremeStr { values: Vec<Option<String>>, max: bool },
+}
+
+impl Column {
+    fn new(function: AggregateFn) -> Self {
+        match function {
+            AggregateFn::Count => Self::Count(Vec::new()),
+            AggregateFn::Sum => Self::SumInt(Vec::new()),
+            AggregateFn::Avg => Self::Avg { sum: Vec::new(), count: Vec::new() },
+            AggregateFn::Min => Self::ExtremeInt { values: Vec::new(), output: DataType::Int64, max: false },
+            AggregateFn::Max => Self::ExtremeInt { values: Vec::new(), output: DataType::Int64, max: true },
+        }
+    }
+
+    fn grow(&mut self, len: usize) {
+        match self {
+            Self::Count(v) => v.resize(len, 0),
+            Self::SumInt(v) | Self::ExtremeInt { values: v, .. } => v.resize(len, None),
+            Self::SumFloat(v) | Self::ExtremeFloat { values: v, .. } => v.resize(len, None),
+            Self::Avg { sum, count } => {
+                sum.resize(len, 0.0);
+                count.resize(len, 0);
+            }
+            Self::ExtremeStr { values, .. } => values.resize(len, None),
+        }
+    }
+
+    fn reset(&mut self, slot: usize) {
+        match self {
+            Self::Count(v) => v[slot] = 0,
+            Self::SumInt(v) | Self::ExtremeInt { values: v, .. } => v[slot] = None,
+            Self::SumFloat(v) | Self::ExtremeFloat { values: v, .. } => v[slot] = None,
+            Self::Avg { sum, count } => {
+                sum[slot] = 0.0;
+                count[slot] = 0;
+            }
+            Self::ExtremeStr { values, .. } => values[slot] = None,
+        }
+    }
+
+    /// Switches an integer column to floating point when a float input arrives.
+    fn widen_to_float(&mut self) {
+        match self {
+            Self::SumInt(v) => *self = Self::SumFloat(v.iter().map(|x| x.map(|i| i as f64)).collect()),
+            Self::ExtremeInt { values, max, .. } => {
+                *self = Self::ExtremeFloat { values: values.iter().map(|x| x.map(|i| i as f64)).collect(), max: *max }
+            }
+            _ => {}
+        }
+    }
+
+    fn widen_to_string(&mut self) {
+        let max = match self {
+            Self::ExtremeInt { max, .. } | Self::ExtremeFloat { max, .. } => *max,
+            _ => return,
+        };
+        let values: Vec<Option<String>> = match self {
+            Self::ExtremeInt { values, .. } => values.iter().map(|x| x.map(|i| i.to_string())).collect(),
+            Self::ExtremeFloat { values, .. } => values.iter().map(|x| x.map(|f| f.to_string())).collect(),
+            _ => return,
+        };
+        *self = Self::ExtremeStr { values, max };
+    }
+}
+
+/// What an input column holds, once brought to a type the accumulators use.
+enum Input {
+    Int(Int64Array, DataType),
+    Float(Float64Array),
+    Str(StringArray),
+}
+
+fn prepare(array: &ArrayRef, numeric_only: bool) -> Result<Input, ArrowError> {
+    let data_type = array.data_type().clone();
+    Ok(match &data_type {
+        t if t.is_integer() => {
+            Input::Int(cast(array, &DataType::Int64)?.as_primitive::<Int64Type>().clone(), t.clone())
+        }
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 if !numeric_only => {
+            Input::Int(cast(array, &DataType::Int64)?.as_primitive::<Int64Type>().clone(), data_type)
+        }
+        t if t.is_numeric() => Input::Float(cast(array, &DataType::Float64)?.as_primitive::<Float64Type>().clone()),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View if !numeric_only => {
+            Input::Str(cast(array, &DataType::Utf8)?.as_string::<i32>().clone())
+        }
+        _ => Input::Float(cast(array, &DataType::Float64)?.as_primitive::<Float64Type>().clone()),
+    })
+}
+
+impl Accumulators {
+    /// State for these aggregates, with no slots yet.
+    pub fn new(specs: &[Aggregation]) -> Self {
+        let columns = specs.iter().map(|s| Column::new(s.function)).collect();
+        Self { specs: specs.to_vec(), columns, slots: 0, free: Vec::new() }
+    }
+
+    /// The aggregates, in output order.
+    pub fn specs(&self) -> &[Aggregation] {
+        &self.specs
+    }
+
+    /// Slots in use.
+    pub fn live_slots(&self) -> usize {
+        self.slots - self.free.len()
+    }
+
+    /// A slot with empty aggregates.
+    pub fn allocate(&mut self) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            for column in &mut self.columns {
+                column.reset(slot as usize);
+            }
+            return slot;
+        }
+        self.slots += 1;
+        for column in &mut self.columns {
+            column.grow(self.slots);
+        }
+        (self.slots - 1) as u32
+    }
+
+    /// Returns a slot for reuse.
+    pub fn release(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+
+    /// Applies `updates` with the field values of `inputs` (one per aggregate, `None` for a
+    /// count of rows).
+    pub fn update(&mut self, inputs: &[Option<ArrayRef>], updates: &Updates) -> Result<(), ArrowError> {
+        for ((column, spec), input) in self.columns.iter_mut().zip(&self.specs).zip(inputs) {
+            let Some(array) = input else {
+                if let Column::Count(counts) = column {
+                    for &slot in &updates.slots {
+                        counts[slot as usize] += 1;
+                    }
+                }
+                continue;
+            };
+            let numeric_only = matches!(spec.function, AggregateFn::Sum | AggregateFn::Avg);
+            if let Column::Count(counts) = column {
+                for (&row, &slot) in updates.rows.iter().zip(&updates.slots) {
+                    counts[slot as usize] += i64::from(array.is_valid(row as usize));
+                }
+                continue;
+            }
+            let input = prepare(array, numeric_only)?;
+            match (&input, &*column) {
+                (Input::Float(_), Column::SumInt(_) | Column::ExtremeInt { .. }) => column.widen_to_float(),
+                (Input::Str(_), Column::ExtremeInt { .. } | Column::ExtremeFloat { .. }) => column.widen_to_string(),
+                _ => {}
+            }
+            apply(column, &input, updates);
+        }
+        Ok(())
+    }
+
+    /// Folds slot `from` into slot `into` (session windows merging) and releases `from`.
+    pub fn merge(&mut self, into: u32, from: u32) {
+        let (i, f) = (into as usize, from as usize);
+        for column in &mut self.columns {
+            match column {
+                Column::Count(v) => v[i] += v[f],
+                Column::SumInt(v) => v[i] = add_opt(v[i], v[f], i64::wrapping_add),
+                Column::SumFloat(v) => v[i] = add_opt(v[i], v[f], |a, b| a + b),
+                Column::Avg { sum, count } => {
+                    sum[i] += sum[f];
+                    count[i] += count[f];
+                }
+                Column::ExtremeInt { values, max, .. } => values[i] = pick(values[i], values[f], *max),
+                Column::ExtremeFloat { values, max } => values[i] = pick_f(values[i], values[f], *max),
+                Column::ExtremeStr { values, max } => {
+                    let other = values[f].take();
+                    values[i] = pick_str(values[i].take(), other, *max);
+                }
+            }
+        }
+        self.release(from);
+    }
+
+    /// The aggregate values of `slots`, one array per aggregate, in slot order.
+    pub fn finish(&self, slots: &[u32]) -> Result<Vec<ArrayRef>, ArrowError> {
+        self.columns
+            .iter()
+            .map(|column| -> Result<ArrayRef, ArrowError> {
+                let at = |i: &u32| *i as usize;
+                Ok(match column {
+                    Column::Count(v) => Arc::new(Int64Array::from_iter_values(slots.iter().map(|s| v[at(s)]))),
+                    Column::SumInt(v) => Arc::new(slots.iter().map(|s| v[at(s)]).collect::<Int64Array>()),
+                    Column::SumFloat(v) => Arc::new(slots.iter().map(|s| v[at(s)]).collect::<Float64Array>()),
+                    Column::Avg { sum, count } => Arc::new(
+                        slots
+                            .iter()
+                            .map(|s| (count[at(s)] > 0).then(|| sum[at(s)] / count[at(s)] as f64))
+                            .collect::<Float64Array>(),
+                    ),
+                    Column::ExtremeInt { values, output, .. } => {
+                        let ints: ArrayRef = Arc::new(slots.iter().map(|s| values[at(s)]).collect::<Int64Array>());
+                        if output == &DataType::Int64 { ints } else { cast(&ints, output)? }
+                    }
+                    Column::ExtremeFloat { values, .. } => {
+                        Arc::new(slots.iter().map(|s| values[at(s)]).collect::<Float64Array>())
+                    }
+                    Column::ExtremeStr { values, .. } => {
+                        Arc::new(slots.iter().map(|s| values[at(s)].as_deref()).collect::<StringArray>())
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+fn add_opt<T: Copy>(a: Option<T>, b: Option<T>, add: impl Fn(T, T) -> T) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(add(x, y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn pick(a: Option<i64>, b: Option<i64>, max: bool) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if max { x.max(y) } else { x.min(y) }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn pick_f(a: Option<f64>, b: Option<f64>, max: bool) -> Option<f64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if max { x.max(y) } else { x.min(y) }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+fn pick_str(a: Option<String>, b: Option<String>, max: bool) -> Option<String> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if (x < y) == max { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The hot loop: one pass over the updates for one aggregate.
+fn apply(column: &mut Column, input: &Input, updates: &Updates) {
+    let pairs = updates.rows.iter().zip(&updates.slots).map(|(&r, &s)| (r as usize, s as usize));
+    match (column, input) {
+        (Column::SumInt(v), Input::Int(a, _)) => {
+            let values = a.values();
+            if a.null_count() == 0 {
+                for (r, s) in pairs {
+                    v[s] = Some(v[s].unwrap_or(0).wrapping_add(values[r]));
+                }
+            } else {
+                for (r, s) in pairs.filter(|(r, _)| a.is_valid(*r)) {
+                    v[s] = Some(v[s].unwrap_or(0).wrapping_add(values[r]));
+                }
+            }
+        }
+        (Column::SumFloat(v), Input::Float(a)) => {
+            for (r, s) in pairs.filter(|(r, _)| a.is_valid(*r)) {
+                v[s] = Some(v[s].unwrap_or(0.0) + a.value(r));
+            }
+        }
+        (Column::SumFloat(v), Input::Int(a, _)) => {
+            for (r, s) in pairs.filter(|(r, _)| a.is_valid(*r)) {
+                v[s] = Some(v[s].unwrap_or(0.0) + a.value(r) as f64);
+            }
+        }
+        (Column::Avg { sum, count }, input) => {
+            for (r, s) in pairs {
+                let value = match input {
+                    Input::Int(a, _) => a.is_valid(r).then(|| a.value(r) as f64),
+                    Input::Float(a) => a.is_valid(r).then(|| a.value(r)),
+                    Input::Str(_) => None,
+                };
+                if let Some(x) = value {
+                    sum[s] += x;
+                    count[s] += 1;
+                }
+            }
+        }
+        (Column::ExtremeInt { values, output, max }, Input::Int(a, input_type)) => {
+            if output != input_type {
+                output.clone_from(input_type);
+            }
+            for (r, s) in pairs.filter(|(r, _)| a.is_valid(*r)) {
+                values[s] = pick(values[s], Some(a.value(r)), *max);
+            }
+        }
+        (Column::ExtremeFloat { values, max }, input) => {
+            for (r, s) in pairs {
+                let value = match input {
+                    Input::Int(a, _) => a.is_valid(r).then(|| a.value(r) as f64),
+                    Input::Float(a) => a.is_valid(r).then(|| a.value(r)),
+                    Input::Str(_) => None,
+                };
+                values[s] = pick_f(values[s], value, *max);
+            }
+        }
+        (Column::ExtremeStr { values, max }, input) => {
+            for (r, s) in pairs {
+                let value = match input {
+                    Input::Int(a, _) => a.is_valid(r).then(|| a.value(r).to_string()),
+                    Input::Float(a) => a.is_valid(r).then(|| a.value(r).to_string()),
+                    Input::Str(a) => a.is_valid(r).then(|| a.value(r).to_owned()),
+                };
+                let current = values[s].take();
+                values[s] = pick_str(current, value, *max);
+            }
+        }
+        // Remaining combinations cannot occur: `update` widens the column first.
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(function: AggregateFn, field: Option<&str>) -> Aggregation {
+        Aggregation { function, field: field.map(str::to_owned), alias: None }
+    }
+
+    fn updates(pairs: &[(usize, u32)]) -> Updates {
+        let mut u = Updates::default();
+        for &(r, s) in pairs {
+            u.push(r, s);
+        }
+        u
+    }
+
+    #[test]
+    fn sums_counts_and_averages_per_slot() {
+        let mut acc = Accumulators::new(&[
+            agg(AggregateFn::Sum, Some("x")),
+            agg(AggregateFn::Count, None),
+            agg(AggregateFn::Avg, Some("x")),
+        ]);
+        let (a, b) = (acc.allocate(), acc.allocate());
+        let x: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(4)]));
+        acc.update(&[Some(x.clone()), None, Some(x)], &updates(&[(0, a), (1, a), (2, b), (3, b)])).unwrap();
+        let out = acc.finish(&[a, b]).unwrap();
+        assert_eq!(out[0].as_primitive::<Int64Type>().values(), &[3, 4]);
+        assert_eq!(out[1].as_primitive::<Int64Type>().values(), &[2, 2]);
+        assert_eq!(out[2].as_primitive::<Float64Type>().values(), &[1.5, 4.0]);
+    }
+
+    #[test]
+    fn an_integer_sum_widens_when_floats_arrive() {
+        let mut acc = Accumulators::new(&[agg(AggregateFn::Sum, Some("x"))]);
+        let slot = acc.allocate();
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![2]));
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![0.5]));
+        acc.update(&[Some(ints)], &updates(&[(0, slot)])).unwrap();
+        acc.update(&[Some(floats)], &updates(&[(0, slot)])).unwrap();
+        assert_eq!(acc.finish(&[slot]).unwrap()[0].as_primitive::<Float64Type>().value(0), 2.5);
+    }
+
+    #[test]
+    fn a_sum_of_only_nulls_is_null() {
+        let mut acc = Accumulators::new(&[agg(AggregateFn::Sum, Some("x"))]);
+        let slot = acc.allocate();
+        let nulls: ArrayRef = Arc::new(Int64Array::from(vec![None::<i64>]));
+        acc.update(&[Some(nulls)], &updates(&[(0, slot)])).unwrap();
+        assert!(acc.finish(&[slot]).unwrap()[0].is_null(0));
+    }
+
+    #[test]
+    fn min_and_max_of_strings_compare_as_text() {
+        let mut acc = Accumulators::new(&[agg(AggregateFn::Min, Some("s")), agg(AggregateFn::Max, Some("s"))]);
+        let slot = acc.allocate();
+        let s: ArrayRef = Arc::new(StringArray::from(vec!["b", "a", "c"]));
+        acc.update(&[Some(s.clone()), Some(s)], &updates(&[(0, slot), (1, slot), (2, slot)])).unwrap();
+        let out = acc.finish(&[slot]).unwrap();
+        assert_eq!(out[0].as_string::<i32>().value(0), "a");
+        assert_eq!(out[1].as_string::<i32>().value(0), "c");
+    }
+
+    #[test]
+    fn merging_slots_combines_their_aggregates() {
+        let mut acc = Accumulators::new(&[agg(AggregateFn::Count, None), agg(AggregateFn::Max, Some("x"))]);
+        let (a, b) = (acc.allocate(), acc.allocate());
+        let x: ArrayRef = Arc::new(Int64Array::from(vec![5, 9]));
+        acc.update(&[None, Some(x)], &updates(&[(0, a), (1, b)])).unwrap();
+        acc.merge(a, b);
+        let out = acc.finish(&[a]).unwrap();
+        assert_eq!(out[0].as_primitive::<Int64Type>().value(0), 2);
+        assert_eq!(out[1].as_primitive::<Int64Type>().value(0), 9);
+        assert_eq!(acc.live_slots(), 1);
+    }
+
+    #[test]
+    fn a_reused_slot_starts_empty() {
+        let mut acc = Accumulators::new(&[agg(AggregateFn::Count, None)]);
+        let slot = acc.allocate();
+        acc.update(&[None], &updates(&[(0, slot)])).unwrap();
+        acc.release(slot);
+        let again = acc.allocate();
+        assert_eq!(again, slot);
+        assert_eq!(acc.finish(&[again]).unwrap()[0].as_primitive::<Int64Type>().value(0), 0);
+    }
+}

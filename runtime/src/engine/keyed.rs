@@ -1,0 +1,436 @@
+//! Windowed aggregation of one partition's records: state by (key, window), results when
+//! the watermark passes a window's end.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use arrow::{
+    array::{Array, ArrayRef, AsArray, Int64Array, StringArray},
+    compute::kernels::cast::cast,
+    datatypes::{DataType, Field, Int64Type, Schema, SchemaRef},
+    error::ArrowError,
+    record_batch::RecordBatch,
+    row::{RowConverter, SortField},
+};
+use chrono::{DateTime, SecondsFormat};
+use hashbrown::HashMap;
+use weir_crds::{
+    Aggregation,
+    pipeline::{WINDOW_END, WINDOW_START},
+};
+
+use super::{
+    EVENT_TIME, OFFSET,
+    accumulate::{Accumulators, Updates},
+    window::WindowKind,
+};
+
+/// Why a batch could not be aggregated.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyedError {
+    /// A key or aggregate field is missing from the records.
+    #[error("no field `{0}` in the records")]
+    MissingField(String),
+    /// An Arrow kernel failed.
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// A fixed window's slots and the oldest source offset that contributed to it.
+#[derive(Debug, Default)]
+struct OpenWindow {
+    slots: Vec<u32>,
+    min_offset: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    start: i64,
+    last: i64,
+    slot: u32,
+    min_offset: i64,
+}
+
+/// The keyed window state of one partition.
+#[derive(Debug)]
+pub struct KeyedWindows {
+    kind: WindowKind,
+    key_fields: Vec<String>,
+    key_types: Option<Vec<DataType>>,
+    converter: Option<RowConverter>,
+    accumulators: Accumulators,
+    /// Fixed windows: `window start (8 bytes) ++ key row` → slot.
+    groups: HashMap<Box<[u8]>, u32>,
+    windows: BTreeMap<i64, OpenWindow>,
+    /// Group key of each slot, to find it again when the window closes.
+    slot_keys: Vec<Box<[u8]>>,
+    /// Session windows: key row → open sessions, ordered by start.
+    sessions: HashMap<Box<[u8]>, Vec<Session>>,
+    updates: Updates,
+    scratch: Vec<u8>,
+}
+
+/// What one batch did to the state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows whose every window had already closed.
+    pub late_rows: Vec<u32>,
+}
+
+impl KeyedWindows {
+    /// Empty state for windows of `kind` over `key_fields`, computing `aggregations`.
+    pub fn new(kind: WindowKind, key_fields: Vec<String>, aggregations: &[Aggregation]) -> Self {
+        Self {
+            kind,
+            key_fields,
+            key_types: None,
+            converter: None,
+            accumulators: Accumulators::new(aggregations),
+            groups: HashMap::new(),
+            windows: BTreeMap::new(),
+            slot_keys: Vec::new(),
+            sessions: HashMap::new(),
+            updates: Updates::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Number of (key, window) aggregates held.
+    pub fn open_aggregates(&self) -> usize {
+        self.accumulators.live_slots()
+    }
+
+    /// The oldest source offset an open window still needs, if any window is open.
+    pub fn min_open_offset(&self) -> Option<i64> {
+        let fixed = self.windows.values().map(|w| w.min_offset);
+        let sessions = self.sessions.values().flatten().map(|s| s.min_offset);
+        fixed.chain(sessions).min()
+    }
+
+    /// Adds the rows of `batch` to their windows. Rows whose windows all ended at or before
+    /// `watermark` are late: they are returned, not added.
+    pub fn apply(&mut self, batch: &RecordBatch, watermark: i64) -> Result<Applied, KeyedError> {
+        let mut applied = Applied::default();
+        if batch.num_rows() == 0 {
+            return Ok(applied);
+        }
+        let rows = self.key_rows(batch)?;
+        let times = int_column(batch, EVENT_TIME)?;
+        let offsets = int_column(batch, OFFSET)?;
+        let (times, offsets) = (times.values(), offsets.values());
+        let mut updates = std::mem::take(&mut self.updates);
+        updates.clear();
+        match self.kind {
+            WindowKind::Session { gap } => {
+                for row in 0..batch.num_rows() {
+                    let (ts, offset) = (times[row], offsets[row]);
+                    if ts + gap <= watermark {
+                        applied.late_rows.push(row as u32);
+                        continue;
+                    }
+                    let slot = self.session_slot(rows.row(row).as_ref(), ts, offset, gap);
+                    updates.push(row, slot);
+                }
+            }
+            kind => {
+                for row in 0..batch.num_rows() {
+                    let (ts, offset) = (times[row], offsets[row]);
+                    let key = rows.row(row);
+                    let assigned = kind.open_windows(ts, watermark, |start| {
+                        let slot = self.fixed_slot(start, key.as_ref(), offset);
+                        updates.push(row, slot);
+                    });
+                    if assigned == 0 {
+                        applied.late_rows.push(row as u32);
+                    }
+                }
+            }
+        }
+        let inputs = self.aggregate_inputs(batch)?;
+        let result = self.accumulators.update(&inputs, &updates);
+        self.updates = updates;
+        result?;
+        Ok(applied)
+    }
+
+    /// Emits every window that ends at or before `watermark` and forgets it.
+    pub fn close_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>, KeyedError> {
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        let mut slots = Vec::new();
+        let mut key_rows: Vec<Box<[u8]>> = Vec::new();
+        match self.kind {
+            WindowKind::Session { gap } => {
+                self.sessions.retain(|key, sessions| {
+                    sessions.retain(|s| {
+                        let closed = s.last + gap <= watermark;
+                        if closed {
+                            starts.push(s.start);
+                            ends.push(s.last + gap);
+                            slots.push(s.slot);
+                            key_rows.push(key.clone());
+                        }
+                        !closed
+                    });
+                    !sessions.is_empty()
+                });
+            }
+            kind => {
+                while let Some(entry) = self.windows.first_entry() {
+                    let start = *entry.key();
+                    if kind.end_of(start) > watermark {
+                        break;
+                    }
+                    for slot in entry.remove().slots {
+                        let group = std::mem::take(&mut self.slot_keys[slot as usize]);
+                        self.groups.remove(&group);
+                        key_rows.push(group[8..].into());
+                        starts.push(start);
+                        ends.push(kind.end_of(start));
+                        slots.push(slot);
+                    }
+                }
+            }
+        }
+        if slots.is_empty() {
+            return Ok(None);
+        }
+        let batch = self.results(&key_rows, &starts, &ends, &slots)?;
+        for slot in slots {
+            self.accumulators.release(slot);
+        }
+        Ok(Some(batch))
+    }
+
+    fn results(
+        &self,
+        key_rows: &[Box<[u8]>],
+        starts: &[i64],
+        ends: &[i64],
+        slots: &[u32],
+    ) -> Result<RecordBatch, KeyedError> {
+        let (Some(converter), Some(key_types)) = (&self.converter, &self.key_types) else {
+            return Err(ArrowError::InvalidArgumentError("windows closed before any key was seen".into()).into());
+        };
+        let parser = converter.parser();
+        let keys = converter.convert_rows(key_rows.iter().map(|r| parser.parse(r)))?;
+        let mut fields: Vec<Field> =
+            self.key_fields.iter().zip(key_types).map(|(name, t)| Field::new(name, t.clone(), true)).collect();
+        let mut columns: Vec<ArrayRef> = keys;
+        fields.push(Field::new(WINDOW_START, DataType::Utf8, false));
+        fields.push(Field::new(WINDOW_END, DataType::Utf8, false));
+        columns.push(Arc::new(rfc3339(starts)));
+        columns.push(Arc::new(rfc3339(ends)));
+        let aggregates = self.accumulators.finish(slots)?;
+        for (spec, column) in self.accumulators.specs().iter().zip(aggregates) {
+            fields.push(Field::new(spec.output_name(), column.data_type().clone(), true));
+            columns.push(column);
+        }
+        // Results carry their window end as event time, so later steps and the sink see it.
+        fields.push(Field::new(EVENT_TIME, DataType::Int64, false));
+        columns.push(Arc::new(Int64Array::from(ends.to_vec())));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    fn key_rows(&mut self, batch: &RecordBatch) -> Result<arrow::row::Rows, KeyedError> {
+        let mut columns = Vec::with_capacity(self.key_fields.len());
+        for name in &self.key_fields {
+            columns.push(batch.column_by_name(name).cloned().ok_or_else(|| KeyedError::MissingField(name.clone()))?);
+        }
+        // The first batch fixes the key types; later batches are cast to them, so a key
+        // inferred as integer in one batch and string in another still groups together.
+        let types = self.key_types.get_or_insert_with(|| {
+            columns
+                .iter()
+                .map(|c| if c.data_type() == &DataType::Null { DataType::Utf8 } else { c.data_type().clone() })
+                .collect()
+        });
+        for (column, data_type) in columns.iter_mut().zip(types.iter()) {
+            if column.data_type() != data_type {
+                *column = cast(column, data_type)?;
+            }
+        }
+        if self.converter.is_none() {
+            self.converter = Some(RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?);
+        }
+        let converter =
+            self.converter.as_ref().ok_or_else(|| ArrowError::InvalidArgumentError("no converter".into()))?;
+        Ok(converter.convert_columns(&columns)?)
+    }
+
+    fn aggregate_inputs(&self, batch: &RecordBatch) -> Result<Vec<Option<ArrayRef>>, KeyedError> {
+        self.accumulators
+            .specs()
+            .iter()
+            .map(|spec| match &spec.field {
+                None => Ok(None),
+                Some(name) => {
+                    batch.column_by_name(name).cloned().map(Some).ok_or_else(|| KeyedError::MissingField(name.clone()))
+                }
+            })
+            .collect()
+    }
+
+    fn fixed_slot(&mut self, start: i64, key: &[u8], offset: i64) -> u32 {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&start.to_be_bytes());
+        self.scratch.extend_from_slice(key);
+        let window = self.windows.entry(start).or_insert_with(|| OpenWindow { slots: Vec::new(), min_offset: offset });
+        window.min_offset = window.min_offset.min(offset);
+        if let Some(&slot) = self.groups.get(self.scratch.as_slice()) {
+            return slot;
+        }
+        let slot = self.accumulators.allocate();
+        let group: Box<[u8]> = self.scratch.as_slice().into();
+        if self.slot_keys.len() <= slot as usize {
+            self.slot_keys.resize(slot as usize + 1, Box::default());
+        }
+        self.slot_keys[slot as usize] = group.clone();
+        self.groups.insert(group, slot);
+        window.slots.push(slot);
+        slot
+    }
+
+    /// The session a record at `ts` joins, merging sessions it bridges.
+    fn session_slot(&mut self, key: &[u8], ts: i64, offset: i64, gap: i64) -> u32 {
+        let sessions = self.sessions.entry_ref(key).or_default();
+        // Sessions the record touches: it falls within `gap` of their span.
+        let touching: Vec<usize> =
+            (0..sessions.len()).filter(|&i| ts + gap > sessions[i].start && ts < sessions[i].last + gap).collect();
+        let Some((&first, rest)) = touching.split_first() else {
+            let slot = self.accumulators.allocate();
+            let position = sessions.partition_point(|s| s.start < ts);
+            sessions.insert(position, Session { start: ts, last: ts, slot, min_offset: offset });
+            return slot;
+        };
+        let mut merged = sessions[first];
+        for &i in rest.iter().rev() {
+            let other = sessions.remove(i);
+            self.accumulators.merge(merged.slot, other.slot);
+            merged.start = merged.start.min(other.start);
+            merged.last = merged.last.max(other.last);
+            merged.min_offset = merged.min_offset.min(other.min_offset);
+        }
+        merged.start = merged.start.min(ts);
+        merged.last = merged.last.max(ts);
+        merged.min_offset = merged.min_offset.min(offset);
+        sessions[first] = merged;
+        merged.slot
+    }
+}
+
+fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::Int64Array, KeyedError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .ok_or_else(|| KeyedError::MissingField(name.to_owned()))
+}
+
+/// Epoch milliseconds as RFC 3339 UTC text with millisecond precision.
+pub fn rfc3339(millis: &[i64]) -> StringArray {
+    millis
+        .iter()
+        .map(|&ms| DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, StringArray};
+    use weir_crds::AggregateFn;
+
+    use super::*;
+
+    fn batch(keys: &[&str], amounts: &[f64], times: &[i64]) -> RecordBatch {
+        let offsets: Vec<i64> = (0..keys.len() as i64).collect();
+        RecordBatch::try_from_iter([
+            ("user", Arc::new(StringArray::from(keys.to_vec())) as ArrayRef),
+            ("amount", Arc::new(Float64Array::from(amounts.to_vec())) as ArrayRef),
+            (EVENT_TIME, Arc::new(Int64Array::from(times.to_vec())) as ArrayRef),
+            (OFFSET, Arc::new(Int64Array::from(offsets)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn sum_and_count() -> Vec<Aggregation> {
+        vec![
+            Aggregation { function: AggregateFn::Sum, field: Some("amount".into()), alias: Some("total".into()) },
+            Aggregation { function: AggregateFn::Count, field: None, alias: None },
+        ]
+    }
+
+    /// (key, window_start, window_end, total, count) rows of a result batch, sorted.
+    fn rows(batch: &RecordBatch) -> Vec<(String, String, String, f64, i64)> {
+        let text = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let (user, start, end) = (text("user"), text(WINDOW_START), text(WINDOW_END));
+        let total = batch.column_by_name("total").unwrap().as_primitive::<arrow::datatypes::Float64Type>().clone();
+        let count = batch.column_by_name("count").unwrap().as_primitive::<Int64Type>().clone();
+        let mut out: Vec<_> = (0..batch.num_rows())
+            .map(|i| (user.value(i).into(), start.value(i).into(), end.value(i).into(), total.value(i), count.value(i)))
+            .collect();
+        out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        out
+    }
+
+    #[test]
+    fn tumbling_windows_close_when_the_watermark_passes_their_end() {
+        let mut state = KeyedWindows::new(WindowKind::Tumbling { size: 60_000 }, vec!["user".into()], &sum_and_count());
+        let applied = state
+            .apply(&batch(&["a", "b", "a", "a"], &[1.0, 2.0, 3.0, 10.0], &[1_000, 2_000, 59_999, 60_000]), i64::MIN)
+            .unwrap();
+        assert_eq!(applied.late_rows, Vec::<u32>::new());
+        assert!(state.close_until(59_999).unwrap().is_none(), "the first window ends at 60s");
+        let closed = state.close_until(60_000).unwrap().unwrap();
+        assert_eq!(
+            rows(&closed),
+            [
+                ("a".into(), "1970-01-01T00:00:00.000Z".into(), "1970-01-01T00:01:00.000Z".into(), 4.0, 2),
+                ("b".into(), "1970-01-01T00:00:00.000Z".into(), "1970-01-01T00:01:00.000Z".into(), 2.0, 1),
+            ]
+        );
+        assert_eq!(state.open_aggregates(), 1, "the 60s window of a stays open");
+    }
+
+    #[test]
+    fn records_behind_the_watermark_are_late_and_not_aggregated() {
+        let mut state = KeyedWindows::new(WindowKind::Tumbling { size: 10 }, vec!["user".into()], &sum_and_count());
+        let applied = state.apply(&batch(&["a", "a"], &[1.0, 1.0], &[5, 25]), 20).unwrap();
+        assert_eq!(applied.late_rows, [0]);
+        assert_eq!(state.open_aggregates(), 1);
+    }
+
+    #[test]
+    fn a_sliding_record_counts_in_every_window_it_falls_in() {
+        let kind = WindowKind::Sliding { size: 20, slide: 10 };
+        let mut state = KeyedWindows::new(kind, vec!["user".into()], &sum_and_count());
+        state.apply(&batch(&["a"], &[1.0], &[15]), i64::MIN).unwrap();
+        let closed = state.close_until(i64::MAX).unwrap().unwrap();
+        assert_eq!(closed.num_rows(), 2, "windows [0,20) and [10,30)");
+    }
+
+    #[test]
+    fn sessions_merge_when_a_record_bridges_them() {
+        let kind = WindowKind::Session { gap: 10 };
+        let mut state = KeyedWindows::new(kind, vec!["user".into()], &sum_and_count());
+        state.apply(&batch(&["a", "a"], &[1.0, 2.0], &[0, 15]), i64::MIN).unwrap();
+        assert_eq!(state.open_aggregates(), 2, "15 - 0 >= gap: two sessions");
+        state.apply(&batch(&["a"], &[4.0], &[8]), i64::MIN).unwrap();
+        assert_eq!(state.open_aggregates(), 1, "8 is within the gap of both");
+        let closed = state.close_until(25).unwrap().unwrap();
+        assert_eq!(
+            rows(&closed),
+            [("a".into(), "1970-01-01T00:00:00.000Z".into(), "1970-01-01T00:00:00.025Z".into(), 7.0, 3)]
+        );
+    }
+
+    #[test]
+    fn the_oldest_open_offset_follows_open_windows() {
+        let mut state = KeyedWindows::new(WindowKind::Tumbling { size: 10 }, vec!["user".into()], &sum_and_count());
+        state.apply(&batch(&["a", "a", "b"], &[1.0, 1.0, 1.0], &[1, 12, 15]), i64::MIN).unwrap();
+        assert_eq!(state.min_open_offset(), Some(0));
+        state.close_until(10).unwrap();
+        assert_eq!(state.min_open_offset(), Some(1));
+        state.close_until(20).unwrap();
+        assert_eq!(state.min_open_offset(), None);
+    }
+}

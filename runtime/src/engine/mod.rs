@@ -1,0 +1,386 @@
+//! The dataflow engine: a StreamJob's pipeline applied to Arrow record batches, one
+//! partition at a time. No Kafka here: connectors hand batches in and take results out.
+//!
+//! Every batch entering the engine carries two hidden columns the source adds: the record's
+//! event time ([`EVENT_TIME`], epoch ms) and its source offset ([`OFFSET`]). Selects keep
+//! them; the sink drops them.
+
+pub mod accumulate;
+pub mod expr;
+pub mod keyed;
+pub mod window;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arrow::{
+    array::{Array, ArrayRef, AsArray, UInt32Array},
+    compute::{filter_record_batch, take_record_batch},
+    datatypes::{Field, Int64Type, Schema},
+    error::ArrowError,
+    record_batch::RecordBatch,
+};
+use weir_crds::{Step, StreamJobSpec, expr::SelectItem};
+
+use self::{
+    expr::{ExprError, PhysicalExpr},
+    keyed::{KeyedError, KeyedWindows},
+    window::WindowKind,
+};
+
+/// Hidden column: the record's event time, epoch milliseconds.
+pub const EVENT_TIME: &str = "__weir_event_time";
+/// Hidden column: the record's offset in its source partition.
+pub const OFFSET: &str = "__weir_offset";
+
+/// Whether a column is one of the engine's own.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with("__weir_")
+}
+
+/// Why the engine could not process a batch or build a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A filter or select expression failed.
+    #[error("{step}: {source}")]
+    Expr {
+        /// Where in the pipeline, e.g. `pipeline[0].filter`.
+        step: String,
+        /// The cause.
+        source: ExprError,
+    },
+    /// The windowed aggregate failed.
+    #[error("{step}: {source}")]
+    Keyed {
+        /// Where in the pipeline.
+        step: String,
+        /// The cause.
+        source: KeyedError,
+    },
+    /// An Arrow kernel failed.
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// A stateless step.
+#[derive(Debug, Clone)]
+enum Stateless {
+    Filter { step: String, predicate: PhysicalExpr },
+    Select { step: String, items: Vec<Projection> },
+}
+
+#[derive(Debug, Clone)]
+enum Projection {
+    All,
+    Named(PhysicalExpr, String),
+}
+
+impl Stateless {
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch, EngineError> {
+        match self {
+            Self::Filter { step, predicate } => {
+                let keep = predicate
+                    .evaluate_predicate(&batch)
+                    .map_err(|source| EngineError::Expr { step: step.clone(), source })?;
+                Ok(filter_record_batch(&batch, &keep)?)
+            }
+            Self::Select { step, items } => {
+                let mut fields: Vec<Field> = Vec::new();
+                let mut columns: Vec<ArrayRef> = Vec::new();
+                for item in items {
+                    match item {
+                        Projection::All => {
+                            for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+                                if !is_hidden(field.name()) {
+                                    fields.push(field.as_ref().clone());
+                                    columns.push(column.clone());
+                                }
+                            }
+                        }
+                        Projection::Named(expr, name) => {
+                            let column = expr
+                                .evaluate(&batch)
+                                .map_err(|source| EngineError::Expr { step: step.clone(), source })?;
+                            fields.push(Field::new(name, column.data_type().clone(), true));
+                            columns.push(column);
+                        }
+                    }
+                }
+                for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+                    if is_hidden(field.name()) {
+                        fields.push(field.as_ref().clone());
+                        columns.push(column.clone());
+                    }
+                }
+                Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+            }
+        }
+    }
+}
+
+/// The windowed aggregate of a plan.
+#[derive(Debug, Clone)]
+struct WindowPlan {
+    step: String,
+    kind: WindowKind,
+    keys: Vec<String>,
+    aggregations: Vec<weir_crds::Aggregation>,
+}
+
+/// A StreamJob's pipeline, compiled once and shared by all partitions.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    before_window: Vec<Stateless>,
+    window: Option<WindowPlan>,
+    after_window: Vec<Stateless>,
+    out_of_orderness: i64,
+    idle_timeout: Duration,
+}
+
+impl Plan {
+    /// Compiles the pipeline of a validated spec.
+    pub fn new(spec: &StreamJobSpec) -> Result<Self, EngineError> {
+        let mut before_window = Vec::new();
+        let mut after_window = Vec::new();
+        let mut window = None;
+        let mut keys = Vec::new();
+        let mut pending_window = None;
+        for (i, step) in spec.pipeline.iter().enumerate() {
+            let name = format!("pipeline[{i}].{}", step.kind());
+            let stateless = match step {
+                Step::Filter(text) => Some(Stateless::Filter {
+                    predicate: PhysicalExpr::parse(text)
+                        .map_err(|source| EngineError::Expr { step: name.clone(), source })?,
+                    step: name,
+                }),
+                Step::Select(items) => Some(Stateless::Select { items: compile_select(items, &name)?, step: name }),
+                Step::KeyBy(fields) => {
+                    keys = fields.clone();
+                    None
+                }
+                Step::Window(w) => {
+                    pending_window = Some(WindowKind::from(w));
+                    None
+                }
+                Step::Aggregate(aggregations) => {
+                    window = Some(WindowPlan {
+                        step: name,
+                        kind: pending_window.take().unwrap_or(WindowKind::Tumbling { size: i64::MAX / 4 }),
+                        keys: keys.clone(),
+                        aggregations: aggregations.clone(),
+                    });
+                    None
+                }
+            };
+            if let Some(stateless) = stateless {
+                if window.is_some() { after_window.push(stateless) } else { before_window.push(stateless) }
+            }
+        }
+        let event_time = spec.source.kafka.event_time.as_ref();
+        Ok(Self {
+            before_window,
+            window,
+            after_window,
+            out_of_orderness: event_time
+                .map_or(0, |e| i64::try_from(e.max_out_of_orderness.get().as_millis()).unwrap_or(0)),
+            idle_timeout: event_time.map_or(Duration::from_secs(30), |e| e.idle_timeout.get()),
+        })
+    }
+
+    /// Whether the pipeline keeps state (has a windowed aggregate).
+    pub fn is_stateful(&self) -> bool {
+        self.window.is_some()
+    }
+}
+
+fn compile_select(items: &[String], step: &str) -> Result<Vec<Projection>, EngineError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(j, text)| {
+            let at = || format!("{step}[{j}]");
+            match weir_crds::expr::parse_select_item(text) {
+                Ok(SelectItem::Wildcard) => Ok(Projection::All),
+                Ok(SelectItem::Named { expr, name }) => PhysicalExpr::compile(&expr)
+                    .map(|e| Projection::Named(e, name))
+                    .map_err(|source| EngineError::Expr { step: at(), source }),
+                Err(e) => Err(EngineError::Expr { step: at(), source: ExprError::Unsupported(e.to_string()) }),
+            }
+        })
+        .collect()
+}
+
+/// The event-time progress of one partition.
+#[derive(Debug, Clone)]
+pub struct Watermark {
+    max_event_time: Option<i64>,
+    out_of_orderness: i64,
+    idle_timeout: Duration,
+    last_activity: Instant,
+}
+
+impl Watermark {
+    fn new(plan: &Plan, max_event_time: Option<i64>, now: Instant) -> Self {
+        Self {
+            max_event_time,
+            out_of_orderness: plan.out_of_orderness,
+            idle_timeout: plan.idle_timeout,
+            last_activity: now,
+        }
+    }
+
+    /// Records with event time before this are late; windows ending at or before it close.
+    pub fn current(&self) -> i64 {
+        self.max_event_time.map_or(i64::MIN, |t| t.saturating_sub(self.out_of_orderness))
+    }
+
+    /// The newest event time seen (or assumed while idle).
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_time
+    }
+
+    fn observe(&mut self, newest: i64, now: Instant) {
+        self.max_event_time = Some(self.max_event_time.map_or(newest, |t| t.max(newest)));
+        self.last_activity = now;
+    }
+
+    /// After `idle_timeout` without records, event time is assumed to move with the clock,
+    /// so the partition's last windows close. Returns whether the watermark moved.
+    fn advance_if_idle(&mut self, now: Instant) -> bool {
+        let idle_for = now.saturating_duration_since(self.last_activity);
+        let Some(max) = self.max_event_time else { return false };
+        if idle_for < self.idle_timeout {
+            return false;
+        }
+        let elapsed = i64::try_from(idle_for.as_millis()).unwrap_or(i64::MAX);
+        self.max_event_time = Some(max.saturating_add(elapsed));
+        self.last_activity = now;
+        true
+    }
+}
+
+/// Where a partition resumes: its event-time progress and the offset before which records
+/// were already processed once (their closed windows were emitted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The newest event time seen before the restart.
+    pub max_event_time: Option<i64>,
+    /// Records before this offset are a replay: late ones are dropped without being counted.
+    pub replay_until: i64,
+}
+
+/// What processing a batch produced.
+#[derive(Debug, Default)]
+pub struct Processed {
+    /// Result records for the sink.
+    pub output: Vec<RecordBatch>,
+    /// Records that arrived after their windows closed (not replays).
+    pub late: Option<RecordBatch>,
+}
+
+/// The pipeline state of one source partition.
+#[derive(Debug)]
+pub struct PartitionPipeline {
+    plan: Arc<Plan>,
+    windows: Option<KeyedWindows>,
+    watermark: Watermark,
+    replay_until: i64,
+}
+
+impl PartitionPipeline {
+    /// A partition starting fresh, or resuming where `resume` says.
+    pub fn new(plan: Arc<Plan>, resume: Resume, now: Instant) -> Self {
+        let windows = plan.window.as_ref().map(|w| KeyedWindows::new(w.kind, w.keys.clone(), &w.aggregations));
+        let watermark = Watermark::new(&plan, resume.max_event_time, now);
+        Self { plan, windows, watermark, replay_until: resume.replay_until }
+    }
+
+    /// The partition's event-time progress.
+    pub fn watermark(&self) -> &Watermark {
+        &self.watermark
+    }
+
+    /// The first offset whose record is still needed by open windows, if any are open.
+    pub fn min_open_offset(&self) -> Option<i64> {
+        self.windows.as_ref().and_then(KeyedWindows::min_open_offset)
+    }
+
+    /// Number of (key, window) aggregates held.
+    pub fn open_aggregates(&self) -> usize {
+        self.windows.as_ref().map_or(0, KeyedWindows::open_aggregates)
+    }
+
+    /// Runs a decoded batch (with hidden columns) through the pipeline.
+    pub fn process(&mut self, batch: RecordBatch, now: Instant) -> Result<Processed, EngineError> {
+        let newest = newest_event_time(&batch);
+        let mut batch = batch;
+        for step in &self.plan.before_window {
+            batch = step.apply(batch)?;
+        }
+        let mut processed = Processed::default();
+        let (Some(windows), Some(plan)) = (self.windows.as_mut(), self.plan.window.as_ref()) else {
+            if let Some(newest) = newest {
+                self.watermark.observe(newest, now);
+            }
+            processed.output.push(batch);
+            return Ok(processed);
+        };
+        let watermark = self.watermark.current();
+        let applied = windows
+            .apply(&batch, watermark)
+            .map_err(|source| EngineError::Keyed { step: plan.step.clone(), source })?;
+        if !applied.late_rows.is_empty() {
+            processed.late = self.late_records(&batch, &applied.late_rows)?;
+        }
+        if let Some(newest) = newest {
+            self.watermark.observe(newest, now);
+        }
+        processed.output = self.close_windows()?;
+        Ok(processed)
+    }
+
+    /// Moves an idle partition's watermark with the clock and emits what that closes.
+    pub fn tick(&mut self, now: Instant) -> Result<Vec<RecordBatch>, EngineError> {
+        if self.windows.is_none() || !self.watermark.advance_if_idle(now) {
+            return Ok(Vec::new());
+        }
+        self.close_windows()
+    }
+
+    fn close_windows(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+        let (Some(windows), Some(plan)) = (self.windows.as_mut(), self.plan.window.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let closed = windows
+            .close_until(self.watermark.current())
+            .map_err(|source| EngineError::Keyed { step: plan.step.clone(), source })?;
+        let Some(mut results) = closed else { return Ok(Vec::new()) };
+        for step in &self.plan.after_window {
+            results = step.apply(results)?;
+        }
+        Ok(vec![results])
+    }
+
+    /// Late rows, less the replayed ones (already counted before the restart).
+    fn late_records(&self, batch: &RecordBatch, rows: &[u32]) -> Result<Option<RecordBatch>, EngineError> {
+        let offsets = batch.column_by_name(OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let fresh: Vec<u32> = match offsets {
+            Some(offsets) => rows.iter().copied().filter(|&r| offsets.value(r as usize) >= self.replay_until).collect(),
+            None => rows.to_vec(),
+        };
+        if fresh.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(take_record_batch(batch, &UInt32Array::from(fresh))?))
+    }
+}
+
+fn newest_event_time(batch: &RecordBatch) -> Option<i64> {
+    let times = batch.column_by_name(EVENT_TIME)?.as_primitive_opt::<Int64Type>()?;
+    arrow::compute::max(times).filter(|_| times.len() > times.null_count())
+}
+
+#[cfg(test)]
+mod tests;
