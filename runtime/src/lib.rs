@@ -2,4 +2,5 @@
 //! Arrow, run through the job's pipeline ([`engine`]) per source partition, and the results
 //! are encoded and produced to the sink topic.
 
+pub mod codec;
 pub mod engine;
