@@ -232,11 +232,11 @@ fn decode_inferred(
     let values = || parsed.iter().map(|(_, v)| v);
     if let Ok(schema) = arrow::json::reader::infer_json_schema_from_iterator(values().map(Ok)) {
         let mut decoder = ReaderBuilder::new(Arc::new(schema)).with_batch_size(parsed.len()).build_decoder()?;
-        if decoder.serialize(&values().collect::<Vec<_>>()).is_ok() {
-            if let Ok(batch) = decoder.flush() {
-                good.extend(parsed.iter().map(|(i, _)| *i));
-                return Ok(batch);
-            }
+        if decoder.serialize(&values().collect::<Vec<_>>()).is_ok()
+            && let Ok(batch) = decoder.flush()
+        {
+            good.extend(parsed.iter().map(|(i, _)| *i));
+            return Ok(batch);
         }
     }
     let schema = Arc::new(arrow::json::reader::infer_json_schema_from_iterator(std::iter::once(Ok(first)))?);

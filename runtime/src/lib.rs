@@ -1,6 +1,11 @@
 //! The Weir runtime: runs one StreamJob in a pod. Kafka records are decoded in batches into
-//! Arrow, run through the job's pipeline ([`engine`]) per source partition, and the results
-//! are encoded and produced to the sink topic.
+//! Arrow ([`codec`]), run through the job's pipeline per source partition ([`engine`]), and the
+//! results are encoded and produced to the sink topic ([`runner`]). The admin server
+//! ([`admin`]) exports [`metrics`], health and status.
 
+pub mod admin;
 pub mod codec;
 pub mod engine;
+pub mod kafka;
+pub mod metrics;
+pub mod runner;

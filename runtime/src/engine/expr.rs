@@ -35,9 +35,6 @@ pub enum ExprError {
     /// The expression uses SQL this engine does not evaluate.
     #[error("unsupported in expressions: {0}")]
     Unsupported(String),
-    /// A referenced field is missing from the records.
-    #[error("no field `{0}` in the records")]
-    MissingField(String),
     /// An Arrow kernel refused the operation, e.g. adding a string to a number.
     #[error("cannot evaluate `{expr}`: {source}")]
     Kernel {
@@ -152,10 +149,8 @@ impl PhysicalExpr {
 
     /// Evaluates the expression on every row of `batch`.
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<ArrayRef, ExprError> {
-        let value = eval(&self.node, batch).map_err(|e| match e {
-            Failure::Missing(field) => ExprError::MissingField(field),
-            Failure::Kernel(source) => ExprError::Kernel { expr: self.text.clone(), source },
-        })?;
+        let value =
+            eval(&self.node, batch).map_err(|Failure(source)| ExprError::Kernel { expr: self.text.clone(), source })?;
         value.into_array(batch.num_rows()).map_err(|source| ExprError::Kernel { expr: self.text.clone(), source })
     }
 
@@ -354,14 +349,12 @@ enum Value {
     Scalar(ArrayRef),
 }
 
-enum Failure {
-    Missing(String),
-    Kernel(ArrowError),
-}
+/// A kernel error inside evaluation, given the expression's text at the top.
+struct Failure(ArrowError);
 
 impl From<ArrowError> for Failure {
     fn from(error: ArrowError) -> Self {
-        Self::Kernel(error)
+        Self(error)
     }
 }
 
@@ -445,9 +438,11 @@ fn coerced(left: Value, right: Value) -> Eval<(Value, Value)> {
 
 fn eval(node: &Node, batch: &RecordBatch) -> Eval<Value> {
     match node {
-        Node::Column(name) => {
-            batch.column_by_name(name).cloned().map(Value::Array).ok_or_else(|| Failure::Missing(name.clone()))
-        }
+        // A field no record of the batch has reads as NULL: JSON records may omit fields.
+        Node::Column(name) => Ok(batch
+            .column_by_name(name)
+            .cloned()
+            .map_or_else(|| Value::Scalar(new_null_array(&DataType::Null, 1)), Value::Array)),
         Node::Literal(literal) => Ok(Value::Scalar(literal_array(literal))),
         Node::Arith(op, l, r) => {
             let (l, r) = (eval(l, batch)?, eval(r, batch)?);
@@ -752,9 +747,9 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_field_is_reported_by_name() {
-        let err = PhysicalExpr::parse("nope > 1").unwrap().evaluate(&batch()).unwrap_err();
-        assert!(matches!(err, ExprError::MissingField(ref f) if f == "nope"), "{err}");
+    fn a_field_no_record_has_reads_as_null() {
+        assert_eq!(keep("nope > 1"), [false; 4]);
+        assert_eq!(keep("nope IS NULL"), [true; 4]);
     }
 
     #[test]

@@ -27,9 +27,9 @@ use super::{
 /// Why a batch could not be aggregated.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyedError {
-    /// A key or aggregate field is missing from the records.
-    #[error("no field `{0}` in the records")]
-    MissingField(String),
+    /// A hidden column the source adds is missing (a bug, not bad input).
+    #[error("no column `{0}` in the batch")]
+    MissingColumn(String),
     /// An Arrow kernel failed.
     #[error(transparent)]
     Arrow(#[from] ArrowError),
@@ -235,7 +235,7 @@ impl KeyedWindows {
     fn key_rows(&mut self, batch: &RecordBatch) -> Result<arrow::row::Rows, KeyedError> {
         let mut columns = Vec::with_capacity(self.key_fields.len());
         for name in &self.key_fields {
-            columns.push(batch.column_by_name(name).cloned().ok_or_else(|| KeyedError::MissingField(name.clone()))?);
+            columns.push(column_or_nulls(batch, name));
         }
         // The first batch fixes the key types; later batches are cast to them, so a key
         // inferred as integer in one batch and string in another still groups together.
@@ -264,9 +264,7 @@ impl KeyedWindows {
             .iter()
             .map(|spec| match &spec.field {
                 None => Ok(None),
-                Some(name) => {
-                    batch.column_by_name(name).cloned().map(Some).ok_or_else(|| KeyedError::MissingField(name.clone()))
-                }
+                Some(name) => Ok(Some(column_or_nulls(batch, name))),
             })
             .collect()
     }
@@ -319,11 +317,19 @@ impl KeyedWindows {
     }
 }
 
+/// A field no record of the batch has is all NULL (JSON records may omit fields).
+fn column_or_nulls(batch: &RecordBatch, name: &str) -> ArrayRef {
+    batch
+        .column_by_name(name)
+        .cloned()
+        .unwrap_or_else(|| arrow::array::new_null_array(&DataType::Utf8, batch.num_rows()))
+}
+
 fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::Int64Array, KeyedError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| KeyedError::MissingField(name.to_owned()))
+        .ok_or_else(|| KeyedError::MissingColumn(name.to_owned()))
 }
 
 /// Epoch milliseconds as RFC 3339 UTC text with millisecond precision.

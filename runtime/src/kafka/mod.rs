@@ -1,0 +1,2 @@
+//! Kafka client configuration.
+pub mod config;

@@ -1,0 +1,130 @@
+//! `weir-runtime --job FILE`: runs one StreamJob until SIGTERM, then drains, commits and exits 0.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, sync::atomic::Ordering};
+
+use clap::Parser;
+use tracing::{error, info};
+use weir_crds::JobDocument;
+use weir_runtime::{
+    admin,
+    kafka::config::SecretMounts,
+    metrics::Metrics,
+    runner::{self, Settings, Shared},
+};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Runs a Weir StreamJob's Kafka pipeline")]
+struct Args {
+    /// StreamJob file: the whole resource or its spec, YAML or JSON.
+    #[arg(long)]
+    job: PathBuf,
+    /// Address of the admin server (metrics, health, status).
+    #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "0.0.0.0:9249")]
+    admin_addr: SocketAddr,
+    /// Job name for metrics and the default group id; defaults to the resource's name.
+    #[arg(long, env = "WEIR_JOB_NAME")]
+    name: Option<String>,
+    /// Namespace for the default group id; defaults to the resource's namespace.
+    #[arg(long, env = "WEIR_JOB_NAMESPACE")]
+    namespace: Option<String>,
+    /// Folder where Kafka credentials are mounted.
+    #[arg(long, env = "WEIR_SECRETS_DIR", default_value = "/var/run/secrets/weir")]
+    secrets_dir: PathBuf,
+    /// Time between offset commits, e.g. `1s`.
+    #[arg(long, default_value = "1s")]
+    commit_interval: weir_crds::Duration,
+    /// Most records decoded into one batch.
+    #[arg(long, default_value_t = 4096)]
+    max_batch: usize,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let text = match std::fs::read_to_string(&args.job) {
+        Ok(text) => text,
+        Err(e) => {
+            error!("cannot read {}: {e}", args.job.display());
+            return ExitCode::from(2);
+        }
+    };
+    let document = match JobDocument::parse(&text) {
+        Ok(document) => document,
+        Err(e) => {
+            error!("{}: {e}", args.job.display());
+            return ExitCode::from(2);
+        }
+    };
+    let name = args.name.clone().or(document.name.clone()).unwrap_or_else(|| "streamjob".into());
+    let namespace = args.namespace.clone().or(document.namespace.clone()).unwrap_or_else(|| "default".into());
+    let group_id = document.spec.source.kafka.group_id.clone().unwrap_or_else(|| format!("{namespace}.{name}"));
+    let metrics = match Metrics::new(&name) {
+        Ok(metrics) => metrics,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shared = Arc::new(Shared::new(metrics));
+    let settings = Settings {
+        name,
+        group_id,
+        spec: document.spec,
+        secrets: SecretMounts::new(&args.secrets_dir),
+        max_batch: args.max_batch.max(1),
+        batch_wait: std::time::Duration::from_millis(50),
+        commit_interval: args.commit_interval.get(),
+    };
+    match serve_and_run(args.admin_addr, settings, shared) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_and_run(admin_addr: SocketAddr, settings: Settings, shared: Arc<Shared>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let admin = tokio::spawn(admin::serve(admin_addr, shared.clone()));
+        let on_signal = shared.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("stopping: draining in-flight records");
+            on_signal.shutdown.store(true, Ordering::Relaxed);
+        });
+        info!(%admin_addr, job = settings.name, "starting");
+        let job = tokio::task::spawn_blocking(move || runner::run(settings, shared));
+        tokio::select! {
+            result = job => result.map_err(|e| format!("job thread: {e}"))?.map_err(|e| e.to_string()),
+            result = admin => Err(format!("admin server on {admin_addr} stopped: {:?}", result.map_err(|e| e.to_string()))),
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "text" { builder.init() } else { builder.json().init() }
+}
