@@ -5,31 +5,12 @@ use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tempfile::TempDir;
 
-use crate::{free_port, repo_root};
-
-/// Why the devcluster could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A process could not be started.
-    #[error("running {what}: {source}")]
-    Spawn {
-        /// What was run.
-        what: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// `start.sh` failed; its output says why.
-    #[error("devcluster did not start:\n{0}")]
-    Start(String),
-    /// A condition was not met in time.
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, String),
-}
+use crate::{Error, free_port, repo_root, wait_until};
 
 /// A local API server with its own etcd, certificates and kubeconfig.
 #[derive(Debug)]
@@ -123,16 +104,4 @@ impl Drop for DevCluster {
     fn drop(&mut self) {
         let _ = Command::new("bash").arg(repo_root().join("e2e/devcluster/stop.sh")).arg(self.run_dir.path()).output();
     }
-}
-
-/// Polls `condition` every 100 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(Error::Timeout(timeout, what.to_owned()))
 }

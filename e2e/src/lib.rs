@@ -1,9 +1,34 @@
 //! Test infrastructure for Weir, owned by the project: a local Kubernetes control plane
-//! (`devcluster`) built from Debian's packaged Kubernetes libraries, and helpers to drive it.
+//! ([`devcluster`]) built from Debian's packaged Kubernetes libraries, a Kafka-protocol
+//! broker ([`broker`]), and helpers to drive them.
 
+pub mod broker;
 pub mod devcluster;
 
-use std::{net::TcpListener, path::PathBuf};
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+/// Why a piece of test infrastructure could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A process could not be started.
+    #[error("running {what}: {source}")]
+    Spawn {
+        /// What was run.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A start script failed; its output says why.
+    #[error("did not start:\n{0}")]
+    Start(String),
+    /// A condition was not met in time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
 
 /// The repository root, for scripts and manifests the tests use.
 pub fn repo_root() -> PathBuf {
@@ -13,4 +38,39 @@ pub fn repo_root() -> PathBuf {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::Timeout(timeout, what.to_owned()))
+}
+
+/// A plain HTTP/1.0 GET, returning the status code and body (for admin endpoints in tests).
+pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of a Prometheus sample whose line starts with `series` (name and labels).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

@@ -273,11 +273,13 @@ impl KeyedWindows {
         self.scratch.clear();
         self.scratch.extend_from_slice(&start.to_be_bytes());
         self.scratch.extend_from_slice(key);
-        let window = self.windows.entry(start).or_insert_with(|| OpenWindow { slots: Vec::new(), min_offset: offset });
-        window.min_offset = window.min_offset.min(offset);
         if let Some(&slot) = self.groups.get(self.scratch.as_slice()) {
             return slot;
         }
+        // Offsets only grow within a partition, so a window's oldest offset is the one that
+        // opened it (or, replaying, the smallest of the groups that opened it).
+        let window = self.windows.entry(start).or_insert_with(|| OpenWindow { slots: Vec::new(), min_offset: offset });
+        window.min_offset = window.min_offset.min(offset);
         let slot = self.accumulators.allocate();
         let group: Box<[u8]> = self.scratch.as_slice().into();
         if self.slot_keys.len() <= slot as usize {

@@ -1,0 +1,330 @@
+//! The runtime binary against a real Kafka-protocol broker: windowed results equal an
+//! independent computation, malformed records are counted and dead-lettered, and a SIGTERM
+//! mid-stream followed by a restart loses nothing and repeats nothing.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    producer::{BaseProducer, BaseRecord, Producer},
+};
+use serde_json::{Value, json};
+use weir_e2e::{broker::Broker, free_port, http_get, metric_value, wait_until};
+
+const WINDOW_MS: i64 = 10_000;
+/// Far beyond every test event: a record at this time closes all earlier windows.
+const FLUSH_TS: i64 = 4_000_000_000_000;
+const BASE_TS: i64 = 1_700_000_000_000;
+
+fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// One generated payment.
+#[derive(Debug, Clone)]
+struct Payment {
+    user: String,
+    amount: i64,
+    ts: i64,
+}
+
+/// Payments of `users` users over `count` records, event times rising with up to 2 s of
+/// disorder (less than the job's 5 s allowance, so none is late).
+fn payments(count: usize, users: usize, start: usize) -> Vec<Payment> {
+    (start..start + count)
+        .map(|i| {
+            let jitter = ((i * 7919) % 2000) as i64;
+            Payment {
+                user: format!("user-{}", (i * 31) % users),
+                amount: (i % 97) as i64 + 1,
+                ts: BASE_TS + i as i64 * 50 - jitter,
+            }
+        })
+        .collect()
+}
+
+/// The expected result: (user, window start) → (total, count), computed without the runtime.
+fn expected(payments: &[Payment]) -> BTreeMap<(String, i64), (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for p in payments {
+        let entry = out.entry((p.user.clone(), p.ts - p.ts.rem_euclid(WINDOW_MS))).or_insert((0, 0));
+        entry.0 += p.amount;
+        entry.1 += 1;
+    }
+    out
+}
+
+fn producer(broker: &Broker) -> BaseProducer {
+    must(ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create(), "creating a producer")
+}
+
+fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, returned)) => {
+                producer.poll(Duration::from_millis(10));
+                record = returned;
+            }
+        }
+    }
+}
+
+fn produce_payments(producer: &BaseProducer, topic: &str, payments: &[Payment]) {
+    for p in payments {
+        let payload = json!({"user_id": p.user, "amount": p.amount, "currency": "EUR", "ts": p.ts}).to_string();
+        send(producer, topic, &p.user, &payload);
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing input");
+}
+
+/// One far-future record per partition, so every window of the test data closes.
+fn produce_flush_markers(producer: &BaseProducer, topic: &str, partitions: i32) {
+    for partition in 0..partitions {
+        let payload = json!({"user_id": "flush", "amount": 0, "currency": "EUR", "ts": FLUSH_TS}).to_string();
+        let record = BaseRecord::to(topic).key("flush").payload(&payload).partition(partition);
+        if let Err((e, _)) = producer.send(record) {
+            panic!("sending a flush marker: {e}");
+        }
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing markers");
+}
+
+fn job_file(dir: &Path, broker: &Broker, name: &str, dead_letter: bool) -> std::path::PathBuf {
+    let dlq = if dead_letter { format!("\n  deadLetter: {{topic: {name}-dlq}}") } else { String::new() };
+    let job = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: {name}, namespace: test}}
+spec:
+  source:
+    kafka:
+      bootstrapServers: "{servers}"
+      topic: {name}-in
+      partitionedBy: [user_id]
+      eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+  pipeline:
+    - filter: "amount > 0 AND currency = 'EUR'"
+    - keyBy: [user_id]
+    - window: {{tumbling: {{size: 10s}}}}
+    - aggregate: [{{fn: sum, field: amount, as: total}}, {{fn: count, as: payments}}]
+  sink:
+    kafka: {{bootstrapServers: "{servers}", topic: {name}-out, keyField: user_id}}{dlq}
+"#,
+        servers = broker.bootstrap()
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    must(std::fs::write(&path, job), "writing the job file");
+    path
+}
+
+struct Runtime {
+    child: Child,
+    admin: String,
+}
+
+impl Runtime {
+    fn start(job: &Path) -> Self {
+        let admin = format!("127.0.0.1:{}", must(free_port(), "free port"));
+        let child = must(
+            Command::new(env!("CARGO_BIN_EXE_weir-runtime"))
+                .args(["--job", &job.display().to_string(), "--admin-addr", &admin, "--log-format", "text"])
+                .env("RUST_LOG", "warn,weir_runtime=info")
+                .stdout(Stdio::null())
+                .spawn(),
+            "starting weir-runtime",
+        );
+        let runtime = Self { child, admin };
+        must(
+            wait_until(Duration::from_secs(60), "the runtime to become ready", || runtime.get("/readyz").0 == 200),
+            "readiness",
+        );
+        runtime
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.admin, path).unwrap_or((0, String::new()))
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.get("/metrics").1, series).unwrap_or(-1.0)
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("weir-runtime did not exit within 60 s of SIGTERM");
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `topic` from the start until `count` records arrived (or 90 s passed), then
+/// keeps reading until 3 s pass without a record, so that extra (repeated) records show.
+fn read_records(broker: &Broker, topic: &str, count: usize) -> Vec<(Value, Vec<(String, String)>)> {
+    let consumer: BaseConsumer = must(
+        ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create(),
+        "creating a reader",
+    );
+    must(consumer.subscribe(&[topic]), "subscribing the reader");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last_record = Instant::now();
+    while Instant::now() < deadline && (records.len() < count || last_record.elapsed() < Duration::from_secs(3)) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            last_record = Instant::now();
+            let value: Value = must(serde_json::from_slice(message.payload().unwrap_or_default()), "output is JSON");
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push((value, headers));
+        }
+    }
+    records
+}
+
+/// Output records as (user, window start) → (total, count), failing on a duplicate window.
+fn results(records: &[(Value, Vec<(String, String)>)]) -> BTreeMap<(String, i64), (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for (record, _) in records {
+        let user = record["user_id"].as_str().unwrap_or_default().to_owned();
+        let start = chrono::DateTime::parse_from_rfc3339(record["window_start"].as_str().unwrap_or_default())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_else(|e| panic!("window_start of {record}: {e}"));
+        let end = chrono::DateTime::parse_from_rfc3339(record["window_end"].as_str().unwrap_or_default())
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_default();
+        assert_eq!(end - start, WINDOW_MS, "{record}");
+        let value = (record["total"].as_i64().unwrap_or(-1), record["payments"].as_i64().unwrap_or(-1));
+        assert!(out.insert((user, start), value).is_none(), "window emitted twice: {record}");
+    }
+    out
+}
+
+#[test]
+fn windowed_results_equal_an_independent_computation_and_bad_records_are_dead_lettered() {
+    let broker = must(Broker::start(), "starting the broker");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "spend";
+    must(broker.create_topic(&format!("{name}-in"), 3), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    must(broker.create_topic(&format!("{name}-dlq"), 1), "creating the dead-letter topic");
+
+    let input = payments(3_000, 25, 0);
+    let producer = producer(&broker);
+    produce_payments(&producer, &format!("{name}-in"), &input);
+    for bad in ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#] {
+        send(&producer, &format!("{name}-in"), "bad", bad);
+    }
+    produce_flush_markers(&producer, &format!("{name}-in"), 3);
+
+    let runtime = Runtime::start(&job_file(dir.path(), &broker, name, true));
+    let want = expected(&input);
+    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    assert_eq!(got.len(), want.len(), "number of window results");
+    assert_eq!(got, want);
+
+    // Two undecodable payloads and one without its event time.
+    let dead = read_records_raw(&broker, &format!("{name}-dlq"), 3);
+    assert_eq!(dead.len(), 3);
+    assert!(dead.iter().all(|(_, headers)| headers.iter().any(|(k, v)| k == "weir.error" && v.starts_with("decode"))));
+    wait_until(Duration::from_secs(10), "the decode error counter", || {
+        runtime.metric("weir_decode_errors_total{streamjob=\"spend\"}") == 3.0
+    })
+    .unwrap_or_else(|e| panic!("{e}: metrics were {}", runtime.get("/metrics").1));
+    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_006.0);
+    assert!(runtime.get("/metrics").1.contains("weir_consumer_lag{"), "the lag gauge is exported");
+    let status: Value = must(serde_json::from_str(&runtime.get("/status").1), "status is JSON");
+    assert_eq!(status["partitions"].as_array().map(Vec::len), Some(3), "{status}");
+}
+
+/// Like [`read_records`] but for payloads that are not JSON.
+fn read_records_raw(broker: &Broker, topic: &str, count: usize) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    let consumer: BaseConsumer = must(
+        ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("group.id", format!("raw-reader-{topic}-{}", std::process::id()))
+            .set("auto.offset.reset", "earliest")
+            .create(),
+        "creating a reader",
+    );
+    must(consumer.subscribe(&[topic]), "subscribing the reader");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records.len() < count && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push((message.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    records
+}
+
+#[test]
+fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
+    let broker = must(Broker::start(), "starting the broker");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "restart";
+    must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    let job = job_file(dir.path(), &broker, name, false);
+    let producer = producer(&broker);
+
+    let first = payments(2_000, 10, 0);
+    produce_payments(&producer, &format!("{name}-in"), &first);
+    let runtime = Runtime::start(&job);
+    // Stop once it has emitted some windows, with others still open.
+    wait_until(Duration::from_secs(60), "some results before the stop", || {
+        runtime.metric("weir_records_out_total{streamjob=\"restart\"}") > 0.0
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(runtime.terminate(), Some(0), "SIGTERM exits cleanly");
+
+    let second = payments(2_000, 10, 2_000);
+    produce_payments(&producer, &format!("{name}-in"), &second);
+    produce_flush_markers(&producer, &format!("{name}-in"), 2);
+    let _restarted = Runtime::start(&job);
+
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    let records = read_records(&broker, &format!("{name}-out"), want.len());
+    let got = results(&records);
+    assert_eq!(got, want);
+}
