@@ -61,6 +61,9 @@ pub enum RunError {
     /// Results could not be encoded.
     #[error("encoding results: {0}")]
     Encode(#[from] ArrowError),
+    /// The job needs something this runtime does not do yet.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> RunError {
@@ -349,6 +352,7 @@ impl Job {
         let consumer: BaseConsumer<SourceContext> =
             client(&config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?, context)
                 .map_err(kafka("creating the consumer"))?;
+        refuse_uncovered_keys(&consumer, spec, &topic)?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
         lock(&shared.status).topic = topic.clone();
         info!(topic, group = settings.group_id, "consuming");
@@ -622,6 +626,34 @@ fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), R
             Err((e, _)) => return Err(RunError::Kafka { context: "producing", source: e }),
         }
     }
+}
+
+/// State is kept per source partition, so a key spread over several partitions would be
+/// aggregated in pieces. Until the runtime repartitions through an internal topic, such a
+/// job is refused at start rather than run with wrong results.
+fn refuse_uncovered_keys(
+    consumer: &BaseConsumer<SourceContext>,
+    spec: &StreamJobSpec,
+    topic: &str,
+) -> Result<(), RunError> {
+    let Some(keys) = spec.pipeline.iter().find_map(|s| if let Step::KeyBy(k) = s { Some(k) } else { None }) else {
+        return Ok(());
+    };
+    let partitioned_by = &spec.source.kafka.partitioned_by;
+    if keys.iter().all(|k| partitioned_by.contains(k)) {
+        return Ok(());
+    }
+    let metadata =
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(kafka("reading topic metadata"))?;
+    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    if partitions <= 1 {
+        return Ok(());
+    }
+    Err(RunError::Unsupported(format!(
+        "keyBy {keys:?} is not covered by source.kafka.partitionedBy {partitioned_by:?} and topic {topic} has \
+         {partitions} partitions; repartitioning is not implemented yet, so declare partitionedBy when the topic \
+         is keyed by these fields"
+    )))
 }
 
 fn is_fatal(code: RDKafkaErrorCode) -> bool {

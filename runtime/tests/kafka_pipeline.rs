@@ -328,3 +328,42 @@ fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
     let got = results(&records);
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_key_spread_over_partitions_is_refused_until_repartitioning_exists() {
+    let broker = must(Broker::start(), "starting the broker");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "uncovered";
+    must(broker.create_topic(&format!("{name}-in"), 3), "creating the input topic");
+    let job = job_file(dir.path(), &broker, name, false);
+    let text = must(std::fs::read_to_string(&job), "reading the job").replace("      partitionedBy: [user_id]\n", "");
+    must(std::fs::write(&job, text), "writing the job");
+    let output = must(
+        Command::new(env!("CARGO_BIN_EXE_weir-runtime"))
+            .args(["--job", &job.display().to_string(), "--admin-addr", "127.0.0.1:0", "--log-format", "text"])
+            .output(),
+        "running weir-runtime",
+    );
+    assert!(!output.status.success(), "must refuse to run");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("not covered by source.kafka.partitionedBy"), "{log}");
+}
+
+#[test]
+fn an_invalid_job_file_is_refused_with_the_field_path() {
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let job = dir.path().join("bad.yaml");
+    let spec = "source: {kafka: {bootstrapServers: 'k:9092', topic: in}}\n\
+                sink: {kafka: {bootstrapServers: 'k:9092', topic: out, keyField: nope}}\n\
+                pipeline: [{filter: 'amount >'}]\n";
+    must(std::fs::write(&job, spec), "writing the job");
+    let output = must(
+        Command::new(env!("CARGO_BIN_EXE_weir-runtime"))
+            .args(["--job", &job.display().to_string(), "--log-format", "text"])
+            .output(),
+        "running weir-runtime",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("spec.pipeline[0].filter"), "{log}");
+}
