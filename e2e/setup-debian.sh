@@ -10,6 +10,9 @@ command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+# librdkafka (built by the rdkafka crate) links OpenSSL for TLS and SASL/SCRAM.
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   echo "setup: installing ${need[*]}" >&2

@@ -1,7 +1,11 @@
 //! A Kafka-protocol broker for tests: tansu with sqlite storage on a free 127.0.0.1 port,
 //! started by `e2e/broker/run-tansu.sh`, stopped when dropped or when the test process exits.
 
-use std::{net::TcpStream, process::Command, time::Duration};
+use std::{
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use tempfile::TempDir;
 
@@ -67,9 +71,10 @@ impl Broker {
     pub fn stop(&self) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("tansu.pid")) {
             let pid = pid.trim();
-            let _ = Command::new("kill").arg(pid).status();
+            let kill = |args: &[&str]| Command::new("kill").args(args).stderr(Stdio::null()).status();
+            let _ = kill(&[pid]);
             let _ = wait_until(Duration::from_secs(10), "the broker to exit", || {
-                !Command::new("kill").args(["-0", pid]).status().is_ok_and(|s| s.success())
+                !kill(&["-0", pid]).is_ok_and(|s| s.success())
             });
         }
     }

@@ -8,4 +8,5 @@ pub mod codec;
 pub mod engine;
 pub mod kafka;
 pub mod metrics;
+pub mod progress;
 pub mod runner;

@@ -27,7 +27,7 @@ use rdkafka::{
     message::{BorrowedMessage, DeliveryResult, Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::{debug, error, info, warn};
 use weir_crds::{Step, StreamJobSpec};
 
@@ -36,6 +36,7 @@ use crate::{
     engine::{PartitionPipeline, Plan, Resume},
     kafka::config::{self, SecretMounts},
     metrics::Metrics,
+    progress::{Progress, ProgressStore},
 };
 
 /// Why the job stopped with an error (the pod exits non-zero and is restarted).
@@ -154,15 +155,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Progress stored with each committed offset.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-struct CommitMetadata {
-    v: u32,
-    max_event_time: Option<i64>,
-    position: i64,
-}
-
 /// The pipeline state of an owned partition.
 #[derive(Debug)]
 struct Run {
@@ -172,14 +164,14 @@ struct Run {
 }
 
 impl Run {
-    fn commit_point(&self) -> (i64, CommitMetadata) {
-        let offset = self.pipeline.min_open_offset().map_or(self.position, |o| o.min(self.position));
-        let metadata = CommitMetadata {
+    /// The offset to commit (the oldest one open windows still need) and the progress to keep.
+    fn commit_point(&self) -> Progress {
+        Progress {
             v: 1,
             max_event_time: self.pipeline.watermark().max_event_time(),
             position: self.position,
-        };
-        (offset, metadata)
+            committed: self.pipeline.min_open_offset().map_or(self.position, |o| o.min(self.position)),
+        }
     }
 }
 
@@ -214,6 +206,7 @@ type Sink = BaseProducer<Deliveries>;
 struct SourceContext {
     topic: String,
     table: Arc<Mutex<Table>>,
+    progress: Option<ProgressStore>,
     producers: Vec<Arc<Sink>>,
     metrics: Metrics,
 }
@@ -255,7 +248,7 @@ impl ConsumerContext for SourceContext {
         let mut offsets = TopicPartitionList::new();
         for element in revoked.elements() {
             if let Some(run) = table.runs.remove(&element.partition()) {
-                add_commit(&mut offsets, &self.topic, element.partition(), &run);
+                add_commit(&mut offsets, self.progress.as_ref(), &self.topic, element.partition(), &run, &self.metrics);
             }
         }
         if offsets.count() > 0
@@ -275,12 +268,28 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-fn add_commit(offsets: &mut TopicPartitionList, topic: &str, partition: i32, run: &Run) {
-    let (offset, metadata) = run.commit_point();
-    if offsets.add_partition_offset(topic, partition, Offset::Offset(offset)).is_ok()
+/// Saves a partition's progress, then adds its offset to `offsets`. When the progress cannot
+/// be saved the offset is left out: offsets never run ahead of progress.
+fn add_commit(
+    offsets: &mut TopicPartitionList,
+    store: Option<&ProgressStore>,
+    topic: &str,
+    partition: i32,
+    run: &Run,
+    metrics: &Metrics,
+) {
+    let progress = run.commit_point();
+    if let Some(store) = store
+        && let Err(e) = store.save(topic, partition, &progress)
+    {
+        warn!(partition, error = %e, "saving progress failed; offsets stay where they were");
+        metrics.checkpoints_failed.inc();
+        return;
+    }
+    if offsets.add_partition_offset(topic, partition, Offset::Offset(progress.committed)).is_ok()
         && let Some(mut element) = offsets.find_partition(topic, partition)
     {
-        element.set_metadata(serde_json::to_string(&metadata).unwrap_or_default());
+        element.set_metadata(serde_json::to_string(&progress).unwrap_or_default());
     }
 }
 
@@ -306,6 +315,7 @@ struct Job {
     dead_letters: Option<(Arc<Sink>, String)>,
     table: Arc<Mutex<Table>>,
     topic: String,
+    progress: Option<ProgressStore>,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, commits and returns.
@@ -347,8 +357,15 @@ impl Job {
         let table = Arc::new(Mutex::new(Table::default()));
         let mut producers = vec![sink.clone()];
         producers.extend(dead_letters.iter().map(|(p, _)| p.clone()));
-        let context =
-            SourceContext { topic: topic.clone(), table: table.clone(), producers, metrics: shared.metrics.clone() };
+        let progress =
+            ProgressStore::for_storage(spec.checkpoint.as_ref().map(|c| c.storage.as_str()), &settings.group_id);
+        let context = SourceContext {
+            topic: topic.clone(),
+            table: table.clone(),
+            progress: progress.clone(),
+            producers,
+            metrics: shared.metrics.clone(),
+        };
         let consumer: BaseConsumer<SourceContext> =
             client(&config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?, context)
                 .map_err(kafka("creating the consumer"))?;
@@ -356,7 +373,7 @@ impl Job {
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
         lock(&shared.status).topic = topic.clone();
         info!(topic, group = settings.group_id, "consuming");
-        Ok(Self { settings, shared, plan, decoder, consumer, sink, dead_letters, table, topic })
+        Ok(Self { settings, shared, plan, decoder, consumer, sink, dead_letters, table, topic, progress })
     }
 
     fn run_loop(&mut self) -> Result<(), RunError> {
@@ -416,14 +433,27 @@ impl Job {
             .map_err(kafka("reading committed offsets"))?;
         let mut table = lock(&self.table);
         for element in committed.elements() {
-            let metadata: Option<CommitMetadata> = serde_json::from_str(element.metadata()).ok();
             let committed = match element.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             };
+            let saved = match &self.progress {
+                Some(store) => store.load(&self.topic, element.partition()).unwrap_or_else(|e| {
+                    warn!(error = %e, "reading progress failed; replayed windows may repeat");
+                    None
+                }),
+                None => serde_json::from_str::<Progress>(element.metadata()).ok(),
+            };
+            if saved.is_none() && committed.is_some() {
+                warn!(
+                    partition = element.partition(),
+                    "no saved progress for a committed partition: windows open at the last stop may be emitted again \
+                     in part (set checkpoint.storage, or use a broker that keeps commit metadata)"
+                );
+            }
             let resume = Resume {
-                max_event_time: metadata.as_ref().and_then(|m| m.max_event_time),
-                replay_until: metadata.as_ref().map_or(0, |m| m.position),
+                max_event_time: saved.and_then(|p| p.max_event_time),
+                replay_until: saved.map_or(0, |p| p.position),
             };
             debug!(partition = element.partition(), ?resume, "starting partition");
             let pipeline = PartitionPipeline::new(self.plan.clone(), resume, Instant::now());
@@ -584,7 +614,7 @@ impl Job {
         let mut table = lock(&self.table);
         let mut offsets = TopicPartitionList::new();
         for (&partition, run) in &table.runs {
-            add_commit(&mut offsets, &self.topic, partition, run);
+            add_commit(&mut offsets, self.progress.as_ref(), &self.topic, partition, run, &self.shared.metrics);
         }
         if offsets.count() > 0 {
             self.consumer.commit(&offsets, CommitMode::Sync).map_err(kafka("committing offsets"))?;

@@ -98,8 +98,8 @@ fn produce_flush_markers(producer: &BaseProducer, topic: &str, partitions: i32) 
     must(producer.flush(Duration::from_secs(30)), "flushing markers");
 }
 
-fn job_file(dir: &Path, broker: &Broker, name: &str, dead_letter: bool) -> std::path::PathBuf {
-    let dlq = if dead_letter { format!("\n  deadLetter: {{topic: {name}-dlq}}") } else { String::new() };
+/// A windowed job reading `<name>-in`; `extra` is appended to its spec (indented lines).
+fn job_file(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
     let job = format!(
         r#"apiVersion: weir.dev/v1alpha1
 kind: StreamJob
@@ -117,8 +117,8 @@ spec:
     - window: {{tumbling: {{size: 10s}}}}
     - aggregate: [{{fn: sum, field: amount, as: total}}, {{fn: count, as: payments}}]
   sink:
-    kafka: {{bootstrapServers: "{servers}", topic: {name}-out, keyField: user_id}}{dlq}
-"#,
+    kafka: {{bootstrapServers: "{servers}", topic: {name}-out, keyField: user_id}}
+{extra}"#,
         servers = broker.bootstrap()
     );
     let path = dir.join(format!("{name}.yaml"));
@@ -179,9 +179,21 @@ impl Drop for Runtime {
     }
 }
 
+/// A record read back from a topic.
+struct Received {
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        must(serde_json::from_slice(&self.payload), "output is JSON")
+    }
+}
+
 /// Reads `topic` from the start until `count` records arrived (or 90 s passed), then
 /// keeps reading until 3 s pass without a record, so that extra (repeated) records show.
-fn read_records(broker: &Broker, topic: &str, count: usize) -> Vec<(Value, Vec<(String, String)>)> {
+fn read_records(broker: &Broker, topic: &str, count: usize) -> Vec<Received> {
     let consumer: BaseConsumer = must(
         ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap())
@@ -198,7 +210,6 @@ fn read_records(broker: &Broker, topic: &str, count: usize) -> Vec<(Value, Vec<(
     while Instant::now() < deadline && (records.len() < count || last_record.elapsed() < Duration::from_secs(3)) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             last_record = Instant::now();
-            let value: Value = must(serde_json::from_slice(message.payload().unwrap_or_default()), "output is JSON");
             let headers = message
                 .headers()
                 .map(|h| {
@@ -207,16 +218,16 @@ fn read_records(broker: &Broker, topic: &str, count: usize) -> Vec<(Value, Vec<(
                         .collect()
                 })
                 .unwrap_or_default();
-            records.push((value, headers));
+            records.push(Received { payload: message.payload().unwrap_or_default().to_vec(), headers });
         }
     }
     records
 }
 
 /// Output records as (user, window start) → (total, count), failing on a duplicate window.
-fn results(records: &[(Value, Vec<(String, String)>)]) -> BTreeMap<(String, i64), (i64, i64)> {
+fn results(records: &[Received]) -> BTreeMap<(String, i64), (i64, i64)> {
     let mut out = BTreeMap::new();
-    for (record, _) in records {
+    for record in records.iter().map(Received::json) {
         let user = record["user_id"].as_str().unwrap_or_default().to_owned();
         let start = chrono::DateTime::parse_from_rfc3339(record["window_start"].as_str().unwrap_or_default())
             .map(|t| t.timestamp_millis())
@@ -248,16 +259,17 @@ fn windowed_results_equal_an_independent_computation_and_bad_records_are_dead_le
     }
     produce_flush_markers(&producer, &format!("{name}-in"), 3);
 
-    let runtime = Runtime::start(&job_file(dir.path(), &broker, name, true));
+    let runtime =
+        Runtime::start(&job_file(dir.path(), &broker, name, &format!("  deadLetter: {{topic: {name}-dlq}}\n")));
     let want = expected(&input);
     let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
     assert_eq!(got.len(), want.len(), "number of window results");
     assert_eq!(got, want);
 
     // Two undecodable payloads and one without its event time.
-    let dead = read_records_raw(&broker, &format!("{name}-dlq"), 3);
+    let dead = read_records(&broker, &format!("{name}-dlq"), 3);
     assert_eq!(dead.len(), 3);
-    assert!(dead.iter().all(|(_, headers)| headers.iter().any(|(k, v)| k == "weir.error" && v.starts_with("decode"))));
+    assert!(dead.iter().all(|r| r.headers.iter().any(|(k, v)| k == "weir.error" && v.starts_with("decode"))));
     wait_until(Duration::from_secs(10), "the decode error counter", || {
         runtime.metric("weir_decode_errors_total{streamjob=\"spend\"}") == 3.0
     })
@@ -268,35 +280,6 @@ fn windowed_results_equal_an_independent_computation_and_bad_records_are_dead_le
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(3), "{status}");
 }
 
-/// Like [`read_records`] but for payloads that are not JSON.
-fn read_records_raw(broker: &Broker, topic: &str, count: usize) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
-    let consumer: BaseConsumer = must(
-        ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("group.id", format!("raw-reader-{topic}-{}", std::process::id()))
-            .set("auto.offset.reset", "earliest")
-            .create(),
-        "creating a reader",
-    );
-    must(consumer.subscribe(&[topic]), "subscribing the reader");
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while records.len() < count && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            records.push((message.payload().unwrap_or_default().to_vec(), headers));
-        }
-    }
-    records
-}
-
 #[test]
 fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
     let broker = must(Broker::start(), "starting the broker");
@@ -304,7 +287,9 @@ fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
     let name = "restart";
     must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
     must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    let job = job_file(dir.path(), &broker, name, false);
+    // Progress is kept in the checkpoint folder (this broker does not return commit metadata).
+    let checkpoints = format!("  checkpoint: {{storage: \"file://{}/checkpoints\"}}\n", dir.path().display());
+    let job = job_file(dir.path(), &broker, name, &checkpoints);
     let producer = producer(&broker);
 
     let first = payments(2_000, 10, 0);
@@ -335,7 +320,7 @@ fn a_key_spread_over_partitions_is_refused_until_repartitioning_exists() {
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "uncovered";
     must(broker.create_topic(&format!("{name}-in"), 3), "creating the input topic");
-    let job = job_file(dir.path(), &broker, name, false);
+    let job = job_file(dir.path(), &broker, name, "");
     let text = must(std::fs::read_to_string(&job), "reading the job").replace("      partitionedBy: [user_id]\n", "");
     must(std::fs::write(&job, text), "writing the job");
     let output = must(
