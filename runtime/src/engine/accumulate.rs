@@ -124,6 +124,17 @@ enum Input {
     Str(StringArray),
 }
 
+impl Input {
+    /// The value at `row` as a float, when it is a number and not NULL.
+    fn float(&self, row: usize) -> Option<f64> {
+        match self {
+            Self::Int(a, _) => a.is_valid(row).then(|| a.value(row) as f64),
+            Self::Float(a) => a.is_valid(row).then(|| a.value(row)),
+            Self::Str(_) => None,
+        }
+    }
+}
+
 fn prepare(array: &ArrayRef, numeric_only: bool) -> Result<Input, ArrowError> {
     let data_type = array.data_type().clone();
     Ok(match &data_type {
@@ -323,12 +334,7 @@ fn apply(column: &mut Column, input: &Input, updates: &Updates) {
         }
         (Column::Avg { sum, count }, input) => {
             for (r, s) in pairs {
-                let value = match input {
-                    Input::Int(a, _) => a.is_valid(r).then(|| a.value(r) as f64),
-                    Input::Float(a) => a.is_valid(r).then(|| a.value(r)),
-                    Input::Str(_) => None,
-                };
-                if let Some(x) = value {
+                if let Some(x) = input.float(r) {
                     sum[s] += x;
                     count[s] += 1;
                 }
@@ -344,12 +350,7 @@ fn apply(column: &mut Column, input: &Input, updates: &Updates) {
         }
         (Column::ExtremeFloat { values, max }, input) => {
             for (r, s) in pairs {
-                let value = match input {
-                    Input::Int(a, _) => a.is_valid(r).then(|| a.value(r) as f64),
-                    Input::Float(a) => a.is_valid(r).then(|| a.value(r)),
-                    Input::Str(_) => None,
-                };
-                values[s] = pick_f(values[s], value, *max);
+                values[s] = pick_f(values[s], input.float(r), *max);
             }
         }
         (Column::ExtremeStr { values, max }, input) => {
