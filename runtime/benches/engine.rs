@@ -68,25 +68,34 @@ fn batch(i: usize) -> RecordBatch {
     }
 }
 
-fn report(what: &str, records: usize, elapsed: Duration) {
-    let per_second = records as f64 / elapsed.as_secs_f64();
-    println!("{what:<48} {per_second:>14.0} records/s  ({records} records in {:.2} s)", elapsed.as_secs_f64());
+const ROUNDS: usize = 5;
+
+/// Prints the median of `ROUNDS` runs of `run`, which returns how long it took.
+fn report(what: &str, records: usize, mut run: impl FnMut() -> Duration) {
+    let mut rates: Vec<f64> = (0..ROUNDS).map(|_| records as f64 / run().as_secs_f64()).collect();
+    rates.sort_by(f64::total_cmp);
+    let (low, median, high) = (rates[0], rates[ROUNDS / 2], rates[ROUNDS - 1]);
+    println!(
+        "{what:<48} {median:>12.0} records/s  (median of {ROUNDS}; range {low:.0}..{high:.0}; {records} records each)"
+    );
 }
 
 fn engine_alone(plan: &Arc<Plan>) {
     let batches: Vec<RecordBatch> = (0..200).map(batch).collect();
-    let mut pipeline = PartitionPipeline::new(plan.clone(), Resume::default(), Instant::now());
-    let started = Instant::now();
-    let mut emitted = 0;
-    for b in &batches {
-        let processed = match pipeline.process(b.clone(), Instant::now()) {
-            Ok(p) => p,
-            Err(e) => panic!("engine: {e}"),
-        };
-        emitted += processed.output.iter().map(RecordBatch::num_rows).sum::<usize>();
-    }
-    report("engine: filter → keyBy → tumbling sum/count", batches.len() * BATCH, started.elapsed());
-    black_box(emitted);
+    report("engine: filter → keyBy → tumbling sum/count", batches.len() * BATCH, || {
+        let mut pipeline = PartitionPipeline::new(plan.clone(), Resume::default(), Instant::now());
+        let started = Instant::now();
+        let mut emitted = 0;
+        for b in &batches {
+            let processed = match pipeline.process(b.clone(), Instant::now()) {
+                Ok(p) => p,
+                Err(e) => panic!("engine: {e}"),
+            };
+            emitted += processed.output.iter().map(RecordBatch::num_rows).sum::<usize>();
+        }
+        black_box(emitted);
+        started.elapsed()
+    });
 }
 
 fn json_round_trip(plan: &Arc<Plan>, spec: &weir_crds::StreamJobSpec) {
@@ -99,36 +108,38 @@ fn json_round_trip(plan: &Arc<Plan>, spec: &weir_crds::StreamJobSpec) {
                 .collect()
         })
         .collect();
-    let mut pipeline = PartitionPipeline::new(plan.clone(), Resume::default(), Instant::now());
-    let started = Instant::now();
-    let mut produced = 0usize;
-    for (b, batch_payloads) in payloads.iter().enumerate() {
-        let records: Vec<RawRecord<'_>> = batch_payloads
-            .iter()
-            .enumerate()
-            .map(|(i, p)| RawRecord {
-                payload: Some(p.as_slice()),
-                key: None,
-                partition: 0,
-                offset: (b * BATCH + i) as i64,
-                timestamp: None,
-            })
-            .collect();
-        let decoded = decoder.decode(&records);
-        let Some(batch) = decoded.batch else { panic!("nothing decoded: {:?}", decoded.errors.first()) };
-        let processed = match pipeline.process(batch, Instant::now()) {
-            Ok(p) => p,
-            Err(e) => panic!("engine: {e}"),
-        };
-        for out in &processed.output {
-            match encode_json(out, Some("user_id")) {
-                Ok(encoded) => produced += encoded.len(),
-                Err(e) => panic!("encode: {e}"),
+    report("json decode + engine + json encode", batches * BATCH, || {
+        let mut pipeline = PartitionPipeline::new(plan.clone(), Resume::default(), Instant::now());
+        let started = Instant::now();
+        let mut produced = 0usize;
+        for (b, batch_payloads) in payloads.iter().enumerate() {
+            let records: Vec<RawRecord<'_>> = batch_payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| RawRecord {
+                    payload: Some(p.as_slice()),
+                    key: None,
+                    partition: 0,
+                    offset: (b * BATCH + i) as i64,
+                    timestamp: None,
+                })
+                .collect();
+            let decoded = decoder.decode(&records);
+            let Some(batch) = decoded.batch else { panic!("nothing decoded: {:?}", decoded.errors.first()) };
+            let processed = match pipeline.process(batch, Instant::now()) {
+                Ok(p) => p,
+                Err(e) => panic!("engine: {e}"),
+            };
+            for out in &processed.output {
+                match encode_json(out, Some("user_id")) {
+                    Ok(encoded) => produced += encoded.len(),
+                    Err(e) => panic!("encode: {e}"),
+                }
             }
         }
-    }
-    report("json decode + engine + json encode", batches * BATCH, started.elapsed());
-    black_box(produced);
+        black_box(produced);
+        started.elapsed()
+    });
 }
 
 fn main() {

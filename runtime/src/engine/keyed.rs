@@ -1,7 +1,7 @@
 //! Windowed aggregation of one partition's records: state by (key, window), results when
 //! the watermark passes a window's end.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, hash::BuildHasher, sync::Arc};
 
 use arrow::{
     array::{Array, ArrayRef, AsArray, Int64Array, StringArray},
@@ -12,7 +12,7 @@ use arrow::{
     row::{RowConverter, SortField},
 };
 use chrono::{DateTime, SecondsFormat};
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use weir_crds::{
     Aggregation,
     pipeline::{WINDOW_END, WINDOW_START},
@@ -35,9 +35,11 @@ pub enum KeyedError {
     Arrow(#[from] ArrowError),
 }
 
-/// A fixed window's slots and the oldest source offset that contributed to it.
+/// A fixed window: its groups (slot ids, found by key), and the oldest source offset that
+/// contributed to it.
 #[derive(Debug, Default)]
 struct OpenWindow {
+    groups: HashTable<u32>,
     slots: Vec<u32>,
     min_offset: i64,
 }
@@ -58,15 +60,16 @@ pub struct KeyedWindows {
     key_types: Option<Vec<DataType>>,
     converter: Option<RowConverter>,
     accumulators: Accumulators,
-    /// Fixed windows: `window start (8 bytes) ++ key row` → slot.
-    groups: HashMap<Box<[u8]>, u32>,
+    /// Fixed windows by start.
     windows: BTreeMap<i64, OpenWindow>,
-    /// Group key of each slot, to find it again when the window closes.
+    /// Key row of each slot: compared on lookup, decoded when the window closes.
     slot_keys: Vec<Box<[u8]>>,
+    hasher: DefaultHashBuilder,
     /// Session windows: key row → open sessions, ordered by start.
     sessions: HashMap<Box<[u8]>, Vec<Session>>,
     updates: Updates,
-    scratch: Vec<u8>,
+    /// Rows of the current batch per window start (reused between batches).
+    buckets: Vec<(i64, Vec<u32>)>,
 }
 
 /// What one batch did to the state.
@@ -85,12 +88,12 @@ impl KeyedWindows {
             key_types: None,
             converter: None,
             accumulators: Accumulators::new(aggregations),
-            groups: HashMap::new(),
             windows: BTreeMap::new(),
             slot_keys: Vec::new(),
+            hasher: DefaultHashBuilder::default(),
             sessions: HashMap::new(),
             updates: Updates::default(),
-            scratch: Vec::new(),
+            buckets: Vec::new(),
         }
     }
 
@@ -132,17 +135,49 @@ impl KeyedWindows {
                 }
             }
             kind => {
+                // Bucket rows by window start first (a batch usually spans one or two windows),
+                // then find each row's group within its window.
+                let mut buckets = std::mem::take(&mut self.buckets);
+                buckets.iter_mut().for_each(|(_, rows)| rows.clear());
+                let mut last = 0;
                 for row in 0..batch.num_rows() {
-                    let (ts, offset) = (times[row], offsets[row]);
-                    let key = rows.row(row);
-                    let assigned = kind.open_windows(ts, watermark, |start| {
-                        let slot = self.fixed_slot(start, key.as_ref(), offset);
-                        updates.push(row, slot);
+                    let assigned = kind.open_windows(times[row], watermark, |start| {
+                        if buckets.get(last).is_none_or(|(s, _)| *s != start) {
+                            last = match buckets.iter().position(|(s, rows)| *s == start || rows.is_empty()) {
+                                Some(i) => i,
+                                None => {
+                                    buckets.push((start, Vec::new()));
+                                    buckets.len() - 1
+                                }
+                            };
+                            buckets[last].0 = start;
+                        }
+                        buckets[last].1.push(row as u32);
                     });
                     if assigned == 0 {
                         applied.late_rows.push(row as u32);
                     }
                 }
+                for (start, bucket_rows) in buckets.iter().filter(|(_, rows)| !rows.is_empty()) {
+                    let first_offset = offsets[bucket_rows[0] as usize];
+                    let window = self
+                        .windows
+                        .entry(*start)
+                        .or_insert_with(|| OpenWindow { min_offset: first_offset, ..OpenWindow::default() });
+                    for &row in bucket_rows {
+                        let key = rows.row(row as usize);
+                        let slot = find_or_add_group(
+                            window,
+                            &mut self.accumulators,
+                            &mut self.slot_keys,
+                            &self.hasher,
+                            key.as_ref(),
+                            offsets[row as usize],
+                        );
+                        updates.push(row as usize, slot);
+                    }
+                }
+                self.buckets = buckets;
             }
         }
         let inputs = self.aggregate_inputs(batch)?;
@@ -181,9 +216,7 @@ impl KeyedWindows {
                         break;
                     }
                     for slot in entry.remove().slots {
-                        let group = std::mem::take(&mut self.slot_keys[slot as usize]);
-                        self.groups.remove(&group);
-                        key_rows.push(group[8..].into());
+                        key_rows.push(std::mem::take(&mut self.slot_keys[slot as usize]));
                         starts.push(start);
                         ends.push(kind.end_of(start));
                         slots.push(slot);
@@ -269,28 +302,6 @@ impl KeyedWindows {
             .collect()
     }
 
-    fn fixed_slot(&mut self, start: i64, key: &[u8], offset: i64) -> u32 {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&start.to_be_bytes());
-        self.scratch.extend_from_slice(key);
-        if let Some(&slot) = self.groups.get(self.scratch.as_slice()) {
-            return slot;
-        }
-        // Offsets only grow within a partition, so a window's oldest offset is the one that
-        // opened it (or, replaying, the smallest of the groups that opened it).
-        let window = self.windows.entry(start).or_insert_with(|| OpenWindow { slots: Vec::new(), min_offset: offset });
-        window.min_offset = window.min_offset.min(offset);
-        let slot = self.accumulators.allocate();
-        let group: Box<[u8]> = self.scratch.as_slice().into();
-        if self.slot_keys.len() <= slot as usize {
-            self.slot_keys.resize(slot as usize + 1, Box::default());
-        }
-        self.slot_keys[slot as usize] = group.clone();
-        self.groups.insert(group, slot);
-        window.slots.push(slot);
-        slot
-    }
-
     /// The session a record at `ts` joins, merging sessions it bridges.
     fn session_slot(&mut self, key: &[u8], ts: i64, offset: i64, gap: i64) -> u32 {
         let sessions = self.sessions.entry_ref(key).or_default();
@@ -317,6 +328,34 @@ impl KeyedWindows {
         sessions[first] = merged;
         merged.slot
     }
+}
+
+/// The slot of `key`'s group in `window`, opening the group when it is new.
+fn find_or_add_group(
+    window: &mut OpenWindow,
+    accumulators: &mut Accumulators,
+    slot_keys: &mut Vec<Box<[u8]>>,
+    hasher: &DefaultHashBuilder,
+    key: &[u8],
+    offset: i64,
+) -> u32 {
+    let hash = hasher.hash_one(key);
+    let keys: &[Box<[u8]>] = slot_keys;
+    if let Some(&slot) = window.groups.find(hash, |&slot| &*keys[slot as usize] == key) {
+        return slot;
+    }
+    // Offsets only grow within a partition, so a window's oldest offset is the one that
+    // opened it (or, replaying, the smallest of the groups that opened it).
+    window.min_offset = window.min_offset.min(offset);
+    let slot = accumulators.allocate();
+    if slot_keys.len() <= slot as usize {
+        slot_keys.resize(slot as usize + 1, Box::default());
+    }
+    slot_keys[slot as usize] = key.into();
+    let keys: &[Box<[u8]>] = slot_keys;
+    window.groups.insert_unique(hash, slot, |&s| hasher.hash_one(&*keys[s as usize]));
+    window.slots.push(slot);
+    slot
 }
 
 /// A field no record of the batch has is all NULL (JSON records may omit fields).
