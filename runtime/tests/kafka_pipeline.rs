@@ -243,7 +243,7 @@ fn results(records: &[Received]) -> BTreeMap<(String, i64), (i64, i64)> {
 }
 
 #[test]
-fn windowed_results_equal_an_independent_computation_and_bad_records_are_dead_lettered() {
+fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are_dead_lettered() {
     let broker = must(Broker::start(), "starting the broker");
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "spend";
@@ -257,24 +257,39 @@ fn windowed_results_equal_an_independent_computation_and_bad_records_are_dead_le
     for bad in ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#] {
         send(&producer, &format!("{name}-in"), "bad", bad);
     }
+    let dead_letters = format!("  deadLetter: {{topic: {name}-dlq, lateRecords: true}}\n");
+    let runtime = Runtime::start(&job_file(dir.path(), &broker, name, &dead_letters));
+
+    // Once everything above is consumed, the watermark is far past the first window: a record
+    // for it now is late. It must be counted and dead-lettered, not aggregated.
+    wait_until(Duration::from_secs(60), "the input to be consumed", || {
+        runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_003.0
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let late = json!({"user_id": input[0].user, "amount": 5, "currency": "EUR", "ts": BASE_TS}).to_string();
+    send(&producer, &format!("{name}-in"), &input[0].user, &late);
+    must(producer.flush(Duration::from_secs(30)), "flushing the late record");
     produce_flush_markers(&producer, &format!("{name}-in"), 3);
 
-    let runtime =
-        Runtime::start(&job_file(dir.path(), &broker, name, &format!("  deadLetter: {{topic: {name}-dlq}}\n")));
     let want = expected(&input);
     let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
     assert_eq!(got.len(), want.len(), "number of window results");
     assert_eq!(got, want);
 
-    // Two undecodable payloads and one without its event time.
-    let dead = read_records(&broker, &format!("{name}-dlq"), 3);
-    assert_eq!(dead.len(), 3);
-    assert!(dead.iter().all(|r| r.headers.iter().any(|(k, v)| k == "weir.error" && v.starts_with("decode"))));
+    // Two undecodable payloads, one without its event time, and the late record.
+    let dead = read_records(&broker, &format!("{name}-dlq"), 4);
+    let reasons: Vec<&str> = dead
+        .iter()
+        .filter_map(|r| r.headers.iter().find(|(k, _)| k == "weir.error").map(|(_, v)| v.as_str()))
+        .collect();
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("decode")).count(), 3, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("late")).count(), 1, "{reasons:?}");
+    assert_eq!(runtime.metric("weir_records_late_total{streamjob=\"spend\"}"), 1.0);
     wait_until(Duration::from_secs(10), "the decode error counter", || {
         runtime.metric("weir_decode_errors_total{streamjob=\"spend\"}") == 3.0
     })
     .unwrap_or_else(|e| panic!("{e}: metrics were {}", runtime.get("/metrics").1));
-    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_006.0);
+    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_007.0);
     assert!(runtime.get("/metrics").1.contains("weir_consumer_lag{"), "the lag gauge is exported");
     let status: Value = must(serde_json::from_str(&runtime.get("/status").1), "status is JSON");
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(3), "{status}");
