@@ -210,14 +210,14 @@ impl JsonDecoder {
             add(name, column);
         }
         let missing: Vec<usize> = (0..event_time.len()).filter(|&i| event_time.is_null(i)).collect();
+        let has_time = arrow::compute::is_not_null(&event_time)?;
         add(EVENT_TIME, Arc::new(event_time));
         add(OFFSET, Arc::new(picked().map(|r| r.offset).collect::<Int64Array>()));
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         if missing.is_empty() {
             return Ok((batch, missing));
         }
-        let keep = arrow::array::BooleanArray::from_iter((0..batch.num_rows()).map(|i| Some(!missing.contains(&i))));
-        Ok((arrow::compute::filter_record_batch(&batch, &keep)?, missing))
+        Ok((arrow::compute::filter_record_batch(&batch, &has_time)?, missing))
     }
 }
 

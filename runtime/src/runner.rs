@@ -402,9 +402,10 @@ impl Job {
     fn poll_batch(&self) -> Result<Vec<BorrowedMessage<'_>>, RunError> {
         let deadline = Instant::now() + self.settings.batch_wait;
         let mut messages = Vec::new();
+        // Liveness for /readyz: once per batch is enough (a batch waits at most `batch_wait`).
+        self.shared.last_poll_ms.store(now_ms(), Ordering::Relaxed);
         while messages.len() < self.settings.max_batch {
             let wait = deadline.saturating_duration_since(Instant::now());
-            self.shared.last_poll_ms.store(now_ms(), Ordering::Relaxed);
             match self.consumer.poll(wait) {
                 Some(Ok(message)) => messages.push(message),
                 Some(Err(KafkaError::MessageConsumption(code))) if !is_fatal(code) => {

@@ -405,10 +405,6 @@ fn binary(
     })
 }
 
-fn is_integer(t: &DataType) -> bool {
-    t.is_integer()
-}
-
 fn is_timestamp(t: &DataType) -> bool {
     matches!(t, DataType::Timestamp(..))
 }
@@ -418,12 +414,12 @@ fn common_type(a: &DataType, b: &DataType) -> DataType {
     match (a, b) {
         _ if a == b => a.clone(),
         (DataType::Null, other) | (other, DataType::Null) => other.clone(),
-        (x, y) if is_integer(x) && is_integer(y) => DataType::Int64,
+        (x, y) if x.is_integer() && y.is_integer() => DataType::Int64,
         (x, y) if x.is_numeric() && y.is_numeric() => DataType::Float64,
         (t, DataType::Utf8 | DataType::LargeUtf8) | (DataType::Utf8 | DataType::LargeUtf8, t) if is_timestamp(t) => {
             t.clone()
         }
-        (t, i) | (i, t) if is_timestamp(t) && is_integer(i) => DataType::Int64,
+        (t, i) | (i, t) if is_timestamp(t) && i.is_integer() => DataType::Int64,
         (DataType::Utf8View, _) | (_, DataType::Utf8View) | (DataType::LargeUtf8, _) | (_, DataType::LargeUtf8) => {
             DataType::Utf8
         }
@@ -592,7 +588,7 @@ fn call(function: Function, mut args: Vec<Value>, rows: usize) -> Eval<Value> {
             Ok(Value::Array(out))
         }
         Function::Abs => {
-            if is_integer(first.data_type()) {
+            if first.data_type().is_integer() {
                 first.cast(&DataType::Int64)?.map(|a| {
                     Ok(Arc::new(arrow::compute::unary::<_, _, Int64Type>(
                         a.as_primitive::<Int64Type>(),
@@ -603,8 +599,8 @@ fn call(function: Function, mut args: Vec<Value>, rows: usize) -> Eval<Value> {
                 float_unary(first, f64::abs)
             }
         }
-        Function::Floor if is_integer(first.data_type()) => Ok(first),
-        Function::Ceil if is_integer(first.data_type()) => Ok(first),
+        Function::Floor if first.data_type().is_integer() => Ok(first),
+        Function::Ceil if first.data_type().is_integer() => Ok(first),
         Function::Floor => float_unary(first, f64::floor),
         Function::Ceil => float_unary(first, f64::ceil),
         Function::Round => {
