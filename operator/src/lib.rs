@@ -1,1 +1,21 @@
-//! The Weir operator: reconciles StreamJobs into runtime pods. Under construction: see the README.
+//! `weir-operator`: a kube-rs controller that turns StreamJobs into running runtime pods and
+//! reports their state.
+//!
+//! Each reconcile is a pipeline: validate (shared with the runtime, in `weir-crds`) →
+//! [`render`] (pure, typed objects) → apply (server-side apply, one field manager) →
+//! [`status`] (pure, from what was observed).
+
+pub mod admin;
+pub mod config;
+pub mod controller;
+mod error;
+pub mod keda;
+pub mod labels;
+pub mod lag;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod render;
+pub mod status;
+
+pub use error::Error;

@@ -1,0 +1,148 @@
+//! `weir-operator`: reconciles StreamJobs while it holds the leader lease.
+
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use kube::{
+    Client,
+    runtime::events::{Recorder, Reporter},
+};
+use tracing::{error, info};
+use weir_operator::{
+    admin,
+    config::OperatorConfig,
+    controller::{self, ControllerSettings},
+    leader::{LeaderElector, LeaseSettings},
+    metrics::Metrics,
+    reconcile::Context,
+};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Runs Weir StreamJobs on Kubernetes")]
+struct Args {
+    /// Watch StreamJobs in this namespace only; all namespaces when unset.
+    #[arg(long, env = "WEIR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Runtime image of StreamJobs that do not set `spec.image`.
+    #[arg(long, env = "WEIR_RUNTIME_IMAGE")]
+    runtime_image: Option<String>,
+    /// Prometheus server KEDA queries for consumer lag, unless a StreamJob names one.
+    #[arg(long, env = "WEIR_PROMETHEUS_ADDRESS", default_value = "http://prometheus-operated.monitoring:9090")]
+    prometheus_address: String,
+    /// Address of the operator's `/metrics` and `/healthz`.
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// StreamJobs reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "weir-operator")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long the lease lasts without renewal: the longest a failover takes.
+    #[arg(long, default_value = "15s")]
+    lease_duration: weir_crds::Duration,
+    /// This replica's identity in the election; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new()?);
+    let served = metrics.clone();
+    let metrics_addr = args.metrics_addr;
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(metrics_addr, served).await {
+            error!("admin server on {metrics_addr}: {e}");
+        }
+    });
+    let identity = args.identity.clone().unwrap_or_else(|| format!("weir-operator-{}", std::process::id()));
+    let mut elector = LeaderElector::new(
+        client.clone(),
+        LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+            duration: args.lease_duration.get(),
+        },
+    );
+    info!(%identity, "waiting for the leader lease");
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = wait_for_signal() => return Ok(ExitCode::SUCCESS),
+    }
+    info!(%identity, "leading");
+    metrics.leader.set(1);
+
+    let mut config =
+        OperatorConfig { prometheus_address: args.prometheus_address.clone(), ..OperatorConfig::default() };
+    if let Some(image) = args.runtime_image.clone() {
+        config.runtime_image = image;
+    }
+    config.keda_available = controller::keda_installed(&client).await;
+    if !config.keda_available {
+        info!("KEDA's ScaledObject API is not served: autoscaling settings will not be rendered");
+    }
+    let reporter = Reporter { controller: "weir-operator".into(), instance: Some(identity) };
+    let ctx = Arc::new(Context::new(client.clone(), Recorder::new(client, reporter), metrics.clone(), config));
+    let settings = ControllerSettings { namespace: args.namespace.clone(), concurrency: args.concurrency };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut running = tokio::spawn(controller::run(ctx, settings, async move {
+        let _ = stopped.await;
+    }));
+    tokio::select! {
+        () = elector.hold() => {
+            // Another replica may act from now on: stop at once rather than race it.
+            error!("lost the leader lease; exiting");
+            running.abort();
+            metrics.leader.set(0);
+            Ok(ExitCode::FAILURE)
+        }
+        _ = &mut running => Ok(ExitCode::FAILURE),
+        () = wait_for_signal() => {
+            let _ = stop.send(());
+            let _ = running.await;
+            elector.release().await;
+            info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "text" { builder.init() } else { builder.json().init() }
+}

@@ -1,0 +1,363 @@
+//! Status: a pure function from what was observed to the StreamJob's next status, so every
+//! phase and condition transition is unit-tested without a cluster.
+
+use k8s_openapi::{
+    api::apps::v1::Deployment,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use weir_crds::{InvalidSpec, Phase, StreamJob, StreamJobStatus};
+
+use crate::render::TEMPLATE_HASH_ANNOTATION;
+
+/// Condition: all desired pods run the current spec and are consuming.
+pub const READY: &str = "Ready";
+/// Condition: a deployment, upgrade, rescale or suspension is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition: the job runs, but not as asked (pods not ready, spec invalid).
+pub const DEGRADED: &str = "Degraded";
+/// Reason of an invalid spec.
+pub const INVALID_SPEC: &str = "InvalidSpec";
+
+/// What a change of spec asks of the pods, found by comparing the applied Deployment with
+/// the one observed before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// There were no pods yet.
+    Deploy,
+    /// The pod template changed: the pods are replaced.
+    Upgrade,
+    /// Only the number of pods changed.
+    Rescale,
+    /// The job is being stopped.
+    Suspend,
+}
+
+impl Change {
+    /// The condition reason and Event reason of this change.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Deploy => "Deploying",
+            Self::Upgrade => "Upgrading",
+            Self::Rescale => "Rescaling",
+            Self::Suspend => "Suspending",
+        }
+    }
+
+    fn from_reason(reason: &str) -> Option<Self> {
+        [Self::Deploy, Self::Upgrade, Self::Rescale, Self::Suspend].into_iter().find(|c| c.reason() == reason)
+    }
+
+    fn phase(self) -> Phase {
+        match self {
+            Self::Deploy => Phase::Deploying,
+            Self::Upgrade => Phase::Upgrading,
+            Self::Rescale => Phase::Rescaling,
+            Self::Suspend => Phase::Suspended,
+        }
+    }
+}
+
+/// The runtime pods as their Deployment reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pods {
+    /// Pods asked for.
+    pub desired: i32,
+    /// Pods that exist.
+    pub existing: i32,
+    /// Pods running the current template.
+    pub updated: i32,
+    /// Pods that are ready.
+    pub ready: i32,
+    /// Whether the Deployment's controller has seen its latest spec.
+    pub observed: bool,
+}
+
+impl Pods {
+    /// Reads the counts of an applied Deployment.
+    pub fn of(deployment: &Deployment) -> Self {
+        let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = deployment.status.clone().unwrap_or_default();
+        let observed = status.observed_generation.is_some_and(|g| Some(g) >= deployment.metadata.generation);
+        Self {
+            desired,
+            existing: status.replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            ready: status.ready_replicas.unwrap_or(0),
+            observed,
+        }
+    }
+
+    /// Every desired pod runs the current template and is ready, and no other pod is left.
+    fn settled(self) -> bool {
+        self.observed && self.existing == self.desired && self.updated >= self.desired && self.ready >= self.desired
+    }
+}
+
+/// Everything one reconcile observed.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// The change this reconcile applied, if any.
+    pub change: Option<Change>,
+    /// The pods after the apply.
+    pub pods: Pods,
+    /// Total consumer lag scraped from the pods, when any answered.
+    pub consumer_lag: Option<i64>,
+    /// The `/scale` selector.
+    pub selector: String,
+    /// Whether the job is suspended.
+    pub suspended: bool,
+}
+
+/// The status after a reconcile that applied the job's children.
+pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJobStatus {
+    let previous = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    let pods = seen.pods;
+    let in_progress = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROGRESSING && c.status == "True")
+        .and_then(|c| Change::from_reason(&c.reason));
+    // A change just applied replaces one in progress; a settled Deployment ends it.
+    let progressing = seen.change.or(in_progress).filter(|_| !pods.settled());
+    let mut status = StreamJobStatus {
+        observed_generation: generation,
+        replicas: pods.existing,
+        ready_replicas: pods.ready,
+        selector: Some(seen.selector.clone()),
+        consumer_lag: seen.consumer_lag.or(previous.consumer_lag).filter(|_| pods.existing > 0),
+        conditions: previous.conditions.clone(),
+        ..previous
+    };
+    let (phase, ready, degraded) = match progressing {
+        Some(change) => {
+            let message =
+                format!("{} of {} pods ready on the current spec", pods.ready.min(pods.updated), pods.desired);
+            set(&mut status.conditions, condition(PROGRESSING, true, change.reason(), &message, generation, now));
+            (change.phase(), (false, change.reason(), message), None)
+        }
+        None => {
+            let done = if seen.suspended { "Suspended" } else { "RolloutComplete" };
+            set(&mut status.conditions, condition(PROGRESSING, false, done, "no change under way", generation, now));
+            if seen.suspended {
+                (Phase::Suspended, (false, "Suspended", "suspended on request: no pods run".to_owned()), None)
+            } else if pods.desired == 0 {
+                (Phase::Running, (true, "ScaledToZero", "parallelism is 0: no pods run".to_owned()), Some(false))
+            } else if pods.ready >= pods.desired {
+                let message = format!("{} of {} pods consuming", pods.ready, pods.desired);
+                (Phase::Running, (true, "Running", message), Some(false))
+            } else {
+                let message = format!("{} of {} pods ready", pods.ready, pods.desired);
+                (Phase::Running, (false, "PodsNotReady", message), Some(true))
+            }
+        }
+    };
+    status.phase = Some(phase);
+    let (ready, reason, message) = ready;
+    set(&mut status.conditions, condition(READY, ready, reason, &message, generation, now));
+    let (degraded, reason) = match degraded {
+        Some(true) => (true, "PodsNotReady"),
+        _ => (false, "AsExpected"),
+    };
+    let message = if degraded { message.as_str() } else { "no problem found" };
+    set(&mut status.conditions, condition(DEGRADED, degraded, reason, message, generation, now));
+    status
+}
+
+/// The status of a job whose spec is invalid: children are left as they are.
+pub fn invalid_status(job: &StreamJob, invalid: &InvalidSpec, now: &Time) -> StreamJobStatus {
+    let previous = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    let message = invalid_message(invalid);
+    let mut conditions = previous.conditions.clone();
+    set(&mut conditions, condition(READY, false, INVALID_SPEC, &message, generation, now));
+    set(&mut conditions, condition(PROGRESSING, false, INVALID_SPEC, "waiting for a valid spec", generation, now));
+    set(&mut conditions, condition(DEGRADED, true, INVALID_SPEC, &message, generation, now));
+    StreamJobStatus { phase: Some(Phase::Failed), observed_generation: generation, conditions, ..previous }
+}
+
+/// Every problem of an invalid spec, each with its field path under `spec`.
+pub fn invalid_message(invalid: &InvalidSpec) -> String {
+    invalid.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: &str, generation: Option<i64>, now: &Time) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    }
+}
+
+/// Puts `new` in place of the condition of its type, keeping `lastTransitionTime` unless
+/// the status flips.
+fn set(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// The condition of `type_`, if present.
+pub fn find<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// What applying `after` over `before` (the Deployment observed before the apply) changes.
+pub fn detect_change(before: Option<&Deployment>, after: &Deployment, suspended: bool) -> Option<Change> {
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let template_hash = |d: &Deployment| d.metadata.annotations.as_ref()?.get(TEMPLATE_HASH_ANNOTATION).cloned();
+    let Some(before) = before else { return Some(Change::Deploy) };
+    let (was, now) = (replicas(before), replicas(after));
+    if suspended {
+        return (was > 0).then_some(Change::Suspend);
+    }
+    if template_hash(before) != template_hash(after) && now > 0 {
+        Some(if was == 0 { Change::Deploy } else { Change::Upgrade })
+    } else if was != now {
+        Some(if was == 0 { Change::Deploy } else { Change::Rescale })
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+    use weir_crds::{Problem, StreamJobSpec};
+
+    use super::*;
+
+    fn job(status: Option<StreamJobStatus>) -> StreamJob {
+        let spec: StreamJobSpec = serde_json::from_value(serde_json::json!({
+            "source": {"kafka": {"bootstrapServers": "k:9092", "topic": "in"}},
+            "sink": {"kafka": {"bootstrapServers": "k:9092", "topic": "out"}},
+        }))
+        .unwrap();
+        let mut job = StreamJob::new("j", spec);
+        job.metadata.generation = Some(3);
+        job.status = status;
+        job
+    }
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn seen(change: Option<Change>, pods: Pods) -> Observation {
+        Observation { change, pods, consumer_lag: Some(7), selector: "weir.dev/streamjob=j".into(), suspended: false }
+    }
+
+    fn pods(desired: i32, existing: i32, updated: i32, ready: i32) -> Pods {
+        Pods { desired, existing, updated, ready, observed: true }
+    }
+
+    fn condition_of<'a>(status: &'a StreamJobStatus, type_: &str) -> &'a Condition {
+        find(status, type_).unwrap()
+    }
+
+    #[test]
+    fn a_new_job_is_deploying_until_its_pods_are_ready() {
+        let status = next_status(&job(None), &seen(Some(Change::Deploy), pods(2, 2, 2, 1)), &at(10));
+        assert_eq!(status.phase, Some(Phase::Deploying));
+        assert_eq!(condition_of(&status, PROGRESSING).status, "True");
+        assert_eq!(condition_of(&status, READY).status, "False");
+        assert_eq!(condition_of(&status, READY).observed_generation, Some(3));
+        assert_eq!((status.replicas, status.ready_replicas), (2, 1));
+        assert_eq!(status.selector.as_deref(), Some("weir.dev/streamjob=j"));
+
+        let later = next_status(&job(Some(status)), &seen(None, pods(2, 2, 2, 2)), &at(20));
+        assert_eq!(later.phase, Some(Phase::Running));
+        assert_eq!(condition_of(&later, READY).status, "True");
+        assert_eq!(condition_of(&later, PROGRESSING).status, "False");
+        assert_eq!(later.consumer_lag, Some(7));
+    }
+
+    #[test]
+    fn the_progress_reason_is_kept_until_the_rollout_settles() {
+        let upgrading = next_status(&job(None), &seen(Some(Change::Upgrade), pods(2, 1, 1, 0)), &at(10));
+        let still = next_status(&job(Some(upgrading)), &seen(None, pods(2, 2, 2, 1)), &at(20));
+        assert_eq!(still.phase, Some(Phase::Upgrading));
+        assert_eq!(condition_of(&still, PROGRESSING).reason, "Upgrading");
+    }
+
+    #[test]
+    fn a_rescale_reports_rescaling() {
+        let status = next_status(&job(None), &seen(Some(Change::Rescale), pods(3, 2, 2, 2)), &at(10));
+        assert_eq!(status.phase, Some(Phase::Rescaling));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_a_condition_flips() {
+        let first = next_status(&job(None), &seen(None, pods(2, 2, 2, 2)), &at(10));
+        assert_eq!(condition_of(&first, READY).last_transition_time, at(10));
+        let same = next_status(&job(Some(first)), &seen(None, pods(2, 2, 2, 2)), &at(20));
+        assert_eq!(condition_of(&same, READY).last_transition_time, at(10));
+        let flipped = next_status(&job(Some(same)), &seen(None, pods(2, 2, 2, 1)), &at(30));
+        assert_eq!(condition_of(&flipped, READY).status, "False");
+        assert_eq!(condition_of(&flipped, READY).last_transition_time, at(30));
+        assert_eq!(condition_of(&flipped, DEGRADED).status, "True");
+        assert_eq!(condition_of(&flipped, DEGRADED).reason, "PodsNotReady");
+    }
+
+    #[test]
+    fn an_unchanged_observation_gives_an_equal_status() {
+        let first = next_status(&job(None), &seen(None, pods(2, 2, 2, 2)), &at(10));
+        let again = next_status(&job(Some(first.clone())), &seen(None, pods(2, 2, 2, 2)), &at(20));
+        assert_eq!(first, again, "an equal status is not written again");
+    }
+
+    #[test]
+    fn a_suspended_job_is_suspended_with_no_pods() {
+        let mut observation = seen(Some(Change::Suspend), pods(0, 2, 2, 2));
+        observation.suspended = true;
+        let suspending = next_status(&job(None), &observation, &at(10));
+        assert_eq!(suspending.phase, Some(Phase::Suspended));
+        assert_eq!(condition_of(&suspending, PROGRESSING).reason, "Suspending");
+        observation.change = None;
+        observation.pods = pods(0, 0, 0, 0);
+        let suspended = next_status(&job(Some(suspending)), &observation, &at(20));
+        assert_eq!(suspended.phase, Some(Phase::Suspended));
+        assert_eq!(condition_of(&suspended, READY).reason, "Suspended");
+        assert_eq!(condition_of(&suspended, PROGRESSING).status, "False");
+        assert_eq!(suspended.consumer_lag, None);
+    }
+
+    #[test]
+    fn an_invalid_spec_fails_with_the_field_named() {
+        let invalid = InvalidSpec(vec![Problem { path: "spec.pipeline[0].filter".into(), message: "bad".into() }]);
+        let status = invalid_status(&job(None), &invalid, &at(10));
+        assert_eq!(status.phase, Some(Phase::Failed));
+        let ready = condition_of(&status, READY);
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", INVALID_SPEC));
+        assert!(ready.message.contains("spec.pipeline[0].filter"), "{}", ready.message);
+        assert_eq!(ready.observed_generation, Some(3));
+    }
+
+    fn deployment(replicas: i32, hash: &str) -> Deployment {
+        let mut d = Deployment::default();
+        d.spec.get_or_insert_default().replicas = Some(replicas);
+        d.metadata.annotations = Some([(TEMPLATE_HASH_ANNOTATION.to_owned(), hash.to_owned())].into());
+        d
+    }
+
+    #[test]
+    fn changes_are_told_apart() {
+        let now = deployment(2, "a");
+        assert_eq!(detect_change(None, &now, false), Some(Change::Deploy));
+        assert_eq!(detect_change(Some(&deployment(2, "a")), &now, false), None);
+        assert_eq!(detect_change(Some(&deployment(2, "b")), &now, false), Some(Change::Upgrade));
+        assert_eq!(detect_change(Some(&deployment(3, "a")), &now, false), Some(Change::Rescale));
+        assert_eq!(detect_change(Some(&deployment(0, "a")), &now, false), Some(Change::Deploy));
+        assert_eq!(detect_change(Some(&deployment(2, "a")), &deployment(0, "a"), true), Some(Change::Suspend));
+        assert_eq!(detect_change(Some(&deployment(0, "a")), &deployment(0, "a"), true), None);
+    }
+}
