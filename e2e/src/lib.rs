@@ -1,7 +1,10 @@
 //! Test infrastructure for Weir, owned by the project: a local Kubernetes control plane
-//! ([`devcluster`]) built from Debian's packaged Kubernetes libraries, a Kafka-protocol
-//! broker ([`broker`]), and helpers to drive them.
+//! ([`devcluster`]) built from Debian's packaged Kubernetes libraries, the node agent that
+//! runs its pods as local processes ([`agent`], binary `weir-node-agent`, started from tests
+//! with [`agent_process::NodeAgent`]), a Kafka-protocol broker ([`broker`]), and helpers.
 
+pub mod agent;
+pub mod agent_process;
 pub mod broker;
 pub mod devcluster;
 

@@ -1,0 +1,242 @@
+//! Volumes as local folders: ConfigMap, Secret and emptyDir volumes are written under
+//! `<pod-dir>/volumes/<name>/`, and since a local process cannot see a `mountPath`,
+//! arguments and env values that point into a mount are rewritten to the folder.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Container, KeyToPath, Secret, Volume},
+};
+use kube::{Api, Client};
+
+/// Why a pod's volumes could not be set up (the pod waits and retries, as a kubelet would).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// Reading a ConfigMap or Secret failed.
+    #[error("reading {kind} {name}: {source}")]
+    Api {
+        /// ConfigMap or Secret.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The cause.
+        source: kube::Error,
+    },
+    /// A referenced ConfigMap or Secret, or one of its keys, does not exist.
+    #[error("{kind} {name} not found")]
+    Missing {
+        /// ConfigMap, Secret or key.
+        kind: &'static str,
+        /// What is missing.
+        name: String,
+    },
+    /// Writing a file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The folder that stands for each volume, by volume name.
+pub type VolumeDirs = BTreeMap<String, PathBuf>;
+
+/// Writes the pod's volumes under `pod_dir/volumes/` and returns their folders. Volume
+/// kinds without a local meaning (hostPath, PVCs, projected, …) get an empty folder.
+pub async fn materialize(
+    client: &Client,
+    namespace: &str,
+    volumes: &[Volume],
+    pod_dir: &Path,
+) -> Result<VolumeDirs, VolumeError> {
+    let mut dirs = VolumeDirs::new();
+    for volume in volumes {
+        let dir = pod_dir.join("volumes").join(&volume.name);
+        create_dir(&dir)?;
+        if let Some(source) = &volume.config_map {
+            let optional = source.optional.unwrap_or(false);
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+            let found = get(&api, "ConfigMap", &source.name, optional).await?;
+            let files: BTreeMap<String, Vec<u8>> = found
+                .map(|cm| {
+                    let text = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes()));
+                    let binary = cm.binary_data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v));
+                    text.chain(binary).collect()
+                })
+                .unwrap_or_default();
+            write_files(&dir, files, source.items.as_deref(), optional, 0o644)?;
+        } else if let Some(source) = &volume.secret {
+            let optional = source.optional.unwrap_or(false);
+            let name = source.secret_name.clone().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let found = get(&api, "Secret", &name, optional).await?;
+            let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            if let Some(secret) = found {
+                files.extend(secret.data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)));
+                files.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            }
+            write_files(&dir, files, source.items.as_deref(), optional, 0o600)?;
+        }
+        dirs.insert(volume.name.clone(), dir);
+    }
+    Ok(dirs)
+}
+
+async fn get<K>(api: &Api<K>, kind: &'static str, name: &str, optional: bool) -> Result<Option<K>, VolumeError>
+where
+    K: Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(Some(object)) => Ok(Some(object)),
+        Ok(None) if optional => Ok(None),
+        Ok(None) => Err(VolumeError::Missing { kind, name: name.to_owned() }),
+        Err(source) => Err(VolumeError::Api { kind, name: name.to_owned(), source }),
+    }
+}
+
+/// Writes every key (or only `items`, key → path) as a file with `mode`.
+fn write_files(
+    dir: &Path,
+    files: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    optional: bool,
+    mode: u32,
+) -> Result<(), VolumeError> {
+    let selected: Vec<(String, &Vec<u8>, u32)> = match items {
+        Some(items) => {
+            let mut selected = Vec::new();
+            for item in items {
+                match files.get(&item.key) {
+                    Some(bytes) => selected.push((item.path.clone(), bytes, item.mode.map_or(mode, |m| m as u32))),
+                    None if optional => {}
+                    None => return Err(VolumeError::Missing { kind: "key", name: item.key.clone() }),
+                }
+            }
+            selected
+        }
+        None => files.iter().map(|(k, v)| (k.clone(), v, mode)).collect(),
+    };
+    for (relative, bytes, mode) in selected {
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            create_dir(parent)?;
+        }
+        let io = |source| VolumeError::Io { path: path.clone(), source };
+        std::fs::write(&path, bytes).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).map_err(|source| VolumeError::Io { path: dir.to_path_buf(), source })
+}
+
+/// A container's mounts as (mountPath, local folder), longest mountPath first so nested
+/// mounts win. Mounts of unknown volumes, and of `/`, are left out.
+pub fn mount_table(container: &Container, dirs: &VolumeDirs) -> Vec<(String, PathBuf)> {
+    let mut table: Vec<(String, PathBuf)> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let dir = dirs.get(&m.name)?;
+            let local = match m.sub_path.as_deref() {
+                Some(sub) if !sub.is_empty() => dir.join(sub),
+                _ => dir.clone(),
+            };
+            let path = m.mount_path.trim_end_matches('/');
+            (!path.is_empty()).then(|| (path.to_owned(), local))
+        })
+        .collect();
+    table.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    table
+}
+
+/// `value` with a leading mount path replaced by its local folder; a `--flag=PATH` value is
+/// rewritten after its `=` too, since that is how programs are usually given paths.
+pub fn rewrite(value: &str, mounts: &[(String, PathBuf)]) -> String {
+    if let Some(rewritten) = rewrite_prefix(value, mounts) {
+        return rewritten;
+    }
+    if let Some((flag, path)) = value.split_once('=')
+        && let Some(rewritten) = rewrite_prefix(path, mounts)
+    {
+        return format!("{flag}={rewritten}");
+    }
+    value.to_owned()
+}
+
+fn rewrite_prefix(value: &str, mounts: &[(String, PathBuf)]) -> Option<String> {
+    mounts.iter().find_map(|(mount, local)| {
+        let rest = value.strip_prefix(mount.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| format!("{}{rest}", local.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::VolumeMount;
+
+    use super::*;
+
+    fn mounts() -> Vec<(String, PathBuf)> {
+        let container = Container {
+            volume_mounts: Some(vec![
+                VolumeMount { name: "config".into(), mount_path: "/etc/weir/".into(), ..VolumeMount::default() },
+                VolumeMount { name: "tls".into(), mount_path: "/etc/weir/tls".into(), ..VolumeMount::default() },
+                VolumeMount {
+                    name: "config".into(),
+                    mount_path: "/job.json".into(),
+                    sub_path: Some("job.json".into()),
+                    ..VolumeMount::default()
+                },
+                VolumeMount { name: "unknown".into(), mount_path: "/nowhere".into(), ..VolumeMount::default() },
+            ]),
+            ..Container::default()
+        };
+        let dirs =
+            VolumeDirs::from([("config".into(), "/p/volumes/config".into()), ("tls".into(), "/p/volumes/tls".into())]);
+        mount_table(&container, &dirs)
+    }
+
+    #[test]
+    fn the_longest_mount_path_wins() {
+        let m = mounts();
+        assert_eq!(rewrite("/etc/weir/tls/ca.crt", &m), "/p/volumes/tls/ca.crt");
+        assert_eq!(rewrite("/etc/weir/job.yaml", &m), "/p/volumes/config/job.yaml");
+        assert_eq!(rewrite("/etc/weir", &m), "/p/volumes/config");
+        assert_eq!(rewrite("/job.json", &m), "/p/volumes/config/job.json");
+    }
+
+    #[test]
+    fn only_whole_path_segments_and_flag_values_are_rewritten() {
+        let m = mounts();
+        assert_eq!(rewrite("/etc/weirdo", &m), "/etc/weirdo");
+        assert_eq!(rewrite("--job=/etc/weir/job.yaml", &m), "--job=/p/volumes/config/job.yaml");
+        assert_eq!(rewrite("see /etc/weir/x", &m), "see /etc/weir/x");
+        assert_eq!(rewrite("/nowhere/x", &m), "/nowhere/x");
+    }
+
+    #[test]
+    fn items_select_keys_and_set_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BTreeMap::from([("a".to_owned(), b"A".to_vec()), ("b".to_owned(), b"B".to_vec())]);
+        let items = [KeyToPath { key: "b".into(), path: "sub/b.txt".into(), mode: None }];
+        write_files(dir.path(), files.clone(), Some(&items), false, 0o600).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("sub/b.txt")).unwrap(), b"B");
+        assert!(!dir.path().join("a").exists());
+        let mode = std::fs::metadata(dir.path().join("sub/b.txt")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let missing = [KeyToPath { key: "zz".into(), path: "zz".into(), mode: None }];
+        assert!(write_files(dir.path(), files.clone(), Some(&missing), false, 0o644).is_err());
+        assert!(write_files(dir.path(), files, Some(&missing), true, 0o644).is_ok());
+    }
+}

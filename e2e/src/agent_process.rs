@@ -1,0 +1,148 @@
+//! A `weir-node-agent` process for tests: started against a devcluster's kubeconfig with a
+//! temporary state folder, tied to the test process (`--watch-pid`), stopped when dropped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+use crate::{Error, agent::READY_FILE, wait_until};
+
+/// What the agent runs and watches.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `--image NAME=PATH` entries.
+    pub images: Vec<(String, PathBuf)>,
+    /// `--selector` (default: the agent's, `weir.dev/streamjob`).
+    pub selector: Option<String>,
+    /// `--namespace` (default: all).
+    pub namespace: Option<String>,
+}
+
+impl AgentOptions {
+    /// Adds an image mapping (image name without tag → program path or PATH name).
+    pub fn image(mut self, name: &str, program: impl Into<PathBuf>) -> Self {
+        self.images.push((name.to_owned(), program.into()));
+        self
+    }
+
+    /// Sets the Deployment label selector.
+    pub fn selector(mut self, selector: &str) -> Self {
+        self.selector = Some(selector.to_owned());
+        self
+    }
+
+    /// Restricts the agent to one namespace.
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_owned());
+        self
+    }
+}
+
+/// A running node agent.
+#[derive(Debug)]
+pub struct NodeAgent {
+    child: Child,
+    state_dir: TempDir,
+}
+
+impl NodeAgent {
+    /// Starts `binary` (in weir-e2e's tests: `env!("CARGO_BIN_EXE_weir-node-agent")`) against
+    /// `kubeconfig` and waits until it watches the cluster.
+    pub fn start(binary: impl AsRef<Path>, kubeconfig: &Path, options: &AgentOptions) -> Result<Self, Error> {
+        let state_dir = tempfile::Builder::new()
+            .prefix("weir-node-agent-")
+            .tempdir()
+            .map_err(|source| Error::Spawn { what: "mkdtemp".into(), source })?;
+        let log_path = state_dir.path().join("agent.log");
+        let log =
+            std::fs::File::create(&log_path).map_err(|source| Error::Spawn { what: "agent log".into(), source })?;
+        let err = log.try_clone().map_err(|source| Error::Spawn { what: "agent log".into(), source })?;
+        let binary = binary.as_ref();
+        let mut command = Command::new(binary);
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--state-dir")
+            .arg(state_dir.path())
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        for (name, program) in &options.images {
+            command.arg("--image").arg(format!("{name}={}", program.display()));
+        }
+        if let Some(selector) = &options.selector {
+            command.arg("--selector").arg(selector);
+        }
+        if let Some(namespace) = &options.namespace {
+            command.arg("--namespace").arg(namespace);
+        }
+        let child = command.spawn().map_err(|source| Error::Spawn { what: binary.display().to_string(), source })?;
+        let mut agent = Self { child, state_dir };
+        let ready = agent.state_dir.path().join(READY_FILE);
+        let mut exited = false;
+        let waited = wait_until(Duration::from_secs(30), "the node agent to watch the cluster", || {
+            exited = agent.child.try_wait().is_ok_and(|s| s.is_some());
+            exited || ready.exists()
+        });
+        if exited || waited.is_err() {
+            let log = agent.log();
+            agent.stop();
+            return Err(Error::Start(format!("weir-node-agent:\n{log}")));
+        }
+        Ok(agent)
+    }
+
+    /// The agent's state folder.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// A pod's folder: working directory, `<container>.log`, `<container>.pid`, `volumes/`.
+    pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
+        self.state_dir.path().join("pods").join(namespace).join(pod)
+    }
+
+    /// The pid of a container's running process.
+    pub fn pid(&self, namespace: &str, pod: &str, container: &str) -> Option<u32> {
+        let file = self.pod_dir(namespace, pod).join(format!("{container}.pid"));
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// A container's output so far.
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> String {
+        std::fs::read_to_string(self.pod_dir(namespace, pod).join(format!("{container}.log"))).unwrap_or_default()
+    }
+
+    /// The agent's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent (SIGTERM: it stops its pods and deletes their Pod objects), killing it
+    /// if it takes longer than a minute.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().is_ok_and(|s| s.is_some()) {
+            return;
+        }
+        let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
+        let stopped = wait_until(Duration::from_secs(60), "the node agent to exit", || {
+            self.child.try_wait().is_ok_and(|s| s.is_some())
+        });
+        if stopped.is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,69 @@
+//! `weir-node-agent`: runs the pods of labelled Deployments as local processes against a
+//! devcluster, standing in for the controllers and kubelet it does not have.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use weir_e2e::agent::{self, Config, DEFAULT_SELECTOR, images::ImageMapping, images::ImageTable};
+
+/// Plays the Deployment controller and kubelet for Deployments matching a label selector.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Kubeconfig file (default: KUBECONFIG, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Folder for pods' working directories, logs, pid files and volumes.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Image (without tag) or command basename mapped to a local program: NAME=PATH. Repeatable.
+    #[arg(long = "image", value_name = "NAME=PATH")]
+    images: Vec<ImageMapping>,
+    /// Label selector of the Deployments to run.
+    #[arg(long, default_value = DEFAULT_SELECTOR)]
+    selector: String,
+    /// Only this namespace (default: all).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Exit (stopping every pod) when this process is gone.
+    #[arg(long)]
+    watch_pid: Option<u32>,
+    /// Folder of per-address locks shared by agents on this machine.
+    #[arg(long)]
+    ip_lock_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Single-threaded on purpose: children are tied to the spawning thread's life (see
+/// `agent::process::Spawner`), and this thread lives as long as the agent.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let config = Config {
+        kubeconfig: args.kubeconfig,
+        state_dir: args.state_dir,
+        images: ImageTable::new(args.images),
+        selector: args.selector,
+        namespace: args.namespace,
+        watch_pid: args.watch_pid,
+        ip_lock_dir: args.ip_lock_dir.unwrap_or_else(|| std::env::temp_dir().join("weir-node-agent-ips")),
+    };
+    agent::run(config).await?;
+    Ok(())
+}
