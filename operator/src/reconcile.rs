@@ -29,7 +29,7 @@ use crate::{
     labels::{FIELD_MANAGER, JobRef},
     lag,
     metrics::Metrics,
-    render::{Rendered, render},
+    render::{ROLLOUT_ANNOTATION, Rendered, render},
     status::{self, Change, Observation, Pods},
 };
 
@@ -139,11 +139,17 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         return report_invalid(job, &invalid, ctx).await;
     }
     let job_ref = JobRef::new(job)?;
-    let rendered = render(job, &ctx.config)?;
+    let mut rendered = render(job, &ctx.config)?;
     let deployments: Api<Deployment> = ctx.api(&job_ref.namespace);
     let before = deployments.get_opt(&job_ref.name).await.map_err(Error::api("reading the Deployment"))?;
+    let suspended = job.spec.suspend;
+    let change = status::detect_change(before.as_ref(), &rendered.deployment, suspended);
+    let rollout = status::rollout(before.as_ref(), &rendered.deployment, suspended);
+    if let Some(rollout) = rollout {
+        let annotations = rendered.deployment.metadata.annotations.get_or_insert_default();
+        annotations.insert(ROLLOUT_ANNOTATION.to_owned(), rollout.reason().to_owned());
+    }
     let applied = apply_children(ctx, &job_ref, rendered).await?;
-    let change = status::detect_change(before.as_ref(), &applied, job.spec.suspend);
     if let Some(change) = change {
         let note = describe(change, before.as_ref(), &applied);
         info!(?change, "{note}");
@@ -154,7 +160,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         pods.list(&ListParams::default().labels(&job_ref.selector())).await.map_err(Error::api("listing the pods"))?;
     let consumer_lag = lag::consumer_lag(&running.items, ctx.config.admin_port).await;
     let observation = Observation {
-        change,
+        rollout,
         pods: Pods::of(&applied),
         consumer_lag,
         selector: job_ref.selector(),

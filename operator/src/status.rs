@@ -7,7 +7,7 @@ use k8s_openapi::{
 };
 use weir_crds::{InvalidSpec, Phase, StreamJob, StreamJobStatus};
 
-use crate::render::TEMPLATE_HASH_ANNOTATION;
+use crate::render::{ROLLOUT_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
 
 /// Condition: all desired pods run the current spec and are consuming.
 pub const READY: &str = "Ready";
@@ -43,7 +43,8 @@ impl Change {
         }
     }
 
-    fn from_reason(reason: &str) -> Option<Self> {
+    /// The change whose [`Self::reason`] is `reason`.
+    pub fn from_reason(reason: &str) -> Option<Self> {
         [Self::Deploy, Self::Upgrade, Self::Rescale, Self::Suspend].into_iter().find(|c| c.reason() == reason)
     }
 
@@ -96,8 +97,8 @@ impl Pods {
 /// Everything one reconcile observed.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    /// The change this reconcile applied, if any.
-    pub change: Option<Change>,
+    /// The rollout under way, if any (see [`rollout`]).
+    pub rollout: Option<Change>,
     /// The pods after the apply.
     pub pods: Pods,
     /// Total consumer lag scraped from the pods, when any answered.
@@ -113,13 +114,7 @@ pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJob
     let previous = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
     let pods = seen.pods;
-    let in_progress = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == PROGRESSING && c.status == "True")
-        .and_then(|c| Change::from_reason(&c.reason));
-    // A change just applied replaces one in progress; a settled Deployment ends it.
-    let progressing = seen.change.or(in_progress).filter(|_| !pods.settled());
+    let progressing = seen.rollout.filter(|_| !pods.settled());
     let mut status = StreamJobStatus {
         observed_generation: generation,
         replicas: pods.existing,
@@ -211,6 +206,19 @@ pub fn find<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Conditio
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The rollout under way once `desired` is applied over `before`: a change it makes, or
+/// else the one recorded on `before` (in [`ROLLOUT_ANNOTATION`]) until `before` settles.
+/// Kept on the Deployment rather than in status, because the Deployment is read fresh each
+/// reconcile while the StreamJob comes from a cache that may not hold the last status yet.
+pub fn rollout(before: Option<&Deployment>, desired: &Deployment, suspended: bool) -> Option<Change> {
+    if let Some(change) = detect_change(before, desired, suspended) {
+        return Some(change);
+    }
+    let before = before?;
+    let recorded = before.metadata.annotations.as_ref()?.get(ROLLOUT_ANNOTATION)?;
+    Change::from_reason(recorded).filter(|_| !Pods::of(before).settled())
+}
+
 /// What applying `after` over `before` (the Deployment observed before the apply) changes.
 pub fn detect_change(before: Option<&Deployment>, after: &Deployment, suspended: bool) -> Option<Change> {
     let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -252,8 +260,8 @@ mod tests {
         Time(Timestamp::from_second(seconds).unwrap())
     }
 
-    fn seen(change: Option<Change>, pods: Pods) -> Observation {
-        Observation { change, pods, consumer_lag: Some(7), selector: "weir.dev/streamjob=j".into(), suspended: false }
+    fn seen(rollout: Option<Change>, pods: Pods) -> Observation {
+        Observation { rollout, pods, consumer_lag: Some(7), selector: "weir.dev/streamjob=j".into(), suspended: false }
     }
 
     fn pods(desired: i32, existing: i32, updated: i32, ready: i32) -> Pods {
@@ -282,11 +290,25 @@ mod tests {
     }
 
     #[test]
-    fn the_progress_reason_is_kept_until_the_rollout_settles() {
-        let upgrading = next_status(&job(None), &seen(Some(Change::Upgrade), pods(2, 1, 1, 0)), &at(10));
-        let still = next_status(&job(Some(upgrading)), &seen(None, pods(2, 2, 2, 1)), &at(20));
-        assert_eq!(still.phase, Some(Phase::Upgrading));
-        assert_eq!(condition_of(&still, PROGRESSING).reason, "Upgrading");
+    fn the_rollout_is_kept_on_the_deployment_until_it_settles() {
+        let mut before = deployment(2, "a");
+        before.metadata.annotations.get_or_insert_default().insert(ROLLOUT_ANNOTATION.into(), "Upgrading".into());
+        before.metadata.generation = Some(2);
+        before.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            ready_replicas: Some(1),
+            ..Default::default()
+        });
+        let desired = deployment(2, "a");
+        assert_eq!(rollout(Some(&before), &desired, false), Some(Change::Upgrade));
+        before.status.as_mut().unwrap().ready_replicas = Some(2);
+        assert_eq!(rollout(Some(&before), &desired, false), None, "settled");
+        assert_eq!(rollout(Some(&before), &deployment(3, "a"), false), Some(Change::Rescale), "a new change wins");
+        let status = next_status(&job(None), &seen(Some(Change::Upgrade), pods(2, 2, 2, 1)), &at(20));
+        assert_eq!(status.phase, Some(Phase::Upgrading));
+        assert_eq!(condition_of(&status, PROGRESSING).reason, "Upgrading");
     }
 
     #[test]
@@ -322,7 +344,7 @@ mod tests {
         let suspending = next_status(&job(None), &observation, &at(10));
         assert_eq!(suspending.phase, Some(Phase::Suspended));
         assert_eq!(condition_of(&suspending, PROGRESSING).reason, "Suspending");
-        observation.change = None;
+        observation.rollout = None;
         observation.pods = pods(0, 0, 0, 0);
         let suspended = next_status(&job(Some(suspending)), &observation, &at(20));
         assert_eq!(suspended.phase, Some(Phase::Suspended));

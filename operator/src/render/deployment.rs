@@ -34,6 +34,9 @@ pub const SECRETS_MOUNT: &str = "/var/run/secrets/weir";
 /// Deployment annotation with the hash of its pod template: when it changes, the pods are
 /// replaced (an upgrade); when only `replicas` changes, it is a rescale.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "weir.dev/template-hash";
+/// Deployment annotation naming the rollout under way (`Deploying`, `Upgrading`, …) until
+/// the pods settle; set by the reconciler, not by [`deployment`].
+pub const ROLLOUT_ANNOTATION: &str = "weir.dev/rollout";
 /// The distroless `nonroot` user.
 const RUN_AS: i64 = 65532;
 /// Time a pod gets after SIGTERM to drain, flush the sink and commit.

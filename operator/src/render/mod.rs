@@ -11,7 +11,9 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, core::v1::Serv
 use weir_crds::StreamJob;
 
 pub use configmap::{CHECKSUM_ANNOTATION, JOB_FILE, config_map, job_file};
-pub use deployment::{ADMIN_PORT_NAME, CONTAINER_NAME, JOB_MOUNT, SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, deployment};
+pub use deployment::{
+    ADMIN_PORT_NAME, CONTAINER_NAME, JOB_MOUNT, ROLLOUT_ANNOTATION, SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, deployment,
+};
 pub use pdb::pod_disruption_budget;
 pub use scaledobject::{lag_query, scaled_object};
 pub use service::service;

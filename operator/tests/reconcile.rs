@@ -1,0 +1,260 @@
+//! The operator against a real API server (the project's devcluster): children appear with
+//! owner references, spec changes roll through, invalid specs are reported and left alone,
+//! suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
+//! ScaledObject.
+
+use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
+
+use serde_json::{Value, json};
+use weir_e2e::{devcluster::DevCluster, operator_process::OperatorProcess, repo_root, wait_until};
+
+fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+struct Stack {
+    cluster: DevCluster,
+    operator: OperatorProcess,
+}
+
+/// One cluster with KEDA's CRD and one operator for this test binary.
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let cluster = must(DevCluster::start(), "starting the devcluster");
+        must(cluster.install_crds(), "installing the CRDs");
+        let keda = repo_root().join("e2e/fixtures/keda/keda.sh_scaledobjects.yaml");
+        let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), keda.as_os_str()]), "kubectl");
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        must(
+            wait_until(Duration::from_secs(30), "KEDA's CRD to be served", || {
+                cluster.kubectl(["get", "scaledobjects", "-A"]).is_ok_and(|o| o.status.success())
+            }),
+            "KEDA CRD",
+        );
+        let log = std::env::temp_dir().join(format!("weir-operator-test-{}.log", std::process::id()));
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_weir-operator"));
+        let args = ["--identity", "test-operator", "--runtime-image", "weir-runtime:test"];
+        let operator = must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &args), "starting weir-operator");
+        Stack { cluster, operator }
+    })
+}
+
+fn kubectl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
+    must(stack().cluster.kubectl(args), "kubectl")
+}
+
+fn namespace(name: &str) -> String {
+    let created = kubectl(["create", "namespace", name]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    name.to_owned()
+}
+
+fn apply(ns: &str, object: &Value) {
+    let output = must(stack().cluster.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &object.to_string()), "kubectl");
+    assert!(output.status.success(), "apply: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The object as JSON, or `None` when it does not exist.
+fn get(ns: &str, kind: &str, name: &str) -> Option<Value> {
+    let output = kubectl(["get", "-n", ns, kind, name, "-o", "json", "--show-managed-fields"]);
+    output.status.success().then(|| must(serde_json::from_slice(&output.stdout), "kubectl output"))
+}
+
+/// Waits up to 30 s for `condition` over the object (absent = `None`), then returns the
+/// object; on timeout fails with the object and the operator's log.
+fn wait_for(ns: &str, kind: &str, name: &str, what: &str, condition: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+    let mut last = None;
+    let waited = wait_until(Duration::from_secs(30), what, || {
+        last = get(ns, kind, name);
+        condition(last.as_ref())
+    });
+    if let Err(e) = waited {
+        panic!("{e}\nlast {kind}/{name}: {last:#?}\noperator log:\n{}", stack().operator.log());
+    }
+    last
+}
+
+fn condition<'a>(job: &'a Value, type_: &str) -> Option<&'a Value> {
+    job["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn job(name: &str, spec: Value) -> Value {
+    let mut full = json!({
+        "parallelism": 2,
+        "source": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "in",
+            "schema": [{"name": "user", "type": "string"}, {"name": "amount", "type": "double"}]}},
+        "pipeline": [{"filter": "amount > 0"}],
+        "sink": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "out"}},
+    });
+    if let (Some(full), Some(spec)) = (full.as_object_mut(), spec.as_object()) {
+        full.extend(spec.clone());
+    }
+    json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": name}, "spec": full})
+}
+
+fn template_hash(deployment: &Value) -> String {
+    deployment["metadata"]["annotations"]["weir.dev/template-hash"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn applying_a_job_creates_its_children_with_owner_references() {
+    let ns = namespace("children");
+    apply(&ns, &job("orders", json!({})));
+    let job = wait_for(&ns, "streamjob", "orders", "the status", |j| {
+        j.is_some_and(|j| j["status"]["observedGeneration"] == 1)
+    })
+    .unwrap();
+    let uid = job["metadata"]["uid"].clone();
+    assert_eq!(job["metadata"]["finalizers"], json!(["weir.dev/cleanup"]));
+    assert_eq!(job["status"]["selector"], "weir.dev/streamjob=orders");
+    assert_eq!(job["status"]["phase"], "Deploying", "no pods run in this cluster: {job:#}");
+    assert_eq!(condition(&job, "Progressing").unwrap()["reason"], "Deploying");
+    for (kind, name) in [
+        ("configmap", "orders-job"),
+        ("deployment", "orders"),
+        ("service", "orders"),
+        ("poddisruptionbudget", "orders"),
+    ] {
+        let child = get(&ns, kind, name).unwrap_or_else(|| panic!("{kind}/{name} was not created"));
+        let owner = &child["metadata"]["ownerReferences"][0];
+        assert_eq!((owner["kind"].as_str(), owner["uid"].clone()), (Some("StreamJob"), uid.clone()), "{kind}");
+        assert_eq!(owner["controller"], true, "{kind}");
+        assert_eq!(child["metadata"]["labels"]["weir.dev/streamjob"], "orders", "{kind}");
+        let managers: Vec<_> =
+            child["metadata"]["managedFields"].as_array().unwrap().iter().map(|m| m["manager"].clone()).collect();
+        assert_eq!(managers, vec![json!("weir-operator")], "{kind}: one field manager");
+    }
+    let deployment = get(&ns, "deployment", "orders").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "weir-runtime:test");
+    assert_eq!(container["ports"][0]["name"], "admin");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let file = get(&ns, "configmap", "orders-job").unwrap()["data"]["job.yaml"].as_str().unwrap().to_owned();
+    assert!(file.contains("filter: amount > 0"), "{file}");
+}
+
+#[test]
+fn a_spec_change_updates_the_deployment_and_observed_generation() {
+    let ns = namespace("changes");
+    apply(&ns, &job("orders", json!({})));
+    let first = wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some()).unwrap();
+    apply(&ns, &job("orders", json!({"pipeline": [{"filter": "amount > 10"}]})));
+    let job = wait_for(&ns, "streamjob", "orders", "observedGeneration 2", |j| {
+        j.is_some_and(|j| j["status"]["observedGeneration"] == 2)
+    })
+    .unwrap();
+    assert_eq!(job["status"]["phase"], "Upgrading");
+    assert_eq!(condition(&job, "Ready").unwrap()["observedGeneration"], 2);
+    let upgraded = get(&ns, "deployment", "orders").unwrap();
+    assert_ne!(template_hash(&first), template_hash(&upgraded), "a pipeline change rolls the pods");
+    let file = get(&ns, "configmap", "orders-job").unwrap()["data"]["job.yaml"].as_str().unwrap().to_owned();
+    assert!(file.contains("amount > 10"), "{file}");
+
+    let scaled = kubectl(["scale", "-n", &ns, "streamjob/orders", "--replicas=5"]);
+    assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+    let deployment =
+        wait_for(&ns, "deployment", "orders", "5 replicas", |d| d.is_some_and(|d| d["spec"]["replicas"] == 5)).unwrap();
+    assert_eq!(template_hash(&deployment), template_hash(&upgraded), "a rescale keeps the pod template");
+    let job = wait_for(&ns, "streamjob", "orders", "observedGeneration 3", |j| {
+        j.is_some_and(|j| j["status"]["observedGeneration"] == 3)
+    })
+    .unwrap();
+    assert_eq!(condition(&job, "Progressing").unwrap()["reason"], "Rescaling");
+}
+
+#[test]
+fn an_invalid_spec_is_reported_and_changes_nothing() {
+    let ns = namespace("invalid");
+    apply(&ns, &job("orders", json!({})));
+    let valid = wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some()).unwrap();
+    apply(&ns, &job("orders", json!({"pipeline": [{"filter": "amount > 0"}, {"select": ["user", "price * 2 AS p"]}]})));
+    let job = wait_for(&ns, "streamjob", "orders", "an InvalidSpec condition", |j| {
+        j.and_then(|j| condition(j, "Ready")).is_some_and(|c| c["reason"] == "InvalidSpec")
+    })
+    .unwrap();
+    let ready = condition(&job, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert!(ready["message"].as_str().unwrap().contains("spec.pipeline[1].select"), "{ready:#}");
+    assert_eq!(job["status"]["phase"], "Failed");
+    assert_eq!(job["status"]["observedGeneration"], 2);
+    let events = wait_until(Duration::from_secs(30), "a Warning event", || {
+        let out = kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
+        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        events["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| {
+                e["type"] == "Warning"
+                    && e["reason"] == "InvalidSpec"
+                    && e["note"].as_str().is_some_and(|n| n.contains("spec.pipeline[1].select"))
+            })
+        })
+    });
+    assert!(events.is_ok(), "no InvalidSpec Warning event naming the field");
+    let after = get(&ns, "deployment", "orders").unwrap();
+    assert_eq!(template_hash(&after), template_hash(&valid), "an invalid spec leaves the pods alone");
+    assert_eq!(after["metadata"]["generation"], valid["metadata"]["generation"]);
+}
+
+#[test]
+fn suspending_scales_to_zero() {
+    let ns = namespace("suspend");
+    apply(&ns, &job("orders", json!({})));
+    wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some_and(|d| d["spec"]["replicas"] == 2));
+    apply(&ns, &job("orders", json!({"suspend": true})));
+    wait_for(&ns, "deployment", "orders", "zero replicas", |d| d.is_some_and(|d| d["spec"]["replicas"] == 0));
+    let job = wait_for(&ns, "streamjob", "orders", "phase Suspended", |j| {
+        j.is_some_and(|j| j["status"]["phase"] == "Suspended")
+    })
+    .unwrap();
+    assert_eq!(condition(&job, "Ready").unwrap()["status"], "False");
+    apply(&ns, &job("orders", json!({"suspend": false})));
+    wait_for(&ns, "deployment", "orders", "two replicas again", |d| d.is_some_and(|d| d["spec"]["replicas"] == 2));
+}
+
+#[test]
+fn deleting_a_job_runs_the_finalizer() {
+    let ns = namespace("delete");
+    apply(&ns, &job("orders", json!({})));
+    wait_for(&ns, "streamjob", "orders", "the finalizer", |j| {
+        j.is_some_and(|j| j["metadata"]["finalizers"] == json!(["weir.dev/cleanup"]))
+    });
+    wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some());
+    let deleted = kubectl(["delete", "-n", &ns, "streamjob", "orders", "--wait=false"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    wait_for(&ns, "streamjob", "orders", "the StreamJob to go", |j| j.is_none());
+    wait_for(&ns, "deployment", "orders", "the pods' Deployment to go", |d| d.is_none());
+}
+
+#[test]
+fn autoscaling_renders_a_scaled_object_keda_accepts() {
+    let ns = namespace("autoscaling");
+    let autoscaling = json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "lagThreshold": 1000}});
+    apply(&ns, &job("orders", autoscaling));
+    let scaled = wait_for(&ns, "scaledobject", "orders", "the ScaledObject", |s| s.is_some()).unwrap();
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"],
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "name": "orders"})
+    );
+    assert_eq!(scaled["spec"]["maxReplicaCount"], 4);
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    assert_eq!(trigger["metadata"]["query"], "sum(weir_consumer_lag{streamjob=\"orders\"})");
+    assert_eq!(trigger["metadata"]["threshold"], "1000");
+    apply(&ns, &job("orders", json!({})));
+    wait_for(&ns, "scaledobject", "orders", "the ScaledObject to go", |s| s.is_none());
+}
+
+#[test]
+fn the_operator_exports_its_metrics() {
+    let ns = namespace("metrics");
+    apply(&ns, &job("orders", json!({})));
+    wait_for(&ns, "streamjob", "orders", "a status", |j| j.is_some_and(|j| j["status"]["phase"].is_string()));
+    let (status, body) = must(weir_e2e::http_get(stack().operator.metrics_addr(), "/metrics"), "GET /metrics");
+    assert_eq!(status, 200);
+    let reconciles = weir_e2e::metric_value(&body, "weir_operator_reconciles_total{result=\"ok\"}");
+    assert!(reconciles.is_some_and(|n| n >= 1.0), "{body}");
+    assert!(body.contains("weir_operator_reconcile_duration_seconds_bucket"), "{body}");
+    assert_eq!(weir_e2e::metric_value(&body, "weir_operator_leader"), Some(1.0), "{body}");
+}
