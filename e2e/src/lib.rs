@@ -7,6 +7,7 @@ pub mod agent;
 pub mod agent_process;
 pub mod broker;
 pub mod devcluster;
+pub mod operator_process;
 
 use std::{
     net::TcpListener,

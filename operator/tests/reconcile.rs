@@ -204,11 +204,11 @@ fn suspending_scales_to_zero() {
     wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some_and(|d| d["spec"]["replicas"] == 2));
     apply(&ns, &job("orders", json!({"suspend": true})));
     wait_for(&ns, "deployment", "orders", "zero replicas", |d| d.is_some_and(|d| d["spec"]["replicas"] == 0));
-    let job = wait_for(&ns, "streamjob", "orders", "phase Suspended", |j| {
+    let suspended = wait_for(&ns, "streamjob", "orders", "phase Suspended", |j| {
         j.is_some_and(|j| j["status"]["phase"] == "Suspended")
     })
     .unwrap();
-    assert_eq!(condition(&job, "Ready").unwrap()["status"], "False");
+    assert_eq!(condition(&suspended, "Ready").unwrap()["status"], "False");
     apply(&ns, &job("orders", json!({"suspend": false})));
     wait_for(&ns, "deployment", "orders", "two replicas again", |d| d.is_some_and(|d| d["spec"]["replicas"] == 2));
 }
