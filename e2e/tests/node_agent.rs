@@ -445,6 +445,12 @@ fn deployments_without_the_label_are_left_alone() {
 }
 
 #[test]
+fn other_crates_find_the_built_agent() {
+    let found = must(weir_e2e::agent_process::built_binary(), "locating weir-node-agent");
+    assert_eq!(found, Path::new(env!("CARGO_BIN_EXE_weir-node-agent")));
+}
+
+#[test]
 fn a_stopped_agent_stops_its_processes_and_deletes_its_pods() {
     let ns = namespace("shutdown");
     let options =

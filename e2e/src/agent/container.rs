@@ -20,6 +20,7 @@ use super::{
     launch::{self, Launch, PodInfo},
     probes::{self, ExecContext, ProbeSpec, Tracker},
     process::{self, Spawner},
+    volumes,
 };
 
 /// The first restart delay, doubled after each crash.
@@ -274,7 +275,13 @@ impl Supervisor {
     /// which is logged and treated as absent).
     fn probe(&self, probe: Option<&Probe>, now: Instant, passing: bool) -> Option<Scheduled> {
         let spec = match probes::resolve(probe?, &self.container, self.pod.ip) {
-            Ok(spec) => spec,
+            Ok(mut spec) => {
+                // An exec probe reads files where the container sees its mounts.
+                if let probes::Action::Exec { argv } = &mut spec.action {
+                    *argv = argv.iter().map(|a| volumes::rewrite(a, &self.mounts)).collect();
+                }
+                spec
+            }
             Err(e) => {
                 tracing::warn!(pod = %self.pod.name, container = %self.container.name, "ignoring probe: {e}");
                 return None;

@@ -58,9 +58,16 @@ struct LocalPod {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     written: Option<PodStatus>,
+    /// Since when the pod has been ready without interruption, for `minReadySeconds`.
+    ready_since: Option<Instant>,
 }
 
 impl LocalPod {
+    /// Ready for at least `min_ready` (the Deployment controller's "available").
+    fn available(&self, min_ready: Duration, now: Instant) -> bool {
+        self.ready_since.is_some_and(|since| now.duration_since(since) >= min_ready)
+    }
+
     fn ready(&self) -> bool {
         !self.containers.is_empty()
             && self.containers.iter().all(|c| c.lock().is_ok_and(|s| s.ready && s.running.is_some()))
@@ -140,6 +147,14 @@ impl Node {
             .filter(|d| d.metadata.deletion_timestamp.is_none())
             .filter_map(|d| d.metadata.uid.clone().map(|uid| (uid, d)))
             .collect();
+        let now = Instant::now();
+        for pod in self.pods.values_mut() {
+            match (pod.ready(), pod.ready_since) {
+                (true, None) => pod.ready_since = Some(now),
+                (false, Some(_)) => pod.ready_since = None,
+                _ => {}
+            }
+        }
         self.notice_deletions(&deployments);
         self.finish_terminations().await;
         for deployment in deployments.values() {
@@ -193,10 +208,16 @@ impl Node {
         let hash = pods::template_hash(&spec.template);
         let replicas = pods::desired_replicas(deployment);
         let strategy = Strategy::of(deployment);
+        let now = Instant::now();
         let mine = || self.pods.values().filter(|p| p.deployment_uid == uid);
         let views: Vec<PodView> = mine()
             .filter(|p| !p.terminating)
-            .map(|p| PodView { name: p.info.name.clone(), hash: p.hash.clone(), ready: p.ready(), seq: p.seq })
+            .map(|p| PodView {
+                name: p.info.name.clone(),
+                hash: p.hash.clone(),
+                ready: p.available(min_ready(deployment), now),
+                seq: p.seq,
+            })
             .collect();
         let old_terminating = mine().filter(|p| p.terminating && p.hash != hash).count();
         if !spec.paused.unwrap_or(false) {
@@ -282,6 +303,7 @@ impl Node {
             stop,
             task,
             written: None,
+            ready_since: None,
         };
         self.pods.insert((namespace, name), pod);
         Ok(())
@@ -290,10 +312,13 @@ impl Node {
     async fn write_deployment_status(&mut self, deployment: &Deployment, uid: &str, hash: &str) {
         let mine: Vec<&LocalPod> = self.pods.values().filter(|p| p.deployment_uid == uid && !p.terminating).collect();
         let count = |f: &dyn Fn(&&LocalPod) -> bool| u32::try_from(mine.iter().filter(|p| f(p)).count()).unwrap_or(0);
-        let ready = count(&|p| p.ready());
-        let counts =
-            Counts { replicas: count(&|_| true), updated: count(&|p| p.hash == hash), ready, available: ready };
         let now = Instant::now();
+        let counts = Counts {
+            replicas: count(&|_| true),
+            updated: count(&|p| p.hash == hash),
+            ready: count(&|p| p.ready_since.is_some()),
+            available: count(&|p| p.available(min_ready(deployment), now)),
+        };
         let progress = self.progress.entry(uid.to_owned()).or_insert_with(|| Progress::new(hash, counts, now));
         progress.observe(hash, counts, now);
         let deadline = deployment
@@ -385,6 +410,12 @@ enum StartError {
     Create(kube::Error),
     #[error("creating {0}: {1}")]
     Dir(std::path::PathBuf, std::io::Error),
+}
+
+/// `spec.minReadySeconds`: how long a pod must be ready to count as available.
+fn min_ready(deployment: &Deployment) -> Duration {
+    let seconds = deployment.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    Duration::from_secs(seconds.max(0).unsigned_abs().into())
 }
 
 /// Deletes a Pod object at once (its processes are gone); a missing one is fine.

@@ -125,7 +125,7 @@ pub struct Counts {
     pub updated: u32,
     /// Ready pods.
     pub ready: u32,
-    /// Available pods (ready; minReadySeconds is not modelled).
+    /// Available pods (ready for at least `minReadySeconds`).
     pub available: u32,
 }
 
