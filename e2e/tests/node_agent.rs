@@ -16,7 +16,7 @@ use weir_e2e::{
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A small HTTP server: `/env/NAME` answers an env var, `/file/N` the Nth file argument,
-/// `/pid` its pid, `/healthz` 200 until `/sick` is requested, anything else `ok`.
+/// `/secrets/PATH` a file under `$SECRETS_DIR`, `/pid` its pid, `/healthz` 200 until `/sick` is requested, anything else `ok`.
 const SERVER: &str = r#"
 import http.server, os, sys
 ip, port, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -30,6 +30,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path.startswith("/file/"):
             try:
                 body = open(files[int(self.path[6:])]).read()
+            except Exception as e:
+                status, body = 404, str(e)
+        elif self.path.startswith("/secrets/"):
+            try:
+                body = open(os.path.join(os.environ["SECRETS_DIR"], self.path[9:])).read()
             except Exception as e:
                 status, body = 404, str(e)
         elif self.path == "/pid":
@@ -334,10 +339,15 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     );
     let env = json!([
         {"name": "SITE", "value": "/etc/site"},
+        {"name": "SECRETS_DIR", "value": "/var/run/weir/secrets"},
         {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "site", "key": "greeting"}}},
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "token", "key": "token"}}}
     ]);
-    let mut d = deployment("mounted", 1, script_server(&["/etc/site/pages/index.html", "/etc/secret/token"], env));
+    let mut d = deployment(
+        "mounted",
+        1,
+        script_server(&["/etc/site/pages/index.html", "/var/run/weir/secrets/api/token"], env),
+    );
     d["spec"]["template"]["spec"]["volumes"] = json!([
         {"name": "site", "configMap": {"name": "site", "items": [{"key": "index.html", "path": "pages/index.html"}]}},
         {"name": "secret", "secret": {"secretName": "token"}},
@@ -345,7 +355,7 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     ]);
     d["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = json!([
         {"name": "site", "mountPath": "/etc/site"},
-        {"name": "secret", "mountPath": "/etc/secret", "readOnly": true},
+        {"name": "secret", "mountPath": "/var/run/weir/secrets/api", "readOnly": true},
         {"name": "scratch", "mountPath": "/tmp/scratch"}
     ]);
     apply(&ns, &d);
@@ -353,6 +363,11 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     let ip = ip(&pod);
     assert_eq!(get(&ip, "/file/0"), Some((200, "hello from a ConfigMap".into())));
     assert_eq!(get(&ip, "/file/1"), Some((200, "s3cret".into())));
+    assert_eq!(
+        get(&ip, "/secrets/api/token"),
+        Some((200, "s3cret".into())),
+        "a parent of a mount path is rewritten too"
+    );
     assert_eq!(get(&ip, "/env/GREETING").map(|r| r.1), Some("hi".into()));
     assert_eq!(get(&ip, "/env/TOKEN").map(|r| r.1), Some("s3cret".into()));
     let volumes = agent().pod_dir(&ns, &name(&pod)).join("volumes");

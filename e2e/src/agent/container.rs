@@ -3,7 +3,6 @@
 //! startup probe, stop gracefully when asked. Its state is shared with the status writer.
 
 use std::{
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -20,7 +19,7 @@ use super::{
     launch::{self, Launch, PodInfo},
     probes::{self, ExecContext, ProbeSpec, Tracker},
     process::{self, Spawner},
-    volumes,
+    volumes::Mounts,
 };
 
 /// The first restart delay, doubled after each crash.
@@ -93,8 +92,8 @@ pub struct Supervisor {
     pub pod: Arc<PodInfo>,
     /// The container spec.
     pub container: Container,
-    /// mountPath → local folder.
-    pub mounts: Vec<(String, PathBuf)>,
+    /// The container's mounts, to rewrite paths.
+    pub mounts: Mounts,
     /// SIGTERM → SIGKILL delay.
     pub grace: Duration,
     /// Shared state for the status writer.
@@ -278,7 +277,7 @@ impl Supervisor {
             Ok(mut spec) => {
                 // An exec probe reads files where the container sees its mounts.
                 if let probes::Action::Exec { argv } = &mut spec.action {
-                    *argv = argv.iter().map(|a| volumes::rewrite(a, &self.mounts)).collect();
+                    *argv = argv.iter().map(|a| self.mounts.rewrite(a)).collect();
                 }
                 spec
             }

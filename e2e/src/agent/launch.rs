@@ -18,7 +18,7 @@ use super::{
     env::{self, Value},
     images::{ImageTable, ResolveError},
     pods::NODE_NAME,
-    volumes,
+    volumes::Mounts,
 };
 
 /// The pod facts a container's environment can refer to.
@@ -98,13 +98,13 @@ impl LaunchError {
     }
 }
 
-/// Builds the launch of `container` in `pod`, with `mounts` from [`volumes::mount_table`].
+/// Builds the launch of `container` in `pod`, rewriting paths into `mounts`.
 pub async fn prepare(
     client: &Client,
     images: &ImageTable,
     pod: &PodInfo,
     container: &Container,
-    mounts: &[(String, PathBuf)],
+    mounts: &Mounts,
 ) -> Result<Launch, LaunchError> {
     let mut entries: Vec<(String, Value)> = ["PATH", "HOME"]
         .into_iter()
@@ -136,11 +136,11 @@ pub async fn prepare(
     let env: Vec<(String, String)> = env::expand_env(entries)
         .into_iter()
         .map(|(name, value)| {
-            let value = volumes::rewrite(&value, mounts);
+            let value = mounts.rewrite(&value);
             (name, value)
         })
         .collect();
-    let expand = |text: &str| volumes::rewrite(&env::expand(text, |name| env::lookup(&env, name)), mounts);
+    let expand = |text: &str| mounts.rewrite(&env::expand(text, |name| env::lookup(&env, name)));
     let command: Vec<String> = container.command.iter().flatten().map(|c| expand(c)).collect();
     let args: Vec<String> = container.args.iter().flatten().map(|a| expand(a)).collect();
     let image = container.image.clone().unwrap_or_default();
@@ -149,7 +149,7 @@ pub async fn prepare(
     let cwd = container
         .working_dir
         .as_deref()
-        .map(|dir| PathBuf::from(volumes::rewrite(dir, mounts)))
+        .map(|dir| PathBuf::from(mounts.rewrite(dir)))
         .filter(|dir| dir.is_dir())
         .unwrap_or_else(|| pod.dir.clone());
     Ok(Launch { program, args: resolved.args, env, cwd })

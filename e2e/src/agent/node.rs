@@ -31,7 +31,7 @@ use super::{
     pods::{self, NODE_NAME, PodView, Strategy},
     process::Spawner,
     status::{self, Counts, Progress},
-    volumes,
+    volumes::{self, Mounts},
 };
 
 /// Namespace and name.
@@ -461,13 +461,19 @@ async fn run_pod(run: PodRun, spec: PodSpec, mut stop: watch::Receiver<bool>) {
         }
     };
     let supervisors = spec.containers.iter().zip(&run.states).map(|(container, state)| {
+        let mounts = Mounts::new(container, &dirs);
+        let root = run.info.dir.join("root").join(&container.name);
+        let mounts = mounts.clone().with_root(root).unwrap_or_else(|e| {
+            tracing::warn!(pod = %run.info.name, container = %container.name, "mount mirror folder: {e}");
+            mounts
+        });
         let supervisor = Supervisor {
             client: run.client.clone(),
             images: run.images.clone(),
             spawner: run.spawner,
             pod: run.info.clone(),
             container: container.clone(),
-            mounts: volumes::mount_table(container, &dirs),
+            mounts,
             grace: run.grace,
             state: state.clone(),
             changed: run.changed.clone(),

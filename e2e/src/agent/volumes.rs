@@ -129,6 +129,8 @@ fn write_files(
             create_dir(parent)?;
         }
         let io = |source| VolumeError::Io { path: path.clone(), source };
+        // A read-only file from an earlier attempt would refuse the write.
+        let _ = std::fs::remove_file(&path);
         std::fs::write(&path, bytes).map_err(io)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     }
@@ -139,46 +141,95 @@ fn create_dir(dir: &Path) -> Result<(), VolumeError> {
     std::fs::create_dir_all(dir).map_err(|source| VolumeError::Io { path: dir.to_path_buf(), source })
 }
 
-/// A container's mounts as (mountPath, local folder), longest mountPath first so nested
-/// mounts win. Mounts of unknown volumes, and of `/`, are left out.
-pub fn mount_table(container: &Container, dirs: &VolumeDirs) -> Vec<(String, PathBuf)> {
-    let mut table: Vec<(String, PathBuf)> = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .filter_map(|m| {
-            let dir = dirs.get(&m.name)?;
-            let local = match m.sub_path.as_deref() {
-                Some(sub) if !sub.is_empty() => dir.join(sub),
-                _ => dir.clone(),
-            };
-            let path = m.mount_path.trim_end_matches('/');
-            (!path.is_empty()).then(|| (path.to_owned(), local))
-        })
-        .collect();
-    table.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
-    table
+/// A container's mounts, for rewriting paths: each mountPath with its local folder, longest
+/// first so nested mounts win, and optionally a folder that mirrors the container's view of
+/// the filesystem (`<root>/<mountPath>` links to the volume), so a path that is a parent of
+/// mounts (`--secrets-dir=/var/run/secrets` with mounts below it) has a local meaning too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mounts {
+    table: Vec<(String, PathBuf)>,
+    root: Option<PathBuf>,
 }
 
-/// `value` with a leading mount path replaced by its local folder; a `--flag=PATH` value is
-/// rewritten after its `=` too, since that is how programs are usually given paths.
-pub fn rewrite(value: &str, mounts: &[(String, PathBuf)]) -> String {
-    if let Some(rewritten) = rewrite_prefix(value, mounts) {
-        return rewritten;
+impl Mounts {
+    /// The container's mounts of known volumes (a mount of `/` is left out).
+    pub fn new(container: &Container, dirs: &VolumeDirs) -> Self {
+        let mut table: Vec<(String, PathBuf)> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                let dir = dirs.get(&m.name)?;
+                let local = match m.sub_path.as_deref() {
+                    Some(sub) if !sub.is_empty() => dir.join(sub),
+                    _ => dir.clone(),
+                };
+                let path = m.mount_path.trim_end_matches('/');
+                (!path.is_empty()).then(|| (path.to_owned(), local))
+            })
+            .collect();
+        table.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        Self { table, root: None }
     }
-    if let Some((flag, path)) = value.split_once('=')
-        && let Some(rewritten) = rewrite_prefix(path, mounts)
-    {
-        return format!("{flag}={rewritten}");
+
+    /// Builds the mirror folder at `root`: parent folders of each mount path, and a link
+    /// named like the mount to its volume (a mount nested in another mount is reached
+    /// through the direct rewrite only).
+    pub fn with_root(mut self, root: PathBuf) -> Result<Self, VolumeError> {
+        let mut linked: Vec<&str> = Vec::new();
+        let mut by_length: Vec<&(String, PathBuf)> = self.table.iter().collect();
+        by_length.sort_by_key(|(path, _)| path.len());
+        for (path, local) in by_length {
+            if linked.iter().any(|outer| within(path, outer)) {
+                continue;
+            }
+            let link = root.join(path.trim_start_matches('/'));
+            if let Some(parent) = link.parent() {
+                create_dir(parent)?;
+            }
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(local, &link)
+                    .map_err(|source| VolumeError::Io { path: link.clone(), source })?;
+            }
+            linked.push(path);
+        }
+        self.root = Some(root);
+        Ok(self)
     }
-    value.to_owned()
+
+    /// `value` with a leading mount path replaced by its local folder, or a leading parent
+    /// of mount paths by its mirror folder; a `--flag=PATH` value is rewritten after its `=`
+    /// too, since that is how programs are usually given paths.
+    pub fn rewrite(&self, value: &str) -> String {
+        if let Some(rewritten) = self.rewrite_path(value) {
+            return rewritten;
+        }
+        if let Some((flag, path)) = value.split_once('=')
+            && let Some(rewritten) = self.rewrite_path(path)
+        {
+            return format!("{flag}={rewritten}");
+        }
+        value.to_owned()
+    }
+
+    fn rewrite_path(&self, value: &str) -> Option<String> {
+        let inside = self.table.iter().find_map(|(mount, local)| {
+            let rest = value.strip_prefix(mount.as_str())?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| format!("{}{rest}", local.display()))
+        });
+        if inside.is_some() {
+            return inside;
+        }
+        let root = self.root.as_ref()?;
+        let path = value.trim_end_matches('/');
+        let parent_of_mount = path.starts_with('/') && self.table.iter().any(|(mount, _)| within(mount, path));
+        parent_of_mount.then(|| root.join(path.trim_start_matches('/')).display().to_string())
+    }
 }
 
-fn rewrite_prefix(value: &str, mounts: &[(String, PathBuf)]) -> Option<String> {
-    mounts.iter().find_map(|(mount, local)| {
-        let rest = value.strip_prefix(mount.as_str())?;
-        (rest.is_empty() || rest.starts_with('/')).then(|| format!("{}{rest}", local.display()))
-    })
+/// Whether `path` lies strictly below `parent` (`/a/b` below `/a`, not `/ab`).
+fn within(path: &str, parent: &str) -> bool {
+    !parent.is_empty() && path.strip_prefix(parent).is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -187,8 +238,8 @@ mod tests {
 
     use super::*;
 
-    fn mounts() -> Vec<(String, PathBuf)> {
-        let container = Container {
+    fn container() -> Container {
+        Container {
             volume_mounts: Some(vec![
                 VolumeMount { name: "config".into(), mount_path: "/etc/weir/".into(), ..VolumeMount::default() },
                 VolumeMount { name: "tls".into(), mount_path: "/etc/weir/tls".into(), ..VolumeMount::default() },
@@ -199,12 +250,22 @@ mod tests {
                     ..VolumeMount::default()
                 },
                 VolumeMount { name: "unknown".into(), mount_path: "/nowhere".into(), ..VolumeMount::default() },
+                VolumeMount { name: "creds".into(), mount_path: "/run/secrets/creds".into(), ..VolumeMount::default() },
             ]),
             ..Container::default()
-        };
-        let dirs =
-            VolumeDirs::from([("config".into(), "/p/volumes/config".into()), ("tls".into(), "/p/volumes/tls".into())]);
-        mount_table(&container, &dirs)
+        }
+    }
+
+    fn dirs(base: &Path) -> VolumeDirs {
+        ["config", "tls", "creds"].into_iter().map(|v| (v.to_owned(), base.join("volumes").join(v))).collect()
+    }
+
+    fn mounts() -> Mounts {
+        Mounts::new(&container(), &dirs(Path::new("/p")))
+    }
+
+    fn rewrite(value: &str, mounts: &Mounts) -> String {
+        mounts.rewrite(value)
     }
 
     #[test]
@@ -223,6 +284,29 @@ mod tests {
         assert_eq!(rewrite("--job=/etc/weir/job.yaml", &m), "--job=/p/volumes/config/job.yaml");
         assert_eq!(rewrite("see /etc/weir/x", &m), "see /etc/weir/x");
         assert_eq!(rewrite("/nowhere/x", &m), "/nowhere/x");
+        assert_eq!(rewrite("/run/secrets", &m), "/run/secrets", "without a mirror folder");
+    }
+
+    #[test]
+    fn parents_of_mounts_point_into_the_mirror_folder() {
+        let base = tempfile::tempdir().unwrap();
+        for dir in dirs(base.path()).values() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(base.path().join("volumes/creds/username"), "weir").unwrap();
+        let root = base.path().join("root");
+        let m = Mounts::new(&container(), &dirs(base.path())).with_root(root.clone()).unwrap();
+        let secrets = rewrite("--secrets-dir=/run/secrets", &m);
+        assert_eq!(secrets, format!("--secrets-dir={}", root.join("run/secrets").display()));
+        assert_eq!(std::fs::read_to_string(root.join("run/secrets/creds/username")).unwrap(), "weir");
+        assert_eq!(
+            rewrite("/run/secrets/creds/username", &m),
+            base.path().join("volumes/creds/username").display().to_string()
+        );
+        assert_eq!(rewrite("/", &m), "/");
+        assert_eq!(rewrite("/run/secretsx", &m), "/run/secretsx");
+        assert!(!root.join("etc/weir/tls").exists(), "nested mounts are not linked inside their parent volume");
+        Mounts::new(&container(), &dirs(base.path())).with_root(root).unwrap();
     }
 
     #[test]
