@@ -7,6 +7,7 @@ pub mod agent;
 pub mod agent_process;
 pub mod broker;
 pub mod devcluster;
+pub mod kafka;
 pub mod operator_process;
 
 use std::{
@@ -77,4 +78,17 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A binary of this workspace built next to the running test executable (`target/<profile>/`).
+/// Tests cannot name another package's binaries; `cargo test --workspace` builds them all.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Spawn { what: "current_exe".into(), source })?;
+    let dir = exe.parent().map(|d| if d.ends_with("deps") { d.parent().unwrap_or(d) } else { d });
+    let binary = dir.map(|d| d.join(name)).unwrap_or_default();
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(Error::Start(format!("{} is not built: run `cargo build --workspace --bins` first", binary.display())))
+    }
 }

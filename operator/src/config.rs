@@ -11,6 +11,8 @@ pub struct OperatorConfig {
     pub admin_port: i32,
     /// Whether KEDA's `ScaledObject` API is served; without it autoscaling is reported, not rendered.
     pub keda_available: bool,
+    /// Time between reconciles of a steady job, which refresh its consumer lag in status.
+    pub resync_interval: std::time::Duration,
 }
 
 impl Default for OperatorConfig {
@@ -20,6 +22,7 @@ impl Default for OperatorConfig {
             prometheus_address: "http://prometheus-operated.monitoring:9090".into(),
             admin_port: 9249,
             keda_available: true,
+            resync_interval: std::time::Duration::from_secs(30),
         }
     }
 }

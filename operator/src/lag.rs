@@ -33,7 +33,8 @@ async fn scrape(address: SocketAddr) -> Option<String> {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+        // hyper answers in the request's version: `HTTP/1.0 200 OK`.
+        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
     };
     tokio::time::timeout(SCRAPE_TIMEOUT, request).await.ok().flatten()
 }

@@ -32,6 +32,9 @@ struct Args {
     /// Address of the operator's `/metrics` and `/healthz`.
     #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Time between reconciles of a steady job, which refresh its consumer lag in status.
+    #[arg(long, default_value = "30s")]
+    resync_interval: weir_crds::Duration,
     /// StreamJobs reconciled at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,

@@ -39,8 +39,6 @@ pub const FINALIZER: &str = "weir.dev/cleanup";
 
 /// Requeue while pods are changing, to follow the rollout.
 const REQUEUE_PROGRESSING: Duration = Duration::from_secs(5);
-/// Requeue of a steady job, to refresh its consumer lag.
-const REQUEUE_STEADY: Duration = Duration::from_secs(30);
 /// Longest back-off after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -170,7 +168,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     announce_phase(job, &next, ctx).await;
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
     write_status(job, &next, ctx).await?;
-    Ok(Action::requeue(if progressing { REQUEUE_PROGRESSING } else { REQUEUE_STEADY }))
+    Ok(Action::requeue(if progressing { REQUEUE_PROGRESSING } else { ctx.config.resync_interval }))
 }
 
 /// Server-side applies every child; returns the Deployment as the server has it.

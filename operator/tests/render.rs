@@ -23,6 +23,7 @@ fn config() -> OperatorConfig {
         prometheus_address: "http://prometheus.monitoring:9090".into(),
         admin_port: 9249,
         keda_available: true,
+        resync_interval: std::time::Duration::from_secs(30),
     }
 }
 

@@ -13,7 +13,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     producer::{BaseProducer, BaseRecord, Producer},
 };
-use weir_e2e::{broker::Broker, free_port, http_get, metric_value, wait_until};
+use weir_e2e::{broker::Broker, free_port, http_get, kafka, metric_value, wait_until};
 
 const RECORDS: usize = 200_000;
 
@@ -27,16 +27,8 @@ fn config(broker: &Broker) -> ClientConfig {
     config
 }
 
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, returned)) => {
-                producer.poll(Duration::from_millis(5));
-                record = returned;
-            }
-        }
-    }
+fn send(producer: &BaseProducer, record: BaseRecord<'_, [u8], [u8]>) {
+    must(kafka::send(producer, record), "sending a record");
 }
 
 fn fill(broker: &Broker, topic: &str) {

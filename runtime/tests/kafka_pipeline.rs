@@ -9,14 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rdkafka::{
-    ClientConfig, Message,
-    consumer::{BaseConsumer, Consumer},
-    message::Headers,
-    producer::{BaseProducer, BaseRecord, Producer},
-};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
-use weir_e2e::{broker::Broker, free_port, http_get, metric_value, wait_until};
+use weir_e2e::{
+    broker::Broker,
+    free_port, http_get,
+    kafka::{self, Received},
+    metric_value, wait_until,
+};
 
 const WINDOW_MS: i64 = 10_000;
 /// Far beyond every test event: a record at this time closes all earlier windows.
@@ -62,20 +62,11 @@ fn expected(payments: &[Payment]) -> BTreeMap<(String, i64), (i64, i64)> {
 }
 
 fn producer(broker: &Broker) -> BaseProducer {
-    must(ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create(), "creating a producer")
+    must(kafka::producer(&broker.bootstrap()), "creating a producer")
 }
 
 fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, returned)) => {
-                producer.poll(Duration::from_millis(10));
-                record = returned;
-            }
-        }
-    }
+    must(kafka::send_text(producer, topic, key, payload), "sending a record");
 }
 
 fn produce_payments(producer: &BaseProducer, topic: &str, payments: &[Payment]) {
@@ -179,55 +170,18 @@ impl Drop for Runtime {
     }
 }
 
-/// A record read back from a topic.
-struct Received {
-    payload: Vec<u8>,
-    headers: Vec<(String, String)>,
-}
-
-impl Received {
-    fn json(&self) -> Value {
-        must(serde_json::from_slice(&self.payload), "output is JSON")
-    }
-}
-
-/// Reads `topic` from the start until `count` records arrived (or 90 s passed), then
-/// keeps reading until 3 s pass without a record, so that extra (repeated) records show.
 fn read_records(broker: &Broker, topic: &str, count: usize) -> Vec<Received> {
-    let consumer: BaseConsumer = must(
-        ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("group.id", format!("reader-{topic}-{}", std::process::id()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create(),
-        "creating a reader",
-    );
-    must(consumer.subscribe(&[topic]), "subscribing the reader");
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last_record = Instant::now();
-    while Instant::now() < deadline && (records.len() < count || last_record.elapsed() < Duration::from_secs(3)) {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            last_record = Instant::now();
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            records.push(Received { payload: message.payload().unwrap_or_default().to_vec(), headers });
-        }
-    }
-    records
+    must(kafka::read_records(&broker.bootstrap(), topic, count, Duration::from_secs(90)), "reading records")
+}
+
+fn json(record: &Received) -> Value {
+    must(record.json(), "output is JSON")
 }
 
 /// Output records as (user, window start) → (total, count), failing on a duplicate window.
 fn results(records: &[Received]) -> BTreeMap<(String, i64), (i64, i64)> {
     let mut out = BTreeMap::new();
-    for record in records.iter().map(Received::json) {
+    for record in records.iter().map(json) {
         let user = record["user_id"].as_str().unwrap_or_default().to_owned();
         let start = chrono::DateTime::parse_from_rfc3339(record["window_start"].as_str().unwrap_or_default())
             .map(|t| t.timestamp_millis())

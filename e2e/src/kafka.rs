@@ -1,0 +1,92 @@
+//! A small, independent Kafka client for tests: produce records, read a topic back.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Headers,
+    producer::{BaseProducer, BaseRecord},
+};
+
+/// A producer to `bootstrap` with librdkafka's defaults.
+pub fn producer(bootstrap: &str) -> Result<BaseProducer, KafkaError> {
+    ClientConfig::new().set("bootstrap.servers", bootstrap).create()
+}
+
+/// Queues `record`, serving delivery reports while the local queue is full.
+pub fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), returned)) => {
+                producer.poll(Duration::from_millis(10));
+                record = returned;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Queues a keyed text record on `topic`.
+pub fn send_text(producer: &BaseProducer, topic: &str, key: &str, payload: &str) -> Result<(), KafkaError> {
+    send(producer, BaseRecord::to(topic).key(key.as_bytes()).payload(payload.as_bytes()))
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The record's key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The record's value.
+    pub payload: Vec<u8>,
+    /// Headers as text.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Received {
+    /// The value as JSON.
+    pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+/// Reads `topic` from the start until `count` records arrived (or `timeout` passed), then
+/// keeps reading until 3 s pass without a record, so that extra (repeated) records show.
+pub fn read_records(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Received>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut records = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut last_record = Instant::now();
+    while Instant::now() < deadline && (records.len() < count || last_record.elapsed() < Duration::from_secs(3)) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            last_record = Instant::now();
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Received {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+    }
+    Ok(records)
+}
