@@ -16,10 +16,13 @@ use weir_e2e::{
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A small HTTP server: `/env/NAME` answers an env var, `/file/N` the Nth file argument,
-/// `/secrets/PATH` a file under `$SECRETS_DIR`, `/pid` its pid, `/healthz` 200 until `/sick` is requested, anything else `ok`.
+/// `/secrets/PATH` a file under `$SECRETS_DIR`, `/pid` its pid, `/healthz` 200 until `/sick`
+/// is requested, anything else `ok`. With `IGNORE_TERM` set it ignores SIGTERM.
 const SERVER: &str = r#"
-import http.server, os, sys
+import http.server, os, signal, sys
 ip, port, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 sick = False
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -483,4 +486,45 @@ fn a_stopped_agent_stops_its_processes_and_deletes_its_pods() {
     own.stop();
     assert!(pids.iter().all(|pid| !alive(*pid)), "processes outlived their agent");
     eventually("the agent's Pod objects to be deleted", || pods(&ns, "owned").is_empty());
+}
+
+#[test]
+fn exec_readiness_tcp_startup_and_liveness_probes_gate_the_pod() {
+    let ns = namespace("probes");
+    let mut container = script_server(&[], json!([]));
+    container["readinessProbe"] = json!({"exec": {"command": ["test", "-f", "/data/ready"]}, "periodSeconds": 1});
+    container["startupProbe"] = json!({"tcpSocket": {"port": "http"}, "periodSeconds": 1, "failureThreshold": 30});
+    container["livenessProbe"] = json!({"tcpSocket": {"port": 8080}, "periodSeconds": 1});
+    container["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    let mut d = deployment("probed", 1, container);
+    d["spec"]["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    apply(&ns, &d);
+    let mut pod = Value::Null;
+    eventually("the container to be started but not ready", || {
+        pod = pods(&ns, "probed").pop().unwrap_or_default();
+        pod["status"]["containerStatuses"][0]["started"] == true && !is_ready(&pod)
+    });
+    assert_eq!(deployment_status(&ns, "probed")["readyReplicas"].as_u64().unwrap_or(0), 0);
+    std::fs::write(agent().pod_dir(&ns, &name(&pod)).join("volumes/data/ready"), "").unwrap();
+    let ready = wait_ready(&ns, "probed", 1);
+    assert_eq!(name(&ready[0]), name(&pod));
+    assert_eq!(restart_count(&ready[0]), 0, "the tcp liveness probe passes");
+}
+
+#[test]
+fn a_terminating_pod_is_unready_and_killed_after_its_grace_period() {
+    let ns = namespace("grace");
+    let mut d = deployment("stubborn", 1, script_server(&[], json!([{"name": "IGNORE_TERM", "value": "1"}])));
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(3);
+    apply(&ns, &d);
+    let pod = wait_ready(&ns, "stubborn", 1).remove(0);
+    let pid = pid_of(&ns, &pod);
+    patch(&ns, "stubborn", &json!({"spec": {"replicas": 0}}));
+    eventually("the pod to be reported unready while its process ignores SIGTERM", || {
+        pods(&ns, "stubborn").first().is_some_and(|p| !is_ready(p)) && alive(pid)
+    });
+    eventually("SIGKILL after the grace period, then the Pod object to go", || {
+        !alive(pid) && pods(&ns, "stubborn").is_empty()
+    });
+    assert_eq!(deployment_status(&ns, "stubborn")["replicas"].as_u64().unwrap_or(0), 0);
 }

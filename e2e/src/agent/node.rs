@@ -366,10 +366,13 @@ impl Node {
         }
     }
 
+    /// Writes each pod's status when it changed; a terminating pod is reported not ready at
+    /// once, as the kubelet does, so nobody sends it work while it drains.
     async fn write_pod_statuses(&mut self) {
         let now = SystemTime::now();
-        for ((namespace, name), pod) in self.pods.iter_mut().filter(|(_, p)| !p.terminating) {
-            let computed = status::pod_status(pod.info.ip, pod.started, &pod.states(), pod.written.as_ref(), now);
+        for ((namespace, name), pod) in self.pods.iter_mut() {
+            let computed =
+                status::pod_status(pod.info.ip, pod.started, &pod.states(), pod.terminating, pod.written.as_ref(), now);
             if pod.written.as_ref() == Some(&computed) {
                 continue;
             }

@@ -30,15 +30,16 @@ pub fn time(at: SystemTime) -> Time {
     Time(Timestamp::from_second(i64::try_from(secs).unwrap_or(i64::MAX)).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// The status of a pod from its containers' states.
+/// The status of a pod from its containers' states; a terminating pod is never ready.
 pub fn pod_status(
     ip: Ipv4Addr,
     started: SystemTime,
     containers: &[ContainerState],
+    terminating: bool,
     previous: Option<&PodStatus>,
     now: SystemTime,
 ) -> PodStatus {
-    let ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
+    let ready = !terminating && !containers.is_empty() && containers.iter().all(|c| c.ready);
     let any_ran = containers.iter().any(|c| c.running.is_some() || c.last_termination.is_some());
     let condition = |type_: &str, status: bool| PodCondition {
         type_: type_.into(),
@@ -67,12 +68,12 @@ pub fn pod_status(
         pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
         start_time: Some(time(started)),
         qos_class: Some("BestEffort".into()),
-        container_statuses: Some(containers.iter().map(container_status).collect()),
+        container_statuses: Some(containers.iter().map(|c| container_status(c, terminating)).collect()),
         ..PodStatus::default()
     }
 }
 
-fn container_status(c: &ContainerState) -> ContainerStatus {
+fn container_status(c: &ContainerState, terminating: bool) -> ContainerStatus {
     let state = match (&c.running, &c.waiting) {
         (Some((_, since)), _) => {
             K8sState { running: Some(ContainerStateRunning { started_at: Some(time(*since)) }), ..K8sState::default() }
@@ -94,7 +95,7 @@ fn container_status(c: &ContainerState) -> ContainerStatus {
         image: c.image.clone(),
         image_id: String::new(),
         container_id: c.running.map(|(pid, _)| format!("local://{pid}")),
-        ready: c.ready,
+        ready: c.ready && !terminating,
         started: Some(c.started && c.running.is_some()),
         restart_count: c.restart_count,
         state: Some(state),
@@ -301,12 +302,14 @@ mod tests {
             waiting: None,
         };
         let ip = Ipv4Addr::new(127, 0, 0, 2);
-        let s = pod_status(ip, UNIX_EPOCH, std::slice::from_ref(&c), None, UNIX_EPOCH);
+        let s = pod_status(ip, UNIX_EPOCH, std::slice::from_ref(&c), false, None, UNIX_EPOCH);
         let ready = |s: &PodStatus| s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap().clone();
         assert_eq!((s.phase.as_deref(), s.pod_ip.as_deref()), (Some("Running"), Some("127.0.0.2")));
         assert_eq!(ready(&s).status, "True");
+        let stopping = pod_status(ip, UNIX_EPOCH, std::slice::from_ref(&c), true, Some(&s), UNIX_EPOCH);
+        assert_eq!(ready(&stopping).status, "False", "a terminating pod is not ready");
         c.ready = false;
-        let t = pod_status(ip, UNIX_EPOCH, &[c], Some(&s), UNIX_EPOCH + Duration::from_secs(9));
+        let t = pod_status(ip, UNIX_EPOCH, &[c], false, Some(&s), UNIX_EPOCH + Duration::from_secs(9));
         assert_eq!(ready(&t).status, "False");
         assert_eq!(t.container_statuses.as_ref().unwrap()[0].restart_count, 1);
     }
