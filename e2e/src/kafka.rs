@@ -1,6 +1,9 @@
 //! A small, independent Kafka client for tests: produce records, read a topic back.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 use rdkafka::{
     ClientConfig, Message,
@@ -52,6 +55,8 @@ impl Received {
     }
 }
 
+static READERS: AtomicU64 = AtomicU64::new(0);
+
 /// Reads `topic` from the start until `count` records arrived (or `timeout` passed), then
 /// keeps reading until 3 s pass without a record, so that extra (repeated) records show.
 pub fn read_records(
@@ -62,7 +67,8 @@ pub fn read_records(
 ) -> Result<Vec<Received>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+        // A fresh group per read: rejoining a group a moment ago left can wait out its session.
+        .set("group.id", format!("reader-{topic}-{}-{}", std::process::id(), READERS.fetch_add(1, Ordering::Relaxed)))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;

@@ -21,11 +21,13 @@ fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// Fields drop in order: the operator and the pods stop before the cluster and the broker
+/// they talk to.
 struct Stack {
-    broker: Broker,
-    cluster: DevCluster,
-    agent: NodeAgent,
     operator: OperatorProcess,
+    agent: NodeAgent,
+    cluster: DevCluster,
+    broker: Broker,
 }
 
 impl Stack {
@@ -43,7 +45,7 @@ impl Stack {
         let args = ["--runtime-image", image.as_str(), "--identity", "local-stack", "--resync-interval", "3s"];
         let operator =
             must(OperatorProcess::start(&operator_binary, cluster.kubeconfig(), log, &args), "starting the operator");
-        Self { broker, cluster, agent, operator }
+        Self { operator, agent, cluster, broker }
     }
 
     fn job(&self) -> Option<Value> {
@@ -103,7 +105,10 @@ fn ready(job: &Value, replicas: i64) -> bool {
 
 #[test]
 fn a_stream_job_runs_and_rescales_on_the_local_stack() {
+    let started = std::time::Instant::now();
     let stack = Stack::start();
+    let step = |what: &str| eprintln!("{:>6.1}s {what}", started.elapsed().as_secs_f64());
+    step("stack up");
     must(stack.broker.create_topic("clicks", 2), "creating the input topic");
     must(stack.broker.create_topic("big-clicks", 2), "creating the output topic");
     let job = json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": "clicks"}, "spec": {
@@ -117,15 +122,19 @@ fn a_stream_job_runs_and_rescales_on_the_local_stack() {
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
 
     let running = stack.wait_for_job("2 ready pods and phase Running", |j| ready(j, 2));
+    step("running");
     assert_eq!(running["status"]["selector"], "weir.dev/streamjob=clicks");
     stack.produce(0..100);
     assert_eq!(stack.output(90), (10..100).collect::<Vec<_>>(), "every record with n >= 10, once");
+    step("output read");
     stack.wait_for_job("the consumer lag in status", |j| j["status"]["consumerLag"].is_i64());
+    step("lag reported");
 
     let scaled =
         must(stack.cluster.kubectl(["scale", "streamjob/clicks", "--replicas=1"].map(OsStr::new)), "kubectl scale");
     assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
     stack.wait_for_job("1 ready pod after the rescale", |j| ready(j, 1) && j["status"]["observedGeneration"] == 2);
+    step("rescaled");
     stack.produce(100..120);
     assert_eq!(stack.output(110), (10..120).collect::<Vec<_>>(), "nothing lost or repeated across the rescale");
 }
