@@ -9,7 +9,7 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{Error, agent::READY_FILE, wait_until};
+use crate::{Error, agent::READY_FILE, devcluster::DevCluster, wait_until};
 
 /// What the agent runs and watches.
 #[derive(Debug, Clone, Default)]
@@ -115,6 +115,11 @@ impl NodeAgent {
         Ok(agent)
     }
 
+    /// Starts `binary` against `cluster` (see [`NodeAgent::start`]).
+    pub fn for_cluster(binary: impl AsRef<Path>, cluster: &DevCluster, options: &AgentOptions) -> Result<Self, Error> {
+        Self::start(binary, cluster.kubeconfig(), options)
+    }
+
     /// The agent's state folder.
     pub fn state_dir(&self) -> &Path {
         self.state_dir.path()
@@ -141,14 +146,14 @@ impl NodeAgent {
         std::fs::read_to_string(self.state_dir.path().join("agent.log")).unwrap_or_default()
     }
 
-    /// Stops the agent (SIGTERM: it stops its pods and deletes their Pod objects), killing it
-    /// if it takes longer than a minute.
+    /// Stops the agent (SIGTERM: it stops its pods, each within its grace period, and deletes
+    /// their Pod objects), killing it if that takes longer than two minutes.
     pub fn stop(&mut self) {
         if self.child.try_wait().is_ok_and(|s| s.is_some()) {
             return;
         }
         let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
-        let stopped = wait_until(Duration::from_secs(60), "the node agent to exit", || {
+        let stopped = wait_until(Duration::from_secs(120), "the node agent to exit", || {
             self.child.try_wait().is_ok_and(|s| s.is_some())
         });
         if stopped.is_err() {

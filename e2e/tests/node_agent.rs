@@ -68,7 +68,7 @@ fn cluster() -> &'static (DevCluster, NodeAgent) {
         let cluster = must(DevCluster::start(), "starting the devcluster");
         let options = AgentOptions::default().image("example.com/http-echo", "python3");
         let agent = must(
-            NodeAgent::start(env!("CARGO_BIN_EXE_weir-node-agent"), cluster.kubeconfig(), &options),
+            NodeAgent::for_cluster(env!("CARGO_BIN_EXE_weir-node-agent"), &cluster, &options),
             "starting the node agent",
         );
         (cluster, agent)
@@ -373,6 +373,7 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     );
     assert_eq!(get(&ip, "/env/GREETING").map(|r| r.1), Some("hi".into()));
     assert_eq!(get(&ip, "/env/TOKEN").map(|r| r.1), Some("s3cret".into()));
+    assert_eq!(get(&ip, "/env/HOSTNAME").map(|r| r.1), Some(name(&pod)));
     let volumes = agent().pod_dir(&ns, &name(&pod)).join("volumes");
     assert_eq!(get(&ip, "/env/SITE").map(|r| r.1), Some(volumes.join("site").display().to_string()));
     assert!(!volumes.join("site/other").exists(), "items select keys");

@@ -106,10 +106,13 @@ pub async fn prepare(
     container: &Container,
     mounts: &Mounts,
 ) -> Result<Launch, LaunchError> {
+    // PATH and HOME from the agent (there is no image to provide them), HOSTNAME as the
+    // kubelet sets it.
     let mut entries: Vec<(String, Value)> = ["PATH", "HOME"]
         .into_iter()
         .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_owned(), Value::Literal(v))))
         .collect();
+    entries.push(("HOSTNAME".to_owned(), Value::Literal(pod.name.clone())));
     let mut sources =
         Sources { client, namespace: &pod.namespace, config_maps: BTreeMap::new(), secrets: BTreeMap::new() };
     for from in container.env_from.iter().flatten() {
