@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# Stops what e2e/up.sh started.
+# Stops what e2e/up.sh started: operator, node agent (and its pods), API server, broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${WEIR_RUN:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/local}
-bash e2e/devcluster/stop.sh "$RUN/devcluster"
+
+stop() { # pid-file: SIGTERM, then wait up to 70 s (pods get 60 s to drain) before SIGKILL
+  [ -f "$1" ] || return 0
+  local pid
+  pid=$(cat "$1")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 700); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+stop "$RUN/operator.pid"
+stop "$RUN/agent.pid"
+[ -d "$RUN/devcluster" ] && bash e2e/devcluster/stop.sh "$RUN/devcluster"
+stop "$RUN/broker/tansu.pid"
 echo "Local stack stopped (state kept in $RUN; delete it for a fresh start)."
