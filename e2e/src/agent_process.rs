@@ -11,6 +11,10 @@ use tempfile::TempDir;
 
 use crate::{Error, agent::READY_FILE, devcluster::DevCluster, wait_until};
 
+/// Set this variable to keep agents' state folders (pod logs, volumes) after a test run;
+/// by default an agent deletes its own when it exits.
+pub const KEEP_STATE_ENV: &str = "WEIR_KEEP_AGENT_STATE";
+
 /// What the agent runs and watches.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -87,6 +91,7 @@ impl NodeAgent {
             .arg(state_dir.path())
             .arg("--watch-pid")
             .arg(std::process::id().to_string())
+            .args(std::env::var_os(KEEP_STATE_ENV).is_none().then_some("--remove-state-dir"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);

@@ -53,6 +53,8 @@ pub struct Config {
     pub watch_pid: Option<u32>,
     /// Where per-address locks are shared with other agents on this machine.
     pub ip_lock_dir: PathBuf,
+    /// Delete the state dir on exit (tests' temporary folders outlive a test binary's statics).
+    pub remove_state_dir: bool,
 }
 
 /// Why the agent could not run.
@@ -118,7 +120,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         _ = async { tokio::join!(deployments.wait_until_ready(), pods.wait_until_ready()) } => {}
         _ = &mut shutdown => return Ok(()),
     }
-    let ready_file = config.state_dir.join(READY_FILE);
+    let state_dir = config.state_dir.clone();
+    let ready_file = state_dir.join(READY_FILE);
     std::fs::write(&ready_file, format!("{}\n", std::process::id())).map_err(|source| AgentError::Io {
         what: "writing",
         path: ready_file.clone(),
@@ -126,7 +129,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     })?;
     tracing::info!(selector = %config.selector, namespace = ?config.namespace, "watching Deployments");
     let mut node =
-        Node::new(client, config.images, spawner, config.state_dir, addresses, deployments, pods, changed.clone());
+        Node::new(client, config.images, spawner, state_dir.clone(), addresses, deployments, pods, changed.clone());
     loop {
         node.reconcile().await;
         tokio::select! {
@@ -138,6 +141,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     tracing::info!("shutting down");
     node.shutdown().await;
     let _ = std::fs::remove_file(&ready_file);
+    if config.remove_state_dir {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
     Ok(())
 }
 

@@ -31,6 +31,9 @@ struct Args {
     /// Folder of per-address locks shared by agents on this machine.
     #[arg(long)]
     ip_lock_dir: Option<PathBuf>,
+    /// Delete the state dir when exiting.
+    #[arg(long)]
+    remove_state_dir: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -68,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         selector: args.selector,
         namespace: args.namespace,
         watch_pid: args.watch_pid,
+        remove_state_dir: args.remove_state_dir,
         ip_lock_dir: args.ip_lock_dir.unwrap_or_else(|| std::env::temp_dir().join("weir-node-agent-ips")),
     };
     agent::run(config).await?;
