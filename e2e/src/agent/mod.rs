@@ -4,6 +4,12 @@
 //!
 //! Pure parts (planning, expansion, address pool, status) are separate from the I/O
 //! (processes, probes, API writes) so they are unit-tested without a cluster.
+//!
+//! Not modelled: init and ephemeral containers, resource limits and `resourceFieldRef`,
+//! security contexts (processes run as the agent's user), image pulls, Services and
+//! Endpoints, updates of ConfigMap/Secret volumes after a pod started, and volume kinds
+//! other than ConfigMap, Secret and emptyDir (they get an empty folder). Pods are owned by
+//! the Deployment directly: there are no ReplicaSet objects.
 
 pub mod container;
 pub mod env;

@@ -162,6 +162,8 @@ impl Node {
         }
         self.delete_orphans(&deployments).await;
         self.write_pod_statuses().await;
+        self.progress.retain(|uid, _| deployments.contains_key(uid));
+        self.written.retain(|uid, _| deployments.contains_key(uid));
     }
 
     /// Stops pods whose Deployment went away and pods deleted from the API by someone else
