@@ -50,17 +50,7 @@ impl AgentOptions {
 /// tests of other crates, which cannot name another package's binary: `cargo test --workspace`
 /// builds it; `cargo build -p weir-e2e --bin weir-node-agent` does too.
 pub fn built_binary() -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe().map_err(|source| Error::Spawn { what: "current_exe".into(), source })?;
-    let dir = exe.parent().map(|d| if d.ends_with("deps") { d.parent().unwrap_or(d) } else { d });
-    let binary = dir.map(|d| d.join("weir-node-agent")).unwrap_or_default();
-    if binary.is_file() {
-        Ok(binary)
-    } else {
-        Err(Error::Start(format!(
-            "{} is not built: run `cargo build -p weir-e2e --bin weir-node-agent` first",
-            binary.display()
-        )))
-    }
+    crate::workspace_binary("weir-node-agent")
 }
 
 /// A running node agent.

@@ -89,6 +89,9 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, Error> {
     if binary.is_file() {
         Ok(binary)
     } else {
-        Err(Error::Start(format!("{} is not built: run `cargo build --workspace --bins` first", binary.display())))
+        Err(Error::Start(format!(
+            "{} is not built: run `cargo build --workspace --bins` (with `--release` for benchmarks) first",
+            binary.display()
+        )))
     }
 }

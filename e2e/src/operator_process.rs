@@ -54,6 +54,11 @@ impl OperatorProcess {
         let _ = self.child.wait();
     }
 
+    /// The process id (to read its memory use, for instance).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -20,6 +20,9 @@ use crate::{
     reconcile::{Context, error_policy, reconcile},
 };
 
+/// Quiet time a StreamJob's triggers must leave before it is reconciled.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where and how hard the controller works.
 #[derive(Clone, Debug)]
 pub struct ControllerSettings {
@@ -64,7 +67,9 @@ pub async fn run(
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
     let children = || watcher::Config::default().labels(JOB_LABEL);
     let mut controller = Controller::for_stream(jobs, reader)
-        .with_config(controller::Config::default().concurrency(settings.concurrency))
+        // Creating a job's children triggers it once per child: a short debounce folds such
+        // a burst into one reconcile.
+        .with_config(controller::Config::default().concurrency(settings.concurrency).debounce(DEBOUNCE))
         .owns(api::<Deployment>(&client, namespace), children())
         .owns(api::<ConfigMap>(&client, namespace), children())
         .owns(api::<Service>(&client, namespace), children())

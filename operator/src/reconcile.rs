@@ -153,17 +153,10 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         info!(?change, "{note}");
         ctx.publish(job, EventType::Normal, change.reason(), note).await;
     }
-    let pods: Api<Pod> = ctx.api(&job_ref.namespace);
-    let running =
-        pods.list(&ListParams::default().labels(&job_ref.selector())).await.map_err(Error::api("listing the pods"))?;
-    let consumer_lag = lag::consumer_lag(&running.items, ctx.config.admin_port).await;
-    let observation = Observation {
-        rollout,
-        pods: Pods::of(&applied),
-        consumer_lag,
-        selector: job_ref.selector(),
-        suspended: job.spec.suspend,
-    };
+    let pods = Pods::of(&applied);
+    let consumer_lag = if pods.existing > 0 { scrape_lag(ctx, &job_ref).await? } else { None };
+    let observation =
+        Observation { rollout, pods, consumer_lag, selector: job_ref.selector(), suspended: job.spec.suspend };
     let next = status::next_status(job, &observation, &now());
     announce_phase(job, &next, ctx).await;
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
@@ -171,13 +164,24 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(if progressing { REQUEUE_PROGRESSING } else { ctx.config.resync_interval }))
 }
 
-/// Server-side applies every child; returns the Deployment as the server has it.
+/// The job's total consumer lag from its pods' metrics.
+async fn scrape_lag(ctx: &Context, job_ref: &JobRef) -> Result<Option<i64>, Error> {
+    let pods: Api<Pod> = ctx.api(&job_ref.namespace);
+    let listed =
+        pods.list(&ListParams::default().labels(&job_ref.selector())).await.map_err(Error::api("listing the pods"))?;
+    Ok(lag::consumer_lag(&listed.items, ctx.config.admin_port).await)
+}
+
+/// Server-side applies every child; returns the Deployment as the server has it. The job
+/// file goes first so that new pods never start on an old one.
 async fn apply_children(ctx: &Context, job_ref: &JobRef, rendered: Rendered) -> Result<Deployment, Error> {
     let namespace = &job_ref.namespace;
     apply_object(ctx, namespace, &rendered.config_map).await?;
-    apply_object(ctx, namespace, &rendered.service).await?;
-    apply_object(ctx, namespace, &rendered.pod_disruption_budget).await?;
-    let deployment = apply_object(ctx, namespace, &rendered.deployment).await?;
+    let (deployment, _, _) = futures::try_join!(
+        apply_object(ctx, namespace, &rendered.deployment),
+        apply_object(ctx, namespace, &rendered.service),
+        apply_object(ctx, namespace, &rendered.pod_disruption_budget),
+    )?;
     if ctx.config.keda_available {
         match &rendered.scaled_object {
             Some(scaled_object) => {
