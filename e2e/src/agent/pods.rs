@@ -27,14 +27,7 @@ const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 pub fn template_hash(template: &PodTemplateSpec) -> String {
     let json = serde_json::to_vec(template).unwrap_or_default();
     let digest = Sha256::digest(&json);
-    let mut n = u64::from_be_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], 0]);
-    (0..10)
-        .map(|_| {
-            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize];
-            n /= ALPHABET.len() as u64;
-            char::from(c)
-        })
-        .collect()
+    spell(u64::from_be_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], 0]), 10)
 }
 
 /// Five random characters for a pod name, from a per-process random hasher seed.
@@ -42,8 +35,12 @@ pub fn random_suffix() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher
         .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    let mut n = hasher.finish();
-    (0..5)
+    spell(hasher.finish(), 5)
+}
+
+/// The first `len` digits of `n` in the name alphabet.
+fn spell(mut n: u64, len: usize) -> String {
+    (0..len)
         .map(|_| {
             let c = ALPHABET[(n % ALPHABET.len() as u64) as usize];
             n /= ALPHABET.len() as u64;
