@@ -234,7 +234,8 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let Some(namespace) = job.namespace() else { return Ok(Action::await_change()) };
     let deployments: Api<Deployment> = ctx.api(&namespace);
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
-        Ok(_) | Err(kube::Error::Api(_)) => {}
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(source) => return Err(Error::Api { what: "deleting the Deployment".into(), source }),
     }
     ctx.publish(job, EventType::Normal, "Deleted", "runtime pods stopped; the StreamJob can go".into()).await;
