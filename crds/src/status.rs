@@ -24,7 +24,8 @@ pub struct StreamJobStatus {
     /// Label selector of the runtime pods (read by the `/scale` subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// `Ready`, `Progressing` and `Degraded`, each with `observedGeneration`.
+    /// `Ready`, `Progressing` and `Degraded`, and kstatus's `Reconciling` and `Stalled`
+    /// (for Flux, Argo CD and `kubectl wait`), each with `observedGeneration`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

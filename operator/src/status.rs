@@ -15,6 +15,12 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition: the job runs, but not as asked (pods not ready, spec invalid).
 pub const DEGRADED: &str = "Degraded";
+/// kstatus condition (read by Flux, `kubectl wait` and kstatus-based tools): True while a
+/// change is under way; it follows `Progressing`.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus condition: True when the job cannot progress without a change of spec (an
+/// invalid spec, a failed job); it follows the `Failed` phase.
+pub const STALLED: &str = "Stalled";
 /// Reason of an invalid spec.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
@@ -156,6 +162,7 @@ pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJob
     };
     let message = if degraded { message.as_str() } else { "no problem found" };
     set(&mut status.conditions, condition(DEGRADED, degraded, reason, message, generation, now));
+    set_kstatus(&mut status, generation, now);
     status
 }
 
@@ -168,7 +175,29 @@ pub fn invalid_status(job: &StreamJob, invalid: &InvalidSpec, now: &Time) -> Str
     set(&mut conditions, condition(READY, false, INVALID_SPEC, &message, generation, now));
     set(&mut conditions, condition(PROGRESSING, false, INVALID_SPEC, "waiting for a valid spec", generation, now));
     set(&mut conditions, condition(DEGRADED, true, INVALID_SPEC, &message, generation, now));
-    StreamJobStatus { phase: Some(Phase::Failed), observed_generation: generation, conditions, ..previous }
+    let mut status =
+        StreamJobStatus { phase: Some(Phase::Failed), observed_generation: generation, conditions, ..previous };
+    set_kstatus(&mut status, generation, now);
+    status
+}
+
+/// Sets the kstatus conditions from the others, so they never disagree: `Reconciling` is
+/// `Progressing` under kstatus's name, and `Stalled` is True in the `Failed` phase with
+/// `Ready`'s reason and message.
+fn set_kstatus(status: &mut StreamJobStatus, generation: Option<i64>, now: &Time) {
+    if let Some(progressing) = find(status, PROGRESSING).cloned() {
+        let reconciling = progressing.status == "True";
+        let reconciling =
+            condition(RECONCILING, reconciling, &progressing.reason, &progressing.message, generation, now);
+        set(&mut status.conditions, reconciling);
+    }
+    let stalled = match find(status, READY) {
+        Some(ready) if status.phase == Some(Phase::Failed) => {
+            condition(STALLED, true, &ready.reason, &ready.message, generation, now)
+        }
+        _ => condition(STALLED, false, "AsExpected", "nothing stops progress", generation, now),
+    };
+    set(&mut status.conditions, stalled);
 }
 
 /// Every problem of an invalid spec, each with its field path under `spec`.
@@ -290,6 +319,26 @@ mod tests {
     }
 
     #[test]
+    fn reconciling_is_true_exactly_while_a_change_is_under_way() {
+        let deploying = next_status(&job(None), &seen(Some(Change::Deploy), pods(2, 2, 2, 1)), &at(10));
+        let reconciling = condition_of(&deploying, RECONCILING);
+        assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("True", "Deploying"));
+        assert_eq!(reconciling.observed_generation, Some(3));
+        assert_eq!(condition_of(&deploying, STALLED).status, "False");
+
+        let running = next_status(&job(Some(deploying)), &seen(None, pods(2, 2, 2, 2)), &at(20));
+        let reconciling = condition_of(&running, RECONCILING);
+        assert_eq!((reconciling.status.as_str(), reconciling.reason.as_str()), ("False", "RolloutComplete"));
+        assert_eq!(reconciling.last_transition_time, at(20));
+        assert_eq!(condition_of(&running, STALLED).status, "False");
+        assert_eq!(condition_of(&running, STALLED).last_transition_time, at(10), "Stalled did not flip");
+
+        let unready = next_status(&job(Some(running)), &seen(None, pods(2, 2, 2, 1)), &at(30));
+        assert_eq!(condition_of(&unready, RECONCILING).status, "False", "pods failing is not a change under way");
+        assert_eq!(condition_of(&unready, DEGRADED).status, "True");
+    }
+
+    #[test]
     fn the_rollout_is_kept_on_the_deployment_until_it_settles() {
         let mut before = deployment(2, "a");
         before.metadata.annotations.get_or_insert_default().insert(ROLLOUT_ANNOTATION.into(), "Upgrading".into());
@@ -350,6 +399,8 @@ mod tests {
         assert_eq!(suspended.phase, Some(Phase::Suspended));
         assert_eq!(condition_of(&suspended, READY).reason, "Suspended");
         assert_eq!(condition_of(&suspended, PROGRESSING).status, "False");
+        assert_eq!(condition_of(&suspended, RECONCILING).reason, "Suspended");
+        assert_eq!(condition_of(&suspended, RECONCILING).status, "False");
         assert_eq!(suspended.consumer_lag, None);
     }
 
@@ -362,6 +413,22 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", INVALID_SPEC));
         assert!(ready.message.contains("spec.pipeline[0].filter"), "{}", ready.message);
         assert_eq!(ready.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn an_invalid_spec_stalls_until_a_valid_one_deploys() {
+        let invalid = InvalidSpec(vec![Problem { path: "spec.pipeline[0].filter".into(), message: "bad".into() }]);
+        let failed = invalid_status(&job(None), &invalid, &at(10));
+        let stalled = condition_of(&failed, STALLED);
+        assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", INVALID_SPEC));
+        assert!(stalled.message.contains("spec.pipeline[0].filter"), "{}", stalled.message);
+        assert_eq!(stalled.observed_generation, Some(3));
+        assert_eq!(condition_of(&failed, RECONCILING).status, "False");
+
+        let fixed = next_status(&job(Some(failed)), &seen(Some(Change::Deploy), pods(1, 0, 0, 0)), &at(20));
+        assert_eq!(condition_of(&fixed, STALLED).status, "False");
+        assert_eq!(condition_of(&fixed, STALLED).last_transition_time, at(20));
+        assert_eq!(condition_of(&fixed, RECONCILING).status, "True");
     }
 
     fn deployment(replicas: i32, hash: &str) -> Deployment {
