@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use arrow::{
-    array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray},
+    array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray},
     compute::kernels::cast::cast,
-    datatypes::{DataType, Float64Type, Int64Type},
+    datatypes::{DataType, Field, Float64Type, Int64Type},
     error::ArrowError,
 };
+use std::collections::HashMap;
 use weir_crds::{AggregateFn, Aggregation};
 
 /// One slot index per (row, window) pair to update.
@@ -272,6 +273,122 @@ impl Accumulators {
             })
             .collect()
     }
+}
+
+/// Field metadata key naming how a state column is read back.
+const STATE_KIND: &str = "weir.state";
+/// Field metadata key of a min/max column's output type.
+const STATE_OUTPUT: &str = "weir.output";
+
+impl Accumulators {
+    /// The state of `slots` as columns, for a checkpoint. Unlike [`Self::finish`] it keeps
+    /// what merging needs (an average's sum and count) and how to read it back.
+    pub fn snapshot(&self, slots: &[u32]) -> Vec<(Field, ArrayRef)> {
+        let at = |s: &u32| *s as usize;
+        let mut out = Vec::new();
+        for (i, column) in self.columns.iter().enumerate() {
+            let name = format!("__weir_agg{i}");
+            let field = |suffix: &str, data_type: DataType, kind: &str| {
+                let meta = HashMap::from([(STATE_KIND.to_owned(), kind.to_owned())]);
+                Field::new(format!("{name}{suffix}"), data_type, true).with_metadata(meta)
+            };
+            match column {
+                Column::Count(v) => out.push((
+                    field("", DataType::Int64, "count"),
+                    Arc::new(Int64Array::from_iter_values(slots.iter().map(|s| v[at(s)]))) as ArrayRef,
+                )),
+                Column::SumInt(v) => out.push((
+                    field("", DataType::Int64, "sum_int"),
+                    Arc::new(slots.iter().map(|s| v[at(s)]).collect::<Int64Array>()),
+                )),
+                Column::SumFloat(v) => out.push((
+                    field("", DataType::Float64, "sum_float"),
+                    Arc::new(slots.iter().map(|s| v[at(s)]).collect::<Float64Array>()),
+                )),
+                Column::Avg { sum, count } => {
+                    out.push((
+                        field(".sum", DataType::Float64, "avg_sum"),
+                        Arc::new(Float64Array::from_iter_values(slots.iter().map(|s| sum[at(s)]))),
+                    ));
+                    out.push((
+                        field(".count", DataType::Int64, "avg_count"),
+                        Arc::new(Int64Array::from_iter_values(slots.iter().map(|s| count[at(s)]))),
+                    ));
+                }
+                Column::ExtremeInt { values, output, max } => {
+                    let kind = if *max { "max_int" } else { "min_int" };
+                    let mut f = field("", DataType::Int64, kind);
+                    f.metadata_mut().insert(STATE_OUTPUT.to_owned(), output.to_string());
+                    out.push((f, Arc::new(slots.iter().map(|s| values[at(s)]).collect::<Int64Array>())));
+                }
+                Column::ExtremeFloat { values, max } => out.push((
+                    field("", DataType::Float64, if *max { "max_float" } else { "min_float" }),
+                    Arc::new(slots.iter().map(|s| values[at(s)]).collect::<Float64Array>()),
+                )),
+                Column::ExtremeStr { values, max } => out.push((
+                    field("", DataType::Utf8, if *max { "max_str" } else { "min_str" }),
+                    Arc::new(slots.iter().map(|s| values[at(s)].as_deref()).collect::<StringArray>()),
+                )),
+            }
+        }
+        out
+    }
+
+    /// Empty state with one slot per row of a [`Self::snapshot`] batch: row `i` is slot `i`.
+    pub fn restore(specs: &[Aggregation], batch: &RecordBatch) -> Result<Self, ArrowError> {
+        let columns = (0..specs.len()).map(|i| restore_column(batch, i)).collect::<Result<_, _>>()?;
+        Ok(Self { specs: specs.to_vec(), columns, slots: batch.num_rows(), free: Vec::new() })
+    }
+}
+
+fn restore_column(batch: &RecordBatch, i: usize) -> Result<Column, ArrowError> {
+    let name = format!("__weir_agg{i}");
+    let schema = batch.schema();
+    let field = schema
+        .field_with_name(&name)
+        .or_else(|_| schema.field_with_name(&format!("{name}.sum")))
+        .map_err(|_| invalid(format!("checkpoint has no state for aggregate {i}")))?;
+    let kind = field.metadata().get(STATE_KIND).map_or("", String::as_str);
+    let ints = |column: &str| -> Result<Vec<Option<i64>>, ArrowError> {
+        let array = state_column(batch, column)?.as_primitive_opt::<Int64Type>();
+        Ok(array.ok_or_else(|| invalid(format!("{column} is not Int64")))?.iter().collect())
+    };
+    let floats = |column: &str| -> Result<Vec<Option<f64>>, ArrowError> {
+        let array = state_column(batch, column)?.as_primitive_opt::<Float64Type>();
+        Ok(array.ok_or_else(|| invalid(format!("{column} is not Float64")))?.iter().collect())
+    };
+    let max = kind.starts_with("max");
+    Ok(match kind {
+        "count" => Column::Count(ints(&name)?.into_iter().map(Option::unwrap_or_default).collect()),
+        "sum_int" => Column::SumInt(ints(&name)?),
+        "sum_float" => Column::SumFloat(floats(&name)?),
+        "avg_sum" => Column::Avg {
+            sum: floats(&format!("{name}.sum"))?.into_iter().map(Option::unwrap_or_default).collect(),
+            count: ints(&format!("{name}.count"))?.into_iter().map(Option::unwrap_or_default).collect(),
+        },
+        "min_int" | "max_int" => {
+            let output = match field.metadata().get(STATE_OUTPUT) {
+                Some(text) => text.parse::<DataType>()?,
+                None => DataType::Int64,
+            };
+            Column::ExtremeInt { values: ints(&name)?, output, max }
+        }
+        "min_float" | "max_float" => Column::ExtremeFloat { values: floats(&name)?, max },
+        "min_str" | "max_str" => {
+            let array = state_column(batch, &name)?.as_string_opt::<i32>();
+            let values = array.ok_or_else(|| invalid(format!("{name} is not Utf8")))?;
+            Column::ExtremeStr { values: values.iter().map(|v| v.map(str::to_owned)).collect(), max }
+        }
+        other => return Err(invalid(format!("unknown aggregate state `{other}` in {name}"))),
+    })
+}
+
+fn state_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {
+    batch.column_by_name(name).ok_or_else(|| invalid(format!("checkpoint has no column {name}")))
+}
+
+fn invalid(message: String) -> ArrowError {
+    ArrowError::InvalidArgumentError(message)
 }
 
 fn add_opt<T: Copy>(a: Option<T>, b: Option<T>, add: impl Fn(T, T) -> T) -> Option<T> {

@@ -330,6 +330,101 @@ impl KeyedWindows {
     }
 }
 
+/// Columns of a window-state snapshot besides the keys and aggregates.
+const STATE_START: &str = "__weir_window_start";
+const STATE_LAST: &str = "__weir_window_last";
+const STATE_MIN_OFFSET: &str = "__weir_window_min_offset";
+
+impl KeyedWindows {
+    /// Every open (key, window) aggregate as one batch, for a checkpoint: the key columns,
+    /// the window (start; last event for sessions), the oldest offset it needs, and the
+    /// aggregate state. `None` while nothing is open.
+    pub fn snapshot(&self) -> Result<Option<RecordBatch>, KeyedError> {
+        let (Some(converter), Some(key_types)) = (&self.converter, &self.key_types) else { return Ok(None) };
+        let mut key_rows: Vec<&[u8]> = Vec::new();
+        let (mut starts, mut lasts, mut min_offsets, mut slots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (&start, window) in &self.windows {
+            for &slot in &window.slots {
+                key_rows.push(&self.slot_keys[slot as usize]);
+                starts.push(start);
+                lasts.push(start);
+                min_offsets.push(window.min_offset);
+                slots.push(slot);
+            }
+        }
+        for (key, sessions) in &self.sessions {
+            for session in sessions {
+                key_rows.push(key);
+                starts.push(session.start);
+                lasts.push(session.last);
+                min_offsets.push(session.min_offset);
+                slots.push(session.slot);
+            }
+        }
+        if slots.is_empty() {
+            return Ok(None);
+        }
+        let parser = converter.parser();
+        let keys = converter.convert_rows(key_rows.iter().map(|r| parser.parse(r)))?;
+        let mut fields: Vec<Field> = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for ((name, data_type), column) in self.key_fields.iter().zip(key_types).zip(keys) {
+            fields.push(Field::new(name, data_type.clone(), true));
+            columns.push(column);
+        }
+        for (name, values) in [(STATE_START, starts), (STATE_LAST, lasts), (STATE_MIN_OFFSET, min_offsets)] {
+            fields.push(Field::new(name, DataType::Int64, false));
+            columns.push(Arc::new(Int64Array::from(values)));
+        }
+        for (field, column) in self.accumulators.snapshot(&slots) {
+            fields.push(field);
+            columns.push(column);
+        }
+        Ok(Some(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?))
+    }
+
+    /// State for windows of `kind` over `key_fields`, computing `aggregations`, holding what
+    /// a [`Self::snapshot`] batch holds.
+    pub fn restore(
+        kind: WindowKind,
+        key_fields: Vec<String>,
+        aggregations: &[Aggregation],
+        batch: &RecordBatch,
+    ) -> Result<Self, KeyedError> {
+        let mut state = Self::new(kind, key_fields, aggregations);
+        state.accumulators = Accumulators::restore(aggregations, batch)?;
+        let rows = state.key_rows(batch)?;
+        let starts = int_column(batch, STATE_START)?.values();
+        let lasts = int_column(batch, STATE_LAST)?.values();
+        let min_offsets = int_column(batch, STATE_MIN_OFFSET)?.values();
+        state.slot_keys = (0..batch.num_rows()).map(|row| rows.row(row).as_ref().into()).collect();
+        for row in 0..batch.num_rows() {
+            let slot = row as u32;
+            if let WindowKind::Session { .. } = kind {
+                let session = Session { start: starts[row], last: lasts[row], slot, min_offset: min_offsets[row] };
+                let sessions = state.sessions.entry_ref(rows.row(row).as_ref()).or_default();
+                let position = sessions.partition_point(|s| s.start < session.start);
+                sessions.insert(position, session);
+            } else {
+                let window = state
+                    .windows
+                    .entry(starts[row])
+                    .or_insert_with(|| OpenWindow { min_offset: min_offsets[row], ..OpenWindow::default() });
+                window.min_offset = window.min_offset.min(min_offsets[row]);
+                let keys: &[Box<[u8]>] = &state.slot_keys;
+                let hash = state.hasher.hash_one(&*keys[row]);
+                window.groups.insert_unique(hash, slot, |&s| state.hasher.hash_one(&*keys[s as usize]));
+                window.slots.push(slot);
+            }
+        }
+        if let WindowKind::Session { .. } = kind {
+            // Session key rows live in the session map; slots keep no copy.
+            state.slot_keys.clear();
+        }
+        Ok(state)
+    }
+}
+
 /// The slot of `key`'s group in `window`, opening the group when it is new.
 fn find_or_add_group(
     window: &mut OpenWindow,

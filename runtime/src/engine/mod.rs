@@ -297,6 +297,30 @@ impl PartitionPipeline {
         Self { plan, windows, watermark, replay_until: resume.replay_until }
     }
 
+    /// A partition resuming from checkpointed state: open windows as [`Self::window_state`]
+    /// returned them (none for a stateless plan) and the newest event time seen. Records
+    /// before `replay_until` were processed before the checkpoint.
+    pub fn restore(
+        plan: Arc<Plan>,
+        max_event_time: Option<i64>,
+        window_state: Option<&RecordBatch>,
+        now: Instant,
+    ) -> Result<Self, EngineError> {
+        let mut pipeline = Self::new(plan.clone(), Resume { max_event_time, replay_until: 0 }, now);
+        if let (Some(batch), Some(window)) = (window_state, plan.window.as_ref()) {
+            let restored = KeyedWindows::restore(window.kind, window.keys.clone(), &window.aggregations, batch)
+                .map_err(|source| EngineError::Keyed { step: window.step.clone(), source })?;
+            pipeline.windows = Some(restored);
+        }
+        Ok(pipeline)
+    }
+
+    /// The open windows' state, for a checkpoint (`None` when nothing is open).
+    pub fn window_state(&self) -> Result<Option<RecordBatch>, EngineError> {
+        let (Some(windows), Some(plan)) = (self.windows.as_ref(), self.plan.window.as_ref()) else { return Ok(None) };
+        windows.snapshot().map_err(|source| EngineError::Keyed { step: plan.step.clone(), source })
+    }
+
     /// The partition's event-time progress.
     pub fn watermark(&self) -> &Watermark {
         &self.watermark
