@@ -43,9 +43,10 @@ where
     }
 }
 
-/// Whether the API server serves KEDA's ScaledObject.
-pub async fn keda_installed(client: &Client) -> bool {
-    let api: Api<ScaledObject> = Api::all(client.clone());
+/// Whether the API server serves KEDA's ScaledObject, asked in the watched `namespace`
+/// (all when `None`): an operator given a Role in one namespace may not list cluster-wide.
+pub async fn keda_installed(client: &Client, namespace: Option<&str>) -> bool {
+    let api: Api<ScaledObject> = api(client, namespace);
     api.list(&kube::api::ListParams::default().limit(1)).await.is_ok()
 }
 

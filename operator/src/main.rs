@@ -101,7 +101,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(image) = args.runtime_image.clone() {
         config.runtime_image = image;
     }
-    config.keda_available = controller::keda_installed(&client).await;
+    config.keda_available = controller::keda_installed(&client, args.namespace.as_deref()).await;
     if !config.keda_available {
         info!("KEDA's ScaledObject API is not served: autoscaling settings will not be rendered");
     }
