@@ -40,6 +40,10 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// The pod's local folder (working directory, logs, volumes).
     pub dir: PathBuf,
+    /// The kubeconfig its containers get as `KUBECONFIG`, standing in for the
+    /// service-account token a kubelet would mount; `None` when the pod opts out
+    /// (`automountServiceAccountToken: false`) or the agent has no kubeconfig file.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// A container ready to execute.
@@ -106,13 +110,7 @@ pub async fn prepare(
     container: &Container,
     mounts: &Mounts,
 ) -> Result<Launch, LaunchError> {
-    // PATH and HOME from the agent (there is no image to provide them), HOSTNAME as the
-    // kubelet sets it.
-    let mut entries: Vec<(String, Value)> = ["PATH", "HOME"]
-        .into_iter()
-        .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_owned(), Value::Literal(v))))
-        .collect();
-    entries.push(("HOSTNAME".to_owned(), Value::Literal(pod.name.clone())));
+    let mut entries = base_env(pod);
     let mut sources =
         Sources { client, namespace: &pod.namespace, config_maps: BTreeMap::new(), secrets: BTreeMap::new() };
     for from in container.env_from.iter().flatten() {
@@ -156,6 +154,22 @@ pub async fn prepare(
         .filter(|dir| dir.is_dir())
         .unwrap_or_else(|| pod.dir.clone());
     Ok(Launch { program, args: resolved.args, env, cwd })
+}
+
+/// What every container's environment starts with: PATH and HOME from the agent (there is
+/// no image to provide them), HOSTNAME as the kubelet sets it, and KUBECONFIG in place of a
+/// mounted service-account token, so in-cluster programs (`kube`'s `Config::infer`, the
+/// operator) reach the API server.
+pub fn base_env(pod: &PodInfo) -> Vec<(String, Value)> {
+    let mut entries: Vec<(String, Value)> = ["PATH", "HOME"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_owned(), Value::Literal(v))))
+        .collect();
+    entries.push(("HOSTNAME".to_owned(), Value::Literal(pod.name.clone())));
+    if let Some(kubeconfig) = &pod.kubeconfig {
+        entries.push(("KUBECONFIG".to_owned(), Value::Literal(kubeconfig.display().to_string())));
+    }
+    entries
 }
 
 /// A `valueFrom` value; `None` for an optional reference that is missing, and for
@@ -299,7 +313,18 @@ mod tests {
             labels: BTreeMap::from([("app".into(), "x".into())]),
             annotations: BTreeMap::new(),
             dir: PathBuf::from("/tmp"),
+            kubeconfig: None,
         }
+    }
+
+    #[test]
+    fn pods_with_api_access_get_the_kubeconfig_and_others_do_not() {
+        let names = |env: Vec<(String, Value)>| env.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert!(!names(base_env(&pod())).contains(&"KUBECONFIG".to_owned()));
+        let with_access = PodInfo { kubeconfig: Some(PathBuf::from("/run/agent/kubeconfig")), ..pod() };
+        let env = base_env(&with_access);
+        assert!(env.contains(&("KUBECONFIG".into(), Value::Literal("/run/agent/kubeconfig".into()))), "{env:?}");
+        assert!(env.contains(&("HOSTNAME".into(), Value::Literal("p".into()))), "{env:?}");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! Pure parts (planning, expansion, address pool, status) are separate from the I/O
 //! (processes, probes, API writes) so they are unit-tested without a cluster.
 //!
+//! Service-account tokens are not minted: a pod that would get one is given the agent's
+//! kubeconfig as `KUBECONFIG` instead (see [`node::Node::with_pod_kubeconfig`]), so programs
+//! that infer their cluster configuration, such as the operator, run as pods too.
+//!
 //! Not modelled: init and ephemeral containers, resource limits and `resourceFieldRef`,
 //! security contexts (processes run as the agent's user), image pulls, Services and
 //! Endpoints, updates of ConfigMap/Secret volumes after a pod started, and volume kinds
@@ -134,8 +138,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         source,
     })?;
     tracing::info!(selector = %config.selector, namespace = ?config.namespace, "watching Deployments");
+    let pod_kubeconfig = pod_kubeconfig(&config);
     let mut node =
-        Node::new(client, config.images, spawner, state_dir.clone(), addresses, deployments, pods, changed.clone());
+        Node::new(client, config.images, spawner, state_dir.clone(), addresses, deployments, pods, changed.clone())
+            .with_pod_kubeconfig(pod_kubeconfig);
     loop {
         node.reconcile().await;
         tokio::select! {
@@ -163,6 +169,16 @@ async fn client(config: &Config) -> Result<Client, AgentError> {
         None => kube::Config::infer().await?,
     };
     Ok(Client::try_from(kube_config)?)
+}
+
+/// The agent's own kubeconfig file (`--kubeconfig`, else `KUBECONFIG` when it names one
+/// file), as an absolute path, for pods' API access.
+fn pod_kubeconfig(config: &Config) -> Option<PathBuf> {
+    let path = config
+        .kubeconfig
+        .clone()
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from).filter(|p| !p.to_string_lossy().contains(':')))?;
+    std::fs::canonicalize(path).ok()
 }
 
 /// A watch cache of `api`, kept up to date in the background; every event wakes `changed`.

@@ -100,6 +100,8 @@ pub struct Node {
     seq: u64,
     progress: HashMap<String, Progress>,
     written: HashMap<String, DeploymentStatus>,
+    /// Given to pods as KUBECONFIG in place of a service-account token.
+    pod_kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Node {
@@ -134,7 +136,17 @@ impl Node {
             seq: 0,
             progress: HashMap::new(),
             written: HashMap::new(),
+            pod_kubeconfig: None,
         }
+    }
+
+    /// Gives pods that would get a service-account token (`automountServiceAccountToken`
+    /// not false) this kubeconfig as KUBECONFIG instead: the agent cannot mint tokens, and
+    /// programs read the token from a fixed path that cannot be redirected to the pod's
+    /// folder. They act with the kubeconfig's identity (the devcluster enforces no RBAC).
+    pub fn with_pod_kubeconfig(mut self, kubeconfig: Option<std::path::PathBuf>) -> Self {
+        self.pod_kubeconfig = kubeconfig;
+        self
     }
 
     /// One pass: notice deletions, finish terminations, plan and act per Deployment, clean
@@ -271,6 +283,7 @@ impl Node {
             labels: created.metadata.labels.clone().unwrap_or_default(),
             annotations: created.metadata.annotations.clone().unwrap_or_default(),
             dir,
+            kubeconfig: self.pod_kubeconfig.clone().filter(|_| spec.automount_service_account_token != Some(false)),
         });
         let grace =
             spec.termination_grace_period_seconds.map_or(GRACE, |s| Duration::from_secs(s.max(0).unsigned_abs()));
