@@ -4,6 +4,7 @@
 //! ([`admin`]) exports [`metrics`], health and status.
 
 pub mod admin;
+pub mod checkpoint;
 pub mod codec;
 pub mod engine;
 pub mod kafka;

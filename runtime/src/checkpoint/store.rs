@@ -1,0 +1,272 @@
+//! Where snapshots live: one `object_store` for `file://`, `s3://`, `gs://` and `az://`
+//! URLs, with a fixed layout under the job's folder:
+//!
+//! ```text
+//! <storage>/<group>/checkpoints/<run>/<topic>/<partition>/<checkpoint id>.arrow
+//! <storage>/<group>/savepoints/<savepoint id>/<topic>/<partition>.arrow
+//! <storage>/<group>/savepoints/<savepoint id>/manifest-<instance>.json
+//! ```
+//!
+//! A run is the checkpoint lineage of one start: `default`, or the savepoint it restored from,
+//! so a crash after restoring a savepoint resumes from that lineage's newer checkpoints and
+//! never from another's.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutPayload, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
+    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path,
+};
+use url::Url;
+
+use super::format::{FormatError, PartitionSnapshot};
+
+/// Storage failed, or what it held could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage URL is not one the runtime can use.
+    #[error("checkpoint.storage `{url}`: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The object store failed.
+    #[error("{location}: {source}")]
+    Io {
+        /// The object.
+        location: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+    /// An object's content was unreadable.
+    #[error("{location}: {source}")]
+    Format {
+        /// The object.
+        location: String,
+        /// The cause.
+        source: FormatError,
+    },
+}
+
+/// The job's checkpoint folder.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    /// `<storage>/<group>` within the store.
+    root: Path,
+    /// The storage URL of `root`, for messages and savepoint paths.
+    url: String,
+}
+
+impl CheckpointStore {
+    /// The store for `storage` (a `checkpoint.storage` URL), with the job's folder `group`.
+    /// Cloud credentials and endpoints come from the environment, as each SDK reads them
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+    pub fn open(storage: &str, group: &str) -> Result<Self, StoreError> {
+        let bad = |reason: String| StoreError::Url { url: storage.to_owned(), reason };
+        let url = Url::parse(storage).map_err(|e| bad(e.to_string()))?;
+        let folder = segment(group);
+        let (store, prefix): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
+            "file" => {
+                let dir = url.to_file_path().map_err(|()| bad("not an absolute file path".into()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
+                let local = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+                (Arc::new(local), Path::default())
+            }
+            "s3" | "s3a" => {
+                let s3 = AmazonS3Builder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
+                (Arc::new(s3), Path::from(url.path()))
+            }
+            "gs" => {
+                let gcs =
+                    GoogleCloudStorageBuilder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
+                (Arc::new(gcs), Path::from(url.path()))
+            }
+            "az" | "abfs" | "abfss" => {
+                let azure =
+                    MicrosoftAzureBuilder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
+                (Arc::new(azure), Path::from(url.path()))
+            }
+            other => return Err(bad(format!("unsupported scheme `{other}`"))),
+        };
+        let root = child(&prefix, &folder);
+        Ok(Self { store, root, url: format!("{}/{folder}", storage.trim_end_matches('/')) })
+    }
+
+    fn checkpoint_dir(&self, run: &str, topic: &str, partition: i32) -> Path {
+        let mut dir = child(&self.root, "checkpoints");
+        for part in [segment(run), segment(topic), partition.to_string()] {
+            dir = child(&dir, &part);
+        }
+        dir
+    }
+
+    fn savepoint_dir(&self, id: &str) -> Path {
+        child(&child(&self.root, "savepoints"), &segment(id))
+    }
+
+    /// The URL of a savepoint's folder, as reported to users.
+    pub fn savepoint_url(&self, id: &str) -> String {
+        format!("{}/savepoints/{}", self.url, segment(id))
+    }
+
+    /// Writes a partition's snapshot as checkpoint `snapshot.header.checkpoint` of `run`.
+    pub async fn put_checkpoint(&self, run: &str, snapshot: &PartitionSnapshot) -> Result<(), StoreError> {
+        let header = &snapshot.header;
+        let dir = self.checkpoint_dir(run, &header.topic, header.partition);
+        let location = child(&dir, &format!("{:020}.arrow", header.checkpoint));
+        self.put(&location, snapshot).await
+    }
+
+    /// Checkpoint ids of a partition in `run`, oldest first.
+    pub async fn checkpoint_ids(&self, run: &str, topic: &str, partition: i32) -> Result<Vec<u64>, StoreError> {
+        let dir = self.checkpoint_dir(run, topic, partition);
+        let objects: Vec<_> = self.store.list(Some(&dir)).try_collect().await.map_err(|e| self.io(&dir, e))?;
+        let mut ids: Vec<u64> =
+            objects.iter().filter_map(|o| o.location.filename()?.strip_suffix(".arrow")?.parse().ok()).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// A partition's checkpoint `id` of `run`.
+    pub async fn get_checkpoint(
+        &self,
+        run: &str,
+        topic: &str,
+        partition: i32,
+        id: u64,
+    ) -> Result<PartitionSnapshot, StoreError> {
+        let location = child(&self.checkpoint_dir(run, topic, partition), &format!("{id:020}.arrow"));
+        self.get(&location).await?.ok_or_else(|| self.io(&location, not_found(&location)))
+    }
+
+    /// Deletes a partition's checkpoint `id` of `run`.
+    pub async fn delete_checkpoint(&self, run: &str, topic: &str, partition: i32, id: u64) -> Result<(), StoreError> {
+        let location = child(&self.checkpoint_dir(run, topic, partition), &format!("{id:020}.arrow"));
+        match self.store.delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.io(&location, e)),
+        }
+    }
+
+    /// Writes a partition's snapshot into savepoint `id`.
+    pub async fn put_savepoint(&self, id: &str, snapshot: &PartitionSnapshot) -> Result<(), StoreError> {
+        let header = &snapshot.header;
+        let topic = child(&self.savepoint_dir(id), &segment(&header.topic));
+        let location = child(&topic, &format!("{}.arrow", header.partition));
+        self.put(&location, snapshot).await
+    }
+
+    /// A partition's snapshot in savepoint `id`, if the savepoint has that partition.
+    pub async fn get_savepoint(
+        &self,
+        id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<PartitionSnapshot>, StoreError> {
+        let topic = child(&self.savepoint_dir(id), &segment(topic));
+        self.get(&child(&topic, &format!("{partition}.arrow"))).await
+    }
+
+    /// Writes the manifest one instance contributes to savepoint `id` (written last: a
+    /// savepoint whose manifests are all present is complete).
+    pub async fn put_manifest(&self, id: &str, instance: &str, manifest: &[u8]) -> Result<(), StoreError> {
+        let location = child(&self.savepoint_dir(id), &format!("manifest-{}.json", segment(instance)));
+        self.store.put(&location, PutPayload::from(manifest.to_vec())).await.map_err(|e| self.io(&location, e))?;
+        Ok(())
+    }
+
+    async fn put(&self, location: &Path, snapshot: &PartitionSnapshot) -> Result<(), StoreError> {
+        let bytes =
+            snapshot.encode().map_err(|source| StoreError::Format { location: location.to_string(), source })?;
+        self.store.put(location, PutPayload::from(bytes)).await.map_err(|e| self.io(location, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, location: &Path) -> Result<Option<PartitionSnapshot>, StoreError> {
+        let bytes = match self.store.get(location).await {
+            Ok(result) => result.bytes().await.map_err(|e| self.io(location, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.io(location, e)),
+        };
+        PartitionSnapshot::decode(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Format { location: location.to_string(), source })
+    }
+
+    fn io(&self, location: &Path, source: object_store::Error) -> StoreError {
+        StoreError::Io { location: format!("{}/{}", self.url, location), source }
+    }
+}
+
+fn not_found(location: &Path) -> object_store::Error {
+    object_store::Error::NotFound { path: location.to_string(), source: "listed but gone".into() }
+}
+
+fn child(path: &Path, part: &str) -> Path {
+    path.parts().chain(std::iter::once(object_store::path::PathPart::from(part))).collect()
+}
+
+/// A name as one path segment: characters object stores and file systems all accept.
+fn segment(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{super::format::SnapshotHeader, *};
+
+    fn snapshot(partition: i32, checkpoint: u64) -> PartitionSnapshot {
+        PartitionSnapshot {
+            header: SnapshotHeader {
+                version: 1,
+                checkpoint,
+                topic: "pay/ments".into(),
+                partition,
+                position: checkpoint as i64 * 10,
+                max_event_time: None,
+                offsets: BTreeMap::new(),
+                created_at: String::new(),
+            },
+            windows: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_listed_read_and_deleted_per_run_and_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&format!("file://{}", dir.path().display()), "shop.spend").unwrap();
+        for id in [3, 1, 2] {
+            store.put_checkpoint("default", &snapshot(0, id)).await.unwrap();
+        }
+        store.put_checkpoint("default", &snapshot(1, 9)).await.unwrap();
+        store.put_checkpoint("sp-1", &snapshot(0, 8)).await.unwrap();
+        assert_eq!(store.checkpoint_ids("default", "pay/ments", 0).await.unwrap(), [1, 2, 3]);
+        assert_eq!(store.get_checkpoint("default", "pay/ments", 0, 2).await.unwrap().header.position, 20);
+        store.delete_checkpoint("default", "pay/ments", 0, 1).await.unwrap();
+        assert_eq!(store.checkpoint_ids("default", "pay/ments", 0).await.unwrap(), [2, 3]);
+        assert_eq!(store.checkpoint_ids("sp-1", "pay/ments", 0).await.unwrap(), [8]);
+        assert!(dir.path().join("shop.spend/checkpoints/default/pay_ments/1").is_dir(), "the documented layout");
+    }
+
+    #[tokio::test]
+    async fn savepoints_hold_each_partition_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&format!("file://{}", dir.path().display()), "g").unwrap();
+        store.put_savepoint("sp-7", &snapshot(4, 5)).await.unwrap();
+        assert_eq!(store.get_savepoint("sp-7", "pay/ments", 4).await.unwrap().unwrap().header.checkpoint, 5);
+        assert!(store.get_savepoint("sp-7", "pay/ments", 5).await.unwrap().is_none());
+        assert!(store.savepoint_url("sp-7").ends_with("/g/savepoints/sp-7"));
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_with_the_url() {
+        let error = CheckpointStore::open("ftp://host/x", "g").unwrap_err().to_string();
+        assert!(error.contains("ftp://host/x") && error.contains("unsupported scheme"), "{error}");
+    }
+}
