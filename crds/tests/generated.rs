@@ -29,6 +29,19 @@ fn the_charts_crd_equals_crdgen_output() {
 }
 
 #[test]
+fn the_streamjob_reference_equals_crdgen_output() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_crdgen")).arg("--reference").output().unwrap();
+    assert!(output.status.success(), "crdgen --reference: {}", String::from_utf8_lossy(&output.stderr));
+    let generated = String::from_utf8(output.stdout).unwrap();
+    assert!(generated.contains("| `source.kafka.topic` | string |"), "{generated}");
+    assert!(
+        repo_file("docs/streamjob-reference.md") == generated,
+        "docs/streamjob-reference.md is stale: run \
+         `cargo run -p weir-crds --bin crdgen -- --reference > docs/streamjob-reference.md`"
+    );
+}
+
+#[test]
 fn every_example_parses_and_passes_validation() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = 0;
