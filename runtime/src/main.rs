@@ -27,6 +27,12 @@ struct Args {
     /// Namespace for the default group id; defaults to the resource's namespace.
     #[arg(long, env = "WEIR_JOB_NAMESPACE")]
     namespace: Option<String>,
+    /// This instance's name (the pod name): its transactional id and savepoint manifest.
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
+    /// Savepoint id to start from (partitions without newer checkpoints of this lineage).
+    #[arg(long, env = "WEIR_RESTORE_FROM")]
+    restore_from: Option<String>,
     /// Folder where Kafka credentials are mounted.
     #[arg(long, env = "WEIR_SECRETS_DIR", default_value = "/var/run/secrets/weir")]
     secrets_dir: PathBuf,
@@ -69,8 +75,13 @@ fn main() -> ExitCode {
         }
     };
     let shared = Arc::new(Shared::new(metrics));
+    let instance = args.instance.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| name.clone())
+    });
     let settings = Settings {
         name,
+        instance,
+        restore_from: args.restore_from.clone().filter(|s| !s.is_empty()),
         group_id,
         spec: document.spec,
         secrets: SecretMounts::new(&args.secrets_dir),
@@ -102,7 +113,8 @@ fn serve_and_run(admin_addr: SocketAddr, settings: Settings, shared: Arc<Shared>
             on_signal.shutdown.store(true, Ordering::Relaxed);
         });
         info!(%admin_addr, job = settings.name, "starting");
-        let job = tokio::task::spawn_blocking(move || runner::run(settings, shared));
+        let handle = tokio::runtime::Handle::current();
+        let job = tokio::task::spawn_blocking(move || runner::run(settings, shared, handle));
         tokio::select! {
             result = job => result.map_err(|e| format!("job thread: {e}"))?.map_err(|e| e.to_string()),
             result = admin => Err(format!("admin server on {admin_addr} stopped: {:?}", result.map_err(|e| e.to_string()))),

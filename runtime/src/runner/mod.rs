@@ -1,18 +1,21 @@
 //! One pod's consume → process → produce loop, on a thread of its own.
 //!
-//! Offsets: each partition commits the oldest offset its open windows still need (or its
-//! position when none are open), with its event-time progress in the commit metadata, and
-//! only after everything produced before has been delivered. A restarted or reassigned
-//! partition replays from there, rebuilds its open windows, and drops the replayed records
-//! of windows it already emitted. Nothing is lost; a crash may repeat recent results.
+//! Progress is made durable by [`commit`]: checkpoints of every owned partition's state
+//! followed by an offset commit (in the sink transaction for exactly-once), or, without
+//! checkpoint storage, offset commits at the oldest offset open windows still need.
+//! A partition assigned to this instance resumes from its checkpoint, or replays from its
+//! committed offset and drops replayed records of windows it already emitted.
+
+mod commit;
+mod shared;
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use arrow::{
@@ -22,21 +25,25 @@ use arrow::{
 };
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::{KafkaError, RDKafkaErrorCode},
     message::{BorrowedMessage, DeliveryResult, Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
 };
-use serde::Serialize;
 use tracing::{debug, error, info, warn};
-use weir_crds::{Step, StreamJobSpec};
+use weir_crds::{Delivery, Step, StreamJobSpec};
 
+pub use self::shared::{CheckpointStatus, PartitionStatus, Savepoint, SavepointRequest, Shared, Status};
+use self::{
+    commit::Committer,
+    shared::{lock, now_ms, now_rfc3339},
+};
 use crate::{
+    checkpoint::{self, CheckpointStore, Checkpointer},
     codec::{self, JsonDecoder, RawRecord},
     engine::{PartitionPipeline, Plan, Resume},
     kafka::config::{self, SecretMounts},
-    metrics::Metrics,
-    progress::{Progress, ProgressStore},
+    progress::Progress,
 };
 
 /// Why the job stopped with an error (the pod exits non-zero and is restarted).
@@ -62,6 +69,12 @@ pub enum RunError {
     /// Results could not be encoded.
     #[error("encoding results: {0}")]
     Encode(#[from] ArrowError),
+    /// Checkpoint storage failed where the job cannot go on without it.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// State could not be restored from checkpoint storage.
+    #[error("restoring state: {0}")]
+    Restore(#[from] checkpoint::StoreError),
     /// The job needs something this runtime does not do yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -76,6 +89,8 @@ fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> RunError {
 pub struct Settings {
     /// The StreamJob's name (the `streamjob` metric label).
     pub name: String,
+    /// This instance (the pod name): names its transactional id and savepoint manifest.
+    pub instance: String,
     /// Consumer group of the source.
     pub group_id: String,
     /// The job.
@@ -86,73 +101,10 @@ pub struct Settings {
     pub max_batch: usize,
     /// Longest wait to fill a batch.
     pub batch_wait: Duration,
-    /// Time between offset commits.
+    /// Time between offset commits when the job has no checkpoint storage.
     pub commit_interval: Duration,
-}
-
-/// What the admin server reads and writes while the loop runs.
-#[derive(Debug)]
-pub struct Shared {
-    /// The runtime's metrics.
-    pub metrics: Metrics,
-    /// Set to stop the loop: it drains, commits and returns.
-    pub shutdown: AtomicBool,
-    last_poll_ms: AtomicI64,
-    status: Mutex<Status>,
-}
-
-/// The `/status` document.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    /// Source topic.
-    pub topic: String,
-    /// Owned partitions.
-    pub partitions: Vec<PartitionStatus>,
-    /// When offsets were last committed, RFC 3339.
-    pub last_commit: Option<String>,
-}
-
-/// One owned partition in `/status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PartitionStatus {
-    /// Partition number.
-    pub partition: i32,
-    /// Next offset to process.
-    pub position: i64,
-    /// Offset last committed.
-    pub committed: Option<i64>,
-    /// The watermark, epoch ms.
-    pub watermark: Option<i64>,
-    /// (key, window) aggregates held.
-    pub open_aggregates: usize,
-}
-
-impl Shared {
-    /// State for a job whose metrics are `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics, shutdown: AtomicBool::new(false), last_poll_ms: AtomicI64::new(0), status: Mutex::default() }
-    }
-
-    /// A copy of the current status.
-    pub fn status(&self) -> Status {
-        lock(&self.status).clone()
-    }
-
-    /// Ready: owns at least one partition, and the loop polled within the last 10 s.
-    pub fn is_ready(&self) -> bool {
-        let polled_recently = now_ms() - self.last_poll_ms.load(Ordering::Relaxed) < 10_000;
-        polled_recently && !lock(&self.status).partitions.is_empty()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    /// Savepoint to start from.
+    pub restore_from: Option<String>,
 }
 
 /// The pipeline state of an owned partition.
@@ -161,18 +113,6 @@ struct Run {
     pipeline: PartitionPipeline,
     position: i64,
     committed: Option<i64>,
-}
-
-impl Run {
-    /// The offset to commit (the oldest one open windows still need) and the progress to keep.
-    fn commit_point(&self) -> Progress {
-        Progress {
-            v: 1,
-            max_event_time: self.pipeline.watermark().max_event_time(),
-            position: self.position,
-            committed: self.pipeline.min_open_offset().map_or(self.position, |o| o.min(self.position)),
-        }
-    }
 }
 
 /// Owned partitions, shared with the rebalance callbacks.
@@ -204,33 +144,38 @@ impl ProducerContext for Deliveries {
 type Sink = BaseProducer<Deliveries>;
 
 struct SourceContext {
-    topic: String,
     table: Arc<Mutex<Table>>,
-    progress: Option<ProgressStore>,
-    producers: Vec<Arc<Sink>>,
-    metrics: Metrics,
+    committer: Arc<Committer>,
+    /// A failure inside a rebalance callback, for the loop to stop on.
+    failed: Mutex<Option<RunError>>,
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let topic_name = &self.committer.topic;
+        let Some(topic) = statistics.topics.get(topic_name) else { return };
+        let metrics = &self.committer.shared.metrics;
+        // Offsets committed in transactions do not show in the consumer's statistics: the
+        // table knows what was committed.
+        let table = lock(&self.table);
         for (id, partition) in &topic.partitions {
             if *id < 0 {
                 continue;
             }
             let label = id.to_string();
             if !partition.desired {
-                let _ = self.metrics.consumer_lag.remove_label_values(&[&self.topic, &label]);
+                let _ = metrics.consumer_lag.remove_label_values(&[topic_name, &label]);
                 continue;
             }
-            let lag = if partition.committed_offset >= 0 && partition.hi_offset >= 0 {
-                partition.hi_offset - partition.committed_offset
+            let committed = table.runs.get(id).and_then(|r| r.committed).unwrap_or(partition.committed_offset);
+            let lag = if committed >= 0 && partition.hi_offset >= 0 {
+                partition.hi_offset - committed
             } else if partition.hi_offset >= 0 {
                 partition.hi_offset - partition.lo_offset.max(0)
             } else {
                 continue;
             };
-            self.metrics.consumer_lag.with_label_values(&[&self.topic, &label]).set(lag.max(0));
+            metrics.consumer_lag.with_label_values(&[topic_name, &label]).set(lag.max(0));
         }
     }
 }
@@ -238,25 +183,12 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else { return };
-        // Hand the partitions over with everything produced delivered and committed.
-        for producer in &self.producers {
-            if let Err(e) = producer.flush(Duration::from_secs(30)) {
-                warn!(error = %e, "flushing before giving up partitions");
-            }
-        }
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         let mut table = lock(&self.table);
-        let mut offsets = TopicPartitionList::new();
-        for element in revoked.elements() {
-            if let Some(run) = table.runs.remove(&element.partition()) {
-                add_commit(&mut offsets, self.progress.as_ref(), &self.topic, element.partition(), &run, &self.metrics);
-            }
+        if let Err(e) = self.committer.hand_over(consumer, &mut table, &partitions) {
+            error!(error = %e, "handing over revoked partitions failed");
+            lock(&self.failed).get_or_insert(e);
         }
-        if offsets.count() > 0
-            && let Err(e) = consumer.commit(&offsets, CommitMode::Sync)
-        {
-            warn!(error = %e, "committing revoked partitions");
-        }
-        info!(partitions = ?revoked.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -265,31 +197,6 @@ impl ConsumerContext for SourceContext {
             info!(?partitions, "partitions assigned");
             lock(&self.table).assigned.extend(partitions);
         }
-    }
-}
-
-/// Saves a partition's progress, then adds its offset to `offsets`. When the progress cannot
-/// be saved the offset is left out: offsets never run ahead of progress.
-fn add_commit(
-    offsets: &mut TopicPartitionList,
-    store: Option<&ProgressStore>,
-    topic: &str,
-    partition: i32,
-    run: &Run,
-    metrics: &Metrics,
-) {
-    let progress = run.commit_point();
-    if let Some(store) = store
-        && let Err(e) = store.save(topic, partition, &progress)
-    {
-        warn!(partition, error = %e, "saving progress failed; offsets stay where they were");
-        metrics.checkpoints_failed.inc();
-        return;
-    }
-    if offsets.add_partition_offset(topic, partition, Offset::Offset(progress.committed)).is_ok()
-        && let Some(mut element) = offsets.find_partition(topic, partition)
-    {
-        element.set_metadata(serde_json::to_string(&progress).unwrap_or_default());
     }
 }
 
@@ -311,36 +218,52 @@ struct Job {
     plan: Arc<Plan>,
     decoder: JsonDecoder,
     consumer: BaseConsumer<SourceContext>,
-    sink: Arc<Sink>,
-    dead_letters: Option<(Arc<Sink>, String)>,
+    committer: Arc<Committer>,
+    dead_letter_topic: Option<String>,
     table: Arc<Mutex<Table>>,
     topic: String,
-    progress: Option<ProgressStore>,
+    partition_count: usize,
+    stopped: AtomicBool,
 }
 
-/// Runs the job until `shared.shutdown` is set; then drains, commits and returns.
-pub fn run(settings: Settings, shared: Arc<Shared>) -> Result<(), RunError> {
-    let mut job = Job::start(settings, shared)?;
+/// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
+pub fn run(settings: Settings, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Result<(), RunError> {
+    let mut job = Job::start(settings, shared, runtime)?;
     let result = job.run_loop();
     if let Err(e) = &result {
-        error!(error = %e, "stopping on a fatal error; offsets since the last commit will be replayed");
+        error!(error = %e, "stopping on a fatal error; progress since the last checkpoint or commit will be replayed");
         return result;
     }
-    job.commit()?;
-    info!("stopped: results flushed and offsets committed");
+    if !job.stopped.load(Ordering::Relaxed) {
+        job.commit()?;
+    }
+    info!("stopped: results flushed and progress committed");
     Ok(())
 }
 
 impl Job {
-    fn start(settings: Settings, shared: Arc<Shared>) -> Result<Self, RunError> {
+    fn start(settings: Settings, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Result<Self, RunError> {
         let spec = &settings.spec;
         let plan = Arc::new(Plan::new(spec)?);
         let topic = spec.source.kafka.topic.clone();
         let decoder = JsonDecoder::new(&spec.source.kafka, &referenced_fields(spec));
-        let sink: Arc<Sink> = Arc::new(
-            client(&config::producer(&spec.sink.kafka, &settings.secrets)?, Deliveries::default())
-                .map_err(kafka("creating the sink producer"))?,
-        );
+        let exactly_once = spec.sink.kafka.delivery == Delivery::ExactlyOnce;
+        let checkpoint = spec.checkpoint.as_ref();
+        let interval = checkpoint.map_or(settings.commit_interval, |c| c.interval.get());
+        // The broker aborts a transaction open this long; checkpoints commit well before.
+        let transaction_timeout = (interval * 4).clamp(Duration::from_secs(60), Duration::from_secs(900));
+        let mut sink_properties = config::producer(&spec.sink.kafka, &settings.secrets)?;
+        if exactly_once {
+            sink_properties.insert("transactional.id".into(), format!("{}-{}", settings.group_id, settings.instance));
+            sink_properties.insert("transaction.timeout.ms".into(), transaction_timeout.as_millis().to_string());
+        }
+        let sink: Arc<Sink> =
+            Arc::new(client(&sink_properties, Deliveries::default()).map_err(kafka("creating the sink producer"))?);
+        if exactly_once {
+            // Fences an earlier instance with the same id and aborts its open transaction.
+            sink.init_transactions(Duration::from_secs(60)).map_err(kafka("initialising transactions"))?;
+            sink.begin_transaction().map_err(kafka("beginning a transaction"))?;
+        }
         let dead_letters = match &spec.dead_letter {
             Some(dlq) => {
                 let mut sink_spec = spec.sink.kafka.clone();
@@ -348,54 +271,152 @@ impl Job {
                     dlq.bootstrap_servers.clone().unwrap_or_else(|| spec.source.kafka.bootstrap_servers.clone());
                 sink_spec.security = spec.source.kafka.security.clone();
                 sink_spec.properties.clear();
+                sink_spec.delivery = Delivery::Idempotent;
                 let producer: Sink = client(&config::producer(&sink_spec, &settings.secrets)?, Deliveries::default())
                     .map_err(kafka("creating the dead-letter producer"))?;
-                Some((Arc::new(producer), dlq.topic.clone()))
+                Some(Arc::new(producer))
             }
             None => None,
         };
-        let table = Arc::new(Mutex::new(Table::default()));
-        let mut producers = vec![sink.clone()];
-        producers.extend(dead_letters.iter().map(|(p, _)| p.clone()));
-        let progress =
-            ProgressStore::for_storage(spec.checkpoint.as_ref().map(|c| c.storage.as_str()), &settings.group_id);
-        let context = SourceContext {
-            topic: topic.clone(),
-            table: table.clone(),
-            progress: progress.clone(),
-            producers,
-            metrics: shared.metrics.clone(),
+        let checkpointer = match checkpoint {
+            Some(c) => {
+                let store = CheckpointStore::open(&c.storage, &settings.group_id)?;
+                let options = checkpoint::Options {
+                    restore_from: settings.restore_from.clone(),
+                    retained: usize::try_from(c.retained).unwrap_or(1),
+                    tolerable_failures: u32::try_from(c.tolerable_failures).unwrap_or(1),
+                };
+                Some(Arc::new(Checkpointer::new(store, runtime, options)))
+            }
+            None => None,
         };
+        let committer = Arc::new(Committer {
+            topic: topic.clone(),
+            shared: shared.clone(),
+            checkpointer,
+            sink,
+            dead_letters,
+            exactly_once,
+            transaction_started: Mutex::new(Instant::now()),
+            transaction_timeout,
+        });
+        let table = Arc::new(Mutex::new(Table::default()));
+        let context = SourceContext { table: table.clone(), committer: committer.clone(), failed: Mutex::default() };
         let consumer: BaseConsumer<SourceContext> =
             client(&config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?, context)
                 .map_err(kafka("creating the consumer"))?;
-        refuse_uncovered_keys(&consumer, spec, &topic)?;
+        let partition_count = partition_count(&consumer, &topic)?;
+        refuse_uncovered_keys(spec, &topic, partition_count)?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
         lock(&shared.status).topic = topic.clone();
-        info!(topic, group = settings.group_id, "consuming");
-        Ok(Self { settings, shared, plan, decoder, consumer, sink, dead_letters, table, topic, progress })
+        info!(topic, group = settings.group_id, exactly_once, "consuming");
+        let dead_letter_topic = spec.dead_letter.as_ref().map(|d| d.topic.clone());
+        Ok(Self {
+            settings,
+            shared,
+            plan,
+            decoder,
+            consumer,
+            committer,
+            dead_letter_topic,
+            table,
+            topic,
+            partition_count,
+            stopped: AtomicBool::new(false),
+        })
     }
 
     fn run_loop(&mut self) -> Result<(), RunError> {
+        let interval =
+            self.settings.spec.checkpoint.as_ref().map_or(self.settings.commit_interval, |c| c.interval.get());
         let mut last_commit = Instant::now();
+        let mut last_status = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             let messages = self.poll_batch()?;
+            if let Some(e) = lock(&self.consumer.context().failed).take() {
+                return Err(e);
+            }
             self.start_assigned_partitions()?;
-            if !messages.is_empty() {
+            if !messages.is_empty() && !self.stopped.load(Ordering::Relaxed) {
                 self.process(&messages)?;
             }
             drop(messages);
-            self.tick()?;
-            self.sink.poll(Duration::ZERO);
-            if let Some((dlq, _)) = &self.dead_letters {
+            if !self.stopped.load(Ordering::Relaxed) {
+                self.tick()?;
+            }
+            self.committer.sink.poll(Duration::ZERO);
+            if let Some(dlq) = &self.committer.dead_letters {
                 dlq.poll(Duration::ZERO);
             }
-            if last_commit.elapsed() >= self.settings.commit_interval {
+            self.serve_savepoints();
+            if last_commit.elapsed() >= interval && !self.stopped.load(Ordering::Relaxed) {
                 self.commit()?;
                 last_commit = Instant::now();
             }
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                self.committer.refresh_status(&lock(&self.table));
+                last_status = Instant::now();
+            }
         }
         Ok(())
+    }
+
+    fn commit(&self) -> Result<(), RunError> {
+        let mut table = lock(&self.table);
+        let result = self.committer.commit(&self.consumer, &mut table);
+        self.committer.refresh_status(&table);
+        result
+    }
+
+    /// Answers queued `POST /savepoint` requests.
+    fn serve_savepoints(&self) {
+        let requests = std::mem::take(&mut *lock(&self.shared.savepoints));
+        for request in requests {
+            let outcome = self.savepoint(request.id.clone(), request.stop);
+            if let Err(e) = &outcome {
+                warn!(error = %e, "savepoint failed");
+            }
+            let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
+        }
+    }
+
+    /// Writes a savepoint of every owned partition, then commits it as a checkpoint, so the
+    /// committed offsets are the savepoint's. With `stop`, consuming stops after it.
+    fn savepoint(&self, id: Option<String>, stop: bool) -> Result<Savepoint, RunError> {
+        let Some(checkpointer) = &self.committer.checkpointer else {
+            return Err(RunError::Checkpoint("savepoints need checkpoint.storage".into()));
+        };
+        let id = id.unwrap_or_else(new_savepoint_id);
+        self.committer.flush()?;
+        let mut table = lock(&self.table);
+        let snapshots = commit::snapshots(&self.topic, &table, checkpointer.next_id())?;
+        let path = checkpointer
+            .savepoint(&id, &self.settings.instance, &snapshots)
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+        checkpointer.write(&snapshots).map_err(|e| RunError::Checkpoint(e.to_string()))?;
+        self.committer.commit_snapshots(&self.consumer, &mut table, &snapshots)?;
+        if stop {
+            self.stopped.store(true, Ordering::Relaxed);
+            self.pause_all();
+        }
+        let savepoint = Savepoint { id, path, completed_at: now_rfc3339(), stopped: stop };
+        info!(id = savepoint.id, path = savepoint.path, stop, partitions = snapshots.len(), "savepoint taken");
+        let mut status = lock(&self.shared.status);
+        status.last_savepoint = Some(savepoint.clone());
+        status.stopped = self.stopped.load(Ordering::Relaxed);
+        Ok(savepoint)
+    }
+
+    /// Stops fetching every assigned partition (after a stop-with-savepoint).
+    fn pause_all(&self) {
+        match self.consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(e) = self.consumer.pause(&assignment) {
+                    warn!(error = %e, "pausing partitions");
+                }
+            }
+            Err(e) => warn!(error = %e, "reading the assignment"),
+        }
     }
 
     /// Up to `max_batch` records, waiting at most `batch_wait` for them.
@@ -418,50 +439,99 @@ impl Job {
         Ok(messages)
     }
 
-    /// Creates pipelines for newly assigned partitions, resuming from their commit metadata.
+    /// Creates pipelines for newly assigned partitions: from their checkpoint when there is
+    /// one (seeking to its position), else replaying from the committed offset.
     fn start_assigned_partitions(&self) -> Result<(), RunError> {
         let assigned = std::mem::take(&mut lock(&self.table).assigned);
         if assigned.is_empty() {
             return Ok(());
         }
         let mut wanted = TopicPartitionList::new();
-        for &partition in &assigned {
-            wanted.add_partition(&self.topic, partition);
+        let all: Vec<i32> = match &self.committer.checkpointer {
+            // Exactly-once restore compares the offsets of every partition a checkpoint covered.
+            Some(_) => {
+                (0..i32::try_from(self.partition_count).unwrap_or(i32::MAX)).chain(assigned.iter().copied()).collect()
+            }
+            None => assigned.clone(),
+        };
+        for &partition in &all {
+            if wanted.find_partition(&self.topic, partition).is_none() {
+                wanted.add_partition(&self.topic, partition);
+            }
         }
-        let committed = self
+        let committed_list = self
             .consumer
             .committed_offsets(wanted, Duration::from_secs(30))
             .map_err(kafka("reading committed offsets"))?;
-        let mut table = lock(&self.table);
-        for element in committed.elements() {
-            let committed = match element.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
-            let saved = match &self.progress {
-                Some(store) => store.load(&self.topic, element.partition()).unwrap_or_else(|e| {
-                    warn!(error = %e, "reading progress failed; replayed windows may repeat");
-                    None
-                }),
-                None => serde_json::from_str::<Progress>(element.metadata()).ok(),
-            };
-            if saved.is_none() && committed.is_some() {
-                warn!(
-                    partition = element.partition(),
-                    "no saved progress for a committed partition: windows open at the last stop may be emitted again \
-                     in part (set checkpoint.storage, or use a broker that keeps commit metadata)"
-                );
+        let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut metadata: BTreeMap<i32, String> = BTreeMap::new();
+        for element in committed_list.elements() {
+            if let Offset::Offset(o) = element.offset() {
+                committed.insert(element.partition(), o);
             }
-            let resume = Resume {
-                max_event_time: saved.and_then(|p| p.max_event_time),
-                replay_until: saved.map_or(0, |p| p.position),
-            };
-            debug!(partition = element.partition(), ?resume, "starting partition");
-            let pipeline = PartitionPipeline::new(self.plan.clone(), resume, Instant::now());
-            let position = committed.unwrap_or(0);
-            table.runs.insert(element.partition(), Run { pipeline, position, committed });
+            metadata.insert(element.partition(), element.metadata().to_owned());
         }
-        self.shared.metrics.assigned_partitions.set(table.runs.len() as i64);
+        let now = Instant::now();
+        let mut seeks = TopicPartitionList::new();
+        let mut table = lock(&self.table);
+        for &partition in &assigned {
+            let restored = match &self.committer.checkpointer {
+                Some(checkpointer) => {
+                    checkpointer.restore(&self.topic, partition, &committed, self.committer.exactly_once)?
+                }
+                None => None,
+            };
+            let run = match restored {
+                Some(snapshot) => {
+                    let header = &snapshot.header;
+                    let pipeline = PartitionPipeline::restore(
+                        self.plan.clone(),
+                        header.max_event_time,
+                        snapshot.windows.as_ref(),
+                        now,
+                    )?;
+                    info!(
+                        partition,
+                        checkpoint = header.checkpoint,
+                        position = header.position,
+                        "restored from checkpoint"
+                    );
+                    if committed.get(&partition) != Some(&header.position) {
+                        seeks
+                            .add_partition_offset(&self.topic, partition, Offset::Offset(header.position))
+                            .map_err(kafka("listing seeks"))?;
+                    }
+                    Run { pipeline, position: header.position, committed: committed.get(&partition).copied() }
+                }
+                None => {
+                    let saved = metadata.get(&partition).and_then(|m| serde_json::from_str::<Progress>(m).ok());
+                    if saved.is_none() && committed.contains_key(&partition) && self.plan.is_stateful() {
+                        warn!(
+                            partition,
+                            "no checkpoint or saved progress for a committed partition: windows open at the last stop \
+                             may be emitted again in part (set checkpoint.storage)"
+                        );
+                    }
+                    let resume = Resume {
+                        max_event_time: saved.and_then(|p| p.max_event_time),
+                        replay_until: saved.map_or(0, |p| p.position),
+                    };
+                    debug!(partition, ?resume, "starting partition");
+                    let pipeline = PartitionPipeline::new(self.plan.clone(), resume, now);
+                    let position = committed.get(&partition).copied().unwrap_or(0);
+                    Run { pipeline, position, committed: committed.get(&partition).copied() }
+                }
+            };
+            table.runs.insert(partition, run);
+        }
+        self.committer.refresh_status(&table);
+        drop(table);
+        if seeks.count() > 0 {
+            self.consumer.seek_partitions(seeks, Duration::from_secs(30)).map_err(kafka("seeking to checkpoints"))?;
+        }
+        if self.stopped.load(Ordering::Relaxed) {
+            self.pause_all();
+        }
         Ok(())
     }
 
@@ -483,6 +553,11 @@ impl Job {
                 // Revoked while the batch was in flight: the new owner replays these.
                 continue;
             };
+            // Fetched before a seek to the partition's checkpoint: already in its state.
+            let records: Vec<RawRecord<'_>> = records.into_iter().filter(|r| r.offset >= run.position).collect();
+            if records.is_empty() {
+                continue;
+            }
             let decoded = self.decoder.decode(&records);
             for (index, reason) in &decoded.errors {
                 self.shared.metrics.decode_errors.inc();
@@ -561,7 +636,7 @@ impl Job {
                 if let Some(ts) = record.timestamp {
                     base = base.timestamp(ts);
                 }
-                send(&self.sink, base)?;
+                send(&self.committer.sink, base)?;
                 self.shared.metrics.records_out.inc();
             }
         }
@@ -577,7 +652,9 @@ impl Job {
         offset: i64,
         key: Option<&[u8]>,
     ) -> Result<(), RunError> {
-        let Some((producer, topic)) = &self.dead_letters else { return Ok(()) };
+        let (Some(producer), Some(topic)) = (&self.committer.dead_letters, &self.dead_letter_topic) else {
+            return Ok(());
+        };
         let partition = partition.to_string();
         let offset = offset.to_string();
         let headers = OwnedHeaders::new()
@@ -603,46 +680,6 @@ impl Job {
         }
         Ok(())
     }
-
-    /// Waits for every produced record, then commits each partition's commit point.
-    fn commit(&self) -> Result<(), RunError> {
-        for producer in std::iter::once(&self.sink).chain(self.dead_letters.iter().map(|(p, _)| p)) {
-            producer.flush(Duration::from_secs(60)).map_err(kafka("flushing produced records"))?;
-            if let Some(failure) = lock(&producer.context().failed).clone() {
-                return Err(RunError::Delivery(failure));
-            }
-        }
-        let mut table = lock(&self.table);
-        let mut offsets = TopicPartitionList::new();
-        for (&partition, run) in &table.runs {
-            add_commit(&mut offsets, self.progress.as_ref(), &self.topic, partition, run, &self.shared.metrics);
-        }
-        if offsets.count() > 0 {
-            self.consumer.commit(&offsets, CommitMode::Sync).map_err(kafka("committing offsets"))?;
-            for element in offsets.elements() {
-                if let (Some(run), Offset::Offset(o)) = (table.runs.get_mut(&element.partition()), element.offset()) {
-                    run.committed = Some(o);
-                }
-            }
-        }
-        let partitions = table
-            .runs
-            .iter()
-            .map(|(&partition, run)| PartitionStatus {
-                partition,
-                position: run.position,
-                committed: run.committed,
-                watermark: run.pipeline.watermark().max_event_time().map(|_| run.pipeline.watermark().current()),
-                open_aggregates: run.pipeline.open_aggregates(),
-            })
-            .collect();
-        self.shared.metrics.assigned_partitions.set(table.runs.len() as i64);
-        drop(table);
-        let mut status = lock(&self.shared.status);
-        status.partitions = partitions;
-        status.last_commit = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        Ok(())
-    }
 }
 
 /// Queues a record, waiting for room when the producer's queue is full.
@@ -659,25 +696,27 @@ fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), R
     }
 }
 
+/// The source topic's partition count.
+fn partition_count(consumer: &BaseConsumer<SourceContext>, topic: &str) -> Result<usize, RunError> {
+    let metadata =
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(kafka("reading topic metadata"))?;
+    Ok(metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len()))
+}
+
+/// A savepoint id that sorts by time: `sp-<UTC time>-<random>`.
+fn new_savepoint_id() -> String {
+    format!("sp-{}-{:04x}", chrono::Utc::now().format("%Y%m%dt%H%M%S"), rand::random::<u16>())
+}
+
 /// State is kept per source partition, so a key spread over several partitions would be
 /// aggregated in pieces. Until the runtime repartitions through an internal topic, such a
 /// job is refused at start rather than run with wrong results.
-fn refuse_uncovered_keys(
-    consumer: &BaseConsumer<SourceContext>,
-    spec: &StreamJobSpec,
-    topic: &str,
-) -> Result<(), RunError> {
+fn refuse_uncovered_keys(spec: &StreamJobSpec, topic: &str, partitions: usize) -> Result<(), RunError> {
     let Some(keys) = spec.pipeline.iter().find_map(|s| if let Step::KeyBy(k) = s { Some(k) } else { None }) else {
         return Ok(());
     };
     let partitioned_by = &spec.source.kafka.partitioned_by;
-    if keys.iter().all(|k| partitioned_by.contains(k)) {
-        return Ok(());
-    }
-    let metadata =
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(kafka("reading topic metadata"))?;
-    let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-    if partitions <= 1 {
+    if keys.iter().all(|k| partitioned_by.contains(k)) || partitions <= 1 {
         return Ok(());
     }
     Err(RunError::Unsupported(format!(

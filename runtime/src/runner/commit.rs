@@ -1,0 +1,252 @@
+//! Making progress durable. With `checkpoint.storage` every owned partition's state is
+//! written first and its offset committed after (in the sink transaction for exactly-once).
+//! Without it, each partition commits the oldest offset its open windows still need, with
+//! its event-time progress in the commit metadata, and replays from there after a restart.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
+    producer::Producer,
+};
+use tracing::{info, warn};
+
+use super::{
+    RunError, Sink, Table, kafka,
+    shared::{CheckpointStatus, PartitionStatus, Shared, lock, now_rfc3339},
+};
+use crate::{
+    checkpoint::{Checkpointer, FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
+    progress::Progress,
+};
+
+/// How long broker calls of a commit may take.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Commits progress for the job loop and for the rebalance callbacks.
+pub(super) struct Committer {
+    pub topic: String,
+    pub shared: Arc<Shared>,
+    pub checkpointer: Option<Arc<Checkpointer>>,
+    /// The sink; transactional when `exactly_once`.
+    pub sink: Arc<Sink>,
+    pub dead_letters: Option<Arc<Sink>>,
+    pub exactly_once: bool,
+    /// When the open transaction began (exactly-once), to give up before the broker aborts it.
+    pub transaction_started: Mutex<Instant>,
+    pub transaction_timeout: Duration,
+}
+
+impl Committer {
+    /// Waits for everything produced; a failed delivery stops the job before any commit.
+    pub fn flush(&self) -> Result<(), RunError> {
+        for producer in std::iter::once(&self.sink).chain(self.dead_letters.iter()) {
+            producer.flush(TIMEOUT).map_err(kafka("flushing produced records"))?;
+            if let Some(failure) = lock(&producer.context().failed).clone() {
+                return Err(RunError::Delivery(failure));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every owned partition's progress durable: a checkpoint when storage is set, else
+    /// an offset commit. A failed checkpoint is counted and retried at the next interval; the
+    /// job goes on (exactly-once: until its transaction would time out).
+    pub fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, table: &mut Table) -> Result<(), RunError> {
+        self.flush()?;
+        let Some(checkpointer) = &self.checkpointer else {
+            return self.commit_offsets(consumer, table);
+        };
+        if table.runs.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let snapshots = snapshots(&self.topic, table, checkpointer.next_id())?;
+        if let Err(e) = checkpointer.write(&snapshots) {
+            self.shared.metrics.checkpoints_failed.inc();
+            let health = checkpointer.record(Err(e.to_string()));
+            warn!(error = %e, failures = health.consecutive_failures, "checkpoint failed; retrying at the next interval");
+            *lock(&self.shared.degraded) = checkpointer.readiness().err();
+            let open_for = lock(&self.transaction_started).elapsed();
+            if self.exactly_once && open_for + self.transaction_timeout / 4 >= self.transaction_timeout {
+                return Err(RunError::Checkpoint(format!(
+                    "no checkpoint for {open_for:?}, and the transaction would time out: {e}"
+                )));
+            }
+            return Ok(());
+        }
+        self.commit_snapshots(consumer, table, &snapshots)?;
+        checkpointer.record(Ok(()));
+        *lock(&self.shared.degraded) = None;
+        let elapsed = started.elapsed();
+        self.shared.metrics.checkpoint_duration.observe(elapsed.as_secs_f64());
+        self.shared.metrics.last_checkpoint_timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        lock(&self.shared.status).last_checkpoint = Some(CheckpointStatus {
+            id: snapshots[0].header.checkpoint,
+            completed_at: now_rfc3339(),
+            partitions: snapshots.len(),
+        });
+        checkpointer.collect_garbage(&self.topic);
+        Ok(())
+    }
+
+    /// Commits the offsets of durable snapshots: in the transaction (exactly-once, which
+    /// then opens the next one) or directly.
+    pub fn commit_snapshots<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        table: &mut Table,
+        snapshots: &[PartitionSnapshot],
+    ) -> Result<(), RunError> {
+        let mut offsets = TopicPartitionList::new();
+        for snapshot in snapshots {
+            let header = &snapshot.header;
+            offsets
+                .add_partition_offset(&self.topic, header.partition, Offset::Offset(header.position))
+                .map_err(kafka("listing offsets"))?;
+        }
+        if self.exactly_once {
+            let group =
+                consumer.group_metadata().ok_or_else(|| RunError::Checkpoint("no consumer group metadata".into()))?;
+            self.sink
+                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
+                .map_err(kafka("adding offsets to the transaction"))?;
+            self.sink.commit_transaction(TIMEOUT).map_err(kafka("committing the transaction"))?;
+            self.sink.begin_transaction().map_err(kafka("beginning a transaction"))?;
+            *lock(&self.transaction_started) = Instant::now();
+        } else {
+            consumer.commit(&offsets, CommitMode::Sync).map_err(kafka("committing offsets"))?;
+        }
+        for snapshot in snapshots {
+            if let Some(run) = table.runs.get_mut(&snapshot.header.partition) {
+                run.committed = Some(snapshot.header.position);
+            }
+        }
+        lock(&self.shared.status).last_commit = Some(now_rfc3339());
+        Ok(())
+    }
+
+    /// Without checkpoints: each partition's replay point, with its progress as metadata.
+    fn commit_offsets<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        table: &mut Table,
+    ) -> Result<(), RunError> {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, run) in &table.runs {
+            let progress = run.commit_point();
+            offsets
+                .add_partition_offset(&self.topic, partition, Offset::Offset(progress.committed))
+                .map_err(kafka("listing offsets"))?;
+            if let Some(mut element) = offsets.find_partition(&self.topic, partition) {
+                element.set_metadata(serde_json::to_string(&progress).unwrap_or_default());
+            }
+        }
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        consumer.commit(&offsets, CommitMode::Sync).map_err(kafka("committing offsets"))?;
+        for element in offsets.elements() {
+            if let (Some(run), Offset::Offset(o)) = (table.runs.get_mut(&element.partition()), element.offset()) {
+                run.committed = Some(o);
+            }
+        }
+        lock(&self.shared.status).last_commit = Some(now_rfc3339());
+        Ok(())
+    }
+
+    /// Hands revoked partitions over with their progress durable. Exactly-once commits
+    /// every owned partition, since the open transaction holds results of all of them.
+    pub fn hand_over<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        table: &mut Table,
+        revoked: &[i32],
+    ) -> Result<(), RunError> {
+        if !self.exactly_once && self.checkpointer.is_some() {
+            // Only the revoked partitions need to be durable now.
+            let mut leaving = Table::default();
+            for partition in revoked {
+                if let Some(run) = table.runs.remove(partition) {
+                    leaving.runs.insert(*partition, run);
+                }
+            }
+            let result = self.commit(consumer, &mut leaving);
+            self.release(&mut leaving, revoked);
+            return result;
+        }
+        let result = self.commit(consumer, table);
+        self.release(table, revoked);
+        result
+    }
+
+    fn release(&self, table: &mut Table, revoked: &[i32]) {
+        for partition in revoked {
+            table.runs.remove(partition);
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.forget(*partition);
+            }
+        }
+        info!(partitions = ?revoked, "partitions handed over");
+    }
+
+    /// Refreshes the partitions shown by `/status` and the assigned-partitions gauge.
+    pub fn refresh_status(&self, table: &Table) {
+        let partitions = table
+            .runs
+            .iter()
+            .map(|(&partition, run)| PartitionStatus {
+                partition,
+                position: run.position,
+                committed: run.committed,
+                watermark: run.pipeline.watermark().max_event_time().map(|_| run.pipeline.watermark().current()),
+                open_aggregates: run.pipeline.open_aggregates(),
+            })
+            .collect();
+        self.shared.metrics.assigned_partitions.set(table.runs.len() as i64);
+        lock(&self.shared.status).partitions = partitions;
+    }
+}
+
+/// A snapshot of every owned partition, as checkpoint `id`.
+pub(super) fn snapshots(topic: &str, table: &Table, id: u64) -> Result<Vec<PartitionSnapshot>, RunError> {
+    let offsets: BTreeMap<i32, i64> = table.runs.iter().map(|(&p, run)| (p, run.position)).collect();
+    let created_at = now_rfc3339();
+    table
+        .runs
+        .iter()
+        .map(|(&partition, run)| {
+            Ok(PartitionSnapshot {
+                header: SnapshotHeader {
+                    version: FORMAT_VERSION,
+                    checkpoint: id,
+                    topic: topic.to_owned(),
+                    partition,
+                    position: run.position,
+                    max_event_time: run.pipeline.watermark().max_event_time(),
+                    offsets: offsets.clone(),
+                    created_at: created_at.clone(),
+                },
+                windows: run.pipeline.window_state()?,
+            })
+        })
+        .collect()
+}
+
+impl super::Run {
+    /// Without checkpoints: the offset to commit (the oldest one open windows still need) and
+    /// the progress to keep.
+    pub(super) fn commit_point(&self) -> Progress {
+        Progress {
+            v: 1,
+            max_event_time: self.pipeline.watermark().max_event_time(),
+            position: self.position,
+            committed: self.pipeline.min_open_offset().map_or(self.position, |o| o.min(self.position)),
+        }
+    }
+}
