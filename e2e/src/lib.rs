@@ -7,6 +7,7 @@ pub mod agent;
 pub mod agent_process;
 pub mod broker;
 pub mod devcluster;
+pub mod gitops;
 pub mod kafka;
 pub mod operator_process;
 
@@ -30,6 +31,9 @@ pub enum Error {
     /// A start script failed; its output says why.
     #[error("did not start:\n{0}")]
     Start(String),
+    /// A helper program ran but failed; the message says why.
+    #[error("{0}")]
+    Failed(String),
     /// A condition was not met in time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
