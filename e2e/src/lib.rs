@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod agent_process;
 pub mod broker;
+pub mod chart;
 pub mod devcluster;
 pub mod gitops;
 pub mod kafka;

@@ -3,18 +3,14 @@
 //! rendered objects say what the operator needs, and a real API server accepts them
 //! (server-side dry-run apply).
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{collections::BTreeSet, process::Output, sync::OnceLock, time::Duration};
 
 use serde_json::{Value, json};
-use weir_e2e::{devcluster::DevCluster, repo_root, wait_until};
-
-const RELEASE_NAMESPACE: &str = "weir-system";
+use weir_e2e::{
+    chart::{self, RELEASE_NAMESPACE},
+    devcluster::DevCluster,
+    repo_root, wait_until,
+};
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -24,39 +20,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The virtualenv python with helm-python-sdk, installed once (cached) by the setup script.
-fn helm_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let script = repo_root().join("e2e/chart/install-helm-sdk.sh");
-        let output = must(Command::new("bash").arg(&script).output(), "running install-helm-sdk.sh");
-        assert!(output.status.success(), "install-helm-sdk.sh: {}", text(&output.stderr));
-        let stdout = text(&output.stdout);
-        PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
-    })
-}
-
-/// Runs `render.py` on the chart with `values` (as a values file) and `extra` arguments.
-fn render_raw(values: &Value, extra: &[&str]) -> Output {
-    let dir = must(tempfile::tempdir(), "a temporary folder");
-    let file = dir.path().join("values.json");
-    must(std::fs::write(&file, values.to_string()), "writing the values");
-    let output = Command::new(helm_python())
-        .arg(repo_root().join("e2e/chart/render.py"))
-        .arg(repo_root().join("charts/weir"))
-        .arg("--values")
-        .arg(&file)
-        .args(["--namespace", RELEASE_NAMESPACE])
-        .args(extra)
-        .output();
-    must(output, "running render.py")
+/// render.py's output for `values` and `args`, whatever its exit status.
+fn render_raw(values: &Value, args: &[&str]) -> Output {
+    must(chart::render_output(values, args), "running render.py")
 }
 
 /// The rendered manifests as YAML, failing the test if lint or rendering fails.
-fn render_yaml(values: &Value, extra: &[&str]) -> String {
-    let output = render_raw(values, extra);
-    assert!(output.status.success(), "render.py failed:\n{}", text(&output.stderr));
-    text(&output.stdout)
+fn render_yaml(values: &Value, args: &[&str]) -> String {
+    must(chart::render(values, args), "rendering the chart")
 }
 
 /// The rendered objects.
