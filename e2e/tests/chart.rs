@@ -349,3 +349,21 @@ fn the_dry_run_refuses_a_misspelt_field() {
     assert!(!output.status.success(), "a misspelt field was accepted");
     assert!(text(&output.stderr).contains("revisionHistoryLimt"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn the_dockerfile_builds_the_images_the_chart_runs_as_the_user_it_asks_for() {
+    let dockerfile = must(std::fs::read_to_string(repo_root().join("Dockerfile")), "reading the Dockerfile");
+    let objects = render(&json!({}));
+    let deployment = find(&objects, "Deployment", "weir-operator");
+    let user = deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_i64().unwrap_or_default();
+    for program in ["weir-operator", "weir-runtime"] {
+        let stage = format!("FROM gcr.io/distroless/cc-debian12:nonroot AS {program}\n");
+        let stage = dockerfile.split(&stage).nth(1).unwrap_or_else(|| panic!("no distroless stage {program}"));
+        let stage = stage.split("\nFROM ").next().unwrap_or_default();
+        assert!(stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{program}\"]")), "{program}: {stage}");
+        assert!(stage.contains(&format!("USER {user}:{user}")), "{program} must run as {user}: {stage}");
+        assert!(dockerfile.contains(&format!("cargo build --release --locked -p {program} --bin {program}")));
+    }
+    let container = operator_container(&objects, "weir-operator");
+    assert!(container["image"].as_str().is_some_and(|i| i.starts_with("ghcr.io/weir-dev/weir-operator:")));
+}
