@@ -1,0 +1,162 @@
+//! Checkpoints against a real broker: stop-with-savepoint then a restore on two instances is
+//! exact; unwritable checkpoint storage is counted and reported by readiness while the job
+//! goes on, and it recovers; `kill -9` at several points loses no result.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use common::*;
+use serde_json::Value;
+use weir_e2e::{broker::Broker, wait_until};
+
+fn checkpointed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
+    let storage = format!("file://{}/checkpoints", dir.display());
+    job_file(dir, broker, name, &format!("  checkpoint: {{storage: \"{storage}\", interval: 500ms{extra}}}\n"))
+}
+
+fn setup(name: &str, partitions: i32) -> (Broker, tempfile::TempDir) {
+    let broker = must(Broker::start(), "starting the broker");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    must(broker.create_topic(&format!("{name}-in"), partitions as u32), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    (broker, dir)
+}
+
+fn records_in(runtime: &Runtime, name: &str) -> f64 {
+    runtime.metric(&format!("weir_records_in_total{{streamjob=\"{name}\"}}"))
+}
+
+#[test]
+fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
+    let name = "savepoint";
+    let (broker, dir) = setup(name, 2);
+    let job = checkpointed_job(dir.path(), &broker, name, "");
+    let producer = producer(&broker);
+    let first = payments(2_000, 10, 0);
+    produce_payments(&producer, &format!("{name}-in"), &first);
+
+    let one = Runtime::start_with(&job, &["--instance", "one"]);
+    must(
+        wait_until(Duration::from_secs(60), "the first half to be consumed", || records_in(&one, name) >= 2_000.0),
+        "consuming",
+    );
+    let (code, body) = one.post("/savepoint?stop=true&id=sp-test");
+    assert_eq!(code, 200, "{body}");
+    let savepoint: Value = must(serde_json::from_str(&body), "savepoint answer is JSON");
+    assert_eq!(savepoint["id"], "sp-test");
+    assert!(savepoint["path"].as_str().is_some_and(|p| p.ends_with("/savepoints/sp-test")), "{savepoint}");
+    let status: Value = must(serde_json::from_str(&one.get("/status").1), "status");
+    assert_eq!(status["stopped"], true, "{status}");
+    assert_eq!(status["lastSavepoint"]["id"], "sp-test", "{status}");
+    let manifest = dir.path().join("checkpoints/test.savepoint/savepoints/sp-test/manifest-one.json");
+    assert!(manifest.is_file(), "the savepoint has a manifest");
+
+    // Consuming has stopped: what arrives now waits for the restored instances.
+    let second = payments(2_000, 10, 2_000);
+    produce_payments(&producer, &format!("{name}-in"), &second);
+    let out_before = one.metric("weir_records_out_total{streamjob=\"savepoint\"}");
+    assert_eq!(records_in(&one, name), 2_000.0, "nothing consumed after stop");
+    assert_eq!(one.terminate(), Some(0));
+
+    // Parallelism changes from one instance to two, both restoring the savepoint.
+    let two = Runtime::launch(&job, &["--instance", "two", "--restore-from", "sp-test"]);
+    let three = Runtime::launch(&job, &["--instance", "three", "--restore-from", "sp-test"]);
+    produce_flush_markers(&producer, &format!("{name}-in"), 2);
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    assert_eq!(got, want, "results before the savepoint ({out_before} records) and after it, each once");
+    drop((two, three));
+}
+
+#[test]
+fn unwritable_checkpoint_storage_is_reported_and_the_job_recovers() {
+    let name = "storage";
+    let (broker, dir) = setup(name, 1);
+    let job = checkpointed_job(dir.path(), &broker, name, ", tolerableFailures: 2");
+    let producer = producer(&broker);
+    let input = payments(3_000, 10, 0);
+    produce_payments(&producer, &format!("{name}-in"), &input[..1_000]);
+    let runtime = Runtime::start(&job);
+    let last_checkpoint = || runtime.metric("weir_last_checkpoint_timestamp_seconds{streamjob=\"storage\"}");
+    must(wait_until(Duration::from_secs(30), "a first checkpoint", || last_checkpoint() > 0.0), "checkpoint");
+
+    // The storage folder becomes a file: every write fails.
+    let storage = dir.path().join("checkpoints");
+    let away = dir.path().join("checkpoints.away");
+    must(std::fs::rename(&storage, &away), "moving the storage away");
+    must(std::fs::write(&storage, "not a folder"), "blocking the storage path");
+    must(
+        wait_until(Duration::from_secs(30), "readiness to report the failures", || {
+            let (code, body) = runtime.get("/readyz");
+            code == 503 && body.contains("checkpoints in a row failed")
+        }),
+        "not ready",
+    );
+    assert!(runtime.metric("weir_checkpoints_failed_total{streamjob=\"storage\"}") >= 2.0);
+    // The job goes on meanwhile.
+    produce_payments(&producer, &format!("{name}-in"), &input[1_000..2_000]);
+    must(
+        wait_until(Duration::from_secs(30), "consuming while checkpoints fail", || {
+            records_in(&runtime, name) >= 2_000.0
+        }),
+        "consuming",
+    );
+
+    must(std::fs::remove_file(&storage), "unblocking the storage path");
+    must(std::fs::rename(&away, &storage), "bringing the storage back");
+    let failed_at = last_checkpoint();
+    must(
+        wait_until(Duration::from_secs(30), "recovery", || {
+            runtime.get("/readyz").0 == 200 && last_checkpoint() > failed_at
+        }),
+        "ready again",
+    );
+    produce_payments(&producer, &format!("{name}-in"), &input[2_000..]);
+    produce_flush_markers(&producer, &format!("{name}-in"), 1);
+    let want = expected(&input);
+    assert_eq!(results(&read_records(&broker, &format!("{name}-out"), want.len())), want);
+}
+
+#[test]
+fn kill_9_at_several_points_loses_no_result() {
+    let name = "kill";
+    let (broker, dir) = setup(name, 2);
+    let job = checkpointed_job(dir.path(), &broker, name, "");
+    let producer = producer(&broker);
+    let input = payments(8_000, 20, 0);
+    let mut consumed_before = 0.0;
+    for (round, chunk) in input.chunks(2_000).enumerate() {
+        produce_payments(&producer, &format!("{name}-in"), chunk);
+        let runtime = Runtime::start_with(&job, &["--instance", "kill"]);
+        // Kill at a different point each round: after some, about half, or most of the chunk.
+        let target = [300.0, 1_000.0, 1_700.0, 200.0][round];
+        must(
+            wait_until(Duration::from_secs(60), "consuming part of the chunk", || records_in(&runtime, name) >= target),
+            "consuming",
+        );
+        consumed_before += records_in(&runtime, name);
+        runtime.kill();
+    }
+    let _last = Runtime::start_with(&job, &["--instance", "kill"]);
+    produce_flush_markers(&producer, &format!("{name}-in"), 2);
+    let want = expected(&input);
+    let records = read_records(&broker, &format!("{name}-out"), want.len());
+    let mut got: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    let mut duplicates = 0;
+    for record in &records {
+        let single = results(std::slice::from_ref(record));
+        for (window, value) in single {
+            if let Some(previous) = got.insert(window.clone(), value) {
+                assert_eq!(previous, value, "a repeated window result differs: {window:?}");
+                duplicates += 1;
+            }
+        }
+    }
+    println!(
+        "{} results, {duplicates} repeated after kills ({consumed_before} records consumed before kills)",
+        records.len()
+    );
+    assert_eq!(got, want, "every window result, with the right value");
+}
