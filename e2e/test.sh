@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 bash e2e/setup-debian.sh
 bash e2e/devcluster/install.sh >/dev/null
 bash e2e/broker/install-tansu.sh >/dev/null
+bash e2e/broker/install-tansu-txn.sh >/dev/null
 bash e2e/chart/install-helm-sdk.sh >/dev/null
 cargo test --workspace --locked

@@ -65,7 +65,28 @@ pub fn read_records(
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Received>, KafkaError> {
+    read(bootstrap, topic, count, timeout, "read_uncommitted")
+}
+
+/// [`read_records`] as a transactional reader sees them: committed records only.
+pub fn read_committed_records(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Received>, KafkaError> {
+    read(bootstrap, topic, count, timeout, "read_committed")
+}
+
+fn read(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+    isolation: &str,
+) -> Result<Vec<Received>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
+        .set("isolation.level", isolation)
         .set("bootstrap.servers", bootstrap)
         // A fresh group per read: rejoining a group a moment ago left can wait out its session.
         .set("group.id", format!("reader-{topic}-{}-{}", std::process::id(), READERS.fetch_add(1, Ordering::Relaxed)))
