@@ -117,3 +117,24 @@ fn read(
     }
     Ok(records)
 }
+
+/// The numbered click stream the stack tests run through: `{"user": "u<n % 7>", "n": n}`
+/// for each `n`, keyed by user, to `topic`.
+pub fn produce_clicks(bootstrap: &str, topic: &str, numbers: std::ops::Range<i64>) -> Result<(), KafkaError> {
+    let producer = producer(bootstrap)?;
+    for n in numbers {
+        let user = format!("u{}", n % 7);
+        send_text(&producer, topic, &user, &serde_json::json!({"user": user, "n": n}).to_string())?;
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30))
+}
+
+/// The `n` of at least `count` click records read from `topic`, sorted (-1 for a record
+/// without one).
+pub fn read_click_numbers(bootstrap: &str, topic: &str, count: usize) -> Result<Vec<i64>, KafkaError> {
+    let records = read_records(bootstrap, topic, count, Duration::from_secs(90))?;
+    let mut numbers: Vec<i64> =
+        records.iter().map(|r| r.json().ok().and_then(|v| v["n"].as_i64()).unwrap_or(-1)).collect();
+    numbers.sort_unstable();
+    Ok(numbers)
+}

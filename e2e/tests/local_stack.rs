@@ -74,24 +74,12 @@ impl Stack {
     }
 
     fn produce(&self, numbers: std::ops::Range<i64>) {
-        let producer = must(kafka::producer(&self.broker.bootstrap()), "producer");
-        for n in numbers {
-            let payload = json!({"user": format!("u{}", n % 7), "n": n}).to_string();
-            must(kafka::send_text(&producer, "clicks", &format!("u{}", n % 7), &payload), "sending");
-        }
-        must(rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)), "flushing");
+        must(kafka::produce_clicks(&self.broker.bootstrap(), "clicks", numbers), "producing clicks");
     }
 
     /// The `n` of every output record, sorted.
     fn output(&self, count: usize) -> Vec<i64> {
-        let records = must(
-            kafka::read_records(&self.broker.bootstrap(), "big-clicks", count, Duration::from_secs(90)),
-            "reading",
-        );
-        let mut numbers: Vec<i64> =
-            records.iter().map(|r| must(r.json(), "output is JSON")["n"].as_i64().unwrap_or(-1)).collect();
-        numbers.sort_unstable();
-        numbers
+        must(kafka::read_click_numbers(&self.broker.bootstrap(), "big-clicks", count), "reading")
     }
 }
 

@@ -446,18 +446,14 @@ impl Job {
         if assigned.is_empty() {
             return Ok(());
         }
-        let mut wanted = TopicPartitionList::new();
-        let all: Vec<i32> = match &self.committer.checkpointer {
+        let mut partitions: std::collections::BTreeSet<i32> = assigned.iter().copied().collect();
+        if self.committer.checkpointer.is_some() {
             // Exactly-once restore compares the offsets of every partition a checkpoint covered.
-            Some(_) => {
-                (0..i32::try_from(self.partition_count).unwrap_or(i32::MAX)).chain(assigned.iter().copied()).collect()
-            }
-            None => assigned.clone(),
-        };
-        for &partition in &all {
-            if wanted.find_partition(&self.topic, partition).is_none() {
-                wanted.add_partition(&self.topic, partition);
-            }
+            partitions.extend(0..i32::try_from(self.partition_count).unwrap_or(i32::MAX));
+        }
+        let mut wanted = TopicPartitionList::new();
+        for &partition in &partitions {
+            wanted.add_partition(&self.topic, partition);
         }
         let committed_list = self
             .consumer
@@ -548,15 +544,17 @@ impl Job {
         }
         self.shared.metrics.records_in.inc_by(messages.len() as u64);
         let mut table = lock(&self.table);
-        for (partition, records) in by_partition {
+        for (partition, mut records) in by_partition {
             let Some(run) = table.runs.get_mut(&partition) else {
                 // Revoked while the batch was in flight: the new owner replays these.
                 continue;
             };
             // Fetched before a seek to the partition's checkpoint: already in its state.
-            let records: Vec<RawRecord<'_>> = records.into_iter().filter(|r| r.offset >= run.position).collect();
-            if records.is_empty() {
-                continue;
+            if records.first().is_some_and(|r| r.offset < run.position) {
+                records.retain(|r| r.offset >= run.position);
+                if records.is_empty() {
+                    continue;
+                }
             }
             let decoded = self.decoder.decode(&records);
             for (index, reason) in &decoded.errors {
