@@ -69,6 +69,10 @@ pub struct StreamJobSpec {
     /// offsets). Defaults to `savepoint` when `checkpoint` is set, `stateless` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_mode: Option<UpgradeMode>,
+    /// Time the new pods of an upgrade or rescale have to become ready. Past it, the job is
+    /// rolled back to the previous spec, restoring the savepoint taken before the change.
+    #[serde(default = "default_rollout_timeout")]
+    pub rollout_timeout: Duration,
     /// Scale `parallelism` on consumer lag with KEDA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
@@ -111,6 +115,10 @@ pub struct Checkpoint {
 
 fn default_checkpoint_interval() -> Duration {
     std::time::Duration::from_secs(30).into()
+}
+
+fn default_rollout_timeout() -> Duration {
+    std::time::Duration::from_secs(300).into()
 }
 
 fn default_retained() -> i32 {

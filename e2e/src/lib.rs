@@ -45,6 +45,14 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// KEDA's own ScaledObject CRD, from the fixtures shared beside the repository (it is not
+/// copied into it). `None` where that folder is absent: tests then skip the one check that
+/// needs it and say so.
+pub fn keda_crd() -> Option<PathBuf> {
+    let crd = repo_root().join("../shared/fixtures/keda/keda.sh_scaledobjects.yaml");
+    crd.is_file().then_some(crd)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

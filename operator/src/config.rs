@@ -13,6 +13,9 @@ pub struct OperatorConfig {
     pub keda_available: bool,
     /// Time between reconciles of a steady job, which refresh its consumer lag in status.
     pub resync_interval: std::time::Duration,
+    /// Quiet time after a rollout before a rescale starts, so that a burst of `/scale`
+    /// writes (KEDA, `kubectl scale`) becomes one savepoint rollout.
+    pub rescale_stabilization: std::time::Duration,
 }
 
 impl Default for OperatorConfig {
@@ -23,6 +26,7 @@ impl Default for OperatorConfig {
             admin_port: 9249,
             keda_available: true,
             resync_interval: std::time::Duration::from_secs(30),
+            rescale_stabilization: std::time::Duration::from_secs(30),
         }
     }
 }

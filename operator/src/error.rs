@@ -30,6 +30,9 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// A savepoint before a rollout failed; the old pods go on running.
+    #[error("{0}")]
+    Savepoint(String),
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -44,6 +47,7 @@ impl Error {
             Self::Apply { .. } => "apply",
             Self::Api { .. } => "api",
             Self::Finalizer(_) => "finalizer",
+            Self::Savepoint(_) => "savepoint",
         }
     }
 

@@ -1,42 +1,30 @@
 //! Consumer lag of a job, summed from its pods' `/metrics` (`weir_consumer_lag`), the same
 //! figure KEDA scales on.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::pod_http;
 
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 const LAG_METRIC: &str = "weir_consumer_lag";
 
 /// Total lag over the partitions the running `pods` report, or `None` when none answered.
 pub async fn consumer_lag(pods: &[Pod], admin_port: i32) -> Option<i64> {
-    let addresses = pods.iter().filter_map(|pod| {
-        let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
-        Some(SocketAddr::new(ip, u16::try_from(admin_port).ok()?))
-    });
+    let addresses = pods.iter().filter_map(|pod| pod_http::admin_address(pod, admin_port));
     let pages = join_all(addresses.map(scrape)).await;
     let answered: Vec<String> = pages.into_iter().flatten().collect();
     (!answered.is_empty()).then(|| sum_lag(answered.iter().map(String::as_str)))
 }
 
 /// GETs `/metrics` from one pod, giving up after [`SCRAPE_TIMEOUT`].
-async fn scrape(address: SocketAddr) -> Option<String> {
-    let request = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-        stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        // hyper answers in the request's version: `HTTP/1.0 200 OK`.
-        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_owned())
-    };
-    tokio::time::timeout(SCRAPE_TIMEOUT, request).await.ok().flatten()
+async fn scrape(address: std::net::SocketAddr) -> Option<String> {
+    match pod_http::call(address, "GET", "/metrics", SCRAPE_TIMEOUT).await {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
 }
 
 /// Sums `weir_consumer_lag` samples over Prometheus text pages. A partition reported by two

@@ -14,8 +14,11 @@ pub mod labels;
 pub mod lag;
 pub mod leader;
 pub mod metrics;
+pub mod pod_http;
 pub mod reconcile;
 pub mod render;
+pub mod rollout;
+pub mod savepoint;
 pub mod status;
 
 pub use error::Error;

@@ -35,6 +35,9 @@ struct Args {
     /// Time between reconciles of a steady job, which refresh its consumer lag in status.
     #[arg(long, default_value = "30s")]
     resync_interval: weir_crds::Duration,
+    /// Quiet time after a rollout before a rescale (from KEDA or `kubectl scale`) starts.
+    #[arg(long, default_value = "30s")]
+    rescale_stabilization: weir_crds::Duration,
     /// StreamJobs reconciled at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -96,8 +99,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     info!(%identity, "leading");
     metrics.leader.set(1);
 
-    let mut config =
-        OperatorConfig { prometheus_address: args.prometheus_address.clone(), ..OperatorConfig::default() };
+    let mut config = OperatorConfig {
+        prometheus_address: args.prometheus_address.clone(),
+        resync_interval: args.resync_interval.get(),
+        rescale_stabilization: args.rescale_stabilization.get(),
+        ..OperatorConfig::default()
+    };
     if let Some(image) = args.runtime_image.clone() {
         config.runtime_image = image;
     }

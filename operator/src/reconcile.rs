@@ -20,7 +20,7 @@ use kube::{
 use rand::Rng;
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::{info, instrument, warn};
-use weir_crds::{InvalidSpec, Phase, StreamJob, StreamJobStatus};
+use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode};
 
 use crate::{
     Error,
@@ -29,7 +29,9 @@ use crate::{
     labels::{FIELD_MANAGER, JobRef},
     lag,
     metrics::Metrics,
-    render::{ROLLOUT_ANNOTATION, Rendered, render},
+    render::{self, Rendered, render},
+    rollout::{self, Current, Hold, Inputs, Marks, Run, Step, Target},
+    savepoint,
     status::{self, Change, Observation, Pods},
 };
 
@@ -39,6 +41,10 @@ pub const FINALIZER: &str = "weir.dev/cleanup";
 
 /// Requeue while pods are changing, to follow the rollout.
 const REQUEUE_PROGRESSING: Duration = Duration::from_secs(5);
+/// Soonest requeue, so a plan that waits for nothing does not spin.
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// Savepoints kept in `status.savepointHistory`.
+const SAVEPOINT_HISTORY: usize = 10;
 /// Longest back-off after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -137,31 +143,227 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         return report_invalid(job, &invalid, ctx).await;
     }
     let job_ref = JobRef::new(job)?;
-    let mut rendered = render(job, &ctx.config)?;
     let deployments: Api<Deployment> = ctx.api(&job_ref.namespace);
     let before = deployments.get_opt(&job_ref.name).await.map_err(Error::api("reading the Deployment"))?;
-    let suspended = job.spec.suspend;
-    let change = status::detect_change(before.as_ref(), &rendered.deployment, suspended);
-    let rollout = status::rollout(before.as_ref(), &rendered.deployment, suspended);
-    if let Some(rollout) = rollout {
-        let annotations = rendered.deployment.metadata.annotations.get_or_insert_default();
-        annotations.insert(ROLLOUT_ANNOTATION.to_owned(), rollout.reason().to_owned());
-    }
-    let applied = apply_children(ctx, &job_ref, rendered).await?;
-    if let Some(change) = change {
-        let note = describe(change, before.as_ref(), &applied);
-        info!(?change, "{note}");
-        ctx.publish(job, EventType::Normal, change.reason(), note).await;
-    }
-    let pods = Pods::of(&applied);
+    let current = before.as_ref().map(Current::of);
+    let marks = current.as_ref().map(|c| c.marks.clone()).unwrap_or_default();
+    let desired = render_clamped(job, &ctx.config, marks.source_partitions)?;
+    let stable_job = marks.stable_spec.as_deref().and_then(|spec| with_spec(job, spec));
+    let stable = stable_job.as_ref().map(|j| render_clamped(j, &ctx.config, marks.source_partitions)).transpose()?;
+    let generation = job.metadata.generation.unwrap_or_default();
+    let desired_spec = serde_json::to_string(&job.spec).map_err(Error::Serialize)?;
+    let plan = rollout::plan(&Inputs {
+        generation,
+        desired: Target::of(&desired.deployment),
+        desired_spec: &desired_spec,
+        stable: stable.as_ref().map(|r| Target::of(&r.deployment)),
+        current: current.as_ref(),
+        suspended: job.spec.suspend,
+        mode: job.spec.effective_upgrade_mode(),
+        rollout_timeout: job.spec.rollout_timeout.get(),
+        stabilization: ctx.config.rescale_stabilization,
+        now: Timestamp::now(),
+    });
+    let mut marks = plan.marks;
+    let run = match plan.run {
+        Run::Stable => stable.unwrap_or_else(|| desired.clone()),
+        Run::Desired => desired,
+    };
+    let mut pending = None;
+    let mut taken = None;
+    let deployment = match plan.step {
+        Step::Hold { hold, .. } => {
+            apply_auxiliary(ctx, &job_ref, &run).await?;
+            if let Hold::Stabilizing { remaining } = hold {
+                let message = format!(
+                    "{} pods asked for: waiting {}s for the stabilization window after the last rollout",
+                    Target::of(&run.deployment).replicas,
+                    remaining.as_secs()
+                );
+                pending = Some((Change::Rescale, message));
+            }
+            before.clone()
+        }
+        Step::Apply { change } => Some(roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change).await?),
+        Step::RollBack { failed } => {
+            let note = format!(
+                "the new pods were not ready within {}: rolling back the {} to the previous spec, restoring savepoint {}",
+                job.spec.rollout_timeout.as_str(),
+                failed.reason().to_lowercase(),
+                marks.restore_from.as_deref().unwrap_or("none")
+            );
+            warn!("{note}");
+            ctx.publish(job, EventType::Warning, "RolledBack", note).await;
+            Some(roll(ctx, job, &job_ref, before.as_ref(), run, &marks, None).await?)
+        }
+        Step::Savepoint { change } => {
+            let pods: Api<Pod> = ctx.api(&job_ref.namespace);
+            let listed = pods
+                .list(&ListParams::default().labels(&job_ref.selector()))
+                .await
+                .map_err(Error::api("listing the pods"))?;
+            let running = savepoint::running(&listed.items);
+            if running.is_empty() {
+                let note = "no pod is running to take a savepoint from: the new pods restore the latest checkpoints";
+                ctx.publish(job, EventType::Normal, "NoSavepoint", note.into()).await;
+            } else {
+                let reason = rollout::savepoint_reason(change);
+                let id = savepoint::savepoint_id(&job_ref.name, generation, reason, Timestamp::now());
+                announce_savepoint(job, ctx, &id, running.len()).await?;
+                match savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id).await {
+                    Ok(savepoint) => {
+                        let note = format!("savepoint {id} of {} pods at {}", running.len(), savepoint.path);
+                        info!("{note}");
+                        ctx.publish(job, EventType::Normal, "SavepointTaken", note).await;
+                        marks.restore_from = Some(id.clone());
+                        marks.started = Some(Timestamp::now());
+                        marks.source_partitions = savepoint.partition_count.or(marks.source_partitions);
+                        taken = Some(SavepointInfo {
+                            id,
+                            path: savepoint.path,
+                            completed_at: Time(savepoint.completed_at),
+                            reason: reason.to_owned(),
+                        });
+                    }
+                    Err(failed) => return give_up(job, ctx, before.as_ref(), failed).await,
+                }
+            }
+            let mut run = run;
+            clamp(&mut run, marks.source_partitions);
+            Some(roll(ctx, job, &job_ref, before.as_ref(), run, &marks, Some(change)).await?)
+        }
+    };
+    let pods = deployment.as_ref().map(Pods::of).unwrap_or_default();
     let consumer_lag = if pods.existing > 0 { scrape_lag(ctx, &job_ref).await? } else { None };
-    let observation =
-        Observation { rollout, pods, consumer_lag, selector: job_ref.selector(), suspended: job.spec.suspend };
-    let next = status::next_status(job, &observation, &now());
+    let problem = (marks.rolled_back == Some(generation)).then(|| {
+        let message = format!(
+            "generation {generation} was rolled back: its pods were not ready within {}; the previous spec runs \
+             until the spec changes again",
+            job.spec.rollout_timeout.as_str()
+        );
+        ("RolledBack".to_owned(), message)
+    });
+    let observation = Observation {
+        rollout: marks.rollout,
+        pods,
+        consumer_lag,
+        selector: job_ref.selector(),
+        suspended: job.spec.suspend,
+        pending,
+        problem,
+    };
+    let mut next = status::next_status(job, &observation, &now());
+    if let Some(savepoint) = taken {
+        record_savepoint(&mut next, savepoint);
+    }
     announce_phase(job, &next, ctx).await;
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
     write_status(job, &next, ctx).await?;
-    Ok(Action::requeue(if progressing { REQUEUE_PROGRESSING } else { ctx.config.resync_interval }))
+    let recheck = match plan.step {
+        Step::Hold { recheck, .. } => recheck.min(REQUEUE_PROGRESSING),
+        _ if progressing => REQUEUE_PROGRESSING,
+        _ => ctx.config.resync_interval,
+    };
+    Ok(Action::requeue(recheck.max(MIN_REQUEUE)))
+}
+
+/// Renders `job` with its parallelism clamped to the source topic's partition count: more
+/// pods than partitions would sit idle.
+fn render_clamped(job: &StreamJob, config: &OperatorConfig, partitions: Option<i32>) -> Result<Rendered, Error> {
+    let mut rendered = render(job, config)?;
+    clamp(&mut rendered, partitions);
+    Ok(rendered)
+}
+
+fn clamp(rendered: &mut Rendered, partitions: Option<i32>) {
+    let Some(partitions) = partitions.filter(|p| *p > 0) else { return };
+    if let Some(replicas) = rendered.deployment.spec.as_mut().and_then(|s| s.replicas.as_mut()) {
+        *replicas = (*replicas).min(partitions);
+    }
+}
+
+/// `job` running `spec` (the stable spec, as JSON) instead of its own.
+fn with_spec(job: &StreamJob, spec: &str) -> Option<StreamJob> {
+    match serde_json::from_str(spec) {
+        Ok(spec) => Some(StreamJob { spec, ..job.clone() }),
+        Err(e) => {
+            warn!("the stable spec on the Deployment does not parse, so no rollback is possible: {e}");
+            None
+        }
+    }
+}
+
+/// Applies the job file and the Deployment of `run` with `marks`, then the other children;
+/// publishes the change. Returns the Deployment as the server has it.
+async fn roll(
+    ctx: &Context,
+    job: &StreamJob,
+    job_ref: &JobRef,
+    before: Option<&Deployment>,
+    mut run: Rendered,
+    marks: &Marks,
+    change: Option<Change>,
+) -> Result<Deployment, Error> {
+    render::restore_from(&mut run.deployment, marks.restore_from.as_deref());
+    run.deployment.metadata.annotations.get_or_insert_default().extend(marks.annotations());
+    let asked = job.spec.parallelism;
+    let replicas = Target::of(&run.deployment).replicas;
+    apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
+    let applied = apply_object(ctx, &job_ref.namespace, &run.deployment).await?;
+    apply_auxiliary(ctx, job_ref, &run).await?;
+    if let Some(change) = change {
+        let mut note = describe(change, before, &applied);
+        if !job.spec.suspend && replicas < asked {
+            note.push_str(&format!(" (parallelism {asked} is clamped to the source topic's {replicas} partitions)"));
+        }
+        info!(?change, "{note}");
+        ctx.publish(job, EventType::Normal, change.reason(), note).await;
+    }
+    Ok(applied)
+}
+
+/// Shows the savepoint under way in status before the pods are asked for it.
+async fn announce_savepoint(job: &StreamJob, ctx: &Context, id: &str, pods: usize) -> Result<(), Error> {
+    let mut next = job.status.clone().unwrap_or_default();
+    next.phase = Some(Phase::Checkpointing);
+    let message = format!("stopping {pods} pods with savepoint {id}");
+    status::set_progressing(&mut next, "Savepointing", &message, job.metadata.generation, &now());
+    write_status(job, &next, ctx).await
+}
+
+/// A failed savepoint: the pods it stopped go on, and the rollout is given up until a retry.
+async fn give_up(
+    job: &StreamJob,
+    ctx: &Context,
+    before: Option<&Deployment>,
+    failed: savepoint::Failed,
+) -> Result<Action, Error> {
+    let unresumed = savepoint::resume(&failed.stopped).await;
+    let mut message = format!("savepoint failed, the old pods go on running: {}", failed.message);
+    if !unresumed.is_empty() {
+        message.push_str(&format!("; could not resume {}", unresumed.join(", ")));
+    }
+    warn!("{message}");
+    ctx.publish(job, EventType::Warning, "SavepointFailed", message.clone()).await;
+    let observation = Observation {
+        rollout: None,
+        pods: before.map(Pods::of).unwrap_or_default(),
+        consumer_lag: None,
+        selector: format!("{}={}", weir_crds::JOB_LABEL, job.name_any()),
+        suspended: false,
+        pending: None,
+        problem: Some(("SavepointFailed".into(), message.clone())),
+    };
+    let next = status::next_status(job, &observation, &now());
+    write_status(job, &next, ctx).await?;
+    Err(Error::Savepoint(message))
+}
+
+/// Puts `savepoint` first in the history (kept to [`SAVEPOINT_HISTORY`]) and in `lastSavepoint`.
+fn record_savepoint(status: &mut StreamJobStatus, savepoint: SavepointInfo) {
+    status.savepoint_history.insert(0, savepoint.clone());
+    status.savepoint_history.truncate(SAVEPOINT_HISTORY);
+    status.last_savepoint = Some(savepoint);
 }
 
 /// The job's total consumer lag from its pods' metrics.
@@ -172,13 +374,11 @@ async fn scrape_lag(ctx: &Context, job_ref: &JobRef) -> Result<Option<i64>, Erro
     Ok(lag::consumer_lag(&listed.items, ctx.config.admin_port).await)
 }
 
-/// Server-side applies every child; returns the Deployment as the server has it. The job
-/// file goes first so that new pods never start on an old one.
-async fn apply_children(ctx: &Context, job_ref: &JobRef, rendered: Rendered) -> Result<Deployment, Error> {
+/// Server-side applies the children that do not replace pods: the Service, the disruption
+/// budget and the ScaledObject (or its removal).
+async fn apply_auxiliary(ctx: &Context, job_ref: &JobRef, rendered: &Rendered) -> Result<(), Error> {
     let namespace = &job_ref.namespace;
-    apply_object(ctx, namespace, &rendered.config_map).await?;
-    let (deployment, _, _) = futures::try_join!(
-        apply_object(ctx, namespace, &rendered.deployment),
+    futures::try_join!(
         apply_object(ctx, namespace, &rendered.service),
         apply_object(ctx, namespace, &rendered.pod_disruption_budget),
     )?;
@@ -197,7 +397,7 @@ async fn apply_children(ctx: &Context, job_ref: &JobRef, rendered: Rendered) -> 
             }
         }
     }
-    Ok(deployment)
+    Ok(())
 }
 
 /// Server-side apply with the operator's field manager, taking ownership of conflicting fields.
@@ -228,10 +428,15 @@ async fn report_invalid(job: &StreamJob, invalid: &InvalidSpec, ctx: &Context) -
     Ok(Action::await_change())
 }
 
-/// Stops the job's pods before the StreamJob goes. Owner references would remove the
-/// children too, but only once the StreamJob is gone; the pods should stop first.
+/// Stops the job's pods before the StreamJob goes, with a final savepoint when the job
+/// upgrades through savepoints, so it can be recreated from it (`--restore-from`). Owner
+/// references would remove the children too, but only once the StreamJob is gone; the pods
+/// should stop first. A failed final savepoint is reported and does not block the deletion.
 async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let Some(namespace) = job.namespace() else { return Ok(Action::await_change()) };
+    if job.spec.effective_upgrade_mode() == UpgradeMode::Savepoint {
+        final_savepoint(job, ctx, &namespace).await?;
+    }
     let deployments: Api<Deployment> = ctx.api(&namespace);
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}
@@ -240,6 +445,36 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     }
     ctx.publish(job, EventType::Normal, "Deleted", "runtime pods stopped; the StreamJob can go".into()).await;
     Ok(Action::await_change())
+}
+
+async fn final_savepoint(job: &StreamJob, ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let pods: Api<Pod> = ctx.api(namespace);
+    let selector = format!("{}={}", weir_crds::JOB_LABEL, job.name_any());
+    let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(Error::api("listing the pods"))?;
+    let running = savepoint::running(&listed.items);
+    if running.is_empty() {
+        return Ok(());
+    }
+    let generation = job.metadata.generation.unwrap_or_default();
+    let id = savepoint::savepoint_id(&job.name_any(), generation, "delete", Timestamp::now());
+    match savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id).await {
+        Ok(taken) => {
+            let note = format!("final savepoint {id} at {}: recreate the job with it to resume", taken.path);
+            info!("{note}");
+            ctx.publish(job, EventType::Normal, "SavepointTaken", note).await;
+            let mut next = job.status.clone().unwrap_or_default();
+            let info =
+                SavepointInfo { id, path: taken.path, completed_at: Time(taken.completed_at), reason: "delete".into() };
+            record_savepoint(&mut next, info);
+            write_status(job, &next, ctx).await
+        }
+        Err(failed) => {
+            let note = format!("final savepoint failed, deleting without it: {}", failed.message);
+            warn!("{note}");
+            ctx.publish(job, EventType::Warning, "SavepointFailed", note).await;
+            Ok(())
+        }
+    }
 }
 
 /// The StreamJob with only a status, for server-side apply of the status subresource.
@@ -291,6 +526,7 @@ fn describe(change: Change, before: Option<&Deployment>, after: &Deployment) -> 
         Change::Upgrade => format!("spec changed: replacing {was} pods with {now} new ones"),
         Change::Rescale => format!("parallelism {was} → {now}"),
         Change::Suspend => format!("suspended: stopping {was} pods"),
+        Change::RollBack => format!("rolling back: replacing {was} pods with {now} on the previous spec"),
     }
 }
 

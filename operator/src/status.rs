@@ -7,8 +7,6 @@ use k8s_openapi::{
 };
 use weir_crds::{InvalidSpec, Phase, StreamJob, StreamJobStatus};
 
-use crate::render::{ROLLOUT_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
-
 /// Condition: all desired pods run the current spec and are consuming.
 pub const READY: &str = "Ready";
 /// Condition: a deployment, upgrade, rescale or suspension is under way.
@@ -36,6 +34,8 @@ pub enum Change {
     Rescale,
     /// The job is being stopped.
     Suspend,
+    /// A rollout missed its deadline: the previous spec is coming back.
+    RollBack,
 }
 
 impl Change {
@@ -46,18 +46,21 @@ impl Change {
             Self::Upgrade => "Upgrading",
             Self::Rescale => "Rescaling",
             Self::Suspend => "Suspending",
+            Self::RollBack => "RollingBack",
         }
     }
 
     /// The change whose [`Self::reason`] is `reason`.
     pub fn from_reason(reason: &str) -> Option<Self> {
-        [Self::Deploy, Self::Upgrade, Self::Rescale, Self::Suspend].into_iter().find(|c| c.reason() == reason)
+        [Self::Deploy, Self::Upgrade, Self::Rescale, Self::Suspend, Self::RollBack]
+            .into_iter()
+            .find(|c| c.reason() == reason)
     }
 
     fn phase(self) -> Phase {
         match self {
             Self::Deploy => Phase::Deploying,
-            Self::Upgrade => Phase::Upgrading,
+            Self::Upgrade | Self::RollBack => Phase::Upgrading,
             Self::Rescale => Phase::Rescaling,
             Self::Suspend => Phase::Suspended,
         }
@@ -95,7 +98,7 @@ impl Pods {
     }
 
     /// Every desired pod runs the current template and is ready, and no other pod is left.
-    fn settled(self) -> bool {
+    pub fn settled(self) -> bool {
         self.observed && self.existing == self.desired && self.updated >= self.desired && self.ready >= self.desired
     }
 }
@@ -113,6 +116,11 @@ pub struct Observation {
     pub selector: String,
     /// Whether the job is suspended.
     pub suspended: bool,
+    /// A change that waits (for the stabilization window), with why.
+    pub pending: Option<(Change, String)>,
+    /// Something that went wrong with the last change (a rollback, a failed savepoint):
+    /// reason and message of the `Degraded` condition.
+    pub problem: Option<(String, String)>,
 }
 
 /// The status after a reconcile that applied the job's children.
@@ -120,7 +128,13 @@ pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJob
     let previous = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
     let pods = seen.pods;
-    let progressing = seen.rollout.filter(|_| !pods.settled());
+    let progressing = match seen.rollout.filter(|_| !pods.settled()) {
+        Some(change) => {
+            let ready = pods.ready.min(pods.updated);
+            Some((change, format!("{ready} of {} pods ready on the current spec", pods.desired)))
+        }
+        None => seen.pending.clone(),
+    };
     let mut status = StreamJobStatus {
         observed_generation: generation,
         replicas: pods.existing,
@@ -131,9 +145,7 @@ pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJob
         ..previous
     };
     let (phase, ready, degraded) = match progressing {
-        Some(change) => {
-            let message =
-                format!("{} of {} pods ready on the current spec", pods.ready.min(pods.updated), pods.desired);
+        Some((change, message)) => {
             set(&mut status.conditions, condition(PROGRESSING, true, change.reason(), &message, generation, now));
             (change.phase(), (false, change.reason(), message), None)
         }
@@ -156,12 +168,12 @@ pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJob
     status.phase = Some(phase);
     let (ready, reason, message) = ready;
     set(&mut status.conditions, condition(READY, ready, reason, &message, generation, now));
-    let (degraded, reason) = match degraded {
-        Some(true) => (true, "PodsNotReady"),
-        _ => (false, "AsExpected"),
+    let degraded = match (&seen.problem, degraded) {
+        (Some((reason, problem)), _) => condition(DEGRADED, true, reason, problem, generation, now),
+        (None, Some(true)) => condition(DEGRADED, true, "PodsNotReady", &message, generation, now),
+        _ => condition(DEGRADED, false, "AsExpected", "no problem found", generation, now),
     };
-    let message = if degraded { message.as_str() } else { "no problem found" };
-    set(&mut status.conditions, condition(DEGRADED, degraded, reason, message, generation, now));
+    set(&mut status.conditions, degraded);
     set_kstatus(&mut status, generation, now);
     status
 }
@@ -200,6 +212,12 @@ fn set_kstatus(status: &mut StreamJobStatus, generation: Option<i64>, now: &Time
     set(&mut status.conditions, stalled);
 }
 
+/// Marks a change under way (e.g. a savepoint being taken) in `Progressing` and `Reconciling`.
+pub fn set_progressing(status: &mut StreamJobStatus, reason: &str, message: &str, generation: Option<i64>, now: &Time) {
+    set(&mut status.conditions, condition(PROGRESSING, true, reason, message, generation, now));
+    set_kstatus(status, generation, now);
+}
+
 /// Every problem of an invalid spec, each with its field path under `spec`.
 pub fn invalid_message(invalid: &InvalidSpec) -> String {
     invalid.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
@@ -235,37 +253,6 @@ pub fn find<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Conditio
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// The rollout under way once `desired` is applied over `before`: a change it makes, or
-/// else the one recorded on `before` (in [`ROLLOUT_ANNOTATION`]) until `before` settles.
-/// Kept on the Deployment rather than in status, because the Deployment is read fresh each
-/// reconcile while the StreamJob comes from a cache that may not hold the last status yet.
-pub fn rollout(before: Option<&Deployment>, desired: &Deployment, suspended: bool) -> Option<Change> {
-    if let Some(change) = detect_change(before, desired, suspended) {
-        return Some(change);
-    }
-    let before = before?;
-    let recorded = before.metadata.annotations.as_ref()?.get(ROLLOUT_ANNOTATION)?;
-    Change::from_reason(recorded).filter(|_| !Pods::of(before).settled())
-}
-
-/// What applying `after` over `before` (the Deployment observed before the apply) changes.
-pub fn detect_change(before: Option<&Deployment>, after: &Deployment, suspended: bool) -> Option<Change> {
-    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let template_hash = |d: &Deployment| d.metadata.annotations.as_ref()?.get(TEMPLATE_HASH_ANNOTATION).cloned();
-    let Some(before) = before else { return Some(Change::Deploy) };
-    let (was, now) = (replicas(before), replicas(after));
-    if suspended {
-        return (was > 0).then_some(Change::Suspend);
-    }
-    if template_hash(before) != template_hash(after) && now > 0 {
-        Some(if was == 0 { Change::Deploy } else { Change::Upgrade })
-    } else if was != now {
-        Some(if was == 0 { Change::Deploy } else { Change::Rescale })
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::jiff::Timestamp;
@@ -290,7 +277,15 @@ mod tests {
     }
 
     fn seen(rollout: Option<Change>, pods: Pods) -> Observation {
-        Observation { rollout, pods, consumer_lag: Some(7), selector: "weir.dev/streamjob=j".into(), suspended: false }
+        Observation {
+            rollout,
+            pods,
+            consumer_lag: Some(7),
+            selector: "weir.dev/streamjob=j".into(),
+            suspended: false,
+            pending: None,
+            problem: None,
+        }
     }
 
     fn pods(desired: i32, existing: i32, updated: i32, ready: i32) -> Pods {
@@ -339,25 +334,29 @@ mod tests {
     }
 
     #[test]
-    fn the_rollout_is_kept_on_the_deployment_until_it_settles() {
-        let mut before = deployment(2, "a");
-        before.metadata.annotations.get_or_insert_default().insert(ROLLOUT_ANNOTATION.into(), "Upgrading".into());
-        before.metadata.generation = Some(2);
-        before.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            observed_generation: Some(2),
-            replicas: Some(2),
-            updated_replicas: Some(2),
-            ready_replicas: Some(1),
-            ..Default::default()
-        });
-        let desired = deployment(2, "a");
-        assert_eq!(rollout(Some(&before), &desired, false), Some(Change::Upgrade));
-        before.status.as_mut().unwrap().ready_replicas = Some(2);
-        assert_eq!(rollout(Some(&before), &desired, false), None, "settled");
-        assert_eq!(rollout(Some(&before), &deployment(3, "a"), false), Some(Change::Rescale), "a new change wins");
+    fn an_upgrade_reports_upgrading_until_the_new_pods_are_ready() {
         let status = next_status(&job(None), &seen(Some(Change::Upgrade), pods(2, 2, 2, 1)), &at(20));
         assert_eq!(status.phase, Some(Phase::Upgrading));
         assert_eq!(condition_of(&status, PROGRESSING).reason, "Upgrading");
+        let done = next_status(&job(Some(status)), &seen(Some(Change::Upgrade), pods(2, 2, 2, 2)), &at(30));
+        assert_eq!(done.phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn a_pending_rescale_and_a_rollback_are_reported() {
+        let mut observation = seen(None, pods(2, 2, 2, 2));
+        observation.pending = Some((Change::Rescale, "waiting 20s".into()));
+        let pending = next_status(&job(None), &observation, &at(10));
+        assert_eq!(pending.phase, Some(Phase::Rescaling));
+        assert_eq!(condition_of(&pending, PROGRESSING).message, "waiting 20s");
+
+        let mut observation = seen(Some(Change::RollBack), pods(2, 2, 2, 0));
+        observation.problem = Some(("RolledBack".into(), "new pods not ready in 5m".into()));
+        let rolling_back = next_status(&job(None), &observation, &at(20));
+        assert_eq!(rolling_back.phase, Some(Phase::Upgrading));
+        assert_eq!(condition_of(&rolling_back, PROGRESSING).reason, "RollingBack");
+        let degraded = condition_of(&rolling_back, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "RolledBack"));
     }
 
     #[test]
@@ -429,24 +428,5 @@ mod tests {
         assert_eq!(condition_of(&fixed, STALLED).status, "False");
         assert_eq!(condition_of(&fixed, STALLED).last_transition_time, at(20));
         assert_eq!(condition_of(&fixed, RECONCILING).status, "True");
-    }
-
-    fn deployment(replicas: i32, hash: &str) -> Deployment {
-        let mut d = Deployment::default();
-        d.spec.get_or_insert_default().replicas = Some(replicas);
-        d.metadata.annotations = Some([(TEMPLATE_HASH_ANNOTATION.to_owned(), hash.to_owned())].into());
-        d
-    }
-
-    #[test]
-    fn changes_are_told_apart() {
-        let now = deployment(2, "a");
-        assert_eq!(detect_change(None, &now, false), Some(Change::Deploy));
-        assert_eq!(detect_change(Some(&deployment(2, "a")), &now, false), None);
-        assert_eq!(detect_change(Some(&deployment(2, "b")), &now, false), Some(Change::Upgrade));
-        assert_eq!(detect_change(Some(&deployment(3, "a")), &now, false), Some(Change::Rescale));
-        assert_eq!(detect_change(Some(&deployment(0, "a")), &now, false), Some(Change::Deploy));
-        assert_eq!(detect_change(Some(&deployment(2, "a")), &deployment(0, "a"), true), Some(Change::Suspend));
-        assert_eq!(detect_change(Some(&deployment(0, "a")), &deployment(0, "a"), true), None);
     }
 }

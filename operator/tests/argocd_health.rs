@@ -38,6 +38,8 @@ fn observed(rollout: Option<Change>, desired: i32, ready: i32, suspended: bool) 
         consumer_lag: Some(0),
         selector: "weir.dev/streamjob=clicks".into(),
         suspended,
+        pending: None,
+        problem: None,
     }
 }
 

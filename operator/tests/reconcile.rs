@@ -6,7 +6,7 @@
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
 
 use serde_json::{Value, json};
-use weir_e2e::{devcluster::DevCluster, operator_process::OperatorProcess, repo_root, wait_until};
+use weir_e2e::{devcluster::DevCluster, keda_crd, operator_process::OperatorProcess, wait_until};
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -23,15 +23,16 @@ fn stack() -> &'static Stack {
     STACK.get_or_init(|| {
         let cluster = must(DevCluster::start(), "starting the devcluster");
         must(cluster.install_crds(), "installing the CRDs");
-        let keda = repo_root().join("e2e/fixtures/keda/keda.sh_scaledobjects.yaml");
-        let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), keda.as_os_str()]), "kubectl");
-        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-        must(
-            wait_until(Duration::from_secs(30), "KEDA's CRD to be served", || {
-                cluster.kubectl(["get", "scaledobjects", "-A"]).is_ok_and(|o| o.status.success())
-            }),
-            "KEDA CRD",
-        );
+        if let Some(keda) = keda_crd() {
+            let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), keda.as_os_str()]), "kubectl");
+            assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+            must(
+                wait_until(Duration::from_secs(30), "KEDA's CRD to be served", || {
+                    cluster.kubectl(["get", "scaledobjects", "-A"]).is_ok_and(|o| o.status.success())
+                }),
+                "KEDA CRD",
+            );
+        }
         let log = std::env::temp_dir().join(format!("weir-operator-test-{}.log", std::process::id()));
         let binary = std::path::Path::new(env!("CARGO_BIN_EXE_weir-operator"));
         let args = ["--identity", "test-operator", "--runtime-image", "weir-runtime:test"];
@@ -229,6 +230,10 @@ fn deleting_a_job_runs_the_finalizer() {
 
 #[test]
 fn autoscaling_renders_a_scaled_object_keda_accepts() {
+    if keda_crd().is_none() {
+        eprintln!("skipped: KEDA's CRD (shared/fixtures/keda) is absent, so its schema cannot check the ScaledObject");
+        return;
+    }
     let ns = namespace("autoscaling");
     let autoscaling = json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "lagThreshold": 1000}});
     apply(&ns, &job("orders", autoscaling));
@@ -240,7 +245,10 @@ fn autoscaling_renders_a_scaled_object_keda_accepts() {
     assert_eq!(scaled["spec"]["maxReplicaCount"], 4);
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "prometheus");
-    assert_eq!(trigger["metadata"]["query"], "sum(weir_consumer_lag{streamjob=\"orders\"})");
+    assert_eq!(
+        trigger["metadata"]["query"],
+        format!("sum(weir_consumer_lag{{streamjob=\"orders\",namespace=\"{ns}\"}})")
+    );
     assert_eq!(trigger["metadata"]["threshold"], "1000");
     apply(&ns, &job("orders", json!({})));
     wait_for(&ns, "scaledobject", "orders", "the ScaledObject to go", |s| s.is_none());

@@ -24,6 +24,7 @@ fn config() -> OperatorConfig {
         admin_port: 9249,
         keda_available: true,
         resync_interval: std::time::Duration::from_secs(30),
+        rescale_stabilization: std::time::Duration::from_secs(30),
     }
 }
 

@@ -16,7 +16,8 @@ pub const CHECKSUM_ANNOTATION: &str = "weir.dev/job-checksum";
 
 /// Spec fields the runtime does not read. They stay out of the job file so that scaling or
 /// suspending a job does not change its checksum and roll the pods.
-const OPERATOR_ONLY_FIELDS: &[&str] = &["parallelism", "suspend", "autoscaling", "resources", "podTemplate", "image"];
+const OPERATOR_ONLY_FIELDS: &[&str] =
+    &["parallelism", "suspend", "autoscaling", "resources", "podTemplate", "image", "upgradeMode", "rolloutTimeout"];
 
 /// The job file: the StreamJob's name, namespace and the spec fields the runtime uses.
 pub fn job_file(job: &StreamJob, job_ref: &JobRef) -> Result<String, Error> {

@@ -37,6 +37,8 @@ pub const TEMPLATE_HASH_ANNOTATION: &str = "weir.dev/template-hash";
 /// Deployment annotation naming the rollout under way (`Deploying`, `Upgrading`, …) until
 /// the pods settle; set by the reconciler, not by [`deployment`].
 pub const ROLLOUT_ANNOTATION: &str = "weir.dev/rollout";
+/// Environment variable the runtime reads its savepoint to restore from (`--restore-from`).
+pub const RESTORE_FROM_ENV: &str = "WEIR_RESTORE_FROM";
 /// The distroless `nonroot` user.
 const RUN_AS: i64 = 65532;
 /// Time a pod gets after SIGTERM to drain, flush the sink and commit.
@@ -118,6 +120,8 @@ fn pod_template(job: &StreamJob, job_ref: &JobRef, config: &OperatorConfig, job_
             containers: vec![container(job, job_ref, config, mounts, overrides.env)],
             volumes: Some(volumes),
             service_account_name: overrides.service_account_name,
+            // The runtime never calls the Kubernetes API.
+            automount_service_account_token: Some(false),
             node_selector: Some(overrides.node_selector).filter(|n| !n.is_empty()),
             tolerations: Some(overrides.tolerations).filter(|t| !t.is_empty()),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
@@ -177,6 +181,21 @@ fn container(
             ..SecurityContext::default()
         }),
         ..Container::default()
+    }
+}
+
+/// Points the pods of a rendered Deployment at savepoint `id`, or at none: the pods restore
+/// it, and their checkpoints continue its lineage. The restore point stays out of
+/// [`TEMPLATE_HASH_ANNOTATION`], which tells changes of spec apart.
+pub fn restore_from(deployment: &mut Deployment, id: Option<&str>) {
+    let containers =
+        deployment.spec.iter_mut().filter_map(|s| s.template.spec.as_mut()).flat_map(|p| &mut p.containers);
+    for container in containers.filter(|c| c.name == CONTAINER_NAME) {
+        let env = container.env.get_or_insert_default();
+        env.retain(|e| e.name != RESTORE_FROM_ENV);
+        if let Some(id) = id {
+            env.push(EnvVar { name: RESTORE_FROM_ENV.into(), value: Some(id.into()), ..EnvVar::default() });
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use weir_crds::StreamJob;
 
 pub use configmap::{CHECKSUM_ANNOTATION, JOB_FILE, config_map, job_file};
 pub use deployment::{
-    ADMIN_PORT_NAME, CONTAINER_NAME, JOB_MOUNT, ROLLOUT_ANNOTATION, SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, deployment,
+    ADMIN_PORT_NAME, CONTAINER_NAME, JOB_MOUNT, RESTORE_FROM_ENV, ROLLOUT_ANNOTATION, SECRETS_MOUNT,
+    TEMPLATE_HASH_ANNOTATION, deployment, restore_from,
 };
 pub use pdb::pod_disruption_budget;
 pub use scaledobject::{lag_query, scaled_object};
@@ -85,6 +86,21 @@ mod tests {
         let base = template_hash(&job(serde_json::json!({})));
         assert_ne!(base, template_hash(&job(serde_json::json!({"pipeline": [{"filter": "a > 2"}]}))));
         assert_ne!(base, template_hash(&job(serde_json::json!({"image": "other:1"}))));
+    }
+
+    #[test]
+    fn the_restore_point_is_an_env_var_outside_the_template_hash() {
+        let mut rendered = render(&job(serde_json::json!({})), &OperatorConfig::default()).unwrap().deployment;
+        let hash = rendered.metadata.annotations.clone().unwrap()[TEMPLATE_HASH_ANNOTATION].clone();
+        let env = |d: &Deployment| d.spec.clone().unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+        restore_from(&mut rendered, Some("sp-1"));
+        restore_from(&mut rendered, Some("sp-2"));
+        let restore: Vec<_> = env(&rendered).into_iter().filter(|e| e.name == RESTORE_FROM_ENV).collect();
+        assert_eq!(restore.len(), 1);
+        assert_eq!(restore[0].value.as_deref(), Some("sp-2"));
+        assert_eq!(rendered.metadata.annotations.clone().unwrap()[TEMPLATE_HASH_ANNOTATION], hash);
+        restore_from(&mut rendered, None);
+        assert!(env(&rendered).iter().all(|e| e.name != RESTORE_FROM_ENV));
     }
 
     #[test]

@@ -17,9 +17,10 @@ const POLLING_INTERVAL: i32 = 15;
 /// Seconds without lag before a job with `minReplicas: 0` is stopped.
 const COOLDOWN_PERIOD: i32 = 300;
 
-/// The PromQL query of a job's total lag.
-pub fn lag_query(job_name: &str) -> String {
-    format!("sum(weir_consumer_lag{{streamjob=\"{job_name}\"}})")
+/// The PromQL query of a job's total lag. `namespace` is the target label Prometheus adds
+/// to pod metrics, so jobs of the same name in two namespaces are told apart.
+pub fn lag_query(job_ref: &JobRef) -> String {
+    format!("sum(weir_consumer_lag{{streamjob=\"{}\",namespace=\"{}\"}})", job_ref.name, job_ref.namespace)
 }
 
 /// ScaledObject `<name>` targeting the StreamJob with a Prometheus trigger on its lag.
@@ -27,7 +28,7 @@ pub fn scaled_object(job_ref: &JobRef, autoscaling: &Autoscaling, config: &Opera
     let server = autoscaling.prometheus_address.clone().unwrap_or_else(|| config.prometheus_address.clone());
     let metadata = BTreeMap::from([
         ("serverAddress".to_owned(), server),
-        ("query".to_owned(), lag_query(&job_ref.name)),
+        ("query".to_owned(), lag_query(job_ref)),
         ("threshold".to_owned(), autoscaling.lag_threshold.to_string()),
         ("activationThreshold".to_owned(), autoscaling.activation_lag_threshold.to_string()),
     ]);

@@ -1,0 +1,195 @@
+//! Stop-with-savepoint across a job's pods: `POST /savepoint?stop=true&id=ID` on every
+//! running pod at once, all with the same id, so that their snapshots together form one
+//! savepoint the new pods restore. A savepoint that fails anywhere, or whose snapshots leave
+//! a partition out, is no savepoint: the pods that did stop are resumed (`POST /resume`),
+//! and the rollout is given up with the old pods running.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use futures::future::join_all;
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use crate::pod_http;
+
+/// Longest a pod may take to flush, snapshot and commit.
+pub const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(120);
+const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One pod's answer to `POST /savepoint`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    /// Where the savepoint is stored.
+    pub path: String,
+    /// When it became durable, RFC 3339.
+    pub completed_at: String,
+    /// Partitions whose state this pod's part holds (runtimes that report it).
+    #[serde(default)]
+    pub partitions: Option<Vec<i32>>,
+    /// Partitions of the source topic.
+    #[serde(default)]
+    pub partition_count: Option<i32>,
+}
+
+/// A savepoint all pods took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Taken {
+    /// Where it is stored.
+    pub path: String,
+    /// When the last pod's part became durable.
+    pub completed_at: Timestamp,
+    /// Partitions of the source topic, when the pods reported it.
+    pub partition_count: Option<i32>,
+}
+
+/// A savepoint that could not be taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failed {
+    /// What went wrong, pod by pod.
+    pub message: String,
+    /// Pods that stopped and must be resumed.
+    pub stopped: Vec<SocketAddr>,
+}
+
+/// A savepoint id that names the job, the generation it was taken for and why, and sorts
+/// by time: `<job>-g<generation>-<reason>-<UTC time>`.
+pub fn savepoint_id(job: &str, generation: i64, reason: &str, now: Timestamp) -> String {
+    let millis = now.subsec_millisecond();
+    format!("{job}-g{generation}-{reason}-{}{millis:03}z", now.strftime("%Y%m%dt%H%M%S"))
+}
+
+/// The pods to take a savepoint from: every pod not on its way out.
+pub fn running(pods: &[Pod]) -> Vec<&Pod> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
+        .collect()
+}
+
+/// Takes savepoint `id` on every pod in `pods`, stopping them.
+pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str) -> Result<Taken, Failed> {
+    let path = format!("/savepoint?stop=true&id={id}");
+    let calls = pods.iter().map(|pod| {
+        let address = pod_http::admin_address(pod, admin_port);
+        let name = pod.name_any();
+        let path = path.as_str();
+        async move {
+            let Some(address) = address else { return (name, None, Err("has no IP: not running".to_owned())) };
+            let answer = match pod_http::call(address, "POST", path, SAVEPOINT_TIMEOUT).await {
+                Ok((200, body)) => serde_json::from_str::<Answer>(&body).map_err(|e| format!("bad answer: {e}")),
+                Ok((code, body)) => Err(format!("{code} {}", body.trim())),
+                Err(e) => Err(e),
+            };
+            (name, Some(address), answer)
+        }
+    });
+    let results = join_all(calls).await;
+    let mut problems = Vec::new();
+    let mut answers = Vec::new();
+    let mut stopped = Vec::new();
+    for (name, address, answer) in results {
+        match answer {
+            Ok(answer) => {
+                stopped.extend(address);
+                answers.push(answer);
+            }
+            Err(e) => problems.push(format!("pod {name}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        match combine(&answers) {
+            Ok(taken) => return Ok(taken),
+            Err(e) => problems.push(e),
+        }
+    }
+    Err(Failed { message: problems.join("; "), stopped })
+}
+
+/// Resumes consuming on pods a failed savepoint stopped; returns the ones that did not answer.
+pub async fn resume(stopped: &[SocketAddr]) -> Vec<String> {
+    let calls = stopped.iter().map(|&address| async move {
+        match pod_http::call(address, "POST", "/resume", RESUME_TIMEOUT).await {
+            Ok((200, _)) => None,
+            Ok((code, body)) => Some(format!("{address}: {code} {}", body.trim())),
+            Err(e) => Some(format!("{address}: {e}")),
+        }
+    });
+    join_all(calls).await.into_iter().flatten().collect()
+}
+
+/// One savepoint from the pods' answers, if together they cover every partition.
+pub fn combine(answers: &[Answer]) -> Result<Taken, String> {
+    let first = answers.first().ok_or("no pod answered")?;
+    let completed_at = answers
+        .iter()
+        .map(|a| a.completed_at.parse::<Timestamp>().map_err(|e| format!("completedAt {}: {e}", a.completed_at)))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .ok_or("no completion time")?;
+    let partition_count = answers.iter().filter_map(|a| a.partition_count).max();
+    let reported: Option<Vec<&Vec<i32>>> = answers.iter().map(|a| a.partitions.as_ref()).collect();
+    if let (Some(count), Some(reported)) = (partition_count, reported) {
+        let covered: BTreeSet<i32> = reported.into_iter().flatten().copied().collect();
+        let missing: Vec<i32> = (0..count).filter(|p| !covered.contains(p)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the savepoint holds no state for partitions {missing:?} of {count}: they were not assigned to any pod"
+            ));
+        }
+    }
+    Ok(Taken { path: first.path.clone(), completed_at, partition_count })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(partitions: &[i32], count: i32, at: &str) -> Answer {
+        Answer {
+            path: "file:///cp/g/savepoints/x".into(),
+            completed_at: at.into(),
+            partitions: Some(partitions.to_vec()),
+            partition_count: Some(count),
+        }
+    }
+
+    #[test]
+    fn answers_that_cover_every_partition_make_one_savepoint() {
+        let taken = combine(&[
+            answer(&[0, 2], 3, "2026-11-22T10:00:01Z"),
+            answer(&[1], 3, "2026-11-22T10:00:03Z"),
+            answer(&[], 3, "2026-11-22T10:00:00Z"),
+        ])
+        .unwrap();
+        assert_eq!(taken.path, "file:///cp/g/savepoints/x");
+        assert_eq!(taken.completed_at, "2026-11-22T10:00:03Z".parse::<Timestamp>().unwrap(), "the last pod's");
+        assert_eq!(taken.partition_count, Some(3));
+    }
+
+    #[test]
+    fn a_partition_no_pod_held_fails_the_savepoint() {
+        let error =
+            combine(&[answer(&[0], 3, "2026-11-22T10:00:01Z"), answer(&[2], 3, "2026-11-22T10:00:01Z")]).unwrap_err();
+        assert!(error.contains("partitions [1] of 3"), "{error}");
+        assert!(combine(&[]).is_err());
+    }
+
+    #[test]
+    fn answers_without_coverage_are_taken_as_they_are() {
+        let mut old = answer(&[], 3, "2026-11-22T10:00:01Z");
+        old.partitions = None;
+        assert!(combine(&[old]).is_ok());
+    }
+
+    #[test]
+    fn ids_are_valid_runtime_ids_that_sort_by_time() {
+        let early = savepoint_id("clicks", 4, "upgrade", "2026-11-22T10:00:01.5Z".parse().unwrap());
+        let late = savepoint_id("clicks", 4, "upgrade", "2026-11-22T10:00:02Z".parse().unwrap());
+        assert_eq!(early, "clicks-g4-upgrade-20261122t100001500z");
+        assert!(early < late);
+        assert!(early.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+    }
+}
