@@ -1,4 +1,5 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status` and `POST /savepoint`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /savepoint` and
+//! `POST /resume`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,10 +13,13 @@ use axum::{
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::runner::{SavepointRequest, Shared, Status};
+use crate::runner::{ResumeRequest, SavepointRequest, Shared, Status};
 
 /// How long a savepoint may take before the request gives up (it may still complete).
 const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a resume may wait for the job loop, which may be busy with a savepoint queued
+/// before it.
+const RESUME_TIMEOUT: Duration = SAVEPOINT_TIMEOUT;
 
 /// The admin routes over the runtime's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -25,6 +29,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(ready))
         .route("/status", get(status))
         .route("/savepoint", post(savepoint))
+        .route("/resume", post(resume))
         .with_state(shared)
 }
 
@@ -67,8 +72,81 @@ async fn savepoint(State(shared): State<Arc<Shared>>, Query(query): Query<Savepo
     }
 }
 
+/// `POST /resume`: consume again after a stop-with-savepoint (the operator aborted the
+/// rollout). Answers `{"stopped": false}`, also when the instance was not stopped.
+async fn resume(State(shared): State<Arc<Shared>>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    shared.request_resume(ResumeRequest { reply });
+    match tokio::time::timeout(RESUME_TIMEOUT, answer).await {
+        Ok(Ok(Ok(resumed))) => Json(resumed).into_response(),
+        Ok(Ok(Err(e))) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "the job is stopping").into_response(),
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "the job loop did not answer in time").into_response(),
+    }
+}
+
 /// Binds `addr` and serves until the process ends.
 pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     axum::serve(listener, router(shared)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        runner::{AdminRequest, Resumed},
+    };
+
+    /// Serves the admin routes on a free port; returns its address.
+    async fn serve_on_free_port(shared: Arc<Shared>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(shared)).await });
+        addr
+    }
+
+    async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn resume_is_answered_by_the_job_loop_as_json() {
+        let shared = Arc::new(Shared::new(Metrics::new("t").unwrap()));
+        let addr = serve_on_free_port(shared.clone()).await;
+        // Plays the job loop: answers whatever is queued.
+        let job_loop = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                for request in job_loop.take_requests() {
+                    match request {
+                        AdminRequest::Resume(r) => drop(r.reply.send(Ok(Resumed { stopped: false }))),
+                        AdminRequest::Savepoint(r) => drop(r.reply.send(Err("no storage".into()))),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let (code, body) = post(addr, "/resume").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), serde_json::json!({"stopped": false}));
+        assert_eq!(post(addr, "/savepoint?stop=true&id=sp-1").await, (500, "no storage".into()));
+    }
+
+    #[tokio::test]
+    async fn a_savepoint_id_outside_the_safe_characters_is_refused() {
+        let shared = Arc::new(Shared::new(Metrics::new("t").unwrap()));
+        let addr = serve_on_free_port(shared.clone()).await;
+        assert_eq!(post(addr, "/savepoint?id=../x").await.0, 400);
+        assert!(shared.take_requests().is_empty(), "nothing queued");
+    }
 }

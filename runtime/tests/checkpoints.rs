@@ -1,5 +1,5 @@
 //! Checkpoints against a real broker: stop-with-savepoint then a restore on two instances is
-//! exact; unwritable checkpoint storage is counted and reported by readiness while the job
+//! exact; stop-with-savepoint then `/resume` on the same instance is exact; unwritable checkpoint storage is counted and reported by readiness while the job
 //! goes on, and it recovers; `kill -9` at several points loses no result.
 
 mod common;
@@ -25,6 +25,31 @@ fn setup(name: &str, partitions: i32) -> (Broker, tempfile::TempDir) {
 
 fn records_in(runtime: &Runtime, name: &str) -> f64 {
     runtime.metric(&format!("weir_records_in_total{{streamjob=\"{name}\"}}"))
+}
+
+fn records_out(runtime: &Runtime, name: &str) -> f64 {
+    runtime.metric(&format!("weir_records_out_total{{streamjob=\"{name}\"}}"))
+}
+
+/// `weir_consumer_lag` summed over the partitions the instance reports.
+fn total_lag(runtime: &Runtime) -> f64 {
+    runtime
+        .get("/metrics")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("weir_consumer_lag{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Records in a single-partition topic: its high watermark (no transactions in these jobs).
+fn records_in_topic(producer: &rdkafka::producer::BaseProducer, topic: &str) -> i64 {
+    use rdkafka::producer::Producer;
+    must(producer.client().fetch_watermarks(topic, 0, Duration::from_secs(10)), "reading the output's watermarks").1
+}
+
+fn json_of(body: &str, what: &str) -> Value {
+    must(serde_json::from_str(body), what)
 }
 
 #[test]
@@ -68,6 +93,131 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
     let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
     assert_eq!(got, want, "results before the savepoint ({out_before} records) and after it, each once");
     drop((two, three));
+}
+
+#[test]
+fn stop_with_savepoint_then_resume_loses_and_repeats_nothing() {
+    let name = "resume";
+    let partitions = 3;
+    let (broker, dir) = setup(name, partitions);
+    let job = checkpointed_job(dir.path(), &broker, name, "");
+    let producer = producer(&broker);
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    let first = payments(2_000, 10, 0);
+    produce_payments(&producer, &input, &first);
+
+    let runtime = Runtime::start_with(&job, &["--instance", "one"]);
+    must(
+        wait_until(Duration::from_secs(60), "the first part to be consumed", || records_in(&runtime, name) >= 2_000.0),
+        "consuming",
+    );
+    // Resuming a running instance changes nothing and says so.
+    let (code, body) = runtime.post("/resume");
+    assert_eq!((code, json_of(&body, "resume answer")), (200, serde_json::json!({"stopped": false})), "{body}");
+    let status = json_of(&runtime.get("/status").1, "status");
+    assert_eq!(status["partitionCount"], partitions, "{status}");
+
+    let (code, body) = runtime.post("/savepoint?stop=true&id=x");
+    assert_eq!(code, 200, "{body}");
+    let savepoint = json_of(&body, "savepoint answer");
+    assert_eq!(savepoint["id"], "x", "{savepoint}");
+    assert_eq!(savepoint["stopped"], true, "{savepoint}");
+    assert_eq!(savepoint["topic"], input, "{savepoint}");
+    assert_eq!(savepoint["partitions"], serde_json::json!([0, 1, 2]), "one instance owns every partition");
+    assert_eq!(savepoint["partitionCount"], partitions, "{savepoint}");
+    assert_eq!(json_of(&runtime.get("/status").1, "status")["stopped"], true);
+    let out_at_stop = records_out(&runtime, name);
+    let topic_at_stop = records_in_topic(&producer, &output);
+
+    // Records arriving now are seen (as lag: nothing is committed past the savepoint) and
+    // not consumed.
+    let second = payments(2_000, 10, 2_000);
+    produce_payments(&producer, &input, &second);
+    must(
+        wait_until(Duration::from_secs(30), "the new records to show as lag", || total_lag(&runtime) == 2_000.0),
+        "lag while stopped",
+    );
+    assert_eq!(records_in(&runtime, name), 2_000.0, "nothing consumed while stopped");
+    assert_eq!(records_out(&runtime, name), out_at_stop, "nothing produced while stopped");
+    assert_eq!(records_in_topic(&producer, &output), topic_at_stop, "the output has not grown");
+
+    // The rollout is aborted: the instance goes on where it stopped.
+    let (code, body) = runtime.post("/resume");
+    assert_eq!((code, json_of(&body, "resume answer")), (200, serde_json::json!({"stopped": false})), "{body}");
+    assert_eq!(json_of(&runtime.get("/status").1, "status")["stopped"], false);
+    assert_eq!(runtime.post("/resume").0, 200, "resuming twice is harmless");
+    produce_flush_markers(&producer, &input, partitions);
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    let got = results(&read_records(&broker, &output, want.len()));
+    assert_eq!(got, want, "every window once, across the stop and the resume");
+    must(
+        wait_until(Duration::from_secs(60), "every record and marker to be consumed", || {
+            records_in(&runtime, name) >= (all.len() + partitions as usize) as f64
+        }),
+        "consuming after resume",
+    );
+    must(
+        wait_until(Duration::from_secs(30), "the lag to drain after resume", || total_lag(&runtime) == 0.0),
+        "lag after resume",
+    );
+    assert_eq!(runtime.terminate(), Some(0), "a resumed instance drains and commits on SIGTERM");
+    assert_eq!(records_in_topic(&producer, &output), want.len() as i64, "no result written twice");
+}
+
+/// The partitions an instance's `/status` lists.
+fn owned(runtime: &Runtime) -> Vec<i64> {
+    let status = json_of(&runtime.get("/status").1, "status");
+    status["partitions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["partition"].as_i64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn resume_after_partitions_moved_while_stopped_is_exact() {
+    let name = "moved";
+    let partitions = 2;
+    let (broker, dir) = setup(name, partitions);
+    let job = checkpointed_job(dir.path(), &broker, name, "");
+    let producer = producer(&broker);
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    let first = payments(2_000, 10, 0);
+    produce_payments(&producer, &input, &first);
+    let one = Runtime::start_with(&job, &["--instance", "one"]);
+    must(
+        wait_until(Duration::from_secs(60), "the first part to be consumed", || records_in(&one, name) >= 2_000.0),
+        "consuming",
+    );
+    let (code, body) = one.post("/savepoint?stop=true&id=y");
+    assert_eq!(code, 200, "{body}");
+    let second = payments(2_000, 10, 2_000);
+    produce_payments(&producer, &input, &second);
+
+    // A second instance joins while the first is stopped: partitions move, and what the
+    // stopped one is given again stays paused until it resumes.
+    let two = Runtime::start_with(&job, &["--instance", "two"]);
+    must(
+        wait_until(Duration::from_secs(60), "the partitions to be shared", || {
+            let (a, b) = (owned(&one), owned(&two));
+            a.len() == 1 && b.len() == 1 && a != b
+        }),
+        "rebalance",
+    );
+    assert_eq!(json_of(&one.get("/status").1, "status")["stopped"], true, "still stopped after the rebalance");
+    let (code, body) = one.post("/resume");
+    assert_eq!(code, 200, "{body}");
+    produce_flush_markers(&producer, &input, partitions);
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    assert_eq!(results(&read_records(&broker, &output, want.len())), want, "every window once");
+    must(
+        wait_until(Duration::from_secs(60), "the lag to drain", || total_lag(&one) == 0.0 && total_lag(&two) == 0.0),
+        "lag",
+    );
+    assert_eq!(one.terminate(), Some(0));
+    assert_eq!(two.terminate(), Some(0));
+    assert_eq!(records_in_topic(&producer, &output), want.len() as i64, "no result written twice");
 }
 
 #[test]

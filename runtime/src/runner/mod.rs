@@ -33,7 +33,10 @@ use rdkafka::{
 use tracing::{debug, error, info, warn};
 use weir_crds::{Delivery, Step, StreamJobSpec};
 
-pub use self::shared::{CheckpointStatus, PartitionStatus, Savepoint, SavepointRequest, Shared, Status};
+pub(crate) use self::shared::AdminRequest;
+pub use self::shared::{
+    CheckpointStatus, PartitionStatus, ResumeRequest, Resumed, Savepoint, SavepointRequest, Shared, Status,
+};
 use self::{
     commit::Committer,
     shared::{lock, now_ms, now_rfc3339},
@@ -148,6 +151,8 @@ struct SourceContext {
     committer: Arc<Committer>,
     /// A failure inside a rebalance callback, for the loop to stop on.
     failed: Mutex<Option<RunError>>,
+    /// The job's stop-with-savepoint flag: while set, the loop reports lag itself.
+    stopped: Arc<AtomicBool>,
 }
 
 impl ClientContext for SourceContext {
@@ -165,6 +170,11 @@ impl ClientContext for SourceContext {
             let label = id.to_string();
             if !partition.desired {
                 let _ = metrics.consumer_lag.remove_label_values(&[topic_name, &label]);
+                continue;
+            }
+            if self.stopped.load(Ordering::Relaxed) {
+                // librdkafka learns high watermarks from fetch responses, and paused
+                // partitions are not fetched: the loop asks the broker instead.
                 continue;
             }
             let committed = table.runs.get(id).and_then(|r| r.committed).unwrap_or(partition.committed_offset);
@@ -223,7 +233,11 @@ struct Job {
     table: Arc<Mutex<Table>>,
     topic: String,
     partition_count: usize,
-    stopped: AtomicBool,
+    /// Set by a stop-with-savepoint, cleared by `/resume`: consuming is paused meanwhile.
+    stopped: Arc<AtomicBool>,
+    /// While stopped: per partition, the first offset fetched but not processed (see
+    /// [`Job::hold_back`]).
+    held_back: Mutex<BTreeMap<i32, i64>>,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
@@ -301,14 +315,24 @@ impl Job {
             transaction_timeout,
         });
         let table = Arc::new(Mutex::new(Table::default()));
-        let context = SourceContext { table: table.clone(), committer: committer.clone(), failed: Mutex::default() };
+        let stopped = Arc::new(AtomicBool::new(false));
+        let context = SourceContext {
+            table: table.clone(),
+            committer: committer.clone(),
+            failed: Mutex::default(),
+            stopped: stopped.clone(),
+        };
         let consumer: BaseConsumer<SourceContext> =
             client(&config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?, context)
                 .map_err(kafka("creating the consumer"))?;
         let partition_count = partition_count(&consumer, &topic)?;
         refuse_uncovered_keys(spec, &topic, partition_count)?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
-        lock(&shared.status).topic = topic.clone();
+        {
+            let mut status = lock(&shared.status);
+            status.topic = topic.clone();
+            status.partition_count = partition_count;
+        }
         info!(topic, group = settings.group_id, exactly_once, "consuming");
         let dead_letter_topic = spec.dead_letter.as_ref().map(|d| d.topic.clone());
         Ok(Self {
@@ -322,7 +346,8 @@ impl Job {
             table,
             topic,
             partition_count,
-            stopped: AtomicBool::new(false),
+            stopped,
+            held_back: Mutex::default(),
         })
     }
 
@@ -337,8 +362,12 @@ impl Job {
                 return Err(e);
             }
             self.start_assigned_partitions()?;
-            if !messages.is_empty() && !self.stopped.load(Ordering::Relaxed) {
-                self.process(&messages)?;
+            if !messages.is_empty() {
+                if self.stopped.load(Ordering::Relaxed) {
+                    self.hold_back(&messages);
+                } else {
+                    self.process(&messages)?;
+                }
             }
             drop(messages);
             if !self.stopped.load(Ordering::Relaxed) {
@@ -348,13 +377,16 @@ impl Job {
             if let Some(dlq) = &self.committer.dead_letters {
                 dlq.poll(Duration::ZERO);
             }
-            self.serve_savepoints();
+            self.serve_requests();
             if last_commit.elapsed() >= interval && !self.stopped.load(Ordering::Relaxed) {
                 self.commit()?;
                 last_commit = Instant::now();
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 self.committer.refresh_status(&lock(&self.table));
+                if self.stopped.load(Ordering::Relaxed) {
+                    self.report_stopped_lag();
+                }
                 last_status = Instant::now();
             }
         }
@@ -368,15 +400,25 @@ impl Job {
         result
     }
 
-    /// Answers queued `POST /savepoint` requests.
-    fn serve_savepoints(&self) {
-        let requests = std::mem::take(&mut *lock(&self.shared.savepoints));
-        for request in requests {
-            let outcome = self.savepoint(request.id.clone(), request.stop);
-            if let Err(e) = &outcome {
-                warn!(error = %e, "savepoint failed");
+    /// Answers queued `POST /savepoint` and `POST /resume` requests, in arrival order.
+    fn serve_requests(&self) {
+        for request in self.shared.take_requests() {
+            match request {
+                AdminRequest::Savepoint(request) => {
+                    let outcome = self.savepoint(request.id.clone(), request.stop);
+                    if let Err(e) = &outcome {
+                        warn!(error = %e, "savepoint failed");
+                    }
+                    let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
+                }
+                AdminRequest::Resume(request) => {
+                    let outcome = self.resume();
+                    if let Err(e) = &outcome {
+                        warn!(error = %e, "resuming failed; still stopped");
+                    }
+                    let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
+                }
             }
-            let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
         }
     }
 
@@ -399,12 +441,102 @@ impl Job {
             self.stopped.store(true, Ordering::Relaxed);
             self.pause_all();
         }
-        let savepoint = Savepoint { id, path, completed_at: now_rfc3339(), stopped: stop };
+        let savepoint = Savepoint {
+            id,
+            path,
+            completed_at: now_rfc3339(),
+            stopped: stop,
+            topic: self.topic.clone(),
+            // The table's runs are ordered by partition, and so are the snapshots.
+            partitions: snapshots.iter().map(|s| s.header.partition).collect(),
+            partition_count: self.partition_count,
+        };
         info!(id = savepoint.id, path = savepoint.path, stop, partitions = snapshots.len(), "savepoint taken");
         let mut status = lock(&self.shared.status);
         status.last_savepoint = Some(savepoint.clone());
         status.stopped = self.stopped.load(Ordering::Relaxed);
         Ok(savepoint)
+    }
+
+    /// Undoes a stop-with-savepoint (the operator aborted a rollout): fetches again what was
+    /// held back while stopped, resumes every assigned partition, and lets the loop process,
+    /// tick and commit again. A running instance has nothing to undo.
+    fn resume(&self) -> Result<Resumed, RunError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            let seeks = self.held_back_seeks()?;
+            if seeks.count() > 0 {
+                let sought = self
+                    .consumer
+                    .seek_partitions(seeks, Duration::from_secs(30))
+                    .map_err(kafka("seeking to held-back records"))?;
+                for element in sought.elements() {
+                    if let Err(source) = element.error() {
+                        return Err(RunError::Kafka { context: "seeking to held-back records", source });
+                    }
+                }
+            }
+            let assignment = self.consumer.assignment().map_err(kafka("reading the assignment"))?;
+            self.consumer.resume(&assignment).map_err(kafka("resuming partitions"))?;
+            lock(&self.held_back).clear();
+            // Nothing was produced while stopped, so the broker's transaction timer starts
+            // with the next record, not at the savepoint's commit.
+            *lock(&self.committer.transaction_started) = Instant::now();
+            self.stopped.store(false, Ordering::Relaxed);
+            info!(partitions = assignment.count(), "resumed after a stop-with-savepoint");
+        }
+        lock(&self.shared.status).stopped = false;
+        Ok(Resumed { stopped: false })
+    }
+
+    /// Records can reach a stopped instance when partitions are assigned to it (fetching
+    /// starts before they are paused). They are not processed; pausing moves librdkafka's
+    /// fetch position past them, so their offsets are kept to fetch them again on resume.
+    fn hold_back(&self, messages: &[BorrowedMessage<'_>]) {
+        let table = lock(&self.table);
+        let mut held = lock(&self.held_back);
+        for message in messages {
+            let partition = message.partition();
+            // Not owned (the new owner replays it) or already in the partition's state.
+            let Some(run) = table.runs.get(&partition) else { continue };
+            if message.offset() < run.position {
+                continue;
+            }
+            let first = held.entry(partition).or_insert(message.offset());
+            *first = (*first).min(message.offset());
+        }
+    }
+
+    /// Where each owned partition with held-back records fetches again: its state's position
+    /// when it is known from a commit, else (a partition never committed, whose position
+    /// is a placeholder) the first record held back.
+    fn held_back_seeks(&self) -> Result<TopicPartitionList, RunError> {
+        let table = lock(&self.table);
+        let mut seeks = TopicPartitionList::new();
+        for (&partition, &first) in lock(&self.held_back).iter() {
+            let Some(run) = table.runs.get(&partition) else { continue };
+            let offset = if run.committed.is_some() { run.position } else { first };
+            seeks
+                .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka("listing seeks"))?;
+        }
+        Ok(seeks)
+    }
+
+    /// A paused partition is not fetched, so librdkafka's statistics no longer see its high
+    /// watermark: a stopped instance asks the broker, so that lag (and KEDA) still sees
+    /// records arriving.
+    fn report_stopped_lag(&self) {
+        let owned: Vec<(i32, Option<i64>)> = lock(&self.table).runs.iter().map(|(&p, r)| (p, r.committed)).collect();
+        let metrics = &self.shared.metrics;
+        for (partition, committed) in owned {
+            match self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(2)) {
+                Ok((low, high)) => {
+                    let lag = high - committed.unwrap_or(low.max(0));
+                    metrics.consumer_lag.with_label_values(&[&self.topic, &partition.to_string()]).set(lag.max(0));
+                }
+                Err(e) => debug!(partition, error = %e, "reading the high watermark of a paused partition"),
+            }
+        }
     }
 
     /// Stops fetching every assigned partition (after a stop-with-savepoint).
@@ -470,6 +602,13 @@ impl Job {
         let now = Instant::now();
         let mut seeks = TopicPartitionList::new();
         let mut table = lock(&self.table);
+        {
+            // A new run starts from its own position: what was held back before is moot.
+            let mut held = lock(&self.held_back);
+            for partition in &assigned {
+                held.remove(partition);
+            }
+        }
         for &partition in &assigned {
             let restored = match &self.committer.checkpointer {
                 Some(checkpointer) => {

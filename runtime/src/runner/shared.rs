@@ -1,5 +1,5 @@
 //! What the admin server and the job loop share: metrics, the stop flag, the `/status`
-//! document, readiness and savepoint requests.
+//! document, readiness, and the savepoint and resume requests the loop answers.
 
 use std::sync::{
     Mutex, MutexGuard,
@@ -22,7 +22,9 @@ pub struct Shared {
     pub(super) status: Mutex<Status>,
     /// Why the instance is not ready beyond the basics (checkpoints failing), if it is not.
     pub(super) degraded: Mutex<Option<String>>,
-    pub(super) savepoints: Mutex<Vec<SavepointRequest>>,
+    /// Admin requests in arrival order: a `/resume` sent after a `/savepoint?stop=true` must
+    /// not be answered before it.
+    pub(super) requests: Mutex<Vec<AdminRequest>>,
 }
 
 /// The `/status` document.
@@ -31,6 +33,8 @@ pub struct Shared {
 pub struct Status {
     /// Source topic.
     pub topic: String,
+    /// The source topic's partition count when the job started: more pods than this idle.
+    pub partition_count: usize,
     /// Owned partitions.
     pub partitions: Vec<PartitionStatus>,
     /// When offsets were last committed, RFC 3339.
@@ -83,6 +87,30 @@ pub struct Savepoint {
     pub completed_at: String,
     /// Whether consuming stopped after it.
     pub stopped: bool,
+    /// Source topic.
+    pub topic: String,
+    /// The partitions whose state it holds, sorted: the savepoints of all instances of a job
+    /// must together cover `0..partition_count` before new pods restore from them.
+    pub partitions: Vec<i32>,
+    /// The source topic's partition count as the instance knows it (from its start).
+    pub partition_count: usize,
+}
+
+/// What `POST /resume` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resumed {
+    /// Always false once answered: the instance consumes.
+    pub stopped: bool,
+}
+
+/// A request from the admin server, answered by the job loop (which owns the consumer).
+#[derive(Debug)]
+pub(crate) enum AdminRequest {
+    /// `POST /savepoint`.
+    Savepoint(SavepointRequest),
+    /// `POST /resume`.
+    Resume(ResumeRequest),
 }
 
 /// A savepoint asked for over HTTP, answered by the job loop.
@@ -96,6 +124,13 @@ pub struct SavepointRequest {
     pub reply: oneshot::Sender<Result<Savepoint, String>>,
 }
 
+/// A `POST /resume`: undo a stop-with-savepoint (a rollout was aborted).
+#[derive(Debug)]
+pub struct ResumeRequest {
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Resumed, String>>,
+}
+
 impl Shared {
     /// State for a job whose metrics are `metrics`.
     pub fn new(metrics: Metrics) -> Self {
@@ -105,7 +140,7 @@ impl Shared {
             last_poll_ms: AtomicI64::new(0),
             status: Mutex::default(),
             degraded: Mutex::default(),
-            savepoints: Mutex::default(),
+            requests: Mutex::default(),
         }
     }
 
@@ -131,7 +166,17 @@ impl Shared {
 
     /// Queues a savepoint request for the job loop.
     pub fn request_savepoint(&self, request: SavepointRequest) {
-        lock(&self.savepoints).push(request);
+        lock(&self.requests).push(AdminRequest::Savepoint(request));
+    }
+
+    /// Queues a resume request for the job loop.
+    pub fn request_resume(&self, request: ResumeRequest) {
+        lock(&self.requests).push(AdminRequest::Resume(request));
+    }
+
+    /// The queued requests, oldest first, leaving the queue empty.
+    pub(crate) fn take_requests(&self) -> Vec<AdminRequest> {
+        std::mem::take(&mut *lock(&self.requests))
     }
 }
 
@@ -145,4 +190,57 @@ pub(super) fn now_ms() -> i64 {
 
 pub(super) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn savepoint_answer_tells_which_partitions_it_covers() {
+        let savepoint = Savepoint {
+            id: "sp-1".into(),
+            path: "file:///c/g/savepoints/sp-1".into(),
+            completed_at: "2024-01-01T00:00:00.000Z".into(),
+            stopped: true,
+            topic: "payments".into(),
+            partitions: vec![0, 2],
+            partition_count: 3,
+        };
+        assert_eq!(
+            serde_json::to_value(&savepoint).unwrap(),
+            json!({
+                "id": "sp-1",
+                "path": "file:///c/g/savepoints/sp-1",
+                "completedAt": "2024-01-01T00:00:00.000Z",
+                "stopped": true,
+                "topic": "payments",
+                "partitions": [0, 2],
+                "partitionCount": 3,
+            })
+        );
+    }
+
+    #[test]
+    fn status_tells_the_partition_count() {
+        let status = Status { topic: "payments".into(), partition_count: 4, ..Status::default() };
+        let value = serde_json::to_value(&status).unwrap();
+        assert_eq!(value["partitionCount"], 4);
+        assert_eq!(value["stopped"], false);
+        assert_eq!(serde_json::to_value(Resumed { stopped: false }).unwrap(), json!({"stopped": false}));
+    }
+
+    #[test]
+    fn requests_are_served_in_arrival_order() {
+        let shared = Shared::new(Metrics::new("t").unwrap());
+        let (savepoint_reply, _a) = oneshot::channel();
+        let (resume_reply, _b) = oneshot::channel();
+        shared.request_savepoint(SavepointRequest { id: None, stop: true, reply: savepoint_reply });
+        shared.request_resume(ResumeRequest { reply: resume_reply });
+        let requests = shared.take_requests();
+        assert!(matches!(requests.as_slice(), [AdminRequest::Savepoint(s), AdminRequest::Resume(_)] if s.stop));
+        assert!(shared.take_requests().is_empty());
+    }
 }
