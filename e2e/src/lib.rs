@@ -11,6 +11,8 @@ pub mod devcluster;
 pub mod gitops;
 pub mod kafka;
 pub mod operator_process;
+pub mod payments;
+pub mod stack;
 
 use std::{
     net::TcpListener,
@@ -81,6 +83,29 @@ pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// A plain HTTP/1.0 POST without a body, waiting up to 2 minutes (savepoints take a while).
+pub fn http_post(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(stream, "POST {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The total of every `weir_consumer_lag` sample on a Prometheus page.
+pub fn lag_of(metrics: &str) -> i64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_consumer_lag{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .sum()
 }
 
 /// The value of a Prometheus sample whose line starts with `series` (name and labels).

@@ -1,0 +1,156 @@
+//! The whole local stack in one value: a Kafka-protocol broker, the API server with the
+//! CRDs, the node agent running runtime pods as local processes, and the operator. Fields
+//! drop in order: the operator and the pods stop before the cluster and the broker.
+
+use std::{ffi::OsStr, time::Duration};
+
+use serde_json::Value;
+
+use crate::{
+    Error,
+    agent_process::{AgentOptions, NodeAgent},
+    broker::Broker,
+    devcluster::DevCluster,
+    operator_process::OperatorProcess,
+    wait_until, workspace_binary,
+};
+
+/// The runtime image the stack's node agent runs as the workspace's `weir-runtime`, whatever the tag.
+pub const RUNTIME_IMAGE: &str = "ghcr.io/weir-dev/weir-runtime";
+
+/// Broker, cluster, node agent and operator, started together.
+pub struct LocalStack {
+    /// The operator.
+    pub operator: OperatorProcess,
+    /// The node agent.
+    pub agent: NodeAgent,
+    /// The API server.
+    pub cluster: DevCluster,
+    /// The broker.
+    pub broker: Broker,
+    /// A folder for checkpoints and savepoints, removed with the stack.
+    pub storage: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for LocalStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStack").field("broker", &self.broker.bootstrap()).finish_non_exhaustive()
+    }
+}
+
+impl LocalStack {
+    /// Starts everything; `operator_args` are added to the operator's command line.
+    pub fn start(operator_args: &[&str]) -> Result<Self, Error> {
+        let broker = Broker::start()?;
+        let cluster = DevCluster::start()?;
+        cluster.install_crds()?;
+        let options = AgentOptions::default().image(RUNTIME_IMAGE, workspace_binary("weir-runtime")?);
+        let agent = NodeAgent::start(workspace_binary("weir-node-agent")?, cluster.kubeconfig(), &options)?;
+        let log = agent.state_dir().join("operator.log");
+        let image = format!("{RUNTIME_IMAGE}:test");
+        let mut args = vec!["--runtime-image", image.as_str(), "--identity", "local-stack", "--resync-interval", "3s"];
+        args.extend_from_slice(operator_args);
+        let operator = OperatorProcess::start(&workspace_binary("weir-operator")?, cluster.kubeconfig(), log, &args)?;
+        let storage = tempfile::Builder::new()
+            .prefix("weir-checkpoints-")
+            .tempdir()
+            .map_err(|source| Error::Spawn { what: "mkdtemp".into(), source })?;
+        Ok(Self { operator, agent, cluster, broker, storage })
+    }
+
+    /// The checkpoint storage URL of the stack's folder.
+    pub fn storage_url(&self) -> String {
+        format!("file://{}", self.storage.path().display())
+    }
+
+    /// Runs kubectl; fails with its stderr when it fails.
+    pub fn kubectl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<Vec<u8>, Error> {
+        let output = self.cluster.kubectl(args)?;
+        if output.status.success() {
+            Ok(output.stdout)
+        } else {
+            Err(Error::Failed(String::from_utf8_lossy(&output.stderr).into_owned()))
+        }
+    }
+
+    /// `kubectl apply` of one object.
+    pub fn apply(&self, object: &Value) -> Result<(), Error> {
+        let output = self.cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!("kubectl apply: {}", String::from_utf8_lossy(&output.stderr))))
+        }
+    }
+
+    /// `kubectl scale streamjob/<name> --replicas=<n>`: a write of the `/scale` subresource.
+    pub fn scale(&self, name: &str, replicas: i32) -> Result<(), Error> {
+        self.kubectl(["scale".to_owned(), format!("streamjob/{name}"), format!("--replicas={replicas}")]).map(drop)
+    }
+
+    /// The StreamJob as JSON, if it exists.
+    pub fn job(&self, name: &str) -> Option<Value> {
+        let output = self.kubectl(["get", "streamjob", name, "-o", "json"]).ok()?;
+        serde_json::from_slice(&output).ok()
+    }
+
+    /// Objects of `kind` (e.g. `pods`) selected by `selector`, as JSON items.
+    pub fn list(&self, kind: &str, selector: &str) -> Result<Vec<Value>, Error> {
+        let output = self.kubectl(["get", kind, "-l", selector, "-o", "json"])?;
+        let list: Value = serde_json::from_slice(&output).map_err(|e| Error::Failed(format!("kubectl output: {e}")))?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits up to `timeout` for job `name` to satisfy `condition`; returns it. On timeout
+    /// the error carries the status, the pods and every log, to say why.
+    pub fn wait_for_job(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Result<Value, Error> {
+        let mut last = None;
+        let waited = wait_until(timeout, what, || {
+            last = self.job(name);
+            last.as_ref().is_some_and(&condition)
+        });
+        match (waited, last) {
+            (Ok(()), Some(job)) => Ok(job),
+            (result, last) => Err(Error::Failed(format!(
+                "{}\nstatus: {:#}\n{}",
+                result.err().map(|e| e.to_string()).unwrap_or_default(),
+                last.map(|j| j["status"].clone()).unwrap_or_default(),
+                self.diagnostics()
+            ))),
+        }
+    }
+
+    /// The pods, the operator's log and the node agent's log.
+    pub fn diagnostics(&self) -> String {
+        let pods = self.cluster.kubectl(["get", "pods", "-o", "wide"]).map(|o| o.stdout).unwrap_or_default();
+        format!(
+            "pods:\n{}\noperator:\n{}\nagent:\n{}",
+            String::from_utf8_lossy(&pods),
+            self.operator.log(),
+            self.agent.log()
+        )
+    }
+
+    /// The log of a pod's runtime container.
+    pub fn pod_log(&self, pod: &str) -> String {
+        self.agent.container_log("default", pod, "runtime")
+    }
+}
+
+/// Whether `job` runs `replicas` ready pods in phase Running with `Ready` True.
+pub fn running(job: &Value, replicas: i64) -> bool {
+    let status = &job["status"];
+    let ready = condition(job, "Ready").is_some_and(|c| c["status"] == "True");
+    status["phase"] == "Running" && status["readyReplicas"] == replicas && status["replicas"] == replicas && ready
+}
+
+/// The condition of `type_` in a job's status.
+pub fn condition<'a>(job: &'a Value, type_: &str) -> Option<&'a Value> {
+    job["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}

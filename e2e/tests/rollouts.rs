@@ -1,0 +1,255 @@
+//! Savepoint rollouts on the whole local stack (broker, API server, node agent, operator):
+//! an upgrade and rescales mid-stream, a rollback of an upgrade whose pods never become
+//! ready, and a test that plays KEDA. Each checks the output topic against per-user window
+//! totals computed without the runtime: no window lost, none emitted twice.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use weir_e2e::{
+    http_get,
+    kafka::{self, read_records},
+    lag_of,
+    payments::{self, Payment},
+    stack::{LocalStack, RUNTIME_IMAGE, condition, running},
+    wait_until,
+};
+
+fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Each test runs a stack of its own; one at a time, so that two cores suffice.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+const WAIT: Duration = Duration::from_secs(120);
+const PARTITIONS: i32 = 3;
+const USERS: usize = 20;
+
+struct Test {
+    stack: LocalStack,
+    name: String,
+    started: Instant,
+}
+
+impl Test {
+    fn start(name: &str) -> Self {
+        let stack = must(LocalStack::start(&["--rescale-stabilization", "2s"]), "starting the stack");
+        for topic in ["in", "out"] {
+            must(stack.broker.create_topic(&format!("{name}-{topic}"), PARTITIONS as u32), "creating a topic");
+        }
+        Self { stack, name: name.to_owned(), started: Instant::now() }
+    }
+
+    fn step(&self, what: &str) {
+        eprintln!("{:>6.1}s {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    /// The windowed payments job, with `extra` merged into its spec.
+    fn job(&self, extra: Value) -> Value {
+        let bootstrap = self.stack.broker.bootstrap();
+        let mut spec = json!({
+            "parallelism": 1,
+            "image": format!("{RUNTIME_IMAGE}:v1"),
+            "source": {"kafka": {"bootstrapServers": bootstrap, "topic": format!("{}-in", self.name),
+                "partitionedBy": ["user_id"], "eventTime": {"field": "ts", "maxOutOfOrderness": "5s"}}},
+            "pipeline": [
+                {"filter": "amount > 0 AND currency = 'EUR'"},
+                {"keyBy": ["user_id"]},
+                {"window": {"tumbling": {"size": "10s"}}},
+                {"aggregate": [{"fn": "sum", "field": "amount", "as": "total"}, {"fn": "count", "as": "payments"}]},
+            ],
+            "sink": {"kafka": {"bootstrapServers": bootstrap, "topic": format!("{}-out", self.name),
+                "keyField": "user_id"}},
+            "checkpoint": {"storage": self.stack.storage_url(), "interval": "2s"},
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": self.name}, "spec": spec})
+    }
+
+    fn apply(&self, extra: Value) {
+        must(self.stack.apply(&self.job(extra)), "applying the job");
+    }
+
+    fn wait(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let job = must(self.stack.wait_for_job(&self.name, what, WAIT, condition), what);
+        self.step(what);
+        job
+    }
+
+    /// Produces payments `from..` in small batches until stopped; returns what it sent.
+    fn produce_until_stopped(&self, from: usize) -> Producing {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bootstrap = self.stack.broker.bootstrap();
+        let topic = format!("{}-in", self.name);
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let producer = must(kafka::producer(&bootstrap), "a producer");
+            let mut sent = Vec::new();
+            while !stopping.load(Ordering::Relaxed) {
+                let batch = payments::payments(50, USERS, from + sent.len());
+                must(payments::produce(&producer, &topic, &batch), "producing payments");
+                sent.extend(batch);
+                // Pacing of the load, not synchronisation: about 500 payments a second.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sent
+        });
+        Producing { stop, thread }
+    }
+
+    fn produce(&self, batch: &[Payment]) {
+        let producer = must(kafka::producer(&self.stack.broker.bootstrap()), "a producer");
+        must(payments::produce(&producer, &format!("{}-in", self.name), batch), "producing payments");
+    }
+
+    /// Closes every window, then reads the output and compares it with `sent`.
+    fn assert_exact_output(&self, sent: &[Payment]) {
+        let producer = must(kafka::producer(&self.stack.broker.bootstrap()), "a producer");
+        must(payments::produce_flush_markers(&producer, &format!("{}-in", self.name), PARTITIONS), "flush markers");
+        let expected = payments::expected(sent);
+        let records = must(
+            read_records(&self.stack.broker.bootstrap(), &format!("{}-out", self.name), expected.len(), WAIT),
+            "reading the output",
+        );
+        let results = payments::results(&records).unwrap_or_else(|e| panic!("{e}\n{}", self.stack.diagnostics()));
+        assert_eq!(results.len(), expected.len(), "windows out vs expected");
+        assert_eq!(results, expected, "every window exactly once with the right totals");
+        self.step(&format!("output exact: {} windows of {} payments", expected.len(), sent.len()));
+    }
+
+    /// The total `weir_consumer_lag` the job's pods report, read from each pod's `/metrics`.
+    fn pods_lag(&self) -> Option<i64> {
+        let pods = self.stack.list("pods", &format!("weir.dev/streamjob={}", self.name)).ok()?;
+        let pages: Vec<String> = pods
+            .iter()
+            .filter_map(|pod| pod["status"]["podIP"].as_str())
+            .filter_map(|ip| http_get(&format!("{ip}:9249"), "/metrics").ok())
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
+            .collect();
+        (!pages.is_empty()).then(|| pages.iter().map(|p| lag_of(p)).sum())
+    }
+}
+
+struct Producing {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Payment>>,
+}
+
+impl Producing {
+    fn finish(self) -> Vec<Payment> {
+        self.stop.store(true, Ordering::Relaxed);
+        must(self.thread.join().map_err(|_| "panicked"), "the producer thread")
+    }
+}
+
+fn generation(job: &Value) -> i64 {
+    job["metadata"]["generation"].as_i64().unwrap_or(0)
+}
+
+fn settled_on(job: &Value, replicas: i64) -> bool {
+    running(job, replicas) && job["status"]["observedGeneration"] == job["metadata"]["generation"]
+}
+
+fn last_savepoint<'a>(job: &'a Value, reason: &str) -> Option<&'a Value> {
+    let savepoint = &job["status"]["lastSavepoint"];
+    let generation = format!("-g{}-{reason}-", generation(job));
+    (savepoint["reason"] == reason && savepoint["id"].as_str().is_some_and(|id| id.contains(&generation)))
+        .then_some(savepoint)
+}
+
+#[test]
+fn an_upgrade_and_rescales_mid_stream_lose_and_repeat_nothing() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("orders");
+    test.apply(json!({}));
+    test.wait("1 pod running", |j| settled_on(j, 1));
+    let producing = test.produce_until_stopped(0);
+
+    test.apply(json!({"image": format!("{RUNTIME_IMAGE}:v2")}));
+    let upgraded =
+        test.wait("upgraded through a savepoint", |j| settled_on(j, 1) && last_savepoint(j, "upgrade").is_some());
+    let savepoint = &upgraded["status"]["lastSavepoint"];
+    assert!(savepoint["path"].as_str().is_some_and(|p| p.starts_with("file://")), "{savepoint}");
+
+    must(test.stack.scale("orders", 3), "scaling to 3");
+    test.wait("rescaled to 3 through a savepoint", |j| settled_on(j, 3) && last_savepoint(j, "rescale").is_some());
+    must(test.stack.scale("orders", 2), "scaling to 2");
+    let done =
+        test.wait("rescaled to 2 through a savepoint", |j| settled_on(j, 2) && last_savepoint(j, "rescale").is_some());
+    let sent = producing.finish();
+
+    let history = done["status"]["savepointHistory"].as_array().cloned().unwrap_or_default();
+    let reasons: Vec<&str> = history.iter().filter_map(|s| s["reason"].as_str()).collect();
+    assert_eq!(reasons, ["rescale", "rescale", "upgrade"], "newest first");
+    let progressing = condition(&done, "Progressing").cloned().unwrap_or_default();
+    assert_eq!(progressing["status"], "False", "{progressing}");
+    test.assert_exact_output(&sent);
+}
+
+#[test]
+fn an_upgrade_whose_pods_never_become_ready_is_rolled_back() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("refunds");
+    test.apply(json!({"rolloutTimeout": "15s"}));
+    test.wait("1 pod running", |j| settled_on(j, 1));
+    let before = payments::payments(1000, USERS, 0);
+    test.produce(&before);
+
+    test.apply(json!({"rolloutTimeout": "15s", "image": "ghcr.io/weir-dev/no-such-runtime:1"}));
+    let rolled_back = test.wait("rolled back", |j| {
+        running(j, 1) && condition(j, "Degraded").is_some_and(|c| c["reason"] == "RolledBack")
+    });
+    assert!(last_savepoint(&rolled_back, "upgrade").is_some(), "{:#}", rolled_back["status"]);
+    let deployment: Value = serde_json::from_slice(&must(
+        test.stack.kubectl(["get", "deployment", "refunds", "-o", "json"]),
+        "reading the Deployment",
+    ))
+    .unwrap_or_default();
+    let image = &deployment["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(image, &json!(format!("{RUNTIME_IMAGE}:v1")), "the previous spec runs again");
+
+    let after = payments::payments(1000, USERS, 1000);
+    test.produce(&after);
+    test.assert_exact_output(&[before, after].concat());
+}
+
+#[test]
+fn a_test_playing_keda_scales_on_the_pods_lag_and_the_lag_falls() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("clicks");
+    let (min, max, threshold) = (1_i64, 3_i64, 1000_i64);
+    let autoscaling = json!({"minReplicas": min, "maxReplicas": max, "lagThreshold": threshold});
+    test.apply(json!({"autoscaling": autoscaling}));
+    test.wait("1 pod running", |j| settled_on(j, 1));
+
+    // Hold the one pod still (a stop-with-savepoint, as a user may ask for) so that lag
+    // builds up exactly, then produce.
+    let pods = must(test.stack.list("pods", "weir.dev/streamjob=clicks"), "listing pods");
+    let ip = pods.first().and_then(|p| p["status"]["podIP"].as_str()).unwrap_or_default().to_owned();
+    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), "/savepoint?stop=true&id=hold"), "stop");
+    assert_eq!(code, 200, "{body}");
+    let sent = payments::payments(5000, USERS, 0);
+    test.produce(&sent);
+    must(wait_until(WAIT, "the pods to report the produced records as lag", || test.pods_lag() == Some(5000)), "lag");
+    test.step("lag 5000");
+
+    // KEDA's Prometheus scaler: ceil(lag / threshold) pods, within min and max.
+    let lag = test.pods_lag().unwrap_or_default();
+    let wanted = ((lag + threshold - 1) / threshold).clamp(min, max);
+    assert_eq!(wanted, 3);
+    must(test.stack.scale("clicks", wanted as i32), "writing /scale");
+    test.wait("3 pods after KEDA's rescale", |j| settled_on(j, 3) && last_savepoint(j, "rescale").is_some());
+    must(wait_until(WAIT, "the lag to fall to 0", || test.pods_lag() == Some(0)), "lag falls");
+    test.step("lag 0");
+    test.assert_exact_output(&sent);
+}
