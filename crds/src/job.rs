@@ -162,11 +162,27 @@ pub struct Autoscaling {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub activation_lag_threshold: i64,
+    /// Where KEDA reads the lag: `prometheus` (the pods' `weir_consumer_lag`, through a
+    /// Prometheus server) or `kafka` (KEDA's Kafka scaler asks the brokers for the consumer
+    /// group's lag; no Prometheus needed, but not for sources with `security`).
+    #[serde(default)]
+    pub trigger: LagTrigger,
     /// Prometheus server KEDA queries, e.g. `http://prometheus.monitoring:9090`. Defaults to
     /// the operator's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://"))]
     pub prometheus_address: Option<String>,
+}
+
+/// The KEDA scaler that reads a job's lag.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum LagTrigger {
+    /// KEDA's Prometheus scaler on `sum(weir_consumer_lag)`.
+    #[default]
+    Prometheus,
+    /// KEDA's Kafka scaler on the consumer group's lag.
+    Kafka,
 }
 
 /// The parts of the runtime pods' template a StreamJob may set.
@@ -194,6 +210,12 @@ pub struct PodTemplateOverrides {
 }
 
 impl StreamJobSpec {
+    /// The consumer group of job `name` in `namespace`: `source.kafka.groupId`, or
+    /// `<namespace>.<name>`. The runtime consumes in it; KEDA's Kafka scaler reads its lag.
+    pub fn group_id(&self, namespace: &str, name: &str) -> String {
+        self.source.kafka.group_id.clone().unwrap_or_else(|| format!("{namespace}.{name}"))
+    }
+
     /// The upgrade mode in effect: the one set, or the default for the checkpoint setting.
     pub fn effective_upgrade_mode(&self) -> UpgradeMode {
         self.upgrade_mode.unwrap_or(if self.checkpoint.is_some() {

@@ -15,7 +15,7 @@ pub mod validation;
 
 pub use document::{JobDocument, LoadError};
 pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
-pub use job::{Autoscaling, Checkpoint, PodTemplateOverrides, StreamJob, StreamJobSpec, UpgradeMode};
+pub use job::{Autoscaling, Checkpoint, LagTrigger, PodTemplateOverrides, StreamJob, StreamJobSpec, UpgradeMode};
 pub use kafka::{Format, KafkaSecurity, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};
 pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, Sink};

@@ -6,7 +6,8 @@
 use std::{collections::BTreeSet, fmt};
 
 use crate::{
-    Aggregation, Checkpoint, Delivery, FieldType, KafkaSecurity, SecurityProtocol, StreamJobSpec, UpgradeMode,
+    Aggregation, Checkpoint, Delivery, FieldType, KafkaSecurity, LagTrigger, SecurityProtocol, StreamJobSpec,
+    UpgradeMode,
     expr::{self, SelectItem},
     kafka::{Format, KafkaProperties, MANAGED_PROPERTIES, SaslMechanism},
     pipeline::{Step, WINDOW_END, WINDOW_START, Window},
@@ -371,6 +372,13 @@ impl Checker {
         }
         if autoscaling.lag_threshold < 1 {
             self.report("spec.autoscaling.lagThreshold", "must be at least 1");
+        }
+        if autoscaling.trigger == LagTrigger::Kafka && spec.source.kafka.security.is_some() {
+            self.report(
+                "spec.autoscaling.trigger",
+                "the kafka trigger cannot reach a source with security (it would need a KEDA TriggerAuthentication); \
+                 use the prometheus trigger",
+            );
         }
     }
 }

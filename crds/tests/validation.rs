@@ -399,3 +399,16 @@ fn a_document_with_a_wrong_type_is_refused() {
     let broken = format!("parallelism: two\n{BASE}");
     assert!(matches!(JobDocument::parse(&broken), Err(LoadError::Parse(_))));
 }
+
+#[test]
+fn the_kafka_trigger_is_refused_for_a_secured_source() {
+    let spec = spec_with(|v| {
+        set(v, &["autoscaling"], "{maxReplicas: 2, lagThreshold: 100, trigger: kafka}");
+        set(
+            v,
+            &["source", "kafka", "security"],
+            "{protocol: SASL_SSL, saslMechanism: SCRAM-SHA-512, credentialsSecret: c}",
+        );
+    });
+    assert_single_problem(&spec, "spec.autoscaling.trigger", "TriggerAuthentication");
+}

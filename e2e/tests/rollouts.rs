@@ -253,3 +253,59 @@ fn a_test_playing_keda_scales_on_the_pods_lag_and_the_lag_falls() {
     test.step("lag 0");
     test.assert_exact_output(&sent);
 }
+
+#[test]
+fn suspending_takes_a_savepoint_and_resuming_restores_it() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("refills");
+    test.apply(json!({}));
+    test.wait("1 pod running", |j| settled_on(j, 1));
+    let before = payments::payments(1500, USERS, 0);
+    test.produce(&before);
+
+    test.apply(json!({"suspend": true}));
+    let suspended = test.wait("suspended through a savepoint", |j| {
+        j["status"]["phase"] == "Suspended" && j["status"]["replicas"] == 0 && last_savepoint(j, "suspend").is_some()
+    });
+    assert_eq!(condition(&suspended, "Ready").map(|c| c["reason"].clone()), Some(json!("Suspended")));
+    let during = payments::payments(1500, USERS, 1500);
+    test.produce(&during);
+
+    test.apply(json!({"suspend": false}));
+    let resumed = test.wait("resumed", |j| settled_on(j, 1));
+    assert!(last_savepoint(&resumed, "upgrade").is_none(), "resuming takes no savepoint of its own");
+    test.assert_exact_output(&[before, during].concat());
+}
+
+#[test]
+fn a_failed_savepoint_leaves_the_old_pods_running_and_is_retried() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("fees");
+    test.apply(json!({}));
+    test.wait("1 pod running", |j| settled_on(j, 1));
+    let before = payments::payments(1000, USERS, 0);
+    test.produce(&before);
+
+    // A file where the savepoints folder goes: savepoints fail, checkpoints go on.
+    let group = test.stack.storage.path().join("default.fees");
+    must(std::fs::create_dir_all(&group), "creating the group folder");
+    let blocker = group.join("savepoints");
+    must(std::fs::write(&blocker, "not a folder"), "blocking savepoints");
+    test.apply(json!({"image": format!("{RUNTIME_IMAGE}:v2")}));
+    let failed = test.wait("the savepoint failure reported", |j| {
+        condition(j, "Degraded").is_some_and(|c| c["reason"] == "SavepointFailed")
+    });
+    let message = condition(&failed, "Degraded").map(|c| c["message"].to_string()).unwrap_or_default();
+    assert!(message.contains("pod fees-"), "names the pod: {message}");
+    let deployment: Value =
+        serde_json::from_slice(&must(test.stack.kubectl(["get", "deployment", "fees", "-o", "json"]), "kubectl"))
+            .unwrap_or_default();
+    let image = &deployment["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(image, &json!(format!("{RUNTIME_IMAGE}:v1")), "the old pods go on");
+    let during = payments::payments(1000, USERS, 1000);
+    test.produce(&during);
+
+    must(std::fs::remove_file(&blocker), "unblocking savepoints");
+    test.wait("upgraded on a retry", |j| settled_on(j, 1) && last_savepoint(j, "upgrade").is_some());
+    test.assert_exact_output(&[before, during].concat());
+}

@@ -250,6 +250,14 @@ fn autoscaling_renders_a_scaled_object_keda_accepts() {
         format!("sum(weir_consumer_lag{{streamjob=\"orders\",namespace=\"{ns}\"}})")
     );
     assert_eq!(trigger["metadata"]["threshold"], "1000");
+
+    let kafka = json!({"autoscaling": {"maxReplicas": 4, "lagThreshold": 1000, "trigger": "kafka"}});
+    apply(&ns, &job("orders", kafka));
+    let scaled = wait_for(&ns, "scaledobject", "orders", "the Kafka trigger", |s| {
+        s.is_some_and(|s| s["spec"]["triggers"][0]["type"] == "kafka")
+    })
+    .unwrap();
+    assert_eq!(scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"], format!("{ns}.orders"));
     apply(&ns, &job("orders", json!({})));
     wait_for(&ns, "scaledobject", "orders", "the ScaledObject to go", |s| s.is_none());
 }

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     };
     let name = args.name.clone().or(document.name.clone()).unwrap_or_else(|| "streamjob".into());
     let namespace = args.namespace.clone().or(document.namespace.clone()).unwrap_or_else(|| "default".into());
-    let group_id = document.spec.source.kafka.group_id.clone().unwrap_or_else(|| format!("{namespace}.{name}"));
+    let group_id = document.spec.group_id(&namespace, &name);
     let metrics = match Metrics::new(&name) {
         Ok(metrics) => metrics,
         Err(e) => {

@@ -45,7 +45,7 @@ pub fn render(job: &StreamJob, config: &OperatorConfig) -> Result<Rendered, Erro
         config_map: config_map(&job_ref, file),
         service: service(&job_ref, config),
         pod_disruption_budget: pod_disruption_budget(&job_ref),
-        scaled_object: job.spec.autoscaling.as_ref().map(|a| scaled_object(&job_ref, a, config)),
+        scaled_object: job.spec.autoscaling.as_ref().map(|a| scaled_object(job, &job_ref, a, config)),
     })
 }
 
@@ -101,6 +101,19 @@ mod tests {
         assert_eq!(rendered.metadata.annotations.clone().unwrap()[TEMPLATE_HASH_ANNOTATION], hash);
         restore_from(&mut rendered, None);
         assert!(env(&rendered).iter().all(|e| e.name != RESTORE_FROM_ENV));
+    }
+
+    #[test]
+    fn the_kafka_trigger_reads_the_lag_of_the_jobs_consumer_group() {
+        let job = job(serde_json::json!({"autoscaling": {"maxReplicas": 4, "lagThreshold": 500, "trigger": "kafka"}}));
+        let scaled = render(&job, &OperatorConfig::default()).unwrap().scaled_object.unwrap();
+        let trigger = &scaled.spec.triggers[0];
+        assert_eq!(trigger.type_, "kafka");
+        assert_eq!(trigger.metadata["consumerGroup"], "ns.j", "the runtime's default group");
+        assert_eq!(trigger.metadata["topic"], "in");
+        assert_eq!(trigger.metadata["bootstrapServers"], "k:9092");
+        assert_eq!(trigger.metadata["lagThreshold"], "500");
+        assert_eq!(scaled.spec.max_replica_count, Some(4));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use kube::Resource;
-use weir_crds::{Autoscaling, StreamJob};
+use weir_crds::{Autoscaling, LagTrigger, StartOffset, StreamJob};
 
 use crate::{
     config::OperatorConfig,
@@ -23,15 +23,17 @@ pub fn lag_query(job_ref: &JobRef) -> String {
     format!("sum(weir_consumer_lag{{streamjob=\"{}\",namespace=\"{}\"}})", job_ref.name, job_ref.namespace)
 }
 
-/// ScaledObject `<name>` targeting the StreamJob with a Prometheus trigger on its lag.
-pub fn scaled_object(job_ref: &JobRef, autoscaling: &Autoscaling, config: &OperatorConfig) -> ScaledObject {
-    let server = autoscaling.prometheus_address.clone().unwrap_or_else(|| config.prometheus_address.clone());
-    let metadata = BTreeMap::from([
-        ("serverAddress".to_owned(), server),
-        ("query".to_owned(), lag_query(job_ref)),
-        ("threshold".to_owned(), autoscaling.lag_threshold.to_string()),
-        ("activationThreshold".to_owned(), autoscaling.activation_lag_threshold.to_string()),
-    ]);
+/// ScaledObject `<name>` targeting the StreamJob, with a trigger on its lag.
+pub fn scaled_object(
+    job: &StreamJob,
+    job_ref: &JobRef,
+    autoscaling: &Autoscaling,
+    config: &OperatorConfig,
+) -> ScaledObject {
+    let trigger = match autoscaling.trigger {
+        LagTrigger::Prometheus => prometheus_trigger(job_ref, autoscaling, config),
+        LagTrigger::Kafka => kafka_trigger(job, job_ref, autoscaling),
+    };
     let mut object = ScaledObject::new(
         &job_ref.name,
         ScaledObjectSpec {
@@ -44,14 +46,50 @@ pub fn scaled_object(job_ref: &JobRef, autoscaling: &Autoscaling, config: &Opera
             cooldown_period: Some(COOLDOWN_PERIOD),
             min_replica_count: Some(autoscaling.min_replicas),
             max_replica_count: Some(autoscaling.max_replicas),
-            triggers: vec![ScaleTrigger {
-                type_: "prometheus".into(),
-                name: Some("consumer-lag".into()),
-                metric_type: Some("AverageValue".into()),
-                metadata,
-            }],
+            triggers: vec![trigger],
         },
     );
     object.metadata = job_ref.child_meta(job_ref.name.clone());
     object
+}
+
+/// KEDA's Prometheus scaler on the pods' summed `weir_consumer_lag`.
+fn prometheus_trigger(job_ref: &JobRef, autoscaling: &Autoscaling, config: &OperatorConfig) -> ScaleTrigger {
+    let server = autoscaling.prometheus_address.clone().unwrap_or_else(|| config.prometheus_address.clone());
+    let metadata = BTreeMap::from([
+        ("serverAddress".to_owned(), server),
+        ("query".to_owned(), lag_query(job_ref)),
+        ("threshold".to_owned(), autoscaling.lag_threshold.to_string()),
+        ("activationThreshold".to_owned(), autoscaling.activation_lag_threshold.to_string()),
+    ]);
+    ScaleTrigger {
+        type_: "prometheus".into(),
+        name: Some("consumer-lag".into()),
+        metric_type: Some("AverageValue".into()),
+        metadata,
+    }
+}
+
+/// KEDA's Kafka scaler on the job's consumer group. It caps the pods at the partition count
+/// itself; `allowIdleConsumers` stays off to agree with the operator's own clamp.
+fn kafka_trigger(job: &StreamJob, job_ref: &JobRef, autoscaling: &Autoscaling) -> ScaleTrigger {
+    let source = &job.spec.source.kafka;
+    let reset = match source.start_offset {
+        StartOffset::Earliest => "earliest",
+        StartOffset::Latest => "latest",
+    };
+    let metadata = BTreeMap::from([
+        ("bootstrapServers".to_owned(), source.bootstrap_servers.clone()),
+        ("consumerGroup".to_owned(), job.spec.group_id(&job_ref.namespace, &job_ref.name)),
+        ("topic".to_owned(), source.topic.clone()),
+        ("lagThreshold".to_owned(), autoscaling.lag_threshold.to_string()),
+        ("activationLagThreshold".to_owned(), autoscaling.activation_lag_threshold.to_string()),
+        ("offsetResetPolicy".to_owned(), reset.to_owned()),
+    ]);
+    ScaleTrigger {
+        type_: "kafka".into(),
+        name: Some("consumer-lag".into()),
+        metric_type: Some("AverageValue".into()),
+        metadata,
+    }
 }
