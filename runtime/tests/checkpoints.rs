@@ -194,19 +194,25 @@ fn resume_after_partitions_moved_while_stopped_is_exact() {
     let second = payments(2_000, 10, 2_000);
     produce_payments(&producer, &input, &second);
 
-    // A second instance joins while the first is stopped: partitions move, and what the
-    // stopped one is given again stays paused until it resumes.
+    // The stopped instance left the group: a second one that joins takes every partition
+    // from the savepoint's positions. Resumed, the first joins again and they share.
     let two = Runtime::start_with(&job, &["--instance", "two"]);
     must(
-        wait_until(Duration::from_secs(60), "the partitions to be shared", || {
-            let (a, b) = (owned(&one), owned(&two));
-            a.len() == 1 && b.len() == 1 && a != b
+        wait_until(Duration::from_secs(60), "the second to own every partition", || {
+            owned(&one).is_empty() && owned(&two).len() == 2
         }),
         "rebalance",
     );
     assert_eq!(json_of(&one.get("/status").1, "status")["stopped"], true, "still stopped after the rebalance");
     let (code, body) = one.post("/resume");
     assert_eq!(code, 200, "{body}");
+    must(
+        wait_until(Duration::from_secs(60), "the partitions to be shared", || {
+            let (a, b) = (owned(&one), owned(&two));
+            a.len() == 1 && b.len() == 1 && a != b
+        }),
+        "rebalance after the resume",
+    );
     produce_flush_markers(&producer, &input, partitions);
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);

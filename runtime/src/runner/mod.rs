@@ -168,7 +168,8 @@ impl ClientContext for SourceContext {
                 continue;
             }
             let label = id.to_string();
-            if !partition.desired {
+            // Only owned partitions: statistics may be older than the last rebalance.
+            if !partition.desired || !table.runs.contains_key(id) {
                 let _ = metrics.consumer_lag.remove_label_values(&[topic_name, &label]);
                 continue;
             }
@@ -194,6 +195,11 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else { return };
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        // The new owner reports their lag; librdkafka's statistics may not list them again.
+        let metrics = &self.committer.shared.metrics;
+        for partition in &partitions {
+            let _ = metrics.consumer_lag.remove_label_values(&[&self.committer.topic, &partition.to_string()]);
+        }
         let mut table = lock(&self.table);
         if let Err(e) = self.committer.hand_over(consumer, &mut table, &partitions) {
             error!(error = %e, "handing over revoked partitions failed");
@@ -238,6 +244,9 @@ struct Job {
     /// While stopped: per partition, the first offset fetched but not processed (see
     /// [`Job::hold_back`]).
     held_back: Mutex<BTreeMap<i32, i64>>,
+    /// While stopped: the partitions the stop-with-savepoint held, at their savepoint
+    /// positions, to report their lag after this instance left the group.
+    stopped_at: Mutex<BTreeMap<i32, i64>>,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
@@ -348,6 +357,7 @@ impl Job {
             partition_count,
             stopped,
             held_back: Mutex::default(),
+            stopped_at: Mutex::default(),
         })
     }
 
@@ -437,9 +447,16 @@ impl Job {
             .map_err(|e| RunError::Checkpoint(e.to_string()))?;
         checkpointer.write(&snapshots).map_err(|e| RunError::Checkpoint(e.to_string()))?;
         self.committer.commit_snapshots(&self.consumer, &mut table, &snapshots)?;
+        drop(table);
         if stop {
             self.stopped.store(true, Ordering::Relaxed);
             self.pause_all();
+            *lock(&self.stopped_at) = snapshots.iter().map(|s| (s.header.partition, s.header.position)).collect();
+            // Leave the consumer group now rather than at exit: members that all leave at
+            // once while stopped can leave a broker waiting out their rebalance timeout
+            // before the next pods are given partitions. Until then, partitions move to
+            // instances not stopped yet, which include them in their own savepoints.
+            self.consumer.unsubscribe();
         }
         let savepoint = Savepoint {
             id,
@@ -478,6 +495,14 @@ impl Job {
             let assignment = self.consumer.assignment().map_err(kafka("reading the assignment"))?;
             self.consumer.resume(&assignment).map_err(kafka("resuming partitions"))?;
             lock(&self.held_back).clear();
+            // Join the group again: partitions come back through a rebalance and restore
+            // from the checkpoints their last owner wrote.
+            self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))?;
+            let left = std::mem::take(&mut *lock(&self.stopped_at));
+            for partition in left.keys() {
+                let labels = [self.topic.as_str(), &partition.to_string()];
+                let _ = self.shared.metrics.consumer_lag.remove_label_values(&labels);
+            }
             // Nothing was produced while stopped, so the broker's transaction timer starts
             // with the next record, not at the savepoint's commit.
             *lock(&self.committer.transaction_started) = Instant::now();
@@ -526,7 +551,9 @@ impl Job {
     /// watermark: a stopped instance asks the broker, so that lag (and KEDA) still sees
     /// records arriving.
     fn report_stopped_lag(&self) {
-        let owned: Vec<(i32, Option<i64>)> = lock(&self.table).runs.iter().map(|(&p, r)| (p, r.committed)).collect();
+        let mut owned: BTreeMap<i32, Option<i64>> =
+            lock(&self.stopped_at).iter().map(|(&p, &o)| (p, Some(o))).collect();
+        owned.extend(lock(&self.table).runs.iter().map(|(&p, r)| (p, r.committed)));
         let metrics = &self.shared.metrics;
         for (partition, committed) in owned {
             match self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(2)) {
@@ -631,11 +658,11 @@ impl Job {
                         position = header.position,
                         "restored from checkpoint"
                     );
-                    if committed.get(&partition) != Some(&header.position) {
-                        seeks
-                            .add_partition_offset(&self.topic, partition, Offset::Offset(header.position))
-                            .map_err(kafka("listing seeks"))?;
-                    }
+                    // Always: an instance that held this partition before (a stop, then a
+                    // resume) may still have a fetch position past it.
+                    seeks
+                        .add_partition_offset(&self.topic, partition, Offset::Offset(header.position))
+                        .map_err(kafka("listing seeks"))?;
                     Run { pipeline, position: header.position, committed: committed.get(&partition).copied() }
                 }
                 None => {
@@ -654,6 +681,11 @@ impl Job {
                     debug!(partition, ?resume, "starting partition");
                     let pipeline = PartitionPipeline::new(self.plan.clone(), resume, now);
                     let position = committed.get(&partition).copied().unwrap_or(0);
+                    if let Some(&offset) = committed.get(&partition) {
+                        seeks
+                            .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                            .map_err(kafka("listing seeks"))?;
+                    }
                     Run { pipeline, position, committed: committed.get(&partition).copied() }
                 }
             };
@@ -666,6 +698,14 @@ impl Job {
         }
         if self.stopped.load(Ordering::Relaxed) {
             self.pause_all();
+        } else {
+            // librdkafka keeps a partition's pause across a leave and a rejoin (a stop, then
+            // a resume): fetch what is assigned now.
+            let mut fresh = TopicPartitionList::new();
+            for &partition in &assigned {
+                fresh.add_partition(&self.topic, partition);
+            }
+            self.consumer.resume(&fresh).map_err(kafka("resuming assigned partitions"))?;
         }
         Ok(())
     }
