@@ -126,11 +126,21 @@ impl LocalStack {
         }
     }
 
-    /// The pods, the operator's log and the node agent's log.
+    /// The pods with the end of each one's log, the operator's log and the node agent's log.
     pub fn diagnostics(&self) -> String {
         let pods = self.cluster.kubectl(["get", "pods", "-o", "wide"]).map(|o| o.stdout).unwrap_or_default();
+        let names = self.cluster.kubectl(["get", "pods", "-o", "name"]).map(|o| o.stdout).unwrap_or_default();
+        let logs: String = String::from_utf8_lossy(&names)
+            .lines()
+            .filter_map(|line| line.strip_prefix("pod/"))
+            .map(|pod| {
+                let log = self.pod_log(pod);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!("--- {pod}:\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect();
         format!(
-            "pods:\n{}\noperator:\n{}\nagent:\n{}",
+            "pods:\n{}\n{logs}operator:\n{}\nagent:\n{}",
             String::from_utf8_lossy(&pods),
             self.operator.log(),
             self.agent.log()

@@ -42,7 +42,7 @@ use self::{
     shared::{lock, now_ms, now_rfc3339},
 };
 use crate::{
-    checkpoint::{self, CheckpointStore, Checkpointer},
+    checkpoint::{self, CheckpointStore, Checkpointer, PartitionSnapshot},
     codec::{self, JsonDecoder, RawRecord},
     engine::{PartitionPipeline, Plan, Resume},
     kafka::config::{self, SecretMounts},
@@ -244,9 +244,10 @@ struct Job {
     /// While stopped: per partition, the first offset fetched but not processed (see
     /// [`Job::hold_back`]).
     held_back: Mutex<BTreeMap<i32, i64>>,
-    /// While stopped: the partitions the stop-with-savepoint held, at their savepoint
-    /// positions, to report their lag after this instance left the group.
-    stopped_at: Mutex<BTreeMap<i32, i64>>,
+    /// While stopped: the snapshots the stop-with-savepoint took. This instance left the
+    /// group, so they are its state: their lag is reported from them, and a further
+    /// savepoint (a rollout of pods already stopped) writes them again under its id.
+    stopped_with: Mutex<Vec<PartitionSnapshot>>,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
@@ -357,7 +358,7 @@ impl Job {
             partition_count,
             stopped,
             held_back: Mutex::default(),
-            stopped_at: Mutex::default(),
+            stopped_with: Mutex::default(),
         })
     }
 
@@ -439,6 +440,9 @@ impl Job {
             return Err(RunError::Checkpoint("savepoints need checkpoint.storage".into()));
         };
         let id = id.unwrap_or_else(new_savepoint_id);
+        if self.stopped.load(Ordering::Relaxed) {
+            return self.savepoint_again(checkpointer, id);
+        }
         self.committer.flush()?;
         let mut table = lock(&self.table);
         let snapshots = commit::snapshots(&self.topic, &table, checkpointer.next_id())?;
@@ -451,7 +455,7 @@ impl Job {
         if stop {
             self.stopped.store(true, Ordering::Relaxed);
             self.pause_all();
-            *lock(&self.stopped_at) = snapshots.iter().map(|s| (s.header.partition, s.header.position)).collect();
+            *lock(&self.stopped_with) = snapshots.clone();
             // Leave the consumer group now rather than at exit: members that all leave at
             // once while stopped can leave a broker waiting out their rebalance timeout
             // before the next pods are given partitions. Until then, partitions move to
@@ -472,6 +476,27 @@ impl Job {
         let mut status = lock(&self.shared.status);
         status.last_savepoint = Some(savepoint.clone());
         status.stopped = self.stopped.load(Ordering::Relaxed);
+        Ok(savepoint)
+    }
+
+    /// A savepoint of an instance already stopped: the state it stopped with, under `id`.
+    /// Its offsets were committed at the stop, and nothing was processed since.
+    fn savepoint_again(&self, checkpointer: &Checkpointer, id: String) -> Result<Savepoint, RunError> {
+        let snapshots = lock(&self.stopped_with).clone();
+        let path = checkpointer
+            .savepoint(&id, &self.settings.instance, &snapshots)
+            .map_err(|e| RunError::Checkpoint(e.to_string()))?;
+        info!(id, path, partitions = snapshots.len(), "savepoint of a stopped instance taken again");
+        let savepoint = Savepoint {
+            id,
+            path,
+            completed_at: now_rfc3339(),
+            stopped: true,
+            topic: self.topic.clone(),
+            partitions: snapshots.iter().map(|s| s.header.partition).collect(),
+            partition_count: self.partition_count,
+        };
+        lock(&self.shared.status).last_savepoint = Some(savepoint.clone());
         Ok(savepoint)
     }
 
@@ -498,8 +523,8 @@ impl Job {
             // Join the group again: partitions come back through a rebalance and restore
             // from the checkpoints their last owner wrote.
             self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))?;
-            let left = std::mem::take(&mut *lock(&self.stopped_at));
-            for partition in left.keys() {
+            let left = std::mem::take(&mut *lock(&self.stopped_with));
+            for partition in left.iter().map(|s| s.header.partition) {
                 let labels = [self.topic.as_str(), &partition.to_string()];
                 let _ = self.shared.metrics.consumer_lag.remove_label_values(&labels);
             }
@@ -552,7 +577,7 @@ impl Job {
     /// records arriving.
     fn report_stopped_lag(&self) {
         let mut owned: BTreeMap<i32, Option<i64>> =
-            lock(&self.stopped_at).iter().map(|(&p, &o)| (p, Some(o))).collect();
+            lock(&self.stopped_with).iter().map(|s| (s.header.partition, Some(s.header.position))).collect();
         owned.extend(lock(&self.table).runs.iter().map(|(&p, r)| (p, r.committed)));
         let metrics = &self.shared.metrics;
         for (partition, committed) in owned {
