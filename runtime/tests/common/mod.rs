@@ -82,11 +82,14 @@ impl Runtime {
 
     /// Starts the runtime with extra arguments and waits until it is ready.
     pub fn start_with(job: &Path, args: &[&str]) -> Self {
+        Self::start_within(job, args, Duration::from_secs(90))
+    }
+
+    /// Starts and waits up to `timeout` for readiness: after a `kill -9`, the dead member
+    /// holds its partitions until its session times out (45 s), longer on a loaded machine.
+    pub fn start_within(job: &Path, args: &[&str], timeout: Duration) -> Self {
         let runtime = Self::launch(job, args);
-        must(
-            wait_until(Duration::from_secs(90), "the runtime to become ready", || runtime.get("/readyz").0 == 200),
-            "readiness",
-        );
+        must(wait_until(timeout, "the runtime to become ready", || runtime.get("/readyz").0 == 200), "readiness");
         runtime
     }
 
