@@ -225,7 +225,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
                             reason: reason.to_owned(),
                         });
                     }
-                    Err(failed) => return give_up(job, ctx, before.as_ref(), failed).await,
+                    Err(failed) => return give_up(job, &job_ref, ctx, before.as_ref(), failed).await,
                 }
             }
             let mut run = run;
@@ -334,6 +334,7 @@ async fn announce_savepoint(job: &StreamJob, ctx: &Context, id: &str, pods: usiz
 /// A failed savepoint: the pods it stopped go on, and the rollout is given up until a retry.
 async fn give_up(
     job: &StreamJob,
+    job_ref: &JobRef,
     ctx: &Context,
     before: Option<&Deployment>,
     failed: savepoint::Failed,
@@ -349,7 +350,7 @@ async fn give_up(
         rollout: None,
         pods: before.map(Pods::of).unwrap_or_default(),
         consumer_lag: None,
-        selector: format!("{}={}", weir_crds::JOB_LABEL, job.name_any()),
+        selector: job_ref.selector(),
         suspended: false,
         pending: None,
         problem: Some(("SavepointFailed".into(), message.clone())),
@@ -435,7 +436,7 @@ async fn report_invalid(job: &StreamJob, invalid: &InvalidSpec, ctx: &Context) -
 async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let Some(namespace) = job.namespace() else { return Ok(Action::await_change()) };
     if job.spec.effective_upgrade_mode() == UpgradeMode::Savepoint {
-        final_savepoint(job, ctx, &namespace).await?;
+        final_savepoint(job, ctx).await?;
     }
     let deployments: Api<Deployment> = ctx.api(&namespace);
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
@@ -447,10 +448,11 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn final_savepoint(job: &StreamJob, ctx: &Context, namespace: &str) -> Result<(), Error> {
-    let pods: Api<Pod> = ctx.api(namespace);
-    let selector = format!("{}={}", weir_crds::JOB_LABEL, job.name_any());
-    let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(Error::api("listing the pods"))?;
+async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
+    let job_ref = JobRef::new(job)?;
+    let pods: Api<Pod> = ctx.api(&job_ref.namespace);
+    let listed =
+        pods.list(&ListParams::default().labels(&job_ref.selector())).await.map_err(Error::api("listing the pods"))?;
     let running = savepoint::running(&listed.items);
     if running.is_empty() {
         return Ok(());

@@ -36,13 +36,7 @@ fn records_out(runtime: &Runtime, name: &str) -> f64 {
 
 /// `weir_consumer_lag` summed over the partitions the instance reports.
 fn total_lag(runtime: &Runtime) -> f64 {
-    runtime
-        .get("/metrics")
-        .1
-        .lines()
-        .filter(|l| l.starts_with("weir_consumer_lag{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    weir_e2e::lag_of(&runtime.get("/metrics").1) as f64
 }
 
 /// Records in a single-partition topic: its high watermark (no transactions in these jobs).
