@@ -211,9 +211,14 @@ pub struct PodTemplateOverrides {
 
 impl StreamJobSpec {
     /// The consumer group of job `name` in `namespace`: `source.kafka.groupId`, or
-    /// `<namespace>.<name>`. The runtime consumes in it; KEDA's Kafka scaler reads its lag.
+    /// `<groupIdPrefix><namespace>.<name>`. The runtime consumes in it; KEDA's Kafka scaler
+    /// reads its lag.
     pub fn group_id(&self, namespace: &str, name: &str) -> String {
-        self.source.kafka.group_id.clone().unwrap_or_else(|| format!("{namespace}.{name}"))
+        let kafka = &self.source.kafka;
+        kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("{}{namespace}.{name}", kafka.group_id_prefix.as_deref().unwrap_or_default()))
     }
 
     /// The upgrade mode in effect: the one set, or the default for the checkpoint setting.

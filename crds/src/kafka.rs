@@ -6,6 +6,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::Duration;
+
 /// How records are encoded on a topic.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -107,6 +109,15 @@ pub enum SaslMechanism {
     /// Salted challenge-response with SHA-512.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+    /// A bearer token (e.g. an OIDC JWT) read from the credentials Secret's `token` key and
+    /// read again whenever the file changes: only over TLS, or with `allowInsecure`.
+    #[serde(rename = "OAUTHBEARER")]
+    OAuthBearer,
+    /// Amazon MSK IAM: a SigV4-signed token from the pod's AWS credentials (environment or a
+    /// credentials Secret with `aws_access_key_id` and `aws_secret_access_key`). Always over
+    /// TLS. Needs a runtime built with the `msk-iam` feature.
+    #[serde(rename = "AWS_MSK_IAM")]
+    AwsMskIam,
 }
 
 impl SaslMechanism {
@@ -116,7 +127,19 @@ impl SaslMechanism {
             Self::Plain => "PLAIN",
             Self::ScramSha256 => "SCRAM-SHA-256",
             Self::ScramSha512 => "SCRAM-SHA-512",
+            // MSK IAM rides on librdkafka's OAUTHBEARER with a token the runtime signs.
+            Self::OAuthBearer | Self::AwsMskIam => "OAUTHBEARER",
         }
+    }
+
+    /// Whether the secret itself travels to the broker, so it must never go unencrypted.
+    pub fn sends_secret(self) -> bool {
+        matches!(self, Self::Plain | Self::OAuthBearer)
+    }
+
+    /// Whether the mechanism needs a credentials Secret (MSK IAM can use the pod's AWS identity).
+    pub fn needs_credentials_secret(self) -> bool {
+        self != Self::AwsMskIam
     }
 }
 
@@ -127,27 +150,37 @@ impl SaslMechanism {
 #[x_kube(validation = Rule::new("self.protocol.startsWith('SASL_') == has(self.saslMechanism)")
     .message("saslMechanism is required with a SASL_ protocol and not allowed otherwise")
     .field_path(".saslMechanism"))]
-#[x_kube(validation = Rule::new("!has(self.saslMechanism) || has(self.credentialsSecret)")
+#[x_kube(validation = Rule::new("!has(self.saslMechanism) || self.saslMechanism == 'AWS_MSK_IAM' || has(self.credentialsSecret)")
     .message("credentialsSecret is required with saslMechanism")
     .field_path(".credentialsSecret"))]
-#[x_kube(validation = Rule::new("!(self.protocol == 'SASL_PLAINTEXT' && has(self.saslMechanism) && self.saslMechanism == 'PLAIN') || self.allowInsecure")
-    .message("SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL, or set allowInsecure")
+#[x_kube(validation = Rule::new("!(self.protocol == 'SASL_PLAINTEXT' && has(self.saslMechanism) && self.saslMechanism in ['PLAIN', 'OAUTHBEARER']) || self.allowInsecure")
+    .message("PLAIN and OAUTHBEARER over SASL_PLAINTEXT send the secret unencrypted: use SASL_SSL, or set allowInsecure")
+    .field_path(".protocol"))]
+#[x_kube(validation = Rule::new("!(self.protocol == 'SASL_PLAINTEXT' && has(self.saslMechanism) && self.saslMechanism == 'AWS_MSK_IAM')")
+    .message("AWS_MSK_IAM needs SASL_SSL: MSK serves IAM authentication over TLS only")
     .field_path(".protocol"))]
 pub struct KafkaSecurity {
     /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
     #[serde(default)]
     pub protocol: SecurityProtocol,
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `SASL_` protocol.
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` or `AWS_MSK_IAM`; required
+    /// with a `SASL_` protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_mechanism: Option<SaslMechanism>,
-    /// Name of a Secret with keys `username` and `password` for SASL.
+    /// Name of a Secret with the SASL credentials: `username` and `password` for PLAIN and
+    /// SCRAM, `token` for OAUTHBEARER, optionally `aws_access_key_id`, `aws_secret_access_key`
+    /// and `aws_session_token` for AWS_MSK_IAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// AWS region of the MSK cluster for AWS_MSK_IAM; defaults to the pod's `AWS_REGION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub aws_region: Option<String>,
     /// Name of a Secret with `ca.crt` (the brokers' CA) and, for mutual TLS, `tls.crt` and
     /// `tls.key` (the client certificate and key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<String>,
-    /// Allow credentials to travel unencrypted (SASL PLAIN without TLS). Off by default.
+    /// Allow secrets to travel unencrypted (SASL PLAIN or OAUTHBEARER without TLS). Off by default.
     #[serde(default)]
     pub allow_insecure: bool,
 }
@@ -172,4 +205,71 @@ pub const MANAGED_PROPERTIES: &[&str] = &[
     "enable.idempotence",
     "transactional.id",
     "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+    "acks",
+    "compression.type",
+    "compression.codec",
+    "linger.ms",
+    "queue.buffering.max.ms",
 ];
+
+/// How transient Kafka errors (broker unavailable, leader change, request timeout, network)
+/// are retried: exponential backoff with jitter from `initialBackoff` up to `maxBackoff`,
+/// at most `maxRetries` times in a row before the error stops the pod.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.initialBackoff) <= duration(self.maxBackoff)")
+    .message("initialBackoff must not exceed maxBackoff").field_path(".initialBackoff"))]
+pub struct Retry {
+    /// Retries in a row before the error is treated as fatal.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_retries: u32,
+    /// Wait before the first retry.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff: Duration,
+    /// Longest wait between retries.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_max_retries() -> u32 {
+    10
+}
+
+fn default_initial_backoff() -> Duration {
+    std::time::Duration::from_millis(100).into()
+}
+
+fn default_max_backoff() -> Duration {
+    std::time::Duration::from_secs(10).into()
+}
+
+/// Creates a topic that does not exist yet, with these settings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTopic {
+    /// Number of partitions.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub partitions: i32,
+    /// Copies of each partition.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i32,
+}
+
+fn one() -> i32 {
+    1
+}

@@ -16,10 +16,10 @@ pub mod validation;
 pub use document::{JobDocument, LoadError};
 pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
 pub use job::{Autoscaling, Checkpoint, LagTrigger, PodTemplateOverrides, StreamJob, StreamJobSpec, UpgradeMode};
-pub use kafka::{Format, KafkaSecurity, SaslMechanism, SecurityProtocol};
+pub use kafka::{CreateTopic, Format, KafkaSecurity, Retry, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};
-pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, Sink};
-pub use source::{EventTime, FieldDecl, FieldType, KafkaSource, Source, StartOffset};
+pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, Sink, TraceContext};
+pub use source::{EventTime, FieldDecl, FieldType, IsolationLevel, KafkaSource, Source, StartOffset};
 pub use status::{Phase, SavepointInfo, StreamJobStatus};
 pub use validation::{InvalidSpec, Problem, validate};
 

@@ -1,12 +1,14 @@
 //! Where a StreamJob writes to.
 
+use std::collections::BTreeMap;
+
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     Duration,
-    kafka::{Format, KafkaProperties, KafkaSecurity, SchemaRegistry},
+    kafka::{CreateTopic, Format, KafkaProperties, KafkaSecurity, Retry, SchemaRegistry},
 };
 
 /// The output of the job. Kafka is the only sink today.
@@ -24,8 +26,10 @@ pub struct Sink {
     .message("format avro needs schemaRegistry").field_path(".schemaRegistry"))]
 #[x_kube(validation = Rule::new("self.format != 'protobuf'")
     .message("the sink writes json or avro").field_path(".format"))]
-#[x_kube(validation = Rule::new("self.delivery == 'atLeastOnce' || !has(self.acks) || self.acks == 'all'")
+#[x_kube(validation = Rule::new("!(self.delivery in ['idempotent', 'exactlyOnce']) || !has(self.acks) || self.acks == 'all'")
     .message("idempotent and exactlyOnce delivery need acks all").field_path(".acks"))]
+#[x_kube(validation = Rule::new("self.delivery != 'fireAndForget' || !has(self.acks) || self.acks == '0'")
+    .message("fireAndForget delivery sends with acks 0").field_path(".acks"))]
 pub struct KafkaSink {
     /// Comma-separated `host:port` list of brokers to bootstrap from.
     #[schemars(length(min = 1))]
@@ -43,12 +47,29 @@ pub struct KafkaSink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub key_field: Option<String>,
-    /// Delivery guarantee: `atLeastOnce`, `idempotent` (no duplicates from producer retries)
-    /// or `exactlyOnce` (Kafka transactions committed with each checkpoint; needs `checkpoint`).
+    /// Output field whose value becomes the Kafka record timestamp: epoch milliseconds, an
+    /// RFC 3339 string or a timestamp. Without it, the record's event time is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub timestamp_field: Option<String>,
+    /// Headers added to every produced record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Carry the headers of the consumed record to the records produced from it (rows that
+    /// pass filters and selects; an aggregate comes from many records and carries none).
+    #[serde(default)]
+    pub forward_headers: bool,
+    /// W3C trace context: `propagate` (default) carries a consumed record's `traceparent` to
+    /// the records produced from it; `start` also gives every other record a new one; `off`.
+    #[serde(default)]
+    pub trace_context: TraceContext,
+    /// Delivery guarantee: `fireAndForget` (acks 0, no retries to rely on), `atLeastOnce`,
+    /// `idempotent` (no duplicates from producer retries) or `exactlyOnce` (Kafka
+    /// transactions committed with each checkpoint; needs `checkpoint`).
     #[serde(default)]
     pub delivery: Delivery,
-    /// Acknowledgements the producer waits for: `"0"`, `"1"` or `all`. Defaults to `1` for
-    /// `atLeastOnce` and `all` otherwise.
+    /// Acknowledgements the producer waits for: `"0"`, `"1"` or `all`. Defaults to `0` for
+    /// `fireAndForget`, `1` for `atLeastOnce` and `all` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acks: Option<Acks>,
     /// Compression codec of produced batches.
@@ -57,6 +78,23 @@ pub struct KafkaSink {
     /// How long the producer waits to fill a batch, e.g. `5ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger: Option<Duration>,
+    /// Most bytes in one produced batch (librdkafka `batch.size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2_147_483_647))]
+    pub batch_size_bytes: Option<u32>,
+    /// How long the producer waits for a broker to answer one request, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Duration>,
+    /// How long a record may take to be delivered, retries included, before delivery fails
+    /// and the pod restarts from its last commit, e.g. `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_timeout: Option<Duration>,
+    /// Retries of transient errors (broker unavailable, leader change, timeouts).
+    #[serde(default)]
+    pub retry: Retry,
+    /// Create the topic with these settings when it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_topic: Option<CreateTopic>,
     /// Security protocol and credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<KafkaSecurity>,
@@ -69,6 +107,9 @@ pub struct KafkaSink {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum Delivery {
+    /// Sent without waiting for the broker (acks 0): the fastest, and results are lost
+    /// whenever a broker or the network fails.
+    FireAndForget,
     /// Every result arrives at least once; a retry or restart may repeat some.
     AtLeastOnce,
     /// Producer retries never duplicate; a restart may still repeat results since the last checkpoint.
@@ -91,6 +132,19 @@ pub enum Acks {
     /// All in-sync replicas have written the record.
     #[serde(rename = "all")]
     All,
+}
+
+/// What happens to W3C trace context (`traceparent` headers).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TraceContext {
+    /// A consumed record's `traceparent` travels to the records produced from it.
+    #[default]
+    Propagate,
+    /// As `propagate`, and every other produced record starts a new trace.
+    Start,
+    /// No `traceparent` is written.
+    Off,
 }
 
 /// Compression codec of produced batches.
@@ -124,4 +178,7 @@ pub struct DeadLetter {
     /// Also send records that arrive after their window closed. Otherwise they are only counted.
     #[serde(default)]
     pub late_records: bool,
+    /// Create the topic with these settings when it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_topic: Option<CreateTopic>,
 }

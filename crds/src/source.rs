@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Duration,
-    kafka::{Format, KafkaProperties, KafkaSecurity, ProtobufFormat, SchemaRegistry},
+    kafka::{Format, KafkaProperties, KafkaSecurity, ProtobufFormat, Retry, SchemaRegistry},
 };
 
 /// The input of the job. Kafka is the only source today.
@@ -25,6 +25,11 @@ pub struct Source {
     .message("format avro needs schemaRegistry").field_path(".schemaRegistry"))]
 #[x_kube(validation = Rule::new("self.format != 'protobuf' || has(self.protobuf)")
     .message("format protobuf needs protobuf (descriptor set and message type)").field_path(".protobuf"))]
+#[x_kube(validation = Rule::new("(self.startOffset == 'timestamp') == has(self.startTimestamp)")
+    .message("startTimestamp is required with startOffset timestamp and not allowed otherwise")
+    .field_path(".startTimestamp"))]
+#[x_kube(validation = Rule::new("!(has(self.groupId) && has(self.groupIdPrefix))")
+    .message("set groupId or groupIdPrefix, not both").field_path(".groupIdPrefix"))]
 pub struct KafkaSource {
     /// Comma-separated `host:port` list of brokers to bootstrap from.
     #[schemars(length(min = 1))]
@@ -32,13 +37,52 @@ pub struct KafkaSource {
     /// Topic to consume.
     #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
     pub topic: String,
-    /// Consumer group id. Defaults to `<namespace>.<name>` of the StreamJob.
+    /// Consumer group id. Defaults to `<groupIdPrefix><namespace>.<name>` of the StreamJob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub group_id: Option<String>,
-    /// Where a partition without a committed offset or checkpoint starts: `earliest` or `latest`.
+    /// Prefix of the default group id, e.g. `team-a.` for ACLs granted on a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub group_id_prefix: Option<String>,
+    /// Where a partition without a committed offset or checkpoint starts: `earliest`, `latest`,
+    /// or `timestamp` (the first record at or after `startTimestamp`).
     #[serde(default)]
     pub start_offset: StartOffset,
+    /// RFC 3339 time to start from with `startOffset: timestamp`, e.g. `2026-11-01T00:00:00Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub start_timestamp: Option<String>,
+    /// Whether records of open or aborted transactions are read: `readCommitted` (default)
+    /// or `readUncommitted`.
+    #[serde(default)]
+    pub isolation_level: IsolationLevel,
+    /// Most records decoded and processed as one batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub batch_size: u32,
+    /// Longest wait to fill a batch; a partial batch is processed when it runs out, e.g. `50ms`.
+    #[serde(default = "default_batch_timeout")]
+    pub batch_timeout: Duration,
+    /// Least data a fetch waits for (librdkafka `fetch.min.bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub fetch_min_bytes: Option<u32>,
+    /// Longest time a broker holds a fetch to gather `fetchMinBytes` (`fetch.wait.max.ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300_000))]
+    pub fetch_max_wait_ms: Option<u32>,
+    /// Most data fetched per partition at once (`max.partition.fetch.bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_partition_fetch_bytes: Option<u32>,
+    /// Most records each pod reads per second, smoothed by a token bucket. Unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_records_per_second: Option<u32>,
+    /// Retries of transient errors (broker unavailable, leader change, timeouts).
+    #[serde(default)]
+    pub retry: Retry,
     /// Payload encoding: `json`, `avro` or `protobuf`.
     #[serde(default)]
     pub format: Format,
@@ -76,6 +120,27 @@ pub enum StartOffset {
     Earliest,
     /// Only records produced after the job starts.
     Latest,
+    /// The first record at or after `startTimestamp`.
+    Timestamp,
+}
+
+/// Which records a consumer sees of transactions.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum IsolationLevel {
+    /// Only records of committed transactions (and records outside transactions).
+    #[default]
+    ReadCommitted,
+    /// Every record, including those of open and aborted transactions.
+    ReadUncommitted,
+}
+
+fn default_batch_size() -> u32 {
+    4096
+}
+
+fn default_batch_timeout() -> Duration {
+    std::time::Duration::from_millis(50).into()
 }
 
 /// Where a record's event time comes from, and how far out of order records may arrive.

@@ -6,15 +6,16 @@
 use std::{collections::BTreeSet, fmt};
 
 use crate::{
-    Aggregation, Checkpoint, Delivery, FieldType, KafkaSecurity, LagTrigger, SecurityProtocol, StreamJobSpec,
-    UpgradeMode,
+    Aggregation, Checkpoint, Delivery, FieldType, KafkaSecurity, LagTrigger, Retry, SecurityProtocol, StartOffset,
+    StreamJobSpec, UpgradeMode,
     expr::{self, SelectItem},
     kafka::{Format, KafkaProperties, MANAGED_PROPERTIES, SaslMechanism},
     pipeline::{Step, WINDOW_END, WINDOW_START, Window},
 };
 
 /// Kafka metadata every input record carries as extra fields, usable in expressions.
-pub const METADATA_FIELDS: &[&str] = &["_key", "_topic", "_partition", "_offset", "_timestamp"];
+/// `_headers` is a map from header name to value, for `select`.
+pub const METADATA_FIELDS: &[&str] = &["_key", "_topic", "_partition", "_offset", "_timestamp", "_headers"];
 
 /// One problem with a spec: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +132,45 @@ impl Checker {
                 .report(format!("{base}.protobuf"), "format protobuf needs protobuf (descriptor set and message type)"),
             _ => {}
         }
+        match (kafka.start_offset, &kafka.start_timestamp) {
+            (StartOffset::Timestamp, None) => {
+                self.report(format!("{base}.startTimestamp"), "required with startOffset timestamp")
+            }
+            (StartOffset::Timestamp, Some(time)) if chrono::DateTime::parse_from_rfc3339(time).is_err() => {
+                self.report(format!("{base}.startTimestamp"), format!("`{time}` is not an RFC 3339 time"))
+            }
+            (StartOffset::Earliest | StartOffset::Latest, Some(_)) => {
+                self.report(format!("{base}.startTimestamp"), "only allowed with startOffset timestamp")
+            }
+            _ => {}
+        }
+        if kafka.group_id.is_some() && kafka.group_id_prefix.is_some() {
+            self.report(format!("{base}.groupIdPrefix"), "set groupId or groupIdPrefix, not both");
+        }
+        if kafka.batch_size == 0 {
+            self.report(format!("{base}.batchSize"), "must be at least 1");
+        }
+        if kafka.max_records_per_second == Some(0) {
+            self.report(format!("{base}.maxRecordsPerSecond"), "must be at least 1");
+        }
         self.security(base, kafka.security.as_ref());
-        self.properties(base, &kafka.properties);
+        self.retry(base, &kafka.retry);
+        let typed = [
+            ("fetch.min.bytes", "fetchMinBytes", kafka.fetch_min_bytes.is_some()),
+            ("fetch.wait.max.ms", "fetchMaxWaitMs", kafka.fetch_max_wait_ms.is_some()),
+            ("max.partition.fetch.bytes", "maxPartitionFetchBytes", kafka.max_partition_fetch_bytes.is_some()),
+            ("retry.backoff.ms", "retry", true),
+            ("retry.backoff.max.ms", "retry", true),
+            ("reconnect.backoff.ms", "retry", true),
+            ("reconnect.backoff.max.ms", "retry", true),
+        ];
+        self.properties(base, &kafka.properties, &typed);
+    }
+
+    fn retry(&mut self, base: &str, retry: &Retry) {
+        if retry.initial_backoff.get() > retry.max_backoff.get() {
+            self.report(format!("{base}.retry.initialBackoff"), "initialBackoff must not exceed maxBackoff");
+        }
     }
 
     fn kafka_basics(&mut self, base: &str, servers: &str, topic: &str) {
@@ -158,25 +196,38 @@ impl Checker {
             (false, Some(_)) => self.report(format!("{path}.saslMechanism"), "only allowed with a SASL_ protocol"),
             _ => {}
         }
-        if security.sasl_mechanism.is_some() && security.credentials_secret.is_none() {
+        let Some(mechanism) = security.sasl_mechanism else { return };
+        if mechanism.needs_credentials_secret() && security.credentials_secret.is_none() {
             self.report(format!("{path}.credentialsSecret"), "required with saslMechanism");
         }
-        let plain_text_password = security.protocol == SecurityProtocol::SaslPlaintext
-            && security.sasl_mechanism == Some(SaslMechanism::Plain);
-        if plain_text_password && !security.allow_insecure {
+        let unencrypted = security.protocol == SecurityProtocol::SaslPlaintext;
+        if unencrypted && mechanism.sends_secret() && !security.allow_insecure {
             self.report(
                 format!("{path}.protocol"),
-                "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted: use SASL_SSL, or set allowInsecure",
+                "PLAIN and OAUTHBEARER over SASL_PLAINTEXT send the secret unencrypted: use SASL_SSL, or set \
+                 allowInsecure",
+            );
+        }
+        if unencrypted && mechanism == SaslMechanism::AwsMskIam {
+            self.report(
+                format!("{path}.protocol"),
+                "AWS_MSK_IAM needs SASL_SSL: MSK serves IAM authentication over TLS only",
             );
         }
     }
 
-    fn properties(&mut self, base: &str, properties: &KafkaProperties) {
-        for key in properties.keys().filter(|k| MANAGED_PROPERTIES.contains(&k.as_str())) {
-            self.report(
-                format!("{base}.properties[{key}]"),
-                "this property is managed by Weir from the StreamJob's own fields; set those instead",
-            );
+    /// Refuses raw properties Weir manages, and raw properties that a typed field also sets:
+    /// `typed` lists (property, field, whether the field is set).
+    fn properties(&mut self, base: &str, properties: &KafkaProperties, typed: &[(&str, &str, bool)]) {
+        for key in properties.keys() {
+            if MANAGED_PROPERTIES.contains(&key.as_str()) {
+                self.report(
+                    format!("{base}.properties[{key}]"),
+                    "this property is managed by Weir from the StreamJob's own fields; set those instead",
+                );
+            } else if let Some((_, field, _)) = typed.iter().find(|(property, _, set)| property == key && *set) {
+                self.report(format!("{base}.properties[{key}]"), format!("set either {base}.{field} or this property"));
+            }
         }
     }
 
@@ -233,6 +284,9 @@ impl Checker {
         }
         if let Some(key_field) = &spec.sink.kafka.key_field {
             self.require_field(&fields, key_field, "spec.sink.kafka.keyField");
+        }
+        if let Some(timestamp_field) = &spec.sink.kafka.timestamp_field {
+            self.require_field(&fields, timestamp_field, "spec.sink.kafka.timestampField");
         }
     }
 
@@ -327,8 +381,17 @@ impl Checker {
             Format::Protobuf => self.report(format!("{base}.format"), "the sink writes json or avro"),
             _ => {}
         }
-        if kafka.delivery != Delivery::AtLeastOnce && kafka.acks.is_some_and(|a| a != crate::Acks::All) {
-            self.report(format!("{base}.acks"), "idempotent and exactlyOnce delivery need acks all");
+        match (kafka.delivery, kafka.acks) {
+            (Delivery::Idempotent | Delivery::ExactlyOnce, Some(acks)) if acks != crate::Acks::All => {
+                self.report(format!("{base}.acks"), "idempotent and exactlyOnce delivery need acks all")
+            }
+            (Delivery::FireAndForget, Some(acks)) if acks != crate::Acks::None => {
+                self.report(format!("{base}.acks"), "fireAndForget delivery sends with acks 0")
+            }
+            _ => {}
+        }
+        for name in kafka.headers.keys().filter(|name| name.is_empty()) {
+            self.report(format!("{base}.headers[{name}]"), "a header needs a name");
         }
         if kafka.delivery == Delivery::ExactlyOnce && spec.checkpoint.is_none() {
             self.report(
@@ -337,7 +400,18 @@ impl Checker {
             );
         }
         self.security(base, kafka.security.as_ref());
-        self.properties(base, &kafka.properties);
+        self.retry(base, &kafka.retry);
+        let typed = [
+            ("batch.size", "batchSizeBytes", kafka.batch_size_bytes.is_some()),
+            ("request.timeout.ms", "requestTimeout", kafka.request_timeout.is_some()),
+            ("message.timeout.ms", "deliveryTimeout", kafka.delivery_timeout.is_some()),
+            ("delivery.timeout.ms", "deliveryTimeout", kafka.delivery_timeout.is_some()),
+            ("retries", "retry", true),
+            ("message.send.max.retries", "retry", true),
+            ("retry.backoff.ms", "retry", true),
+            ("retry.backoff.max.ms", "retry", true),
+        ];
+        self.properties(base, &kafka.properties, &typed);
         if let Some(dead_letter) = &spec.dead_letter {
             let servers = dead_letter.bootstrap_servers.as_deref().unwrap_or(&spec.source.kafka.bootstrap_servers);
             self.kafka_basics("spec.deadLetter", servers, &dead_letter.topic);

@@ -412,3 +412,110 @@ fn the_kafka_trigger_is_refused_for_a_secured_source() {
     });
     assert_single_problem(&spec, "spec.autoscaling.trigger", "TriggerAuthentication");
 }
+
+#[test]
+fn start_offset_timestamp_needs_an_rfc3339_start_timestamp() {
+    let missing = spec_with(|v| set(v, &["source", "kafka", "startOffset"], "timestamp"));
+    assert_single_problem(&missing, "spec.source.kafka.startTimestamp", "required");
+    let garbled = spec_with(|v| {
+        set(v, &["source", "kafka", "startOffset"], "timestamp");
+        set(v, &["source", "kafka", "startTimestamp"], "yesterday");
+    });
+    assert_single_problem(&garbled, "spec.source.kafka.startTimestamp", "RFC 3339");
+    let stray = spec_with(|v| set(v, &["source", "kafka", "startTimestamp"], "'2026-11-01T00:00:00Z'"));
+    assert_single_problem(&stray, "spec.source.kafka.startTimestamp", "only allowed");
+    let good = spec_with(|v| {
+        set(v, &["source", "kafka", "startOffset"], "timestamp");
+        set(v, &["source", "kafka", "startTimestamp"], "'2026-11-01T00:00:00+01:00'");
+    });
+    assert_eq!(problems(&good), []);
+}
+
+#[test]
+fn a_group_id_and_a_group_id_prefix_exclude_each_other() {
+    let spec = spec_with(|v| {
+        set(v, &["source", "kafka", "groupId"], "fixed");
+        set(v, &["source", "kafka", "groupIdPrefix"], "team-a.");
+    });
+    assert_single_problem(&spec, "spec.source.kafka.groupIdPrefix", "not both");
+}
+
+#[test]
+fn the_group_id_prefix_precedes_the_default_group_id() {
+    let spec = spec_with(|v| set(v, &["source", "kafka", "groupIdPrefix"], "team-a."));
+    assert_eq!(spec.group_id("shop", "spend"), "team-a.shop.spend");
+    assert_eq!(spec_with(|_| {}).group_id("shop", "spend"), "shop.spend");
+}
+
+#[test]
+fn a_raw_property_that_a_typed_field_also_sets_is_refused() {
+    let spec = spec_with(|v| {
+        set(v, &["source", "kafka", "fetchMinBytes"], "1024");
+        set(v, &["source", "kafka", "properties"], "{fetch.min.bytes: '2048'}");
+    });
+    assert_single_problem(&spec, "spec.source.kafka.properties[fetch.min.bytes]", "fetchMinBytes");
+    let alone = spec_with(|v| set(v, &["source", "kafka", "properties"], "{fetch.min.bytes: '2048'}"));
+    assert_eq!(problems(&alone), []);
+    let retries = spec_with(|v| set(v, &["sink", "kafka", "properties"], "{retries: '3'}"));
+    assert_single_problem(&retries, "spec.sink.kafka.properties[retries]", "spec.sink.kafka.retry");
+    let acks = spec_with(|v| set(v, &["sink", "kafka", "properties"], "{acks: '1'}"));
+    assert_single_problem(&acks, "spec.sink.kafka.properties[acks]", "managed by Weir");
+}
+
+#[test]
+fn a_retry_backoff_may_not_start_above_its_maximum() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "retry"], "{initialBackoff: 20s, maxBackoff: 5s}"));
+    assert_single_problem(&spec, "spec.sink.kafka.retry.initialBackoff", "maxBackoff");
+}
+
+#[test]
+fn fire_and_forget_sends_with_acks_zero_only() {
+    let spec = spec_with(|v| {
+        set(v, &["sink", "kafka", "delivery"], "fireAndForget");
+        set(v, &["sink", "kafka", "acks"], "all");
+    });
+    assert_single_problem(&spec, "spec.sink.kafka.acks", "acks 0");
+    let good = spec_with(|v| set(v, &["sink", "kafka", "delivery"], "fireAndForget"));
+    assert_eq!(problems(&good), []);
+}
+
+#[test]
+fn the_sink_timestamp_field_must_be_an_output_field() {
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "timestampField"], "ts"));
+    assert_single_problem(&spec, "spec.sink.kafka.timestampField", "unknown field `ts`");
+    let good = spec_with(|v| set(v, &["sink", "kafka", "timestampField"], "window_end"));
+    assert_eq!(problems(&good), []);
+}
+
+#[test]
+fn oauthbearer_tokens_without_tls_need_allow_insecure() {
+    let insecure = "{protocol: SASL_PLAINTEXT, saslMechanism: OAUTHBEARER, credentialsSecret: token}";
+    let spec = spec_with(|v| set(v, &["sink", "kafka", "security"], insecure));
+    assert_single_problem(&spec, "spec.sink.kafka.security.protocol", "unencrypted");
+    let over_tls = "{protocol: SASL_SSL, saslMechanism: OAUTHBEARER, credentialsSecret: token}";
+    assert_eq!(problems(&spec_with(|v| set(v, &["sink", "kafka", "security"], over_tls))), []);
+}
+
+#[test]
+fn scram_over_sasl_plaintext_is_allowed_because_the_password_never_travels() {
+    let scram = "{protocol: SASL_PLAINTEXT, saslMechanism: SCRAM-SHA-256, credentialsSecret: creds}";
+    assert_eq!(problems(&spec_with(|v| set(v, &["source", "kafka", "security"], scram))), []);
+}
+
+#[test]
+fn msk_iam_needs_tls_even_with_allow_insecure_and_no_secret() {
+    let plaintext = "{protocol: SASL_PLAINTEXT, saslMechanism: AWS_MSK_IAM, allowInsecure: true}";
+    let spec = spec_with(|v| set(v, &["source", "kafka", "security"], plaintext));
+    assert_single_problem(&spec, "spec.source.kafka.security.protocol", "AWS_MSK_IAM needs SASL_SSL");
+    let good = "{protocol: SASL_SSL, saslMechanism: AWS_MSK_IAM, awsRegion: eu-west-1}";
+    assert_eq!(problems(&spec_with(|v| set(v, &["source", "kafka", "security"], good))), []);
+}
+
+#[test]
+fn headers_metadata_is_a_known_field() {
+    let spec = spec_with(|v| {
+        set(v, &["pipeline"], "[{select: [user_id, _headers]}]");
+        set(v, &["sink", "kafka", "keyField"], "user_id");
+    });
+    assert_eq!(problems(&spec), []);
+}

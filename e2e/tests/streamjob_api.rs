@@ -221,3 +221,67 @@ fn a_pipeline_step_with_two_kinds_is_rejected() {
     job["spec"]["pipeline"] = json!([{"filter": "a > 1", "select": ["a"]}]);
     assert_rejected(&ns, &job, "spec.pipeline[0]", "one and only one");
 }
+
+#[test]
+fn msk_iam_over_sasl_plaintext_is_rejected_even_when_insecure_is_allowed() {
+    let ns = namespace("reject-msk-plain");
+    let mut job = minimal_job("bad");
+    job["spec"]["sink"]["kafka"]["security"] =
+        json!({"protocol": "SASL_PLAINTEXT", "saslMechanism": "AWS_MSK_IAM", "allowInsecure": true});
+    assert_rejected(&ns, &job, "spec.sink.kafka.security.protocol", "AWS_MSK_IAM needs SASL_SSL");
+}
+
+#[test]
+fn an_oauth_token_without_tls_is_rejected() {
+    let ns = namespace("reject-oauth-plain");
+    let mut job = minimal_job("bad");
+    job["spec"]["source"]["kafka"]["security"] =
+        json!({"protocol": "SASL_PLAINTEXT", "saslMechanism": "OAUTHBEARER", "credentialsSecret": "token"});
+    assert_rejected(&ns, &job, "spec.source.kafka.security.protocol", "unencrypted");
+}
+
+#[test]
+fn a_timestamp_start_without_its_time_is_rejected() {
+    let ns = namespace("reject-start-ts");
+    let mut job = minimal_job("bad");
+    job["spec"]["source"]["kafka"]["startOffset"] = json!("timestamp");
+    assert_rejected(&ns, &job, "spec.source.kafka.startTimestamp", "required with startOffset timestamp");
+}
+
+#[test]
+fn fire_and_forget_with_acks_all_is_rejected() {
+    let ns = namespace("reject-fire-acks");
+    let mut job = minimal_job("bad");
+    job["spec"]["sink"]["kafka"]["delivery"] = json!("fireAndForget");
+    job["spec"]["sink"]["kafka"]["acks"] = json!("all");
+    assert_rejected(&ns, &job, "spec.sink.kafka.acks", "acks 0");
+}
+
+#[test]
+fn a_retry_backoff_starting_above_its_maximum_is_rejected() {
+    let ns = namespace("reject-backoff");
+    let mut job = minimal_job("bad");
+    job["spec"]["source"]["kafka"]["retry"] = json!({"initialBackoff": "30s", "maxBackoff": "1s"});
+    assert_rejected(&ns, &job, "spec.source.kafka.retry.initialBackoff", "must not exceed maxBackoff");
+}
+
+#[test]
+fn connector_options_apply_and_default() {
+    let ns = namespace("connector-options");
+    let mut job = minimal_job("tuned");
+    job["spec"]["source"]["kafka"]["groupIdPrefix"] = json!("team-a.");
+    job["spec"]["source"]["kafka"]["maxRecordsPerSecond"] = json!(500);
+    job["spec"]["sink"]["kafka"]["headers"] = json!({"origin": "weir"});
+    job["spec"]["sink"]["kafka"]["createTopic"] = json!({"partitions": 6});
+    let output = apply(&ns, &job);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let got = must(cluster().kubectl(["get", "sj", "tuned", "-n", &ns, "-o", "json"]), "kubectl get");
+    let stored: Value = must(serde_json::from_slice(&got.stdout), "parsing the stored StreamJob");
+    let source = &stored["spec"]["source"]["kafka"];
+    assert_eq!(source["batchSize"], json!(4096), "{source}");
+    assert_eq!(source["isolationLevel"], json!("readCommitted"), "{source}");
+    assert_eq!(source["retry"]["maxRetries"], json!(10), "{source}");
+    let sink = &stored["spec"]["sink"]["kafka"];
+    assert_eq!(sink["createTopic"]["replicationFactor"], json!(1), "{sink}");
+    assert_eq!(sink["traceContext"], json!("propagate"), "{sink}");
+}

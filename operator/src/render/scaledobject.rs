@@ -75,7 +75,9 @@ fn prometheus_trigger(job_ref: &JobRef, autoscaling: &Autoscaling, config: &Oper
 fn kafka_trigger(job: &StreamJob, job_ref: &JobRef, autoscaling: &Autoscaling) -> ScaleTrigger {
     let source = &job.spec.source.kafka;
     let reset = match source.start_offset {
-        StartOffset::Earliest => "earliest",
+        // Before its first commit, a job starting from a timestamp has at most the whole
+        // topic to read: counting that scales up rather than leaving a backlog unseen.
+        StartOffset::Earliest | StartOffset::Timestamp => "earliest",
         StartOffset::Latest => "latest",
     };
     let metadata = BTreeMap::from([

@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use weir_crds::{Acks, Compression, Delivery, KafkaSecurity, KafkaSink, KafkaSource, StartOffset};
+use weir_crds::{
+    Acks, Compression, Delivery, IsolationLevel, KafkaSecurity, KafkaSink, KafkaSource, Retry, SaslMechanism,
+    StartOffset,
+};
 
 /// librdkafka properties, ordered for stable output.
 pub type Properties = BTreeMap<String, String>;
@@ -50,8 +53,13 @@ impl SecretMounts {
         Self { dir: dir.into() }
     }
 
+    /// The file of a key of the credentials Secret.
+    pub fn credential_file(&self, side: Side, key: &str) -> PathBuf {
+        self.dir.join(format!("{}-credentials", side.name())).join(key)
+    }
+
     fn credential(&self, side: Side, key: &str) -> Result<String, CredentialError> {
-        let path = self.dir.join(format!("{}-credentials", side.name())).join(key);
+        let path = self.credential_file(side, key);
         std::fs::read_to_string(&path)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
             .map_err(|source| CredentialError { path, source })
@@ -72,8 +80,11 @@ fn security(
     props.insert("security.protocol".into(), security.protocol.as_librdkafka().into());
     if let Some(mechanism) = security.sasl_mechanism {
         props.insert("sasl.mechanism".into(), mechanism.as_librdkafka().into());
-        props.insert("sasl.username".into(), secrets.credential(side, "username")?);
-        props.insert("sasl.password".into(), secrets.credential(side, "password")?);
+        // OAUTHBEARER and MSK IAM tokens come from the client context's refresh callback.
+        if matches!(mechanism, SaslMechanism::Plain | SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512) {
+            props.insert("sasl.username".into(), secrets.credential(side, "username")?);
+            props.insert("sasl.password".into(), secrets.credential(side, "password")?);
+        }
     }
     if security.tls_secret.is_some() {
         let location = |key: &str| secrets.tls_file(side, key).display().to_string();
@@ -86,6 +97,22 @@ fn security(
     Ok(())
 }
 
+/// librdkafka's own retry and reconnect backoff, from the spec's retry policy.
+fn backoff(props: &mut Properties, retry: &Retry) {
+    let initial = retry.initial_backoff.get().as_millis().max(1).to_string();
+    let max = retry.max_backoff.get().as_millis().max(1).to_string();
+    props.insert("retry.backoff.ms".into(), initial.clone());
+    props.insert("retry.backoff.max.ms".into(), max.clone());
+    props.insert("reconnect.backoff.ms".into(), initial);
+    props.insert("reconnect.backoff.max.ms".into(), max);
+}
+
+fn insert_some(props: &mut Properties, key: &str, value: Option<impl ToString>) {
+    if let Some(value) = value {
+        props.insert(key.into(), value.to_string());
+    }
+}
+
 /// Consumer settings: manual commits (offsets follow results), cooperative rebalancing,
 /// statistics every second for the lag metric.
 pub fn consumer(source: &KafkaSource, group_id: &str, secrets: &SecretMounts) -> Result<Properties, CredentialError> {
@@ -94,31 +121,40 @@ pub fn consumer(source: &KafkaSource, group_id: &str, secrets: &SecretMounts) ->
     props.insert("group.id".into(), group_id.to_owned());
     props.insert("enable.auto.commit".into(), "false".into());
     props.insert("enable.auto.offset.store".into(), "false".into());
+    // From a timestamp, partitions without a position start from the earliest offset and are
+    // then sought to the offset of the timestamp (see the runner).
     let reset = match source.start_offset {
-        StartOffset::Earliest => "earliest",
+        StartOffset::Earliest | StartOffset::Timestamp => "earliest",
         StartOffset::Latest => "latest",
     };
     props.insert("auto.offset.reset".into(), reset.into());
     props.insert("partition.assignment.strategy".into(), "cooperative-sticky".into());
     props.insert("statistics.interval.ms".into(), "1000".into());
-    props.insert("isolation.level".into(), "read_committed".into());
+    let isolation = match source.isolation_level {
+        IsolationLevel::ReadCommitted => "read_committed",
+        IsolationLevel::ReadUncommitted => "read_uncommitted",
+    };
+    props.insert("isolation.level".into(), isolation.into());
+    insert_some(&mut props, "fetch.min.bytes", source.fetch_min_bytes);
+    insert_some(&mut props, "fetch.wait.max.ms", source.fetch_max_wait_ms);
+    insert_some(&mut props, "max.partition.fetch.bytes", source.max_partition_fetch_bytes);
+    backoff(&mut props, &source.retry);
     security(&mut props, source.security.as_ref(), Side::Source, secrets)?;
     props.extend(source.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(props)
 }
 
-/// Producer settings for the delivery guarantee, acks, compression and linger.
+/// Producer settings for the delivery guarantee, acks, compression, batching, timeouts and
+/// retries. Statistics every second feed the sink metrics.
 pub fn producer(sink: &KafkaSink, secrets: &SecretMounts) -> Result<Properties, CredentialError> {
     let mut props = Properties::new();
     props.insert("bootstrap.servers".into(), sink.bootstrap_servers.clone());
-    let idempotent = sink.delivery != Delivery::AtLeastOnce;
+    let idempotent = matches!(sink.delivery, Delivery::Idempotent | Delivery::ExactlyOnce);
     props.insert("enable.idempotence".into(), idempotent.to_string());
     let acks = match (sink.acks, sink.delivery) {
-        (Some(Acks::None), _) => "0",
-        (Some(Acks::Leader), _) => "1",
-        (Some(Acks::All), _) => "all",
-        (None, Delivery::AtLeastOnce) => "1",
-        (None, _) => "all",
+        (Some(Acks::None), _) | (None, Delivery::FireAndForget) => "0",
+        (Some(Acks::Leader), _) | (None, Delivery::AtLeastOnce) => "1",
+        (Some(Acks::All), _) | (None, Delivery::Idempotent | Delivery::ExactlyOnce) => "all",
     };
     props.insert("acks".into(), acks.into());
     let compression = match sink.compression {
@@ -129,9 +165,17 @@ pub fn producer(sink: &KafkaSink, secrets: &SecretMounts) -> Result<Properties, 
         Compression::Zstd => "zstd",
     };
     props.insert("compression.type".into(), compression.into());
-    if let Some(linger) = &sink.linger {
-        props.insert("linger.ms".into(), linger.get().as_millis().to_string());
+    insert_some(&mut props, "linger.ms", sink.linger.as_ref().map(|d| d.get().as_millis()));
+    insert_some(&mut props, "batch.size", sink.batch_size_bytes);
+    insert_some(&mut props, "request.timeout.ms", sink.request_timeout.as_ref().map(|d| d.get().as_millis().max(1)));
+    insert_some(&mut props, "message.timeout.ms", sink.delivery_timeout.as_ref().map(|d| d.get().as_millis()));
+    // An idempotent producer must not give up on a record it may have written: librdkafka
+    // then retries until the delivery timeout, and the retry policy sets only the backoff.
+    if !idempotent {
+        props.insert("retries".into(), sink.retry.max_retries.to_string());
     }
+    backoff(&mut props, &sink.retry);
+    props.insert("statistics.interval.ms".into(), "1000".into());
     security(&mut props, sink.security.as_ref(), Side::Sink, secrets)?;
     props.extend(sink.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(props)
@@ -229,5 +273,77 @@ mod tests {
         assert_eq!(props["security.protocol"], "ssl");
         assert!(props["ssl.certificate.location"].ends_with("sink-tls/tls.crt"));
         assert!(props["ssl.key.location"].ends_with("sink-tls/tls.key"));
+    }
+
+    #[test]
+    fn fetch_tuning_and_isolation_reach_the_consumer() {
+        let extra = ", fetchMinBytes: 65536, fetchMaxWaitMs: 250, maxPartitionFetchBytes: 2097152, \
+                     isolationLevel: readUncommitted";
+        let props = consumer(&spec(extra, "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!(props["fetch.min.bytes"], "65536");
+        assert_eq!(props["fetch.wait.max.ms"], "250");
+        assert_eq!(props["max.partition.fetch.bytes"], "2097152");
+        assert_eq!(props["isolation.level"], "read_uncommitted");
+        let defaults = consumer(&spec("", "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!(defaults["isolation.level"], "read_committed");
+        assert!(!defaults.contains_key("fetch.min.bytes"));
+    }
+
+    #[test]
+    fn a_timestamp_start_resets_to_earliest_before_seeking() {
+        let extra = ", startOffset: timestamp, startTimestamp: '2026-11-01T00:00:00Z'";
+        let props = consumer(&spec(extra, "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!(props["auto.offset.reset"], "earliest");
+    }
+
+    #[test]
+    fn the_retry_policy_sets_librdkafka_backoff() {
+        let retry = ", retry: {maxRetries: 4, initialBackoff: 250ms, maxBackoff: 4s}";
+        let source = consumer(&spec(retry, "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!((source["retry.backoff.ms"].as_str(), source["retry.backoff.max.ms"].as_str()), ("250", "4000"));
+        assert_eq!(source["reconnect.backoff.max.ms"], "4000");
+        let sink = producer(&spec("", &format!(", delivery: atLeastOnce{retry}")).sink.kafka, &no_secrets()).unwrap();
+        assert_eq!(sink["retries"], "4");
+        assert_eq!(sink["retry.backoff.ms"], "250");
+        let idempotent = producer(&spec("", retry).sink.kafka, &no_secrets()).unwrap();
+        assert!(!idempotent.contains_key("retries"), "an idempotent producer retries until its delivery timeout");
+    }
+
+    #[test]
+    fn fire_and_forget_sends_with_acks_zero_and_without_idempotence() {
+        let props = producer(&spec("", ", delivery: fireAndForget").sink.kafka, &no_secrets()).unwrap();
+        assert_eq!((props["enable.idempotence"].as_str(), props["acks"].as_str()), ("false", "0"));
+    }
+
+    #[test]
+    fn batching_and_timeouts_reach_the_producer() {
+        let extra = ", batchSizeBytes: 131072, requestTimeout: 15s, deliveryTimeout: 2m";
+        let props = producer(&spec("", extra).sink.kafka, &no_secrets()).unwrap();
+        assert_eq!(props["batch.size"], "131072");
+        assert_eq!(props["request.timeout.ms"], "15000");
+        assert_eq!(props["message.timeout.ms"], "120000");
+    }
+
+    #[test]
+    fn every_compression_codec_maps_to_librdkafka() {
+        for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+            let props = producer(&spec("", &format!(", compression: {codec}")).sink.kafka, &no_secrets()).unwrap();
+            assert_eq!(props["compression.type"], codec);
+        }
+    }
+
+    #[test]
+    fn oauthbearer_takes_no_username_or_password() {
+        let security = ", security: {protocol: SASL_SSL, saslMechanism: OAUTHBEARER, credentialsSecret: token}";
+        let props = consumer(&spec(security, "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!(props["sasl.mechanism"], "OAUTHBEARER");
+        assert!(!props.contains_key("sasl.username") && !props.contains_key("sasl.password"));
+    }
+
+    #[test]
+    fn msk_iam_rides_on_oauthbearer() {
+        let security = ", security: {protocol: SASL_SSL, saslMechanism: AWS_MSK_IAM}";
+        let props = producer(&spec("", security).sink.kafka, &no_secrets()).unwrap();
+        assert_eq!((props["security.protocol"].as_str(), props["sasl.mechanism"].as_str()), ("sasl_ssl", "OAUTHBEARER"));
     }
 }
