@@ -39,6 +39,11 @@ pub const TEMPLATE_HASH_ANNOTATION: &str = "weir.dev/template-hash";
 pub const ROLLOUT_ANNOTATION: &str = "weir.dev/rollout";
 /// Environment variable the runtime reads its savepoint to restore from (`--restore-from`).
 pub const RESTORE_FROM_ENV: &str = "WEIR_RESTORE_FROM";
+/// Environment variable naming the file the runtime writes its fatal error to before it
+/// exits; the kubelet reports that file's content as the container's termination message.
+pub const TERMINATION_LOG_ENV: &str = "WEIR_TERMINATION_LOG";
+/// The kubelet's default `terminationMessagePath`.
+pub const TERMINATION_LOG_PATH: &str = "/dev/termination-log";
 /// The distroless `nonroot` user.
 const RUN_AS: i64 = 65532;
 /// Time a pod gets after SIGTERM to drain, flush the sink and commit.
@@ -150,6 +155,7 @@ fn container(
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
         EnvVar { name: "WEIR_LOG_FORMAT".into(), value: Some("json".into()), ..EnvVar::default() },
+        EnvVar { name: TERMINATION_LOG_ENV.into(), value: Some(TERMINATION_LOG_PATH.into()), ..EnvVar::default() },
     ];
     env.extend(extra_env);
     Container {
@@ -172,6 +178,9 @@ fn container(
         readiness_probe: Some(http_probe("/readyz", 5, 3, 0)),
         liveness_probe: Some(http_probe("/healthz", 10, 3, 10)),
         resources: job.spec.resources.clone(),
+        // The runtime's fatal error, or the end of its log when it died without writing one:
+        // the operator reports it on the StreamJob (`Degraded`, reason `RuntimeFailed`).
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(volume_mounts),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
