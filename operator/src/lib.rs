@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod controller;
 mod error;
+pub mod failure;
 pub mod keda;
 pub mod labels;
 pub mod lag;

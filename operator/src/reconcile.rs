@@ -25,6 +25,7 @@ use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus, U
 use crate::{
     Error,
     config::OperatorConfig,
+    failure,
     keda::ScaledObject,
     labels::{FIELD_MANAGER, JobRef},
     lag,
@@ -234,8 +235,9 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let pods = deployment.as_ref().map(Pods::of).unwrap_or_default();
-    let consumer_lag = if pods.existing > 0 { scrape_lag(ctx, &job_ref).await? } else { None };
-    let problem = (marks.rolled_back == Some(generation)).then(|| {
+    let listed = list_pods(ctx, &job_ref).await?;
+    let consumer_lag = if pods.existing > 0 { lag::consumer_lag(&listed, ctx.config.admin_port).await } else { None };
+    let rolled_back = (marks.rolled_back == Some(generation)).then(|| {
         let message = format!(
             "generation {generation} was rolled back: its pods were not ready within {}; the previous spec runs \
              until the spec changes again",
@@ -243,6 +245,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         );
         ("RolledBack".to_owned(), message)
     });
+    let problem = rolled_back.or_else(|| failure::runtime_failure(&listed, Timestamp::now()));
     let observation = Observation {
         rollout: marks.rollout,
         pods,
@@ -257,6 +260,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         record_savepoint(&mut next, savepoint);
     }
     announce_phase(job, &next, ctx).await;
+    announce_failure(job, &next, ctx).await;
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
     write_status(job, &next, ctx).await?;
     let recheck = match plan.step {
@@ -367,12 +371,12 @@ fn record_savepoint(status: &mut StreamJobStatus, savepoint: SavepointInfo) {
     status.last_savepoint = Some(savepoint);
 }
 
-/// The job's total consumer lag from its pods' metrics.
-async fn scrape_lag(ctx: &Context, job_ref: &JobRef) -> Result<Option<i64>, Error> {
+/// The job's pods, whatever their state.
+async fn list_pods(ctx: &Context, job_ref: &JobRef) -> Result<Vec<Pod>, Error> {
     let pods: Api<Pod> = ctx.api(&job_ref.namespace);
     let listed =
         pods.list(&ListParams::default().labels(&job_ref.selector())).await.map_err(Error::api("listing the pods"))?;
-    Ok(lag::consumer_lag(&listed.items, ctx.config.admin_port).await)
+    Ok(listed.items)
 }
 
 /// Server-side applies the children that do not replace pods: the Service, the disruption
@@ -517,6 +521,20 @@ async fn announce_phase(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) 
         }
         _ => {}
     }
+}
+
+/// Publishes a Warning Event when `Degraded` reports a runtime failure it did not report
+/// before with the same message, so a pod failing again the same way adds no Event.
+async fn announce_failure(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) {
+    let Some(degraded) = status::find(next, status::DEGRADED).filter(|c| c.reason == failure::RUNTIME_FAILED) else {
+        return;
+    };
+    let before = job.status.as_ref().and_then(|s| status::find(s, status::DEGRADED));
+    if before.is_some_and(|c| c.reason == degraded.reason && c.message == degraded.message) {
+        return;
+    }
+    warn!(message = %degraded.message, "runtime failed");
+    ctx.publish(job, EventType::Warning, failure::RUNTIME_FAILED, degraded.message.clone()).await;
 }
 
 fn describe(change: Change, before: Option<&Deployment>, after: &Deployment) -> String {

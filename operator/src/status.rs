@@ -11,7 +11,8 @@ use weir_crds::{InvalidSpec, Phase, StreamJob, StreamJobStatus};
 pub const READY: &str = "Ready";
 /// Condition: a deployment, upgrade, rescale or suspension is under way.
 pub const PROGRESSING: &str = "Progressing";
-/// Condition: the job runs, but not as asked (pods not ready, spec invalid).
+/// Condition: the job runs, but not as asked (pods not ready, a runtime pod failed, spec
+/// invalid).
 pub const DEGRADED: &str = "Degraded";
 /// kstatus condition (read by Flux, `kubectl wait` and kstatus-based tools): True while a
 /// change is under way; it follows `Progressing`.
@@ -118,8 +119,8 @@ pub struct Observation {
     pub suspended: bool,
     /// A change that waits (for the stabilization window), with why.
     pub pending: Option<(Change, String)>,
-    /// Something that went wrong with the last change (a rollback, a failed savepoint):
-    /// reason and message of the `Degraded` condition.
+    /// Something that went wrong (a rollback, a failed savepoint, a runtime pod's fatal
+    /// error, see [`crate::failure`]): reason and message of the `Degraded` condition.
     pub problem: Option<(String, String)>,
 }
 
@@ -357,6 +358,22 @@ mod tests {
         assert_eq!(condition_of(&rolling_back, PROGRESSING).reason, "RollingBack");
         let degraded = condition_of(&rolling_back, DEGRADED);
         assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "RolledBack"));
+    }
+
+    #[test]
+    fn a_runtime_failure_degrades_the_job_until_it_is_gone() {
+        let mut observation = seen(None, pods(2, 2, 2, 1));
+        observation.problem = Some(("RuntimeFailed".into(), "pod j-1: kafka: authentication failed".into()));
+        let failed = next_status(&job(None), &observation, &at(10));
+        let degraded = condition_of(&failed, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "RuntimeFailed"));
+        assert_eq!(degraded.message, "pod j-1: kafka: authentication failed");
+        assert_eq!(condition_of(&failed, READY).reason, "PodsNotReady");
+
+        let recovered = next_status(&job(Some(failed)), &seen(None, pods(2, 2, 2, 2)), &at(20));
+        let degraded = condition_of(&recovered, DEGRADED);
+        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("False", "AsExpected"));
+        assert_eq!(degraded.last_transition_time, at(20));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The operator against a real API server (the project's devcluster): children appear with
 //! owner references, spec changes roll through, invalid specs are reported and left alone,
-//! suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
+//! a runtime pod's fatal error shows on the job, suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
 //! ScaledObject.
 
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
@@ -196,6 +196,84 @@ fn an_invalid_spec_is_reported_and_changes_nothing() {
     let after = get(&ns, "deployment", "orders").unwrap();
     assert_eq!(template_hash(&after), template_hash(&valid), "an invalid spec leaves the pods alone");
     assert_eq!(after["metadata"]["generation"], valid["metadata"]["generation"]);
+}
+
+/// Writes `status` to the pod through its `pods/status` subresource, as the kubelet does.
+fn patch_pod_status(ns: &str, pod: &str, status: &Value) {
+    let patch = json!({"status": status}).to_string();
+    let patched = kubectl(["patch", "pod", pod, "-n", ns, "--subresource=status", "--type=merge", "-p", &patch]);
+    assert!(patched.status.success(), "patching the pod status: {}", String::from_utf8_lossy(&patched.stderr));
+}
+
+/// The runtime container's status, as the kubelet writes it, with `fields` added.
+fn runtime_status(fields: Value) -> Value {
+    let mut status = json!({"name": "runtime", "image": "weir-runtime:test", "imageID": "", "restartCount": 1});
+    if let (Some(status), Some(fields)) = (status.as_object_mut(), fields.as_object()) {
+        status.extend(fields.clone());
+    }
+    status
+}
+
+fn rfc3339(ago: Duration) -> String {
+    let at = k8s_openapi::jiff::Timestamp::now() - ago;
+    at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[test]
+fn a_runtime_pod_that_failed_degrades_the_job_with_its_error_until_it_runs_again() {
+    let ns = namespace("runtime-failed");
+    apply(&ns, &job("orders", json!({})));
+    wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some());
+    // No controller or kubelet runs here: the pod is made as its ReplicaSet would make it,
+    // and its status written as the kubelet would after the runtime's fatal error.
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orders-7d9f-x2k4p", "labels": {"weir.dev/streamjob": "orders"}},
+        "spec": {"containers": [{"name": "runtime", "image": "weir-runtime:test"}]},
+    });
+    apply(&ns, &pod);
+    let error = "kafka: consuming: SASL authentication failed";
+    let terminated = json!({"exitCode": 1, "reason": "Error", "message": format!("{error}\n"),
+        "startedAt": rfc3339(Duration::from_secs(5)), "finishedAt": rfc3339(Duration::ZERO)});
+    patch_pod_status(
+        &ns,
+        "orders-7d9f-x2k4p",
+        &json!({"phase": "Running", "containerStatuses": [runtime_status(json!({"ready": false,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": terminated}}))]}),
+    );
+
+    let job = wait_for(&ns, "streamjob", "orders", "Degraded with reason RuntimeFailed", |j| {
+        j.and_then(|j| condition(j, "Degraded")).is_some_and(|c| c["reason"] == "RuntimeFailed")
+    })
+    .unwrap();
+    let degraded = condition(&job, "Degraded").unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["message"], format!("pod orders-7d9f-x2k4p: {error}"), "{degraded:#}");
+    let events = wait_until(Duration::from_secs(30), "a RuntimeFailed Warning event", || {
+        let out = kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
+        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        events["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| {
+                e["type"] == "Warning"
+                    && e["reason"] == "RuntimeFailed"
+                    && e["note"].as_str().is_some_and(|n| n.contains(error))
+            })
+        })
+    });
+    assert!(events.is_ok(), "no RuntimeFailed Warning event quoting the error");
+
+    // Restarted, ready, and its failure older than the window the operator reports it for.
+    let old = json!({"exitCode": 1, "message": error, "finishedAt": rfc3339(Duration::from_secs(600))});
+    patch_pod_status(
+        &ns,
+        "orders-7d9f-x2k4p",
+        &json!({"containerStatuses": [runtime_status(json!({"ready": true,
+            "state": {"running": {"startedAt": rfc3339(Duration::from_secs(590))}},
+            "lastState": {"terminated": old}}))]}),
+    );
+    wait_for(&ns, "streamjob", "orders", "Degraded to clear", |j| {
+        j.and_then(|j| condition(j, "Degraded")).is_some_and(|c| c["reason"] != "RuntimeFailed")
+    });
 }
 
 #[test]
