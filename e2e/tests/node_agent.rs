@@ -405,6 +405,27 @@ fn a_killed_process_is_restarted() {
 }
 
 #[test]
+fn a_crash_reports_its_termination_message() {
+    let ns = namespace("last-words");
+    let script = "import os, sys; open(os.environ['LOG'], 'w').write('boom: out of disk\\n'); sys.exit(3)";
+    let container = json!({"args": ["-c", script], "env": [{"name": "LOG", "value": "/dev/termination-log"}]});
+    apply(&ns, &deployment("doomed", 1, container));
+    let mut seen = Value::Null;
+    eventually("the crash and its message in the pod status", || {
+        let Some(pod) = pods(&ns, "doomed").into_iter().next() else { return false };
+        let status = &pod["status"]["containerStatuses"][0];
+        seen = [&status["state"]["terminated"], &status["lastState"]["terminated"]]
+            .into_iter()
+            .find(|t| t["exitCode"] == 3)
+            .cloned()
+            .unwrap_or(Value::Null);
+        !seen.is_null()
+    });
+    assert_eq!(seen["message"], "boom: out of disk", "{seen}");
+    assert!(!std::path::Path::new("/dev/termination-log").exists(), "the host's /dev is left alone");
+}
+
+#[test]
 fn a_failing_liveness_probe_restarts_the_process() {
     let ns = namespace("liveness");
     let mut container = script_server(&[], json!([]));

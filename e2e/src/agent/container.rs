@@ -3,6 +3,7 @@
 //! startup probe, stop gracefully when asked. Its state is shared with the status writer.
 
 use std::{
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -40,6 +41,8 @@ pub struct Termination {
     pub started_at: SystemTime,
     /// When it ended.
     pub finished_at: SystemTime,
+    /// What the program wrote to its termination message file.
+    pub message: Option<String>,
 }
 
 /// What the status writer reports for a container.
@@ -94,6 +97,8 @@ pub struct Supervisor {
     pub container: Container,
     /// The container's mounts, to rewrite paths.
     pub mounts: Mounts,
+    /// The local file behind the container's termination message path.
+    pub termination_message: PathBuf,
     /// SIGTERM → SIGKILL delay.
     pub grace: Duration,
     /// Shared state for the status writer.
@@ -109,6 +114,18 @@ impl std::fmt::Debug for Supervisor {
             .field("container", &self.container.name)
             .finish_non_exhaustive()
     }
+}
+
+/// The termination message a run left (at most 4096 bytes, as the kubelet keeps), removed
+/// so the next run starts without one.
+fn take_message(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let _ = std::fs::remove_file(path);
+    let mut end = text.len().min(4096);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(text[..end].trim().to_owned()).filter(|m| !m.is_empty())
 }
 
 /// How one run ended.
@@ -236,7 +253,8 @@ impl Supervisor {
                         Err(_) => (-1, "Error"),
                     };
                     let finished_at = SystemTime::now();
-                    return Ended::Exited(Termination { exit_code, reason: reason.into(), started_at, finished_at });
+                    let message = take_message(&self.termination_message);
+                    return Ended::Exited(Termination { exit_code, reason: reason.into(), started_at, finished_at, message });
                 }
                 _ = stop.changed() => {
                     process::terminate(child, self.grace).await;
@@ -263,7 +281,14 @@ impl Supervisor {
                         let status = process::terminate(child, self.grace).await;
                         let exit_code = status.as_ref().map_or(-1, process::exit_code);
                         let finished_at = SystemTime::now();
-                        return Ended::Exited(Termination { exit_code, reason: "Unhealthy".into(), started_at, finished_at });
+                        let message = take_message(&self.termination_message);
+                        return Ended::Exited(Termination {
+                            exit_code,
+                            reason: "Unhealthy".into(),
+                            started_at,
+                            finished_at,
+                            message,
+                        });
                     }
                 }
             }

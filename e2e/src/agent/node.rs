@@ -479,7 +479,9 @@ async fn run_pod(run: PodRun, spec: PodSpec, mut stop: watch::Receiver<bool>) {
         }
     };
     let supervisors = spec.containers.iter().zip(&run.states).map(|(container, state)| {
-        let mounts = Mounts::new(container, &dirs);
+        let termination_message = run.info.dir.join(format!("{}.termination-log", container.name));
+        let message_path = container.termination_message_path.as_deref().unwrap_or("/dev/termination-log");
+        let mounts = Mounts::new(container, &dirs).with_termination_message(message_path, termination_message.clone());
         let root = run.info.dir.join("root").join(&container.name);
         let mounts = mounts.clone().with_root(root).unwrap_or_else(|e| {
             tracing::warn!(pod = %run.info.name, container = %container.name, "mount mirror folder: {e}");
@@ -492,6 +494,7 @@ async fn run_pod(run: PodRun, spec: PodSpec, mut stop: watch::Receiver<bool>) {
             pod: run.info.clone(),
             container: container.clone(),
             mounts,
+            termination_message,
             grace: run.grace,
             state: state.clone(),
             changed: run.changed.clone(),

@@ -113,6 +113,7 @@ fn terminated(t: &Termination) -> ContainerStateTerminated {
         reason: Some(t.reason.clone()),
         started_at: Some(time(t.started_at)),
         finished_at: Some(time(t.finished_at)),
+        message: t.message.clone(),
         ..ContainerStateTerminated::default()
     }
 }

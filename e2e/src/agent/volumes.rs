@@ -172,6 +172,14 @@ impl Mounts {
         Self { table, root: None }
     }
 
+    /// Maps the container's termination message path (the kubelet mounts one file there per
+    /// container) to `local`, so a program writing it writes `local`.
+    pub fn with_termination_message(mut self, container_path: &str, local: PathBuf) -> Self {
+        self.table.push((container_path.to_owned(), local));
+        self.table.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        self
+    }
+
     /// Builds the mirror folder at `root`: parent folders of each mount path, and a link
     /// named like the mount to its volume (a mount nested in another mount is reached
     /// through the direct rewrite only).
