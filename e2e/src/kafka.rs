@@ -46,6 +46,8 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// Headers as text.
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp, epoch ms.
+    pub timestamp: Option<i64>,
 }
 
 impl Received {
@@ -98,7 +100,12 @@ fn read(
     let deadline = Instant::now() + timeout;
     let mut last_record = Instant::now();
     while Instant::now() < deadline && (records.len() < count || last_record.elapsed() < Duration::from_secs(3)) {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+        let polled = consumer.poll(Duration::from_millis(200));
+        if let Some(Err(e)) = &polled {
+            // Shown with a failing test's output: why a topic reads back short.
+            eprintln!("reading {topic}: {e}");
+        }
+        if let Some(Ok(message)) = polled {
             last_record = Instant::now();
             let headers = message
                 .headers()
@@ -112,6 +119,7 @@ fn read(
                 key: message.key().map(<[u8]>::to_vec),
                 payload: message.payload().unwrap_or_default().to_vec(),
                 headers,
+                timestamp: message.timestamp().to_millis(),
             });
         }
     }

@@ -16,7 +16,7 @@ use arrow::{
 };
 use weir_crds::JobDocument;
 use weir_runtime::{
-    codec::{JsonDecoder, RawRecord, encode_json},
+    codec::{JsonDecoder, Layout, RawRecord, encode_json},
     engine::{EVENT_TIME, OFFSET, PartitionPipeline, Plan, Resume},
 };
 
@@ -122,6 +122,7 @@ fn json_round_trip(plan: &Arc<Plan>, spec: &weir_crds::StreamJobSpec) {
                     partition: 0,
                     offset: (b * BATCH + i) as i64,
                     timestamp: None,
+                    headers: None,
                 })
                 .collect();
             let decoded = decoder.decode(&records);
@@ -131,7 +132,7 @@ fn json_round_trip(plan: &Arc<Plan>, spec: &weir_crds::StreamJobSpec) {
                 Err(e) => panic!("engine: {e}"),
             };
             for out in &processed.output {
-                match encode_json(out, Some("user_id")) {
+                match encode_json(out, Layout { key_field: Some("user_id"), ..Layout::default() }) {
                     Ok(encoded) => produced += encoded.len(),
                     Err(e) => panic!("encode: {e}"),
                 }

@@ -1,8 +1,9 @@
 //! Kafka payloads to Arrow batches and back. JSON today.
 //!
-//! Decoding adds the engine's hidden columns (event time, offset) and the Kafka metadata
-//! fields the pipeline uses (`_key`, `_topic`, `_partition`, `_offset`, `_timestamp`).
-//! A record that cannot be decoded is reported with its error, never fatal.
+//! Decoding adds the engine's hidden columns (event time, offset, and the headers that travel
+//! to the sink) and the Kafka metadata fields the pipeline uses (`_key`, `_topic`,
+//! `_partition`, `_offset`, `_timestamp`, `_headers`). A record that cannot be decoded is
+//! reported with its error, never fatal.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -11,18 +12,25 @@ use arrow::json::{
     writer::{EncoderOptions, make_encoder},
 };
 use arrow::{
-    array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, StringArray, StructArray, TimestampMillisecondArray},
+    array::{
+        Array, ArrayRef, AsArray, Int32Array, Int64Array, MapArray, MapBuilder, StringArray, StringBuilder,
+        StructArray, TimestampMillisecondArray,
+    },
     compute::kernels::cast::cast,
     datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit},
     error::ArrowError,
     record_batch::RecordBatch,
 };
+use rdkafka::message::{BorrowedHeaders, Headers};
 use weir_crds::{FieldDecl, FieldType, KafkaSource, validation::METADATA_FIELDS};
 
-use crate::engine::{EVENT_TIME, OFFSET, is_hidden};
+use crate::engine::{EVENT_TIME, HEADERS, OFFSET, is_hidden};
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// One consumed Kafka record, borrowed from the consumer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RawRecord<'a> {
     /// The payload; `None` for a tombstone.
     pub payload: Option<&'a [u8]>,
@@ -34,6 +42,32 @@ pub struct RawRecord<'a> {
     pub offset: i64,
     /// The Kafka timestamp, epoch ms.
     pub timestamp: Option<i64>,
+    /// The record headers.
+    pub headers: Option<&'a BorrowedHeaders>,
+}
+
+impl std::fmt::Debug for RawRecord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRecord")
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("timestamp", &self.timestamp)
+            .field("payload_len", &self.payload.map(<[u8]>::len))
+            .field("headers", &self.headers.map(Headers::count))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which consumed headers travel with a record's rows to the sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeaderCarry {
+    /// None.
+    #[default]
+    Nothing,
+    /// Only `traceparent`, for trace propagation.
+    TraceParent,
+    /// Every header (`sink.kafka.forwardHeaders`).
+    All,
 }
 
 /// A batch of decoded records and the ones that failed.
@@ -59,6 +93,7 @@ pub struct JsonDecoder {
     declared: Option<SchemaRef>,
     event_time: EventTimeSource,
     metadata: BTreeSet<&'static str>,
+    carry: HeaderCarry,
 }
 
 fn arrow_type(field_type: FieldType) -> DataType {
@@ -88,7 +123,19 @@ impl JsonDecoder {
             None => EventTimeSource::KafkaTimestamp,
         };
         let metadata = METADATA_FIELDS.iter().copied().filter(|f| referenced.contains(*f)).collect();
-        Self { topic: source.topic.clone(), declared: declared_schema(&source.schema), event_time, metadata }
+        Self {
+            topic: source.topic.clone(),
+            declared: declared_schema(&source.schema),
+            event_time,
+            metadata,
+            carry: HeaderCarry::Nothing,
+        }
+    }
+
+    /// Also carries these headers of each record, in a hidden column, to the sink.
+    pub fn carrying(mut self, carry: HeaderCarry) -> Self {
+        self.carry = carry;
+        self
     }
 
     /// Decodes `records` into one batch.
@@ -203,11 +250,17 @@ impl JsonDecoder {
                 "_topic" => Arc::new(StringArray::from(vec![self.topic.as_str(); good.len()])),
                 "_partition" => Arc::new(picked().map(|r| r.partition).collect::<Int32Array>()),
                 "_offset" => Arc::new(picked().map(|r| r.offset).collect::<Int64Array>()),
+                "_headers" => headers_column(picked(), |_| true)?,
                 _ => Arc::new(
                     picked().map(|r| r.timestamp).collect::<TimestampMillisecondArray>().with_timezone("+00:00"),
                 ),
             };
             add(name, column);
+        }
+        match self.carry {
+            HeaderCarry::Nothing => {}
+            HeaderCarry::TraceParent => add(HEADERS, headers_column(picked(), |key| key == TRACEPARENT)?),
+            HeaderCarry::All => add(HEADERS, headers_column(picked(), |_| true)?),
         }
         let missing: Vec<usize> = (0..event_time.len()).filter(|&i| event_time.is_null(i)).collect();
         let has_time = arrow::compute::is_not_null(&event_time)?;
@@ -219,6 +272,24 @@ impl JsonDecoder {
         }
         Ok((arrow::compute::filter_record_batch(&batch, &has_time)?, missing))
     }
+}
+
+/// The headers of each record, those `keep` accepts, as a map from name to value (text).
+fn headers_column<'r, 'a: 'r>(
+    records: impl Iterator<Item = &'r RawRecord<'a>>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<ArrayRef, ArrowError> {
+    let mut builder = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    for record in records {
+        for header in record.headers.into_iter().flat_map(|h| h.iter()) {
+            if keep(header.key) {
+                builder.keys().append_value(header.key);
+                builder.values().append_option(header.value.map(String::from_utf8_lossy));
+            }
+        }
+        builder.append(true)?;
+    }
+    Ok(Arc::new(builder.finish()))
 }
 
 /// Decodes parsed objects with a schema inferred from all of them; when their types
@@ -300,12 +371,24 @@ pub struct Encoded {
     pub key: Option<Vec<u8>>,
     /// The JSON payload.
     pub payload: Vec<u8>,
-    /// The record's event time, epoch ms, used as the Kafka timestamp.
+    /// The Kafka timestamp, epoch ms: the `timestampField`, or the record's event time.
     pub timestamp: Option<i64>,
+    /// Headers carried from the consumed record (see [`HeaderCarry`]).
+    pub headers: Vec<(String, Option<String>)>,
+}
+
+/// Which output fields become the Kafka key and timestamp.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Layout<'a> {
+    /// Field whose value is the key.
+    pub key_field: Option<&'a str>,
+    /// Field whose value is the timestamp (epoch ms, RFC 3339 or a timestamp).
+    pub timestamp_field: Option<&'a str>,
 }
 
 /// Encodes result rows as JSON objects, one record each, without the hidden columns.
-pub fn encode_json(batch: &RecordBatch, key_field: Option<&str>) -> Result<Vec<Encoded>, ArrowError> {
+pub fn encode_json(batch: &RecordBatch, layout: Layout<'_>) -> Result<Vec<Encoded>, ArrowError> {
+    let key_field = layout.key_field;
     let visible: Vec<usize> =
         (0..batch.num_columns()).filter(|&i| !is_hidden(batch.schema().field(i).name())).collect();
     let projected = batch.project(&visible)?;
@@ -317,7 +400,11 @@ pub fn encode_json(batch: &RecordBatch, key_field: Option<&str>) -> Result<Vec<E
         Some(column) => Some(cast(column, &DataType::Utf8)?),
         None => None,
     };
-    let times = batch.column_by_name(EVENT_TIME).and_then(|c| c.as_primitive_opt::<Int64Type>());
+    let times = match layout.timestamp_field.and_then(|f| projected.column_by_name(f)) {
+        Some(column) => Some(event_time_millis(column)?),
+        None => batch.column_by_name(EVENT_TIME).and_then(|c| c.as_primitive_opt::<Int64Type>()).cloned(),
+    };
+    let carried = batch.column_by_name(HEADERS).and_then(|c| c.as_map_opt());
     let mut out = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let mut payload = Vec::with_capacity(64);
@@ -326,10 +413,27 @@ pub fn encode_json(batch: &RecordBatch, key_field: Option<&str>) -> Result<Vec<E
             let k = k.as_string::<i32>();
             k.is_valid(row).then(|| k.value(row).as_bytes().to_vec())
         });
-        let timestamp = times.and_then(|t| t.is_valid(row).then(|| t.value(row)));
-        out.push(Encoded { key, payload, timestamp });
+        let timestamp = times.as_ref().and_then(|t| t.is_valid(row).then(|| t.value(row)));
+        let headers = carried.map(|map| map_entries(map, row)).unwrap_or_default();
+        out.push(Encoded { key, payload, timestamp, headers });
     }
     Ok(out)
+}
+
+/// The entries of row `row` of a map of text to text.
+fn map_entries(map: &MapArray, row: usize) -> Vec<(String, Option<String>)> {
+    if map.is_null(row) {
+        return Vec::new();
+    }
+    let entries = map.value(row);
+    let (Some(keys), Some(values)) =
+        (entries.column(0).as_string_opt::<i32>(), entries.column(1).as_string_opt::<i32>())
+    else {
+        return Vec::new();
+    };
+    (0..entries.len())
+        .map(|i| (keys.value(i).to_owned(), values.is_valid(i).then(|| values.value(i).to_owned())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -354,6 +458,7 @@ mod tests {
                 key: Some(b"k"),
                 partition: 3,
                 offset: 100 + i as i64,
+                headers: None,
                 timestamp: Some(1_000 + i as i64),
             })
             .collect()
@@ -438,9 +543,45 @@ mod tests {
             (EVENT_TIME, Arc::new(Int64Array::from(vec![60_000, 60_000])) as ArrayRef),
         ])
         .unwrap();
-        let encoded = encode_json(&batch, Some("user")).unwrap();
+        let encoded = encode_json(&batch, Layout { key_field: Some("user"), ..Layout::default() }).unwrap();
         assert_eq!(String::from_utf8(encoded[0].payload.clone()).unwrap(), r#"{"user":"a","total":1.5}"#);
         assert_eq!(encoded[1].key.as_deref(), Some(&b"b"[..]));
         assert_eq!(encoded[1].timestamp, Some(60_000));
+    }
+
+    #[test]
+    fn headers_are_a_map_column_and_travel_hidden_to_the_sink() {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let headers = OwnedHeaders::new().insert(Header { key: "tenant", value: Some("acme") }).insert(Header {
+            key: TRACEPARENT,
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        });
+        let mut records = raw(&[r#"{"a":1}"#, r#"{"a":2}"#]);
+        records[0].headers = Some(headers.as_borrowed());
+        let decoder = JsonDecoder::new(&source(""), &referenced(&["_headers"])).carrying(HeaderCarry::TraceParent);
+        let batch = decoder.decode(&records).batch.unwrap();
+        let visible = map_entries(batch.column_by_name("_headers").unwrap().as_map(), 0);
+        assert_eq!(visible.len(), 2);
+        assert_eq!(visible[0], ("tenant".to_owned(), Some("acme".to_owned())));
+        let encoded = encode_json(&batch, Layout::default()).unwrap();
+        assert_eq!(encoded[0].headers.len(), 1, "only traceparent is carried");
+        assert_eq!(encoded[0].headers[0].0, TRACEPARENT);
+        assert!(encoded[1].headers.is_empty());
+        let payload: serde_json::Value = serde_json::from_slice(&encoded[0].payload).unwrap();
+        assert_eq!(payload["_headers"]["tenant"], "acme", "the map encodes as a JSON object: {payload}");
+        assert!(payload.get(HEADERS).is_none());
+    }
+
+    #[test]
+    fn the_timestamp_field_sets_the_record_timestamp() {
+        let batch = RecordBatch::try_from_iter([
+            ("at", Arc::new(StringArray::from(vec!["2026-11-01T00:00:01Z", "1970-01-01T00:00:00.5Z"])) as ArrayRef),
+            (EVENT_TIME, Arc::new(Int64Array::from(vec![60_000, 60_000])) as ArrayRef),
+        ])
+        .unwrap();
+        let by_field = encode_json(&batch, Layout { timestamp_field: Some("at"), ..Layout::default() }).unwrap();
+        assert_eq!(by_field.iter().map(|e| e.timestamp).collect::<Vec<_>>(), [Some(1_793_491_201_000), Some(500)]);
+        let by_event_time = encode_json(&batch, Layout::default()).unwrap();
+        assert_eq!(by_event_time[0].timestamp, Some(60_000));
     }
 }

@@ -39,9 +39,10 @@ struct Args {
     /// Time between offset commits, e.g. `1s`.
     #[arg(long, default_value = "1s")]
     commit_interval: weir_crds::Duration,
-    /// Most records decoded into one batch.
-    #[arg(long, default_value_t = 4096)]
-    max_batch: usize,
+    /// File to write the fatal error to when the job stops on one (Kubernetes shows it as
+    /// the container's termination message), e.g. `/dev/termination-log`.
+    #[arg(long, env = "WEIR_TERMINATION_LOG")]
+    termination_log: Option<PathBuf>,
     /// Log format: `json` or `text`.
     #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -85,16 +86,28 @@ fn main() -> ExitCode {
         group_id,
         spec: document.spec,
         secrets: SecretMounts::new(&args.secrets_dir),
-        max_batch: args.max_batch.max(1),
-        batch_wait: std::time::Duration::from_millis(50),
         commit_interval: args.commit_interval.get(),
     };
     match serve_and_run(args.admin_addr, settings, shared) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
+            if let Some(path) = &args.termination_log {
+                write_termination_message(path, &e);
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Kubernetes keeps at most 4096 bytes of a termination message.
+fn write_termination_message(path: &std::path::Path, message: &str) {
+    let mut end = message.len().min(4096);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Err(e) = std::fs::write(path, &message[..end]) {
+        error!("writing the termination message to {}: {e}", path.display());
     }
 }
 

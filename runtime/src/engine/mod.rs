@@ -34,6 +34,8 @@ use self::{
 pub const EVENT_TIME: &str = "__weir_event_time";
 /// Hidden column: the record's offset in its source partition.
 pub const OFFSET: &str = "__weir_offset";
+/// Hidden column: the consumed headers that travel to the sink with the record's rows.
+pub const HEADERS: &str = "__weir_headers";
 
 /// Whether a column is one of the engine's own.
 pub fn is_hidden(name: &str) -> bool {

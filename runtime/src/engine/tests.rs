@@ -99,7 +99,7 @@ fn run_with_restores(pipeline_yaml: &str, batches: Vec<RecordBatch>, restore: bo
     let mut results = Vec::new();
     let mut collect = |batches: Vec<RecordBatch>| {
         for batch in batches {
-            for row in crate::codec::encode_json(&batch, None).unwrap() {
+            for row in crate::codec::encode_json(&batch, crate::codec::Layout::default()).unwrap() {
                 results.push(String::from_utf8(row.payload).unwrap());
             }
         }

@@ -344,6 +344,9 @@ mod tests {
     fn msk_iam_rides_on_oauthbearer() {
         let security = ", security: {protocol: SASL_SSL, saslMechanism: AWS_MSK_IAM}";
         let props = producer(&spec("", security).sink.kafka, &no_secrets()).unwrap();
-        assert_eq!((props["security.protocol"].as_str(), props["sasl.mechanism"].as_str()), ("sasl_ssl", "OAUTHBEARER"));
+        assert_eq!(
+            (props["security.protocol"].as_str(), props["sasl.mechanism"].as_str()),
+            ("sasl_ssl", "OAUTHBEARER")
+        );
     }
 }

@@ -15,6 +15,7 @@ use rdkafka::{
     producer::Producer,
 };
 use tracing::{info, warn};
+use weir_crds::Retry;
 
 use super::{
     RunError, Sink, Table, kafka,
@@ -22,6 +23,7 @@ use super::{
 };
 use crate::{
     checkpoint::{Checkpointer, FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
+    kafka::retry::retrying,
     progress::Progress,
 };
 
@@ -40,12 +42,15 @@ pub(super) struct Committer {
     /// When the open transaction began (exactly-once), to give up before the broker aborts it.
     pub transaction_started: Mutex<Instant>,
     pub transaction_timeout: Duration,
+    /// The source's retry policy, for offset commits.
+    pub retry: Retry,
 }
 
 impl Committer {
     /// Waits for everything produced; a failed delivery stops the job before any commit.
     pub fn flush(&self) -> Result<(), RunError> {
         for producer in std::iter::once(&self.sink).chain(self.dead_letters.iter()) {
+            self.shared.metrics.sink_flushes.inc();
             producer.flush(TIMEOUT).map_err(kafka("flushing produced records"))?;
             if let Some(failure) = lock(&producer.context().failed).clone() {
                 return Err(RunError::Delivery(failure));
@@ -120,7 +125,7 @@ impl Committer {
             self.sink.begin_transaction().map_err(kafka("beginning a transaction"))?;
             *lock(&self.transaction_started) = Instant::now();
         } else {
-            consumer.commit(&offsets, CommitMode::Sync).map_err(kafka("committing offsets"))?;
+            self.commit_sync(consumer, &offsets)?;
         }
         for snapshot in snapshots {
             if let Some(run) = table.runs.get_mut(&snapshot.header.partition) {
@@ -128,6 +133,21 @@ impl Committer {
             }
         }
         lock(&self.shared.status).last_commit = Some(now_rfc3339());
+        Ok(())
+    }
+
+    /// Commits `offsets`, retrying transient errors (a coordinator moving, a broker restarting).
+    fn commit_sync<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), RunError> {
+        let metrics = &self.shared.metrics;
+        retrying(&self.retry, &metrics.retries.with_label_values(&["source"]), "committing offsets", || {
+            consumer.commit(offsets, CommitMode::Sync).inspect_err(|_| metrics.source_commit_failures.inc())
+        })
+        .map_err(kafka("committing offsets"))?;
+        metrics.source_commits.inc();
         Ok(())
     }
 
@@ -150,7 +170,7 @@ impl Committer {
         if offsets.count() == 0 {
             return Ok(());
         }
-        consumer.commit(&offsets, CommitMode::Sync).map_err(kafka("committing offsets"))?;
+        self.commit_sync(consumer, &offsets)?;
         for element in offsets.elements() {
             if let (Some(run), Offset::Offset(o)) = (table.runs.get_mut(&element.partition()), element.offset()) {
                 run.committed = Some(o);

@@ -11,9 +11,10 @@ mod shared;
 
 use std::{
     collections::BTreeMap,
+    num::NonZeroU32,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -25,13 +26,15 @@ use arrow::{
 };
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::OAuthToken,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::{KafkaError, RDKafkaErrorCode},
     message::{BorrowedMessage, DeliveryResult, Header, OwnedHeaders},
     producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
 };
 use tracing::{debug, error, info, warn};
-use weir_crds::{Delivery, Step, StreamJobSpec};
+use weir_crds::{CreateTopic, Delivery, StartOffset, Step, StreamJobSpec};
 
 pub(crate) use self::shared::AdminRequest;
 pub use self::shared::{
@@ -43,9 +46,16 @@ use self::{
 };
 use crate::{
     checkpoint::{self, CheckpointStore, Checkpointer, PartitionSnapshot},
-    codec::{self, JsonDecoder, RawRecord},
+    codec::{self, JsonDecoder, Layout, RawRecord},
     engine::{PartitionPipeline, Plan, Resume},
-    kafka::config::{self, SecretMounts},
+    kafka::{
+        auth::{TokenError, TokenSource},
+        config::{self, SecretMounts, Side},
+        headers::HeaderPolicy,
+        rate::RecordRate,
+        retry::{Class, classify, classify_code, retrying},
+    },
+    metrics::Metrics,
     progress::Progress,
 };
 
@@ -58,6 +68,12 @@ pub enum RunError {
     /// Credentials could not be read.
     #[error(transparent)]
     Credentials(#[from] config::CredentialError),
+    /// An OAUTHBEARER or MSK IAM token source could not be set up.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// A topic the job needs does not exist and will not be created.
+    #[error("{0}")]
+    MissingTopic(String),
     /// A Kafka client could not be created or failed fatally.
     #[error("kafka: {context}: {source}")]
     Kafka {
@@ -100,10 +116,6 @@ pub struct Settings {
     pub spec: StreamJobSpec,
     /// Where Kafka credentials are mounted.
     pub secrets: SecretMounts,
-    /// Most records decoded into one batch.
-    pub max_batch: usize,
-    /// Longest wait to fill a batch.
-    pub batch_wait: Duration,
     /// Time between offset commits when the job has no checkpoint storage.
     pub commit_interval: Duration,
     /// Savepoint to start from.
@@ -125,22 +137,94 @@ struct Table {
     assigned: Vec<i32>,
 }
 
-/// Counts deliveries; the first failure stops the job before its offsets are committed.
-#[derive(Debug, Default)]
+/// A client's OAUTHBEARER token for librdkafka's refresh callback.
+fn oauth_token(source: Option<&TokenSource>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+    let source = source.ok_or("no OAUTHBEARER token source configured")?;
+    source.token().map_err(|e| {
+        error!(error = %e, "no OAUTHBEARER token");
+        e.into()
+    })
+}
+
+/// Watches a producer: counts deliveries and their latency; the first failed delivery or
+/// fatal client error stops the job before its offsets are committed.
+#[derive(Debug)]
 struct Deliveries {
+    component: &'static str,
+    metrics: Metrics,
+    token: Option<TokenSource>,
+    /// Reference point of the delivery opaques (microseconds since it).
+    epoch: Instant,
+    /// librdkafka's retry count at the last statistics, to count retries as they happen.
+    retried: AtomicU64,
     failed: Mutex<Option<String>>,
 }
 
-impl ClientContext for Deliveries {}
+impl Deliveries {
+    fn new(component: &'static str, metrics: Metrics, token: Option<TokenSource>) -> Self {
+        Self { component, metrics, token, epoch: Instant::now(), retried: AtomicU64::new(0), failed: Mutex::default() }
+    }
+
+    /// The opaque of a record handed to the producer now.
+    fn sent_now(&self) -> usize {
+        self.epoch.elapsed().as_micros() as usize
+    }
+}
+
+impl ClientContext for Deliveries {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn stats(&self, statistics: Statistics) {
+        let retried: u64 = statistics.brokers.values().map(|b| b.txretries).sum();
+        let before = self.retried.swap(retried, Ordering::Relaxed);
+        if retried > before {
+            self.metrics.retries.with_label_values(&[self.component]).inc_by(retried - before);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if classify(&error) == Class::Fatal {
+            error!(%error, reason, component = self.component, "fatal producer error");
+            lock(&self.failed).get_or_insert_with(|| format!("{}: {error}: {reason}", self.component));
+        } else {
+            warn!(%error, reason, component = self.component, "producer error; librdkafka retries");
+        }
+    }
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.token.as_ref())
+    }
+}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, message)) = result {
-            error!(%error, topic = message.topic(), "delivery failed");
-            lock(&self.failed).get_or_insert_with(|| error.to_string());
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_at: usize) {
+        match result {
+            Ok(_) => {
+                let latency = self.epoch.elapsed().as_micros().saturating_sub(sent_at as u128);
+                self.metrics.sink_delivery_latency.observe(latency as f64 / 1e6);
+            }
+            Err((error, message)) => {
+                self.metrics.sink_errors.inc();
+                error!(%error, topic = message.topic(), "delivery failed");
+                lock(&self.failed).get_or_insert_with(|| error.to_string());
+            }
         }
+    }
+}
+
+/// The client context of admin calls (topic creation): authentication only.
+#[derive(Debug)]
+struct AdminContext {
+    token: Option<TokenSource>,
+}
+
+impl ClientContext for AdminContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.token.as_ref())
     }
 }
 
@@ -153,9 +237,26 @@ struct SourceContext {
     failed: Mutex<Option<RunError>>,
     /// The job's stop-with-savepoint flag: while set, the loop reports lag itself.
     stopped: Arc<AtomicBool>,
+    token: Option<TokenSource>,
 }
 
 impl ClientContext for SourceContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if classify(&error) == Class::Fatal {
+            error!(%error, reason, "fatal consumer error");
+            let failure = RunError::Kafka { context: "consuming", source: error };
+            lock(&self.failed).get_or_insert(failure);
+        } else {
+            warn!(%error, reason, "consumer error; librdkafka retries");
+        }
+    }
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.token.as_ref())
+    }
+
     fn stats(&self, statistics: Statistics) {
         let topic_name = &self.committer.topic;
         let Some(topic) = statistics.topics.get(topic_name) else { return };
@@ -194,6 +295,7 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else { return };
+        self.committer.shared.metrics.source_rebalances.inc();
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
         // The new owner reports their lag; librdkafka's statistics may not list them again.
         let metrics = &self.committer.shared.metrics;
@@ -211,6 +313,7 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Assign(assigned) = rebalance {
             let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
             info!(?partitions, "partitions assigned");
+            self.committer.shared.metrics.source_rebalances.inc();
             lock(&self.table).assigned.extend(partitions);
         }
     }
@@ -248,15 +351,24 @@ struct Job {
     /// group, so they are its state: their lag is reported from them, and a further
     /// savepoint (a rollout of pods already stopped) writes them again under its id.
     stopped_with: Mutex<Vec<PartitionSnapshot>>,
+    /// `maxRecordsPerSecond`, when set.
+    rate: Option<RecordRate>,
+    /// Headers of produced records.
+    headers: HeaderPolicy,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
 pub fn run(settings: Settings, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Result<(), RunError> {
-    let mut job = Job::start(settings, shared, runtime)?;
-    let result = job.run_loop();
-    if let Err(e) = &result {
+    let failing = shared.clone();
+    let fail = move |e: RunError| {
         error!(error = %e, "stopping on a fatal error; progress since the last checkpoint or commit will be replayed");
-        return result;
+        failing.fail(&e.to_string());
+        e
+    };
+    let mut job = Job::start(settings, shared, runtime).map_err(&fail)?;
+    let result = job.run_loop();
+    if let Err(e) = result {
+        return Err(fail(e));
     }
     if !job.stopped.load(Ordering::Relaxed) {
         job.commit()?;
@@ -281,8 +393,16 @@ impl Job {
             sink_properties.insert("transactional.id".into(), format!("{}-{}", settings.group_id, settings.instance));
             sink_properties.insert("transaction.timeout.ms".into(), transaction_timeout.as_millis().to_string());
         }
+        let metrics = shared.metrics.clone();
+        let sink_security = spec.sink.kafka.security.as_ref();
+        let sink_token = TokenSource::for_connection(sink_security, Side::Sink, &settings.secrets)?;
+        let sink_topic = &spec.sink.kafka.topic;
+        ensure_topic(&sink_properties, sink_token.clone(), sink_topic, spec.sink.kafka.create_topic.as_ref())?;
+        let deliveries = Deliveries::new("sink", metrics.clone(), sink_token);
         let sink: Arc<Sink> =
-            Arc::new(client(&sink_properties, Deliveries::default()).map_err(kafka("creating the sink producer"))?);
+            Arc::new(client(&sink_properties, deliveries).map_err(kafka("creating the sink producer"))?);
+        let sink_metadata = sink.client().fetch_metadata(Some(sink_topic), Duration::from_secs(30));
+        check_topic_exists(sink_metadata, sink_topic, "spec.sink.kafka.createTopic")?;
         if exactly_once {
             // Fences an earlier instance with the same id and aborts its open transaction.
             sink.init_transactions(Duration::from_secs(60)).map_err(kafka("initialising transactions"))?;
@@ -296,8 +416,13 @@ impl Job {
                 sink_spec.security = spec.source.kafka.security.clone();
                 sink_spec.properties.clear();
                 sink_spec.delivery = Delivery::Idempotent;
-                let producer: Sink = client(&config::producer(&sink_spec, &settings.secrets)?, Deliveries::default())
-                    .map_err(kafka("creating the dead-letter producer"))?;
+                sink_spec.headers.clear();
+                let properties = config::producer(&sink_spec, &settings.secrets)?;
+                let token = TokenSource::for_connection(sink_spec.security.as_ref(), Side::Source, &settings.secrets)?;
+                ensure_topic(&properties, token.clone(), &dlq.topic, dlq.create_topic.as_ref())?;
+                let deliveries = Deliveries::new("dead_letter", metrics.clone(), token);
+                let producer: Sink =
+                    client(&properties, deliveries).map_err(kafka("creating the dead-letter producer"))?;
                 Some(Arc::new(producer))
             }
             None => None,
@@ -323,6 +448,7 @@ impl Job {
             exactly_once,
             transaction_started: Mutex::new(Instant::now()),
             transaction_timeout,
+            retry: spec.source.kafka.retry.clone(),
         });
         let table = Arc::new(Mutex::new(Table::default()));
         let stopped = Arc::new(AtomicBool::new(false));
@@ -331,11 +457,19 @@ impl Job {
             committer: committer.clone(),
             failed: Mutex::default(),
             stopped: stopped.clone(),
+            token: TokenSource::for_connection(spec.source.kafka.security.as_ref(), Side::Source, &settings.secrets)?,
         };
         let consumer: BaseConsumer<SourceContext> =
             client(&config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?, context)
                 .map_err(kafka("creating the consumer"))?;
-        let partition_count = partition_count(&consumer, &topic)?;
+        let source_retries = metrics.retries.with_label_values(&["source"]);
+        let partition_count = retrying(&spec.source.kafka.retry, &source_retries, "reading topic metadata", || {
+            partition_count(&consumer, &topic)
+        })
+        .map_err(kafka("reading topic metadata"))?;
+        if partition_count == 0 {
+            return Err(RunError::MissingTopic(format!("the source topic {topic} does not exist")));
+        }
         refuse_uncovered_keys(spec, &topic, partition_count)?;
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
         {
@@ -345,6 +479,9 @@ impl Job {
         }
         info!(topic, group = settings.group_id, exactly_once, "consuming");
         let dead_letter_topic = spec.dead_letter.as_ref().map(|d| d.topic.clone());
+        let rate = spec.source.kafka.max_records_per_second.and_then(NonZeroU32::new).map(RecordRate::new);
+        let headers = HeaderPolicy::new(&spec.sink.kafka);
+        let decoder = decoder.carrying(headers.carry());
         Ok(Self {
             settings,
             shared,
@@ -359,6 +496,8 @@ impl Job {
             stopped,
             held_back: Mutex::default(),
             stopped_with: Mutex::default(),
+            rate,
+            headers,
         })
     }
 
@@ -372,6 +511,7 @@ impl Job {
             if let Some(e) = lock(&self.consumer.context().failed).take() {
                 return Err(e);
             }
+            self.check_producers()?;
             self.start_assigned_partitions()?;
             if !messages.is_empty() {
                 if self.stopped.load(Ordering::Relaxed) {
@@ -603,24 +743,49 @@ impl Job {
         }
     }
 
-    /// Up to `max_batch` records, waiting at most `batch_wait` for them.
+    /// Up to `batchSize` records (fewer under a rate limit), waiting at most `batchTimeout`
+    /// for them; then, under a rate limit, until the limit grants them.
     fn poll_batch(&self) -> Result<Vec<BorrowedMessage<'_>>, RunError> {
-        let deadline = Instant::now() + self.settings.batch_wait;
+        let source = &self.settings.spec.source.kafka;
+        let max = self.rate.as_ref().map_or(usize::MAX, RecordRate::max_batch).min(source.batch_size as usize).max(1);
+        let deadline = Instant::now() + source.batch_timeout.get();
         let mut messages = Vec::new();
-        // Liveness for /readyz: once per batch is enough (a batch waits at most `batch_wait`).
+        // Liveness for /readyz: once per batch is enough (a batch waits at most `batchTimeout`).
         self.shared.last_poll_ms.store(now_ms(), Ordering::Relaxed);
-        while messages.len() < self.settings.max_batch {
+        while messages.len() < max {
             let wait = deadline.saturating_duration_since(Instant::now());
             match self.consumer.poll(wait) {
                 Some(Ok(message)) => messages.push(message),
-                Some(Err(KafkaError::MessageConsumption(code))) if !is_fatal(code) => {
-                    warn!(%code, "consume error; librdkafka retries");
+                Some(Err(e)) if classify(&e) == Class::Transient => {
+                    warn!(error = %e, "consume error; librdkafka retries")
                 }
                 Some(Err(e)) => return Err(RunError::Kafka { context: "consuming", source: e }),
                 None => break,
             }
         }
+        let metrics = &self.shared.metrics;
+        metrics.source_polls.inc();
+        if messages.is_empty() {
+            metrics.source_empty_polls.inc();
+        } else {
+            metrics.source_batch_records.observe(messages.len() as f64);
+            let bytes: usize = messages.iter().map(|m| m.payload_len() + m.key_len()).sum();
+            metrics.source_bytes.inc_by(bytes as u64);
+            if let Some(rate) = &self.rate {
+                rate.acquire(messages.len());
+            }
+        }
         Ok(messages)
+    }
+
+    /// Stops on a failed delivery or a fatal producer error reported since the last batch.
+    fn check_producers(&self) -> Result<(), RunError> {
+        for producer in std::iter::once(&self.committer.sink).chain(self.committer.dead_letters.iter()) {
+            if let Some(failure) = lock(&producer.context().failed).clone() {
+                return Err(RunError::Delivery(failure));
+            }
+        }
+        Ok(())
     }
 
     /// Creates pipelines for newly assigned partitions: from their checkpoint when there is
@@ -639,9 +804,11 @@ impl Job {
         for &partition in &partitions {
             wanted.add_partition(&self.topic, partition);
         }
-        let committed_list = self
-            .consumer
-            .committed_offsets(wanted, Duration::from_secs(30))
+        let source_retries = self.shared.metrics.retries.with_label_values(&["source"]);
+        let committed_list =
+            retrying(&self.settings.spec.source.kafka.retry, &source_retries, "reading committed offsets", || {
+                self.consumer.committed_offsets(wanted.clone(), Duration::from_secs(30))
+            })
             .map_err(kafka("reading committed offsets"))?;
         let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
         let mut metadata: BTreeMap<i32, String> = BTreeMap::new();
@@ -706,10 +873,12 @@ impl Job {
                     debug!(partition, ?resume, "starting partition");
                     let pipeline = PartitionPipeline::new(self.plan.clone(), resume, now);
                     let position = committed.get(&partition).copied().unwrap_or(0);
-                    if let Some(&offset) = committed.get(&partition) {
-                        seeks
-                            .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-                            .map_err(kafka("listing seeks"))?;
+                    let start = match committed.get(&partition) {
+                        Some(&offset) => Some(Offset::Offset(offset)),
+                        None => self.start_from_timestamp(partition)?,
+                    };
+                    if let Some(start) = start {
+                        seeks.add_partition_offset(&self.topic, partition, start).map_err(kafka("listing seeks"))?;
                     }
                     Run { pipeline, position, committed: committed.get(&partition).copied() }
                 }
@@ -735,6 +904,31 @@ impl Job {
         Ok(())
     }
 
+    /// With `startOffset: timestamp`, where a partition without a position starts: the first
+    /// offset at or after `startTimestamp`, or the end when nothing is that recent.
+    fn start_from_timestamp(&self, partition: i32) -> Result<Option<Offset>, RunError> {
+        let source = &self.settings.spec.source.kafka;
+        let (StartOffset::Timestamp, Some(time)) = (source.start_offset, &source.start_timestamp) else {
+            return Ok(None);
+        };
+        let millis = chrono::DateTime::parse_from_rfc3339(time)
+            .map_err(|e| RunError::Unsupported(format!("startTimestamp {time}: {e}")))?
+            .timestamp_millis();
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition_offset(&self.topic, partition, Offset::Offset(millis)).map_err(kafka("listing times"))?;
+        let retries = self.shared.metrics.retries.with_label_values(&["source"]);
+        let found = retrying(&source.retry, &retries, "looking up offsets by time", || {
+            self.consumer.offsets_for_times(wanted.clone(), Duration::from_secs(30))
+        })
+        .map_err(kafka("looking up offsets by time"))?;
+        let offset = found.find_partition(&self.topic, partition).map(|e| e.offset());
+        debug!(partition, start_timestamp = time, ?offset, "starting from a timestamp");
+        Ok(Some(match offset {
+            Some(Offset::Offset(o)) => Offset::Offset(o),
+            _ => Offset::End,
+        }))
+    }
+
     fn process(&self, messages: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
         let mut by_partition: BTreeMap<i32, Vec<RawRecord<'_>>> = BTreeMap::new();
         for message in messages {
@@ -744,6 +938,7 @@ impl Job {
                 partition: message.partition(),
                 offset: message.offset(),
                 timestamp: message.timestamp().to_millis(),
+                headers: message.headers(),
             });
         }
         self.shared.metrics.records_in.inc_by(messages.len() as u64);
@@ -829,17 +1024,33 @@ impl Job {
 
     fn produce(&self, batches: &[RecordBatch]) -> Result<(), RunError> {
         let sink = &self.settings.spec.sink.kafka;
-        for batch in batches {
-            for record in codec::encode_json(batch, sink.key_field.as_deref())? {
-                let mut base = BaseRecord::to(&sink.topic).payload(record.payload.as_slice());
+        let layout = Layout { key_field: sink.key_field.as_deref(), timestamp_field: sink.timestamp_field.as_deref() };
+        let metrics = &self.shared.metrics;
+        let producer = &self.committer.sink;
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            metrics.sink_batch_records.observe(batch.num_rows() as f64);
+            for record in codec::encode_json(batch, layout)? {
+                let mut base = BaseRecord::with_opaque_to(&sink.topic, producer.context().sent_now())
+                    .payload(record.payload.as_slice());
                 if let Some(key) = &record.key {
                     base = base.key(key.as_slice());
                 }
                 if let Some(ts) = record.timestamp {
                     base = base.timestamp(ts);
                 }
-                send(&self.committer.sink, base)?;
-                self.shared.metrics.records_out.inc();
+                if !self.headers.is_empty() {
+                    let headers = self.headers.headers(&record.headers, rand::random);
+                    let owned =
+                        headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (key, value)| {
+                            h.insert(Header { key, value: value.as_deref() })
+                        });
+                    base = base.headers(owned);
+                }
+                let bytes = record.payload.len() + record.key.as_ref().map_or(0, Vec::len);
+                send(producer, base)?;
+                metrics.sink_sends.inc();
+                metrics.sink_bytes.inc_by(bytes as u64);
+                metrics.records_out.inc();
             }
         }
         Ok(())
@@ -864,7 +1075,8 @@ impl Job {
             .insert(Header { key: "weir.source.topic", value: Some(&self.topic) })
             .insert(Header { key: "weir.source.partition", value: Some(&partition) })
             .insert(Header { key: "weir.source.offset", value: Some(&offset) });
-        let mut base = BaseRecord::to(topic).payload(payload).headers(headers);
+        let mut base =
+            BaseRecord::with_opaque_to(topic, producer.context().sent_now()).payload(payload).headers(headers);
         if let Some(key) = key {
             base = base.key(key);
         }
@@ -876,7 +1088,7 @@ impl Job {
     /// Dead-letters processed rows (late records) as JSON, with their source offsets.
     fn dead_letter_rows(&self, rows: &RecordBatch, reason: &str, partition: i32) -> Result<(), RunError> {
         let offsets = rows.column_by_name(crate::engine::OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>());
-        for (row, encoded) in codec::encode_json(rows, None)?.into_iter().enumerate() {
+        for (row, encoded) in codec::encode_json(rows, Layout::default())?.into_iter().enumerate() {
             let offset = offsets.map_or(-1, |o| o.value(row));
             self.dead_letter(&encoded.payload, reason, partition, offset, None)?;
         }
@@ -885,7 +1097,7 @@ impl Job {
 }
 
 /// Queues a record, waiting for room when the producer's queue is full.
-fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), RunError> {
+fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), RunError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -898,11 +1110,60 @@ fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), R
     }
 }
 
-/// The source topic's partition count.
-fn partition_count(consumer: &BaseConsumer<SourceContext>, topic: &str) -> Result<usize, RunError> {
-    let metadata =
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(kafka("reading topic metadata"))?;
-    Ok(metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len()))
+/// The source topic's partition count; 0 when the topic does not exist.
+fn partition_count(consumer: &BaseConsumer<SourceContext>, topic: &str) -> Result<usize, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len()))
+}
+
+/// Creates `topic` as `create` says when it is set and the topic does not exist yet.
+fn ensure_topic(
+    properties: &config::Properties,
+    token: Option<TokenSource>,
+    topic: &str,
+    create: Option<&CreateTopic>,
+) -> Result<(), RunError> {
+    let Some(create) = create else { return Ok(()) };
+    let admin: AdminClient<AdminContext> =
+        client(properties, AdminContext { token }).map_err(kafka("creating the admin client"))?;
+    let new_topic = NewTopic::new(topic, create.partitions, TopicReplication::Fixed(create.replication_factor));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results =
+        futures::executor::block_on(admin.create_topics([&new_topic], &options)).map_err(kafka("creating topics"))?;
+    for result in results {
+        match result {
+            Ok(name) => info!(topic = name, partitions = create.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => debug!(topic, "topic exists"),
+            Err((name, code)) => {
+                return Err(RunError::Kafka { context: "creating topics", source: KafkaError::AdminOp(code) })
+                    .inspect_err(|_| error!(topic = name, %code, "creating the topic failed"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fails fast when the broker says `topic` does not exist (it does not create topics on
+/// request): producing would only fail after the delivery timeout.
+fn check_topic_exists(
+    metadata: Result<rdkafka::metadata::Metadata, KafkaError>,
+    topic: &str,
+    create_field: &str,
+) -> Result<(), RunError> {
+    let Ok(metadata) = metadata else {
+        // Unreachable brokers are the producer's to retry; only a clear "no such topic" stops.
+        return Ok(());
+    };
+    let unknown = metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_some_and(|e| classify_code(e.into()) == Class::Fatal));
+    if unknown {
+        return Err(RunError::MissingTopic(format!(
+            "topic {topic} does not exist and the broker does not create it: create it, or set {create_field}"
+        )));
+    }
+    Ok(())
 }
 
 /// A savepoint id that sorts by time: `sp-<UTC time>-<random>`.
@@ -926,17 +1187,6 @@ fn refuse_uncovered_keys(spec: &StreamJobSpec, topic: &str, partitions: usize) -
          {partitions} partitions; repartitioning is not implemented yet, so declare partitionedBy when the topic \
          is keyed by these fields"
     )))
-}
-
-fn is_fatal(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::Fatal
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::GroupAuthorizationFailed
-            | RDKafkaErrorCode::Authentication
-    )
 }
 
 /// Every field name the pipeline mentions, to know which metadata columns to add.

@@ -45,6 +45,9 @@ pub struct Status {
     pub last_savepoint: Option<Savepoint>,
     /// Consuming stopped after a stop-with-savepoint.
     pub stopped: bool,
+    /// The fatal error the instance is stopping on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One owned partition in `/status`.
@@ -152,6 +155,9 @@ impl Shared {
     /// `Ok` when ready: owns at least one partition, polled within the last 10 s and
     /// checkpoints are not failing beyond tolerance; else why not.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(error) = lock(&self.status).error.clone() {
+            return Err(format!("stopping on a fatal error: {error}"));
+        }
         if let Some(reason) = lock(&self.degraded).clone() {
             return Err(reason);
         }
@@ -162,6 +168,11 @@ impl Shared {
             return Err("no partitions assigned yet".into());
         }
         Ok(())
+    }
+
+    /// Records the fatal error the instance stops on, for `/readyz` and `/status`.
+    pub fn fail(&self, error: &str) {
+        lock(&self.status).error = Some(error.to_owned());
     }
 
     /// Queues a savepoint request for the job loop.
