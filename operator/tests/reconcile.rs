@@ -1,7 +1,7 @@
 //! The operator against a real API server (the project's devcluster): children appear with
 //! owner references, spec changes roll through, invalid specs are reported and left alone,
 //! a runtime pod's fatal error shows on the job, suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
-//! ScaledObject.
+//! ScaledObject; an operator given `--namespace` leaves the other namespaces alone.
 
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
 
@@ -17,13 +17,19 @@ struct Stack {
     operator: OperatorProcess,
 }
 
-/// One cluster with KEDA's CRD and one operator for this test binary.
+/// One cluster with KEDA's CRD and one operator (watching every namespace) for this test binary.
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
-    STACK.get_or_init(|| {
+    STACK.get_or_init(|| Stack::start("test-operator", true, &[]))
+}
+
+impl Stack {
+    /// A devcluster of its own with the StreamJob CRD (and KEDA's, with `keda`, when the
+    /// fixture is there) and one operator named `identity`, started with `args` added.
+    fn start(identity: &str, keda: bool, args: &[&str]) -> Self {
         let cluster = must(DevCluster::start(), "starting the devcluster");
         must(cluster.install_crds(), "installing the CRDs");
-        if let Some(keda) = keda_crd() {
+        if let Some(keda) = keda_crd().filter(|_| keda) {
             let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), keda.as_os_str()]), "kubectl");
             assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
             must(
@@ -33,47 +39,75 @@ fn stack() -> &'static Stack {
                 "KEDA CRD",
             );
         }
-        let log = std::env::temp_dir().join(format!("weir-operator-test-{}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!("weir-operator-{identity}-{}.log", std::process::id()));
         let binary = std::path::Path::new(env!("CARGO_BIN_EXE_weir-operator"));
-        let args = ["--identity", "test-operator", "--runtime-image", "weir-runtime:test"];
-        let operator = must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &args), "starting weir-operator");
-        Stack { cluster, operator }
-    })
+        let mut all = vec!["--identity", identity, "--runtime-image", "weir-runtime:test"];
+        all.extend_from_slice(args);
+        let operator = must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &all), "starting weir-operator");
+        Self { cluster, operator }
+    }
+
+    fn kubectl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Output {
+        must(self.cluster.kubectl(args), "kubectl")
+    }
+
+    fn namespace(&self, name: &str) -> String {
+        let created = self.kubectl(["create", "namespace", name]);
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+        name.to_owned()
+    }
+
+    fn apply(&self, ns: &str, object: &Value) {
+        let output = must(self.cluster.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &object.to_string()), "kubectl");
+        assert!(output.status.success(), "apply: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// The object as JSON, or `None` when it does not exist.
+    fn get(&self, ns: &str, kind: &str, name: &str) -> Option<Value> {
+        let output = self.kubectl(["get", "-n", ns, kind, name, "-o", "json", "--show-managed-fields"]);
+        output.status.success().then(|| must(serde_json::from_slice(&output.stdout), "kubectl output"))
+    }
+
+    /// Waits up to 30 s for `condition` over the object (absent = `None`), then returns the
+    /// object; on timeout fails with the object and the operator's log.
+    fn wait_for(
+        &self,
+        ns: &str,
+        kind: &str,
+        name: &str,
+        what: &str,
+        condition: impl Fn(Option<&Value>) -> bool,
+    ) -> Option<Value> {
+        let mut last = None;
+        let waited = wait_until(Duration::from_secs(30), what, || {
+            last = self.get(ns, kind, name);
+            condition(last.as_ref())
+        });
+        if let Err(e) = waited {
+            panic!("{e}\nlast {kind}/{name}: {last:#?}\noperator log:\n{}", self.operator.log());
+        }
+        last
+    }
 }
 
 fn kubectl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
-    must(stack().cluster.kubectl(args), "kubectl")
+    stack().kubectl(args)
 }
 
 fn namespace(name: &str) -> String {
-    let created = kubectl(["create", "namespace", name]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    name.to_owned()
+    stack().namespace(name)
 }
 
 fn apply(ns: &str, object: &Value) {
-    let output = must(stack().cluster.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &object.to_string()), "kubectl");
-    assert!(output.status.success(), "apply: {}", String::from_utf8_lossy(&output.stderr));
+    stack().apply(ns, object);
 }
 
-/// The object as JSON, or `None` when it does not exist.
 fn get(ns: &str, kind: &str, name: &str) -> Option<Value> {
-    let output = kubectl(["get", "-n", ns, kind, name, "-o", "json", "--show-managed-fields"]);
-    output.status.success().then(|| must(serde_json::from_slice(&output.stdout), "kubectl output"))
+    stack().get(ns, kind, name)
 }
 
-/// Waits up to 30 s for `condition` over the object (absent = `None`), then returns the
-/// object; on timeout fails with the object and the operator's log.
 fn wait_for(ns: &str, kind: &str, name: &str, what: &str, condition: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
-    let mut last = None;
-    let waited = wait_until(Duration::from_secs(30), what, || {
-        last = get(ns, kind, name);
-        condition(last.as_ref())
-    });
-    if let Err(e) = waited {
-        panic!("{e}\nlast {kind}/{name}: {last:#?}\noperator log:\n{}", stack().operator.log());
-    }
-    last
+    stack().wait_for(ns, kind, name, what, condition)
 }
 
 fn condition<'a>(job: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -351,4 +385,70 @@ fn the_operator_exports_its_metrics() {
     assert!(reconciles.is_some_and(|n| n >= 1.0), "{body}");
     assert!(body.contains("weir_operator_reconcile_duration_seconds_bucket"), "{body}");
     assert_eq!(weir_e2e::metric_value(&body, "weir_operator_leader"), Some(1.0), "{body}");
+}
+
+/// Field managers of `object` other than kubectl's: who wrote to it besides the test.
+fn writers(object: &Value) -> Vec<String> {
+    let managers = object["metadata"]["managedFields"].as_array().into_iter().flatten();
+    managers.filter_map(|m| m["manager"].as_str()).filter(|m| !m.starts_with("kubectl")).map(str::to_owned).collect()
+}
+
+#[test]
+fn an_operator_given_a_namespace_leaves_the_others_alone() {
+    // This test has a devcluster of its own, with one operator, started with `--namespace
+    // watched`. The shared operator of the other tests watches every namespace: on the shared
+    // cluster it would reconcile the job in `unwatched` too, and as both operators write with
+    // the same field manager, finalizer and event reporter name, nothing on that job or its
+    // children would tell which of them wrote it; only the Event's reporting instance would,
+    // and an absent Event proves nothing while the other operator acts. Here no other
+    // controller runs, so anything written to the job in `unwatched` can only come from the
+    // restricted operator. Its leader lease is on this API server too, so the shared
+    // operator's election does not involve it.
+    let stack = Stack::start("namespaced-operator", false, &["--namespace", "watched"]);
+    let watched = stack.namespace("watched");
+    let unwatched = stack.namespace("unwatched");
+    // The same valid spec in both namespaces, the ignored one first: an operator that watched
+    // `unwatched` would see that job before the other (one watch delivers in order, and a
+    // first list holds both).
+    stack.apply(&unwatched, &job("orders", json!({})));
+    stack.apply(&watched, &job("orders", json!({})));
+
+    let job_a = stack
+        .wait_for(&watched, "streamjob", "orders", "observedGeneration 1", |j| {
+            j.is_some_and(|j| j["status"]["observedGeneration"] == 1)
+        })
+        .unwrap();
+    assert_eq!(job_a["metadata"]["finalizers"], json!(["weir.dev/cleanup"]));
+    let first = stack.wait_for(&watched, "deployment", "orders", "the Deployment", |d| d.is_some()).unwrap();
+    assert_eq!(first["metadata"]["ownerReferences"][0]["uid"], job_a["metadata"]["uid"]);
+    // A later event of the same operator: a second change, reconciled after the first. By the
+    // time it is, a reconcile of the job in `unwatched`, queued before the first one, would
+    // have written its finalizer and status, so the checks below are not merely early.
+    stack.apply(&watched, &job("orders", json!({"pipeline": [{"filter": "amount > 10"}]})));
+    let job_a = stack
+        .wait_for(&watched, "streamjob", "orders", "observedGeneration 2", |j| {
+            j.is_some_and(|j| j["status"]["observedGeneration"] == 2)
+        })
+        .unwrap();
+    let upgraded = stack.get(&watched, "deployment", "orders").unwrap();
+    assert_ne!(template_hash(&first), template_hash(&upgraded), "the change reached the Deployment");
+    assert!(!writers(&job_a).is_empty(), "the operator's writes show in managedFields: {job_a:#}");
+
+    let job_b = stack.get(&unwatched, "streamjob", "orders").expect("the job in `unwatched`");
+    let untouched = || format!("{job_b:#}\noperator log:\n{}", stack.operator.log());
+    assert!(job_b["status"].as_object().is_none_or(|s| s.is_empty()), "a status: {}", untouched());
+    assert!(job_b["metadata"]["finalizers"].is_null(), "a finalizer: {}", untouched());
+    assert_eq!(writers(&job_b), Vec::<String>::new(), "written by the operator: {}", untouched());
+    for (kind, name) in [
+        ("configmap", "orders-job"),
+        ("deployment", "orders"),
+        ("service", "orders"),
+        ("poddisruptionbudget", "orders"),
+    ] {
+        assert!(stack.get(&unwatched, kind, name).is_none(), "{kind}/{name} in `unwatched`: {}", untouched());
+    }
+    let events = stack.kubectl(["get", "events.events.k8s.io", "-n", &unwatched, "-o", "json"]);
+    assert!(events.status.success(), "{}", String::from_utf8_lossy(&events.stderr));
+    let events: Value = must(serde_json::from_slice(&events.stdout), "kubectl output");
+    assert_eq!(events["items"], json!([]), "events in `unwatched`: {}", untouched());
 }
