@@ -104,6 +104,7 @@ fn a_key_spread_over_partitions_is_refused_until_repartitioning_exists() {
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "uncovered";
     must(broker.create_topic(&format!("{name}-in"), 3), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
     let job = job_file(dir.path(), &broker, name, "");
     let text = must(std::fs::read_to_string(&job), "reading the job").replace("      partitionedBy: [user_id]\n", "");
     must(std::fs::write(&job, text), "writing the job");

@@ -122,6 +122,7 @@ impl Committer {
                 .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
                 .map_err(kafka("adding offsets to the transaction"))?;
             self.sink.commit_transaction(TIMEOUT).map_err(kafka("committing the transaction"))?;
+            self.shared.metrics.source_commits.inc();
             self.sink.begin_transaction().map_err(kafka("beginning a transaction"))?;
             *lock(&self.transaction_started) = Instant::now();
         } else {
