@@ -1,8 +1,8 @@
 //! The Kafka connector options against a real broker: compression codecs round-trip,
 //! headers, trace context and timestamps land on produced records, the rate limit holds,
 //! fire-and-forget delivers, a start timestamp skips older records, topics are created on
-//! request, a missing topic stops the pod with its cause, and the job rides out a broker
-//! restart. The test broker (tansu) has no SASL or TLS listener: those options are covered
+//! request, a missing topic stops the pod with its cause, the job rides out a broker
+//! restart, and the isolation level decides whether an open transaction's records are read. The test broker (tansu) has no SASL or TLS listener: those options are covered
 //! by the configuration and validation unit tests instead.
 
 mod common;
@@ -262,4 +262,31 @@ fn the_job_rides_out_a_broker_restart() {
     assert_eq!(numbers(&records), (0..200).collect(), "every record after the restart too");
     assert!(matches!(runtime.child.try_wait(), Ok(None)), "the runtime kept running through the outage");
     assert_eq!(runtime.terminate(), Some(0));
+}
+
+/// A transaction left open: `readUncommitted` reads its records, `readCommitted` (the
+/// default) stops before them.
+#[test]
+fn read_uncommitted_sees_records_of_an_open_transaction() {
+    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    for name in ["dirty", "clean"] {
+        topics(&broker, name, 1);
+        produce_numbered(&producer(&broker), &format!("{name}-in"), 0..5, &[]);
+    }
+    let transactional: BaseProducer = must(
+        ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).set("transactional.id", "left-open").create(),
+        "a transactional producer",
+    );
+    must(transactional.init_transactions(Duration::from_secs(60)), "initialising transactions");
+    must(transactional.begin_transaction(), "beginning a transaction");
+    for name in ["dirty", "clean"] {
+        produce_numbered(&transactional, &format!("{name}-in"), 5..25, &[]);
+    }
+    let dirty =
+        Runtime::start(&copy_job(dir.path(), &broker, "dirty", "      isolationLevel: readUncommitted", "", ""));
+    let clean = Runtime::start(&copy_job(dir.path(), &broker, "clean", "", "", ""));
+    assert_eq!(numbers(&read_records(&broker, "dirty-out", 25)), (0..25).collect(), "open records read");
+    assert_eq!(numbers(&read_records(&broker, "clean-out", 5)), (0..5).collect(), "open records held back");
+    drop((dirty, clean));
 }
