@@ -290,3 +290,30 @@ fn read_uncommitted_sees_records_of_an_open_transaction() {
     assert_eq!(numbers(&read_records(&broker, "clean-out", 5)), (0..5).collect(), "open records held back");
     drop((dirty, clean));
 }
+
+/// A record the producer refuses as too large is a fatal error: the pod exits non-zero (so
+/// Kubernetes restarts it and the record is retried from the last commit) with the cause
+/// as its termination message.
+#[test]
+fn a_fatal_producer_error_stops_the_pod_non_zero() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "oversized";
+    topics(broker, name, 1);
+    let producer = producer(broker);
+    for n in 0..3 {
+        send(&producer, &format!("{name}-in"), "k", &json!({"n": n, "pad": "x".repeat(4_000)}).to_string());
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+    let termination_log = dir.path().join("termination-log");
+    let sink = "      properties: {message.max.bytes: '2000'}";
+    let job = copy_job(dir.path(), broker, name, "", sink, "");
+    let mut runtime = Runtime::launch(&job, &["--termination-log", &termination_log.display().to_string()]);
+    must(
+        wait_until(Duration::from_secs(60), "the runtime to exit", || matches!(runtime.child.try_wait(), Ok(Some(_)))),
+        "exit",
+    );
+    assert_eq!(must(runtime.child.wait(), "exit status").code(), Some(1));
+    let message = must(std::fs::read_to_string(&termination_log), "reading the termination message");
+    assert!(message.contains("producing") && message.to_lowercase().contains("too large"), "{message}");
+}
