@@ -59,7 +59,11 @@ pub fn classify_code(code: RDKafkaErrorCode) -> Class {
         | Code::ThrottlingQuotaExceeded
         | Code::WaitCache
         | Code::InProgress
-        | Code::Retry => Class::Transient,
+        | Code::Retry
+        // The consumer fell out of its group (a slow loop, a lost session): librdkafka joins
+        // again on the next poll.
+        | Code::PollExceeded
+        | Code::AssignmentLost => Class::Transient,
         _ => Class::Fatal,
     }
 }
@@ -139,7 +143,13 @@ mod tests {
 
     #[test]
     fn broker_and_leader_trouble_is_transient_and_access_problems_are_fatal() {
-        for code in [Code::AllBrokersDown, Code::NotLeaderForPartition, Code::RequestTimedOut, Code::NotCoordinator] {
+        for code in [
+            Code::AllBrokersDown,
+            Code::NotLeaderForPartition,
+            Code::RequestTimedOut,
+            Code::NotCoordinator,
+            Code::PollExceeded,
+        ] {
             assert_eq!(classify_code(code), Class::Transient, "{code:?}");
         }
         for code in [
