@@ -200,14 +200,19 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent_at: usize) {
+        // The sink metrics are the sink's; dead letters have their own counter.
+        let sink = self.component == "sink";
         match result {
-            Ok(_) => {
+            Ok(_) if sink => {
                 let latency = self.epoch.elapsed().as_micros().saturating_sub(sent_at as u128);
                 self.metrics.sink_delivery_latency.observe(latency as f64 / 1e6);
             }
+            Ok(_) => {}
             Err((error, message)) => {
-                self.metrics.sink_errors.inc();
-                error!(%error, topic = message.topic(), "delivery failed");
+                if sink {
+                    self.metrics.sink_errors.inc();
+                }
+                error!(%error, topic = message.topic(), component = self.component, "delivery failed");
                 lock(&self.failed).get_or_insert_with(|| error.to_string());
             }
         }
