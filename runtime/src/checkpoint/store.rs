@@ -55,6 +55,9 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
+    /// The local store of `file://` storage: written objects are synced to disk, since
+    /// offsets are committed on the promise that the state is durable.
+    local: Option<Arc<LocalFileSystem>>,
     /// `<storage>/<group>` within the store.
     root: Path,
     /// The storage URL of `root`, for messages and savepoint paths.
@@ -69,12 +72,14 @@ impl CheckpointStore {
         let bad = |reason: String| StoreError::Url { url: storage.to_owned(), reason };
         let url = Url::parse(storage).map_err(|e| bad(e.to_string()))?;
         let folder = segment(group);
+        let mut local = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
             "file" => {
                 let dir = url.to_file_path().map_err(|()| bad("not an absolute file path".into()))?;
                 std::fs::create_dir_all(&dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-                let local = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-                (Arc::new(local), Path::default())
+                let store = Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?);
+                local = Some(store.clone());
+                (store, Path::default())
             }
             "s3" | "s3a" => {
                 let s3 = AmazonS3Builder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
@@ -93,7 +98,7 @@ impl CheckpointStore {
             other => return Err(bad(format!("unsupported scheme `{other}`"))),
         };
         let root = child(&prefix, &folder);
-        Ok(Self { store, root, url: format!("{}/{folder}", storage.trim_end_matches('/')) })
+        Ok(Self { store, local, root, url: format!("{}/{folder}", storage.trim_end_matches('/')) })
     }
 
     fn checkpoint_dir(&self, run: &str, topic: &str, partition: i32) -> Path {
@@ -176,14 +181,32 @@ impl CheckpointStore {
     pub async fn put_manifest(&self, id: &str, instance: &str, manifest: &[u8]) -> Result<(), StoreError> {
         let location = child(&self.savepoint_dir(id), &format!("manifest-{}.json", segment(instance)));
         self.store.put(&location, PutPayload::from(manifest.to_vec())).await.map_err(|e| self.io(&location, e))?;
-        Ok(())
+        self.sync(&location).await
     }
 
     async fn put(&self, location: &Path, snapshot: &PartitionSnapshot) -> Result<(), StoreError> {
         let bytes =
             snapshot.encode().map_err(|source| StoreError::Format { location: location.to_string(), source })?;
         self.store.put(location, PutPayload::from(bytes)).await.map_err(|e| self.io(location, e))?;
-        Ok(())
+        self.sync(location).await
+    }
+
+    /// On local storage, flushes a written object and its folder entry to disk (object
+    /// stores make a completed put durable themselves).
+    async fn sync(&self, location: &Path) -> Result<(), StoreError> {
+        let Some(local) = &self.local else { return Ok(()) };
+        let file = local.path_to_filesystem(location).map_err(|e| self.io(location, e))?;
+        let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|result| result);
+        synced.map_err(|e| self.io(location, object_store::Error::Generic { store: "LocalFileSystem", source: e.into() }))
     }
 
     async fn get(&self, location: &Path) -> Result<Option<PartitionSnapshot>, StoreError> {
