@@ -12,6 +12,7 @@ pub mod gitops;
 pub mod kafka;
 pub mod operator_process;
 pub mod payments;
+pub mod s3;
 pub mod stack;
 
 use std::{
@@ -82,7 +83,7 @@ pub fn http_post(address: &str, path: &str) -> std::io::Result<(u16, String)> {
     http("POST", address, path, Duration::from_secs(120))
 }
 
-fn http(method: &str, address: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+pub(crate) fn http(method: &str, address: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(timeout))?;

@@ -95,11 +95,27 @@ impl Runtime {
 
     /// Starts the runtime without waiting for it.
     pub fn launch(job: &Path, args: &[&str]) -> Self {
+        Self::launch_with_env(job, args, &[])
+    }
+
+    /// Starts the runtime with extra environment variables and waits until it is ready.
+    pub fn start_with_env(job: &Path, args: &[&str], env: &[(String, String)]) -> Self {
+        let runtime = Self::launch_with_env(job, args, env);
+        must(
+            wait_until(Duration::from_secs(90), "the runtime to become ready", || runtime.get("/readyz").0 == 200),
+            "readiness",
+        );
+        runtime
+    }
+
+    /// Starts the runtime with extra environment variables, without waiting for it.
+    pub fn launch_with_env(job: &Path, args: &[&str], env: &[(String, String)]) -> Self {
         let admin = format!("127.0.0.1:{}", must(free_port(), "free port"));
         let child = must(
             Command::new(env!("CARGO_BIN_EXE_weir-runtime"))
                 .args(["--job", &job.display().to_string(), "--admin-addr", &admin, "--log-format", "text"])
                 .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("RUST_LOG", "warn,weir_runtime=info")
                 .stdout(Stdio::null())
                 .spawn(),
