@@ -206,7 +206,8 @@ impl CheckpointStore {
         .await
         .map_err(std::io::Error::other)
         .and_then(|result| result);
-        synced.map_err(|e| self.io(location, object_store::Error::Generic { store: "LocalFileSystem", source: e.into() }))
+        synced
+            .map_err(|e| self.io(location, object_store::Error::Generic { store: "LocalFileSystem", source: e.into() }))
     }
 
     async fn get(&self, location: &Path) -> Result<Option<PartitionSnapshot>, StoreError> {
