@@ -45,6 +45,10 @@ impl HeaderPolicy {
     /// header replaces a carried one of the same name; `traceparent` continues the carried
     /// trace as a child span, or starts one with `start`.
     pub fn headers(&self, carried: &[Header], random: impl FnMut() -> u128) -> Vec<Header> {
+        // The common case on the per-record path: nothing to write, nothing allocated.
+        if carried.is_empty() && self.fixed.is_empty() && self.trace != TraceContext::Start {
+            return Vec::new();
+        }
         let mut out: Vec<Header> = Vec::with_capacity(carried.len() + self.fixed.len() + 1);
         if self.forward {
             out.extend(

@@ -1043,8 +1043,8 @@ impl Job {
                 if let Some(ts) = record.timestamp {
                     base = base.timestamp(ts);
                 }
-                if !self.headers.is_empty() {
-                    let headers = self.headers.headers(&record.headers, rand::random);
+                let headers = self.headers.headers(&record.headers, rand::random);
+                if !headers.is_empty() {
                     let owned =
                         headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (key, value)| {
                             h.insert(Header { key, value: value.as_deref() })
@@ -1140,8 +1140,8 @@ fn ensure_topic(
             Ok(name) => info!(topic = name, partitions = create.partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => debug!(topic, "topic exists"),
             Err((name, code)) => {
-                return Err(RunError::Kafka { context: "creating topics", source: KafkaError::AdminOp(code) })
-                    .inspect_err(|_| error!(topic = name, %code, "creating the topic failed"));
+                error!(topic = name, %code, "creating the topic failed");
+                return Err(RunError::Kafka { context: "creating topics", source: KafkaError::AdminOp(code) });
             }
         }
     }

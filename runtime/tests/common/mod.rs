@@ -88,9 +88,12 @@ impl Runtime {
     /// Starts and waits up to `timeout` for readiness: after a `kill -9`, the dead member
     /// holds its partitions until its session times out (45 s), longer on a loaded machine.
     pub fn start_within(job: &Path, args: &[&str], timeout: Duration) -> Self {
-        let runtime = Self::launch(job, args);
-        must(wait_until(timeout, "the runtime to become ready", || runtime.get("/readyz").0 == 200), "readiness");
-        runtime
+        Self::launch(job, args).ready_within(timeout)
+    }
+
+    fn ready_within(self, timeout: Duration) -> Self {
+        must(wait_until(timeout, "the runtime to become ready", || self.get("/readyz").0 == 200), "readiness");
+        self
     }
 
     /// Starts the runtime without waiting for it.
@@ -100,12 +103,7 @@ impl Runtime {
 
     /// Starts the runtime with extra environment variables and waits until it is ready.
     pub fn start_with_env(job: &Path, args: &[&str], env: &[(String, String)]) -> Self {
-        let runtime = Self::launch_with_env(job, args, env);
-        must(
-            wait_until(Duration::from_secs(90), "the runtime to become ready", || runtime.get("/readyz").0 == 200),
-            "readiness",
-        );
-        runtime
+        Self::launch_with_env(job, args, env).ready_within(Duration::from_secs(90))
     }
 
     /// Starts the runtime with extra environment variables, without waiting for it.
