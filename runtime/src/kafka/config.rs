@@ -33,7 +33,8 @@ impl Side {
 }
 
 /// Where the operator mounts Kafka credentials: `<dir>/<side>-credentials/{username,password}`
-/// and `<dir>/<side>-tls/{ca.crt,tls.crt,tls.key}`.
+/// and `<dir>/<side>-tls/{ca.crt,tls.crt,tls.key}`; and schema registry credentials:
+/// `<dir>/<side>-registry/{username,password}`.
 #[derive(Debug, Clone)]
 pub struct SecretMounts {
     dir: PathBuf,
@@ -56,6 +57,11 @@ impl SecretMounts {
     /// The file of a key of the credentials Secret.
     pub fn credential_file(&self, side: Side, key: &str) -> PathBuf {
         self.dir.join(format!("{}-credentials", side.name())).join(key)
+    }
+
+    /// The file of a key of the schema registry's credentials Secret (`username`, `password`).
+    pub fn registry_file(&self, side: Side, key: &str) -> PathBuf {
+        self.dir.join(format!("{}-registry", side.name())).join(key)
     }
 
     fn credential(&self, side: Side, key: &str) -> Result<String, CredentialError> {

@@ -1,140 +1,41 @@
-//! Kafka payloads to Arrow batches and back. JSON today.
-//!
-//! Decoding adds the engine's hidden columns (event time, offset, and the headers that travel
-//! to the sink) and the Kafka metadata fields the pipeline uses (`_key`, `_topic`,
-//! `_partition`, `_offset`, `_timestamp`, `_headers`). A record that cannot be decoded is
-//! reported with its error, never fatal.
+//! JSON payloads: one object per record, read with arrow-json, against the declared schema
+//! or a schema inferred from the batch.
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use arrow::json::{
-    ReaderBuilder,
-    writer::{EncoderOptions, make_encoder},
-};
 use arrow::{
-    array::{
-        Array, ArrayRef, AsArray, Int32Array, Int64Array, MapArray, MapBuilder, StringArray, StringBuilder,
-        StructArray, TimestampMillisecondArray,
-    },
-    compute::kernels::cast::cast,
-    datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit},
+    array::{Array, RecordBatch, StructArray},
+    datatypes::{Field, SchemaRef},
     error::ArrowError,
-    record_batch::RecordBatch,
+    json::{
+        ReaderBuilder,
+        writer::{EncoderOptions, make_encoder},
+    },
 };
-use rdkafka::message::{BorrowedHeaders, Headers};
-use weir_crds::{FieldDecl, FieldType, KafkaSource, validation::METADATA_FIELDS};
+use weir_crds::KafkaSource;
 
-use crate::engine::{EVENT_TIME, HEADERS, OFFSET, is_hidden};
-
-/// The W3C trace context header.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// One consumed Kafka record, borrowed from the consumer.
-#[derive(Clone, Copy)]
-pub struct RawRecord<'a> {
-    /// The payload; `None` for a tombstone.
-    pub payload: Option<&'a [u8]>,
-    /// The record key.
-    pub key: Option<&'a [u8]>,
-    /// Partition it was read from.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// The Kafka timestamp, epoch ms.
-    pub timestamp: Option<i64>,
-    /// The record headers.
-    pub headers: Option<&'a BorrowedHeaders>,
-}
-
-impl std::fmt::Debug for RawRecord<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawRecord")
-            .field("partition", &self.partition)
-            .field("offset", &self.offset)
-            .field("timestamp", &self.timestamp)
-            .field("payload_len", &self.payload.map(<[u8]>::len))
-            .field("headers", &self.headers.map(Headers::count))
-            .finish_non_exhaustive()
-    }
-}
-
-/// Which consumed headers travel with a record's rows to the sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum HeaderCarry {
-    /// None.
-    #[default]
-    Nothing,
-    /// Only `traceparent`, for trace propagation.
-    TraceParent,
-    /// Every header (`sink.kafka.forwardHeaders`).
-    All,
-}
-
-/// A batch of decoded records and the ones that failed.
-#[derive(Debug)]
-pub struct Decoded {
-    /// The records that decoded, with hidden and metadata columns; `None` when none did.
-    pub batch: Option<RecordBatch>,
-    /// Index (into the input) and reason of each record that did not decode.
-    pub errors: Vec<(usize, String)>,
-}
-
-/// Where event time comes from.
-#[derive(Debug, Clone)]
-enum EventTimeSource {
-    KafkaTimestamp,
-    Field(String),
-}
+use super::{
+    Decoded, Encoded, HeaderCarry, Layout, RawRecord,
+    columns::{Extras, declared_schema},
+    envelope, visible,
+};
 
 /// Decodes JSON payloads of one source topic.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
-    topic: String,
     declared: Option<SchemaRef>,
-    event_time: EventTimeSource,
-    metadata: BTreeSet<&'static str>,
-    carry: HeaderCarry,
-}
-
-fn arrow_type(field_type: FieldType) -> DataType {
-    match field_type {
-        FieldType::String => DataType::Utf8,
-        FieldType::Long => DataType::Int64,
-        FieldType::Double => DataType::Float64,
-        FieldType::Boolean => DataType::Boolean,
-        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
-    }
-}
-
-/// The Arrow schema of a declared record schema.
-pub fn declared_schema(fields: &[FieldDecl]) -> Option<SchemaRef> {
-    if fields.is_empty() {
-        return None;
-    }
-    let fields: Vec<Field> = fields.iter().map(|f| Field::new(&f.name, arrow_type(f.field_type), f.nullable)).collect();
-    Some(Arc::new(Schema::new(fields)))
+    extras: Extras,
 }
 
 impl JsonDecoder {
     /// A decoder for `source`, adding the metadata fields named in `referenced`.
     pub fn new(source: &KafkaSource, referenced: &BTreeSet<String>) -> Self {
-        let event_time = match source.event_time.as_ref().and_then(|e| e.field.clone()) {
-            Some(field) => EventTimeSource::Field(field),
-            None => EventTimeSource::KafkaTimestamp,
-        };
-        let metadata = METADATA_FIELDS.iter().copied().filter(|f| referenced.contains(*f)).collect();
-        Self {
-            topic: source.topic.clone(),
-            declared: declared_schema(&source.schema),
-            event_time,
-            metadata,
-            carry: HeaderCarry::Nothing,
-        }
+        Self { declared: declared_schema(&source.schema), extras: Extras::new(source, referenced) }
     }
 
     /// Also carries these headers of each record, in a hidden column, to the sink.
     pub fn carrying(mut self, carry: HeaderCarry) -> Self {
-        self.carry = carry;
+        self.extras = self.extras.carrying(carry);
         self
     }
 
@@ -155,26 +56,7 @@ impl JsonDecoder {
                 decode_inferred(&parsed, &mut good, &mut errors)
             }
         };
-        let batch = match decoded {
-            Ok(Some(batch)) => batch,
-            Ok(None) => return Decoded { batch: None, errors },
-            Err(e) => {
-                // A whole-batch failure after per-record checks: report every record.
-                errors.extend(good.iter().map(|&i| (i, e.to_string())));
-                return Decoded { batch: None, errors };
-            }
-        };
-        match self.with_extra_columns(batch, records, &good) {
-            Ok((batch, bad_times)) => {
-                errors.extend(bad_times.into_iter().map(|row| (good[row], "missing or invalid event time".to_owned())));
-                errors.sort_by_key(|(i, _)| *i);
-                Decoded { batch: Some(batch), errors }
-            }
-            Err(e) => {
-                errors.extend(good.iter().map(|&i| (i, e.to_string())));
-                Decoded { batch: None, errors }
-            }
-        }
+        self.extras.finish(decoded, records, &good, errors)
     }
 
     /// The fast path: the whole batch through arrow-json's decoder; on any error, record
@@ -221,75 +103,6 @@ impl JsonDecoder {
         }
         decoder.flush()
     }
-
-    /// Appends event time, offset and metadata columns. Returns the rows whose event time
-    /// is missing, which are removed.
-    fn with_extra_columns(
-        &self,
-        batch: RecordBatch,
-        records: &[RawRecord<'_>],
-        good: &[usize],
-    ) -> Result<(RecordBatch, Vec<usize>), ArrowError> {
-        let picked = || good.iter().map(|&i| &records[i]);
-        let event_time: Int64Array = match &self.event_time {
-            EventTimeSource::KafkaTimestamp => picked().map(|r| r.timestamp).collect(),
-            EventTimeSource::Field(name) => match batch.column_by_name(name) {
-                Some(column) => event_time_millis(column)?,
-                None => Int64Array::new_null(batch.num_rows()),
-            },
-        };
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut add = |name: &str, column: ArrayRef| {
-            fields.push(Field::new(name, column.data_type().clone(), true));
-            columns.push(column);
-        };
-        for name in &self.metadata {
-            let column: ArrayRef = match *name {
-                "_key" => Arc::new(picked().map(|r| r.key.map(String::from_utf8_lossy)).collect::<StringArray>()),
-                "_topic" => Arc::new(StringArray::from(vec![self.topic.as_str(); good.len()])),
-                "_partition" => Arc::new(picked().map(|r| r.partition).collect::<Int32Array>()),
-                "_offset" => Arc::new(picked().map(|r| r.offset).collect::<Int64Array>()),
-                "_headers" => headers_column(picked(), |_| true)?,
-                _ => Arc::new(
-                    picked().map(|r| r.timestamp).collect::<TimestampMillisecondArray>().with_timezone("+00:00"),
-                ),
-            };
-            add(name, column);
-        }
-        match self.carry {
-            HeaderCarry::Nothing => {}
-            HeaderCarry::TraceParent => add(HEADERS, headers_column(picked(), |key| key == TRACEPARENT)?),
-            HeaderCarry::All => add(HEADERS, headers_column(picked(), |_| true)?),
-        }
-        let missing: Vec<usize> = (0..event_time.len()).filter(|&i| event_time.is_null(i)).collect();
-        let has_time = arrow::compute::is_not_null(&event_time)?;
-        add(EVENT_TIME, Arc::new(event_time));
-        add(OFFSET, Arc::new(picked().map(|r| r.offset).collect::<Int64Array>()));
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        if missing.is_empty() {
-            return Ok((batch, missing));
-        }
-        Ok((arrow::compute::filter_record_batch(&batch, &has_time)?, missing))
-    }
-}
-
-/// The headers of each record, those `keep` accepts, as a map from name to value (text).
-fn headers_column<'r, 'a: 'r>(
-    records: impl Iterator<Item = &'r RawRecord<'a>>,
-    keep: impl Fn(&str) -> bool,
-) -> Result<ArrayRef, ArrowError> {
-    let mut builder = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
-    for record in records {
-        for header in record.headers.into_iter().flat_map(|h| h.iter()) {
-            if keep(header.key) {
-                builder.keys().append_value(header.key);
-                builder.values().append_option(header.value.map(String::from_utf8_lossy));
-            }
-        }
-        builder.append(true)?;
-    }
-    Ok(Arc::new(builder.finish()))
 }
 
 /// Decodes parsed objects with a schema inferred from all of them; when their types
@@ -347,100 +160,33 @@ fn parse_object(payload: Option<&[u8]>) -> Result<serde_json::Value, String> {
     }
 }
 
-/// Event times as epoch ms: integers are taken as ms, text as RFC 3339.
-fn event_time_millis(column: &ArrayRef) -> Result<Int64Array, ArrowError> {
-    let as_ms = match column.data_type() {
-        t if t.is_integer() => cast(column, &DataType::Int64)?,
-        DataType::Timestamp(..) => {
-            cast(&cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))?, &DataType::Int64)?
-        }
-        t if t.is_floating() => cast(column, &DataType::Int64)?,
-        _ => {
-            let text = cast(column, &DataType::Utf8)?;
-            let ts = cast(&text, &DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())))?;
-            cast(&ts, &DataType::Int64)?
-        }
-    };
-    Ok(as_ms.as_primitive::<Int64Type>().clone())
-}
-
-/// A record ready to produce.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encoded {
-    /// The record key, from the sink's `keyField`.
-    pub key: Option<Vec<u8>>,
-    /// The JSON payload.
-    pub payload: Vec<u8>,
-    /// The Kafka timestamp, epoch ms: the `timestampField`, or the record's event time.
-    pub timestamp: Option<i64>,
-    /// Headers carried from the consumed record (see [`HeaderCarry`]).
-    pub headers: Vec<(String, Option<String>)>,
-}
-
-/// Which output fields become the Kafka key and timestamp.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Layout<'a> {
-    /// Field whose value is the key.
-    pub key_field: Option<&'a str>,
-    /// Field whose value is the timestamp (epoch ms, RFC 3339 or a timestamp).
-    pub timestamp_field: Option<&'a str>,
-}
-
 /// Encodes result rows as JSON objects, one record each, without the hidden columns.
 pub fn encode_json(batch: &RecordBatch, layout: Layout<'_>) -> Result<Vec<Encoded>, ArrowError> {
-    let key_field = layout.key_field;
-    let visible: Vec<usize> =
-        (0..batch.num_columns()).filter(|&i| !is_hidden(batch.schema().field(i).name())).collect();
-    let projected = batch.project(&visible)?;
+    let projected = visible(batch)?;
     let rows = StructArray::from(projected.clone());
     let field = Arc::new(Field::new("record", rows.data_type().clone(), false));
     let options = EncoderOptions::default();
     let mut encoder = make_encoder(&field, &rows, &options)?;
-    let keys = match key_field.and_then(|k| projected.column_by_name(k)) {
-        Some(column) => Some(cast(column, &DataType::Utf8)?),
-        None => None,
-    };
-    let times = match layout.timestamp_field.and_then(|f| projected.column_by_name(f)) {
-        Some(column) => Some(event_time_millis(column)?),
-        None => batch.column_by_name(EVENT_TIME).and_then(|c| c.as_primitive_opt::<Int64Type>()).cloned(),
-    };
-    let carried = batch.column_by_name(HEADERS).and_then(|c| c.as_map_opt());
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for row in 0..batch.num_rows() {
+    envelope(batch, &projected, layout, |row| {
         let mut payload = Vec::with_capacity(64);
         encoder.encode(row, &mut payload);
-        let key = keys.as_ref().and_then(|k| {
-            let k = k.as_string::<i32>();
-            k.is_valid(row).then(|| k.value(row).as_bytes().to_vec())
-        });
-        let timestamp = times.as_ref().and_then(|t| t.is_valid(row).then(|| t.value(row)));
-        let headers = carried.map(|map| map_entries(map, row)).unwrap_or_default();
-        out.push(Encoded { key, payload, timestamp, headers });
-    }
-    Ok(out)
-}
-
-/// The entries of row `row` of a map of text to text.
-fn map_entries(map: &MapArray, row: usize) -> Vec<(String, Option<String>)> {
-    if map.is_null(row) {
-        return Vec::new();
-    }
-    let entries = map.value(row);
-    let (Some(keys), Some(values)) =
-        (entries.column(0).as_string_opt::<i32>(), entries.column(1).as_string_opt::<i32>())
-    else {
-        return Vec::new();
-    };
-    (0..entries.len())
-        .map(|i| (keys.value(i).to_owned(), values.is_valid(i).then(|| values.value(i).to_owned())))
-        .collect()
+        payload
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use arrow::{
+        array::{ArrayRef, AsArray, Int64Array, StringArray},
+        datatypes::{DataType, Int64Type},
+    };
     use weir_crds::JobDocument;
 
     use super::*;
+    use crate::{
+        codec::{TRACEPARENT, map_entries},
+        engine::{EVENT_TIME, HEADERS, OFFSET},
+    };
 
     fn source(extra: &str) -> KafkaSource {
         let spec = format!(

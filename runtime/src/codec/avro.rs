@@ -1,0 +1,404 @@
+//! Avro in the Confluent Schema Registry wire format: a magic byte 0, the writer schema's
+//! id (4 bytes, big-endian), then the Avro binary body.
+//!
+//! Decoding: the records of a batch are grouped by writer schema id; each group is decoded
+//! with arrow-avro, resolved to one reader schema — the newest schema (highest id) seen on
+//! the topic, so records written with older versions read as the new version does, with its
+//! defaults — and the groups are put back in offset order. Declared source fields then select
+//! and cast columns as they do for JSON. A bad frame, an id the registry does not know, or a
+//! body that does not decode fails that record alone.
+//!
+//! Encoding: the writer schema is derived from the result's Arrow schema (a record named
+//! after the job, in namespace `weir`), registered under `<topic>-value` the first time a
+//! result of that shape is written, and each row becomes one framed record.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use arrow::{
+    array::{RecordBatch, UInt32Array},
+    compute::{concat_batches, take_record_batch},
+    datatypes::{Field, Schema, SchemaRef},
+    error::ArrowError,
+};
+use arrow_avro::{
+    reader::{self, DecoderMode, ReaderBuilder},
+    schema::{
+        AVRO_NAME_METADATA_KEY, AVRO_NAMESPACE_METADATA_KEY, AvroSchema, Fingerprint, FingerprintAlgorithm,
+        FingerprintStrategy, SchemaStore,
+    },
+    writer::{self, WriterBuilder, format::AvroSoeFormat},
+};
+use weir_crds::KafkaSource;
+
+use super::{
+    CodecError, Decoded, Encoded, HeaderCarry, Layout, RawRecord,
+    columns::{Extras, conform_rows, declared_schema},
+    envelope,
+    registry::Registry,
+    visible,
+};
+
+/// The Confluent wire format's magic byte.
+const MAGIC: u8 = 0;
+/// Magic byte and schema id.
+const HEADER_LEN: usize = 5;
+/// Rows an arrow-avro decoder collects before it is flushed.
+const DECODER_ROWS: usize = 64 * 1024;
+/// The namespace of result records.
+const NAMESPACE: &str = "weir";
+
+/// A payload that is not a Confluent Avro frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A tombstone.
+    #[error("empty payload")]
+    Empty,
+    /// Fewer than 5 bytes.
+    #[error("payload of {0} bytes is shorter than the 5-byte schema registry header")]
+    Short(usize),
+    /// The first byte is not 0.
+    #[error("unknown magic byte {0:#04x}: not in the schema registry wire format")]
+    Magic(u8),
+}
+
+/// The writer schema id and the Avro body of a framed payload.
+pub fn split_frame(payload: Option<&[u8]>) -> Result<(u32, &[u8]), FrameError> {
+    let payload = payload.ok_or(FrameError::Empty)?;
+    let (header, body) = payload.split_at_checked(HEADER_LEN).ok_or(FrameError::Short(payload.len()))?;
+    let [magic, id @ ..] = header else { return Err(FrameError::Short(payload.len())) };
+    if *magic != MAGIC {
+        return Err(FrameError::Magic(*magic));
+    }
+    let id: [u8; 4] = id.try_into().map_err(|_| FrameError::Short(payload.len()))?;
+    Ok((u32::from_be_bytes(id), body))
+}
+
+/// Decodes Confluent-framed Avro payloads of one source topic.
+#[derive(Debug)]
+pub struct AvroDecoder {
+    registry: Registry,
+    declared: Option<SchemaRef>,
+    extras: Extras,
+    /// arrow-avro decoders by (writer id, reader id), reused across batches.
+    decoders: Mutex<HashMap<(u32, u32), reader::Decoder>>,
+}
+
+impl AvroDecoder {
+    /// A decoder for `source` looking schemas up in `registry`.
+    pub fn new(source: &KafkaSource, referenced: &BTreeSet<String>, registry: Registry) -> Self {
+        Self {
+            registry,
+            declared: declared_schema(&source.schema),
+            extras: Extras::new(source, referenced),
+            decoders: Mutex::default(),
+        }
+    }
+
+    /// Also carries these headers of each record, in a hidden column, to the sink.
+    pub fn carrying(mut self, carry: HeaderCarry) -> Self {
+        self.extras = self.extras.carrying(carry);
+        self
+    }
+
+    /// Looks up the writer schemas of `records` the registry has not told yet.
+    pub async fn prepare(&self, records: &[RawRecord<'_>]) -> Result<(), CodecError> {
+        let ids: BTreeSet<u32> = records.iter().filter_map(|r| split_frame(r.payload).ok()).map(|(id, _)| id).collect();
+        Ok(self.registry.fetch_missing(ids).await?)
+    }
+
+    /// Decodes `records` into one batch in their order (after [`AvroDecoder::prepare`]).
+    pub fn decode(&self, records: &[RawRecord<'_>]) -> Decoded {
+        let mut errors = Vec::new();
+        let mut groups: BTreeMap<u32, Vec<(usize, &[u8])>> = BTreeMap::new();
+        for (i, record) in records.iter().enumerate() {
+            match split_frame(record.payload) {
+                Ok((id, body)) => groups.entry(id).or_default().push((i, body)),
+                Err(e) => errors.push((i, e.to_string())),
+            }
+        }
+        let mut good = Vec::with_capacity(records.len());
+        let decoded = self.decode_groups(groups, &mut good, &mut errors);
+        let decoded = decoded.and_then(|batch| match batch {
+            Some(batch) => conform_rows(batch, self.declared.as_ref(), &mut good, &mut errors).map(Some),
+            None => Ok(None),
+        });
+        self.extras.finish(decoded, records, &good, errors)
+    }
+
+    /// Decodes each writer id's records, then puts the rows back in input order.
+    fn decode_groups(
+        &self,
+        groups: BTreeMap<u32, Vec<(usize, &[u8])>>,
+        good: &mut Vec<usize>,
+        errors: &mut Vec<(usize, String)>,
+    ) -> Result<Option<RecordBatch>, ArrowError> {
+        let Some(reader) = self.registry.newest() else {
+            errors.extend(groups.into_iter().flat_map(|(id, group)| {
+                let why = self.registry.schema(id).err().unwrap_or_default();
+                group.into_iter().map(move |(i, _)| (i, why.clone()))
+            }));
+            return Ok(None);
+        };
+        let mut decoders = self.decoders.lock().unwrap_or_else(PoisonError::into_inner);
+        // Decoders resolving to an older reader schema are not needed any more.
+        decoders.retain(|(_, r), _| *r == reader);
+        let mut batches = Vec::new();
+        let mut order = Vec::new();
+        for (writer, group) in groups {
+            let decoder = match decoders.remove(&(writer, reader)) {
+                Some(decoder) => decoder,
+                None => match self.build_decoder(writer, reader) {
+                    Ok(decoder) => decoder,
+                    Err(why) => {
+                        errors.extend(group.into_iter().map(|(i, _)| (i, why.clone())));
+                        continue;
+                    }
+                },
+            };
+            let mut run = GroupRun { decoder, pending: Vec::new(), batches: &mut batches, order: &mut order };
+            for (index, body) in group {
+                if let Err(why) = run.push(index, body, || self.build_decoder(writer, reader)) {
+                    errors.push((index, why));
+                }
+            }
+            decoders.insert((writer, reader), run.finish()?);
+        }
+        drop(decoders);
+        let Some(first) = batches.first() else { return Ok(None) };
+        let batch = concat_batches(&first.schema(), &batches)?;
+        // Rows back in input (offset) order.
+        let mut by_input: Vec<u32> = (0..order.len() as u32).collect();
+        by_input.sort_by_key(|&row| order[row as usize]);
+        order.sort_unstable();
+        *good = order;
+        Ok(Some(take_record_batch(&batch, &UInt32Array::from(by_input))?))
+    }
+
+    /// An arrow-avro decoder of bodies written with schema `writer`, read as `reader`.
+    fn build_decoder(&self, writer: u32, reader: u32) -> Result<reader::Decoder, String> {
+        let writer_schema = self.registry.schema(writer)?;
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        let build = || -> Result<reader::Decoder, ArrowError> {
+            store.set(Fingerprint::Id(writer), AvroSchema::new(writer_schema.to_string()))?;
+            let mut builder = ReaderBuilder::new()
+                .with_batch_size(DECODER_ROWS)
+                .with_decoder_mode(DecoderMode::UnframedDatum)
+                .with_active_fingerprint(Fingerprint::Id(writer))
+                .with_writer_schema_store(store);
+            if writer != reader {
+                let reader_schema = self.registry.schema(reader).map_err(ArrowError::SchemaError)?;
+                builder = builder.with_reader_schema(AvroSchema::new(reader_schema.to_string()));
+            }
+            builder.build_decoder()
+        };
+        build().map_err(|e| format!("schema id {writer} cannot be read as schema id {reader}: {e}"))
+    }
+}
+
+/// Decoding one writer id's records. arrow-avro leaves a half-written row behind when a body
+/// fails, so after a failure the decoder is rebuilt and the rows not yet flushed are decoded
+/// again (each good row at most twice, and only in batches with a bad one).
+struct GroupRun<'b, 'p> {
+    decoder: reader::Decoder,
+    /// Rows in the decoder, not yet flushed: (input index, body).
+    pending: Vec<(usize, &'p [u8])>,
+    batches: &'b mut Vec<RecordBatch>,
+    order: &'b mut Vec<usize>,
+}
+
+impl<'p> GroupRun<'_, 'p> {
+    fn push(
+        &mut self,
+        index: usize,
+        body: &'p [u8],
+        rebuild: impl Fn() -> Result<reader::Decoder, String>,
+    ) -> Result<(), String> {
+        match decode_body(&mut self.decoder, body) {
+            Ok(()) => {
+                self.pending.push((index, body));
+                if self.decoder.batch_is_full() {
+                    self.flush().map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            Err(why) => {
+                self.decoder = rebuild()?;
+                for (_, body) in &self.pending {
+                    // Decoded once already: cannot fail now.
+                    decode_body(&mut self.decoder, body)?;
+                }
+                Err(why)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ArrowError> {
+        if let Some(batch) = self.decoder.flush()? {
+            self.batches.push(batch);
+            self.order.extend(self.pending.drain(..).map(|(i, _)| i));
+        }
+        Ok(())
+    }
+
+    /// Flushes the rest; the decoder, clean again, to reuse.
+    fn finish(mut self) -> Result<reader::Decoder, ArrowError> {
+        self.flush()?;
+        Ok(self.decoder)
+    }
+}
+
+/// Decodes one Avro body (the frame without its header) into `decoder`.
+fn decode_body(decoder: &mut reader::Decoder, body: &[u8]) -> Result<(), String> {
+    let read = decoder.decode(body).map_err(|e| format!("invalid Avro body: {e}"))?;
+    if read != body.len() {
+        return Err(format!("invalid Avro body: {} bytes left after the record", body.len() - read));
+    }
+    Ok(())
+}
+
+/// An Avro name (letters, digits, `_`, not starting with a digit) for `name`.
+fn avro_name(name: &str) -> String {
+    let mut out: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// The Avro writer schema of results of Arrow schema `schema`: a record `weir.<record_name>`
+/// with one field per column, nullable columns as unions with null. Also the Arrow schema
+/// the encoder is built for (field metadata dropped, so it depends on names and types only).
+pub fn writer_schema(schema: &Schema, record_name: &str) -> Result<(SchemaRef, AvroSchema), ArrowError> {
+    let fields: Vec<Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone().with_metadata(HashMap::default())).collect();
+    let metadata = HashMap::from([
+        (AVRO_NAME_METADATA_KEY.to_owned(), avro_name(record_name)),
+        (AVRO_NAMESPACE_METADATA_KEY.to_owned(), NAMESPACE.to_owned()),
+    ]);
+    let arrow = Schema::new_with_metadata(fields, metadata);
+    let avro = AvroSchema::try_from(&arrow)?;
+    Ok((Arc::new(arrow), avro))
+}
+
+/// One registered writer schema and its encoder.
+#[derive(Debug)]
+struct Writer {
+    /// The Arrow schema it encodes (see [`writer_schema`]).
+    schema: SchemaRef,
+    encoder: writer::Encoder,
+}
+
+/// Encodes results as Confluent-framed Avro, registering their schemas under `<topic>-value`.
+#[derive(Debug)]
+pub struct AvroEncoder {
+    registry: Registry,
+    subject: String,
+    record_name: String,
+    writers: Mutex<Vec<Writer>>,
+}
+
+impl AvroEncoder {
+    /// An encoder for `topic`, naming its records `record_name`.
+    pub fn new(registry: Registry, topic: &str, record_name: &str) -> Self {
+        Self {
+            registry,
+            subject: format!("{topic}-value"),
+            record_name: record_name.to_owned(),
+            writers: Mutex::default(),
+        }
+    }
+
+    /// Registers the writer schema of each shape of result in `batches` not seen yet.
+    pub async fn prepare(&self, batches: &[RecordBatch]) -> Result<(), CodecError> {
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let (schema, avro) = writer_schema(&visible(batch)?.schema(), &self.record_name)?;
+            if self.find(&schema).is_some() {
+                continue;
+            }
+            let id = self.registry.register(&self.subject, &avro.json_string).await?;
+            let encoder = WriterBuilder::new(schema.as_ref().clone())
+                .with_fingerprint_strategy(FingerprintStrategy::Id(id))
+                .build_encoder::<AvroSoeFormat>()
+                .map_err(ArrowError::from)?;
+            tracing::info!(subject = self.subject, id, "registered the sink's Avro schema");
+            self.writers.lock().unwrap_or_else(PoisonError::into_inner).push(Writer { schema, encoder });
+        }
+        Ok(())
+    }
+
+    /// The index of the writer of `schema`.
+    fn find(&self, schema: &Schema) -> Option<usize> {
+        let writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        writers.iter().position(|w| w.schema.fields() == schema.fields())
+    }
+
+    /// Encodes result rows, one framed record each (after [`AvroEncoder::prepare`]).
+    pub fn encode(&self, batch: &RecordBatch, layout: Layout<'_>) -> Result<Vec<Encoded>, CodecError> {
+        let projected = visible(batch)?;
+        let (schema, _) = writer_schema(&projected.schema(), &self.record_name)?;
+        let mut writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        let writer = writers.iter_mut().find(|w| w.schema.fields() == schema.fields()).ok_or_else(|| {
+            CodecError::Config(format!("no Avro schema registered for results shaped {}", projected.schema()))
+        })?;
+        let rows = RecordBatch::try_new(writer.schema.clone(), projected.columns().to_vec())?;
+        writer.encoder.encode(&rows).map_err(ArrowError::from)?;
+        let mut payloads: Vec<Vec<u8>> = writer.encoder.flush().iter().map(|row| row.to_vec()).collect();
+        drop(writers);
+        Ok(envelope(batch, &projected, layout, |row| payloads.get_mut(row).map(std::mem::take).unwrap_or_default())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, TimeUnit};
+
+    use super::*;
+
+    #[test]
+    fn a_frame_is_magic_zero_then_a_big_endian_id() {
+        let payload = [0, 0, 0, 1, 2, 9, 9];
+        assert_eq!(split_frame(Some(&payload)), Ok((258, &[9, 9][..])));
+        assert_eq!(split_frame(Some(&[0, 0, 0, 0, 7])), Ok((7, &[][..])));
+    }
+
+    #[test]
+    fn bad_frames_say_why() {
+        assert_eq!(split_frame(None), Err(FrameError::Empty));
+        assert_eq!(split_frame(Some(&[0, 0, 1])), Err(FrameError::Short(3)));
+        assert_eq!(split_frame(Some(b"{\"a\":1}")), Err(FrameError::Magic(b'{')));
+    }
+
+    #[test]
+    fn the_writer_schema_is_a_record_named_after_the_job_with_nullable_unions() {
+        let schema = Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("window_start", DataType::Utf8, false),
+            Field::new("total", DataType::Float64, true),
+            Field::new("payments", DataType::Int64, true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())), false),
+        ]);
+        let (arrow, avro) = writer_schema(&schema, "spend-per-user").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&avro.json_string).unwrap();
+        assert_eq!(json["type"], "record");
+        assert_eq!(json["name"], "spend_per_user");
+        assert_eq!(json["namespace"], "weir");
+        let fields = json["fields"].as_array().unwrap();
+        let names: Vec<&str> = fields.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["user_id", "window_start", "total", "payments", "at"]);
+        assert_eq!(fields[0]["type"], serde_json::json!(["null", "string"]));
+        assert_eq!(fields[1]["type"], "string");
+        assert_eq!(fields[2]["type"], serde_json::json!(["null", "double"]));
+        assert_eq!(fields[3]["type"], serde_json::json!(["null", "long"]));
+        assert_eq!(fields[4]["type"]["logicalType"], "timestamp-millis");
+        assert_eq!(arrow.fields().len(), 5);
+    }
+
+    #[test]
+    fn avro_names_replace_what_avro_does_not_allow() {
+        assert_eq!(avro_name("spend-per-user.v2"), "spend_per_user_v2");
+        assert_eq!(avro_name("1st"), "_1st");
+    }
+}
