@@ -33,9 +33,13 @@ struct Args {
     /// Savepoint id to start from (partitions without newer checkpoints of this lineage).
     #[arg(long, env = "WEIR_RESTORE_FROM")]
     restore_from: Option<String>,
-    /// Folder where Kafka credentials are mounted.
+    /// Folder where Kafka and schema registry credentials are mounted.
     #[arg(long, env = "WEIR_SECRETS_DIR", default_value = "/var/run/secrets/weir")]
     secrets_dir: PathBuf,
+    /// Serialized protobuf `FileDescriptorSet` of a `protobuf` source (the operator mounts
+    /// the ConfigMap key `spec.source.kafka.protobuf.descriptorSet` and passes its path).
+    #[arg(long, env = "WEIR_DESCRIPTOR_SET")]
+    descriptor_set: Option<PathBuf>,
     /// Time between offset commits, e.g. `1s`.
     #[arg(long, default_value = "1s")]
     commit_interval: weir_crds::Duration,
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         group_id,
         spec: document.spec,
         secrets: SecretMounts::new(&args.secrets_dir),
+        descriptor_set: args.descriptor_set.clone(),
         commit_interval: args.commit_interval.get(),
     };
     match serve_and_run(args.admin_addr, settings, shared) {

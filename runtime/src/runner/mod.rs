@@ -46,7 +46,7 @@ use self::{
 };
 use crate::{
     checkpoint::{self, CheckpointStore, Checkpointer, PartitionSnapshot},
-    codec::{self, JsonDecoder, Layout, RawRecord},
+    codec::{self, CodecError, Decoder, Encoder, FormatFiles, Layout, RawRecord},
     engine::{PartitionPipeline, Plan, Resume},
     kafka::{
         auth::{TokenError, TokenSource},
@@ -88,6 +88,9 @@ pub enum RunError {
     /// Results could not be encoded.
     #[error("encoding results: {0}")]
     Encode(#[from] ArrowError),
+    /// A payload format could not be set up or its schema registry failed.
+    #[error("{0}")]
+    Codec(#[from] CodecError),
     /// Checkpoint storage failed where the job cannot go on without it.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
@@ -114,8 +117,10 @@ pub struct Settings {
     pub group_id: String,
     /// The job.
     pub spec: StreamJobSpec,
-    /// Where Kafka credentials are mounted.
+    /// Where Kafka and schema registry credentials are mounted.
     pub secrets: SecretMounts,
+    /// The Protobuf descriptor set of a `protobuf` source.
+    pub descriptor_set: Option<std::path::PathBuf>,
     /// Time between offset commits when the job has no checkpoint storage.
     pub commit_interval: Duration,
     /// Savepoint to start from.
@@ -340,7 +345,10 @@ struct Job {
     settings: Settings,
     shared: Arc<Shared>,
     plan: Arc<Plan>,
-    decoder: JsonDecoder,
+    decoder: Decoder,
+    encoder: Encoder,
+    /// Runs the formats' schema registry calls.
+    runtime: tokio::runtime::Handle,
     consumer: BaseConsumer<SourceContext>,
     committer: Arc<Committer>,
     dead_letter_topic: Option<String>,
@@ -387,7 +395,9 @@ impl Job {
         let spec = &settings.spec;
         let plan = Arc::new(Plan::new(spec)?);
         let topic = spec.source.kafka.topic.clone();
-        let decoder = JsonDecoder::new(&spec.source.kafka, &referenced_fields(spec));
+        let files = FormatFiles { secrets: settings.secrets.clone(), descriptor_set: settings.descriptor_set.clone() };
+        let decoder = Decoder::new(&spec.source.kafka, &referenced_fields(spec), &files)?;
+        let encoder = Encoder::new(&spec.sink.kafka, &settings.name, &settings.secrets)?;
         let exactly_once = spec.sink.kafka.delivery == Delivery::ExactlyOnce;
         let checkpoint = spec.checkpoint.as_ref();
         let interval = checkpoint.map_or(settings.commit_interval, |c| c.interval.get());
@@ -440,7 +450,7 @@ impl Job {
                     retained: usize::try_from(c.retained).unwrap_or(1),
                     tolerable_failures: u32::try_from(c.tolerable_failures).unwrap_or(1),
                 };
-                Some(Arc::new(Checkpointer::new(store, runtime, options)))
+                Some(Arc::new(Checkpointer::new(store, runtime.clone(), options)))
             }
             None => None,
         };
@@ -492,6 +502,8 @@ impl Job {
             shared,
             plan,
             decoder,
+            encoder,
+            runtime,
             consumer,
             committer,
             dead_letter_topic,
@@ -960,6 +972,7 @@ impl Job {
                     continue;
                 }
             }
+            self.runtime.block_on(self.decoder.prepare(&records))?;
             let decoded = self.decoder.decode(&records);
             for (index, reason) in &decoded.errors {
                 self.shared.metrics.decode_errors.inc();
@@ -1032,9 +1045,10 @@ impl Job {
         let layout = Layout { key_field: sink.key_field.as_deref(), timestamp_field: sink.timestamp_field.as_deref() };
         let metrics = &self.shared.metrics;
         let producer = &self.committer.sink;
+        self.runtime.block_on(self.encoder.prepare(batches))?;
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             metrics.sink_batch_records.observe(batch.num_rows() as f64);
-            for record in codec::encode_json(batch, layout)? {
+            for record in self.encoder.encode(batch, layout)? {
                 let mut base = BaseRecord::with_opaque_to(&sink.topic, producer.context().sent_now())
                     .payload(record.payload.as_slice());
                 if let Some(key) = &record.key {
