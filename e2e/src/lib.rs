@@ -1,7 +1,8 @@
 //! Test infrastructure for Weir, owned by the project: a local Kubernetes control plane
 //! ([`devcluster`]) built from Debian's packaged Kubernetes libraries, the node agent that
 //! runs its pods as local processes ([`agent`], binary `weir-node-agent`, started from tests
-//! with [`agent_process::NodeAgent`]), a Kafka-protocol broker ([`broker`]), and helpers.
+//! with [`agent_process::NodeAgent`]), a Kafka-protocol broker ([`broker`]), a schema registry
+//! stand-in ([`registry`]), and helpers.
 
 pub mod agent;
 pub mod agent_process;
@@ -12,6 +13,7 @@ pub mod gitops;
 pub mod kafka;
 pub mod operator_process;
 pub mod payments;
+pub mod registry;
 pub mod s3;
 pub mod stack;
 
