@@ -70,3 +70,8 @@ fn security_resources_overrides_and_autoscaling_render() {
 fn a_suspended_job_renders_zero_replicas() {
     check_case("suspended");
 }
+
+#[test]
+fn protobuf_source_and_avro_sink_mount_the_descriptor_set_and_registry_credentials() {
+    check_case("formats");
+}

@@ -1,6 +1,7 @@
 //! The Deployment of runtime pods: one container running `weir-runtime` on the job file,
-//! hardened (non-root, read-only root filesystem, no capabilities), with Kafka credentials
-//! mounted from the Secrets the spec names.
+//! hardened (non-root, read-only root filesystem, no capabilities), with Kafka and schema
+//! registry credentials mounted from the Secrets the spec names, and a Protobuf source's
+//! descriptor set from its ConfigMap key.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +10,8 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
             Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-            HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-            SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+            HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -18,7 +19,7 @@ use k8s_openapi::{
         util::intstr::IntOrString,
     },
 };
-use weir_crds::{KafkaSecurity, StreamJob};
+use weir_crds::{Format, KafkaSecurity, StreamJob, kafka::ConfigMapKey};
 
 use super::configmap::{CHECKSUM_ANNOTATION, JOB_FILE, checksum};
 use crate::{config::OperatorConfig, labels::JobRef};
@@ -29,8 +30,14 @@ pub const CONTAINER_NAME: &str = "runtime";
 pub const ADMIN_PORT_NAME: &str = "admin";
 /// Where the job file's ConfigMap is mounted.
 pub const JOB_MOUNT: &str = "/etc/weir";
-/// Where Kafka credentials are mounted (`weir-runtime --secrets-dir`).
+/// Where Kafka and schema registry credentials are mounted (`weir-runtime --secrets-dir`).
 pub const SECRETS_MOUNT: &str = "/var/run/secrets/weir";
+/// Where a Protobuf source's descriptor set is mounted, as [`DESCRIPTOR_SET_FILE`].
+pub const PROTOBUF_MOUNT: &str = "/etc/weir-protobuf";
+/// The descriptor set's file name (`weir-runtime --descriptor-set`), whatever its ConfigMap key.
+pub const DESCRIPTOR_SET_FILE: &str = "descriptor-set.pb";
+/// Name of the descriptor set's volume.
+const PROTOBUF_VOLUME: &str = "protobuf-descriptor-set";
 /// Deployment annotation with the hash of its pod template: when it changes, the pods are
 /// replaced (an upgrade); when only `replicas` changes, it is a rescale.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "weir.dev/template-hash";
@@ -119,6 +126,27 @@ fn pod_template(job: &StreamJob, job_ref: &JobRef, config: &OperatorConfig, job_
         read_only: Some(true),
         ..VolumeMount::default()
     }));
+    if let Some(descriptor_set) = descriptor_set(job) {
+        volumes.push(Volume {
+            name: PROTOBUF_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: descriptor_set.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: descriptor_set.key.clone(),
+                    path: DESCRIPTOR_SET_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: PROTOBUF_VOLUME.into(),
+            mount_path: PROTOBUF_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     PodTemplateSpec {
         metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..ObjectMeta::default() }),
         spec: Some(PodSpec {
@@ -158,16 +186,20 @@ fn container(
         EnvVar { name: TERMINATION_LOG_ENV.into(), value: Some(TERMINATION_LOG_PATH.into()), ..EnvVar::default() },
     ];
     env.extend(extra_env);
+    let mut args = vec![
+        format!("--job={JOB_MOUNT}/{JOB_FILE}"),
+        format!("--admin-addr=$(POD_IP):{}", config.admin_port),
+        format!("--name={}", job_ref.name),
+        format!("--namespace={}", job_ref.namespace),
+        format!("--secrets-dir={SECRETS_MOUNT}"),
+    ];
+    if descriptor_set(job).is_some() {
+        args.push(format!("--descriptor-set={PROTOBUF_MOUNT}/{DESCRIPTOR_SET_FILE}"));
+    }
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(job.spec.image.clone().unwrap_or_else(|| config.runtime_image.clone())),
-        args: Some(vec![
-            format!("--job={JOB_MOUNT}/{JOB_FILE}"),
-            format!("--admin-addr=$(POD_IP):{}", config.admin_port),
-            format!("--name={}", job_ref.name),
-            format!("--namespace={}", job_ref.namespace),
-            format!("--secrets-dir={SECRETS_MOUNT}"),
-        ]),
+        args: Some(args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some(ADMIN_PORT_NAME.into()),
@@ -209,11 +241,12 @@ pub fn restore_from(deployment: &mut Deployment, id: Option<&str>) {
 }
 
 /// Secret volumes by mount folder name, in the layout the runtime reads:
-/// `<side>-credentials/{username,password}` and `<side>-tls/{ca.crt,tls.crt,tls.key}`.
+/// `<side>-credentials/{username,password}`, `<side>-tls/{ca.crt,tls.crt,tls.key}` and, for
+/// an Avro source or sink whose registry needs a login, `<side>-registry/{username,password}`.
 fn secret_mounts(job: &StreamJob) -> BTreeMap<String, String> {
     let mut mounts = BTreeMap::new();
-    let sides = [("source", job.spec.source.kafka.security.as_ref()), ("sink", job.spec.sink.kafka.security.as_ref())];
-    for (side, security) in sides {
+    let (source, sink) = (&job.spec.source.kafka, &job.spec.sink.kafka);
+    for (side, security) in [("source", source.security.as_ref()), ("sink", sink.security.as_ref())] {
         let Some(KafkaSecurity { credentials_secret, tls_secret, .. }) = security else { continue };
         if let Some(secret) = credentials_secret {
             mounts.insert(format!("{side}-credentials"), secret.clone());
@@ -222,7 +255,19 @@ fn secret_mounts(job: &StreamJob) -> BTreeMap<String, String> {
             mounts.insert(format!("{side}-tls"), secret.clone());
         }
     }
+    let registries = [("source", source.format, &source.schema_registry), ("sink", sink.format, &sink.schema_registry)];
+    for (side, format, registry) in registries {
+        if let (Format::Avro, Some(secret)) = (format, registry.as_ref().and_then(|r| r.credentials_secret.as_ref())) {
+            mounts.insert(format!("{side}-registry"), secret.clone());
+        }
+    }
     mounts
+}
+
+/// The ConfigMap key holding a Protobuf source's descriptor set.
+fn descriptor_set(job: &StreamJob) -> Option<&ConfigMapKey> {
+    let source = &job.spec.source.kafka;
+    (source.format == Format::Protobuf).then_some(source.protobuf.as_ref()).flatten().map(|p| &p.descriptor_set)
 }
 
 /// Hash of a pod template, as stable as its serialization.

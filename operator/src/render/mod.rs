@@ -12,8 +12,9 @@ use weir_crds::StreamJob;
 
 pub use configmap::{CHECKSUM_ANNOTATION, JOB_FILE, config_map, job_file};
 pub use deployment::{
-    ADMIN_PORT_NAME, CONTAINER_NAME, JOB_MOUNT, RESTORE_FROM_ENV, ROLLOUT_ANNOTATION, SECRETS_MOUNT,
-    TEMPLATE_HASH_ANNOTATION, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH, deployment, restore_from,
+    ADMIN_PORT_NAME, CONTAINER_NAME, DESCRIPTOR_SET_FILE, JOB_MOUNT, PROTOBUF_MOUNT, RESTORE_FROM_ENV,
+    ROLLOUT_ANNOTATION, SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH, deployment,
+    restore_from,
 };
 pub use pdb::pod_disruption_budget;
 pub use scaledobject::{lag_query, scaled_object};
@@ -128,6 +129,40 @@ mod tests {
         assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("creds"));
         let mounts = pod.containers[0].volume_mounts.clone().unwrap();
         assert!(mounts.iter().any(|m| m.mount_path == format!("{SECRETS_MOUNT}/source-credentials")));
+    }
+
+    #[test]
+    fn registry_credentials_and_the_descriptor_set_are_mounted_where_the_runtime_reads_them() {
+        let job = job(serde_json::json!({
+            "source": {"kafka": {"bootstrapServers": "k:9092", "topic": "in", "format": "protobuf",
+                "protobuf": {"descriptorSet": {"name": "payments-proto", "key": "payment.pb"},
+                             "messageType": "shop.v1.Payment"}}},
+            "sink": {"kafka": {"bootstrapServers": "k:9092", "topic": "out", "format": "avro",
+                "schemaRegistry": {"url": "http://registry:8081", "credentialsSecret": "registry-creds"}}}}));
+        let pod = render(&job, &OperatorConfig::default()).unwrap().deployment.spec.unwrap().template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        let registry = volumes.iter().find(|v| v.name == "sink-registry").unwrap();
+        assert_eq!(registry.secret.as_ref().unwrap().secret_name.as_deref(), Some("registry-creds"));
+        let descriptor = volumes.iter().find_map(|v| v.config_map.as_ref().filter(|c| c.name == "payments-proto"));
+        let items = descriptor.unwrap().items.clone().unwrap();
+        assert_eq!((items[0].key.as_str(), items[0].path.as_str()), ("payment.pb", DESCRIPTOR_SET_FILE));
+        let container = &pod.containers[0];
+        let mounts: Vec<&str> = container.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert!(mounts.contains(&format!("{SECRETS_MOUNT}/sink-registry").as_str()), "{mounts:?}");
+        assert!(mounts.contains(&PROTOBUF_MOUNT), "{mounts:?}");
+        let args = container.args.clone().unwrap();
+        assert!(args.contains(&format!("--descriptor-set={PROTOBUF_MOUNT}/{DESCRIPTOR_SET_FILE}")), "{args:?}");
+    }
+
+    #[test]
+    fn json_topics_mount_no_registry_secret_and_no_descriptor_set() {
+        let job = job(serde_json::json!({
+            "sink": {"kafka": {"bootstrapServers": "k:9092", "topic": "out",
+                "schemaRegistry": {"url": "http://registry:8081", "credentialsSecret": "registry-creds"}}}}));
+        let pod = render(&job, &OperatorConfig::default()).unwrap().deployment.spec.unwrap().template.spec.unwrap();
+        let names: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["job", "tmp"]);
+        assert!(pod.containers[0].args.iter().flatten().all(|a| !a.starts_with("--descriptor-set")));
     }
 
     #[test]
