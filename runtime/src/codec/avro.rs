@@ -353,9 +353,107 @@ impl AvroEncoder {
 
 #[cfg(test)]
 mod tests {
-    use arrow::datatypes::{DataType, TimeUnit};
+    use apache_avro::types::Value as Avro;
+    use arrow::{
+        array::AsArray,
+        datatypes::{DataType, Float64Type, Int64Type, TimeUnit},
+    };
+    use weir_crds::JobDocument;
+    use weir_e2e::registry::SchemaRegistry;
 
     use super::*;
+    use crate::{
+        codec::{Decoder, FormatFiles},
+        engine::OFFSET,
+        kafka::config::SecretMounts,
+    };
+
+    const V1: &str = r#"{"type": "record", "name": "Payment", "fields": [
+        {"name": "user", "type": "string"}, {"name": "amount", "type": "long"}]}"#;
+    const V2: &str = r#"{"type": "record", "name": "Payment", "fields": [
+        {"name": "user", "type": "string"}, {"name": "amount", "type": "long"},
+        {"name": "channel", "type": ["null", "string"], "default": null}]}"#;
+
+    fn frame(schema: &str, id: u32, user: &str, amount: i64) -> Vec<u8> {
+        let schema = apache_avro::Schema::parse_str(schema).unwrap();
+        let mut fields =
+            vec![("user".to_owned(), Avro::String(user.into())), ("amount".to_owned(), Avro::Long(amount))];
+        if matches!(&schema, apache_avro::Schema::Record(r) if r.fields.len() == 3) {
+            fields.push(("channel".to_owned(), Avro::Union(1, Box::new(Avro::String("web".into())))));
+        }
+        let mut out = vec![0];
+        out.extend(id.to_be_bytes());
+        out.extend(apache_avro::to_avro_datum(&schema, Avro::Record(fields)).unwrap());
+        out
+    }
+
+    /// Decodes `payloads` with an Avro source reading `registry`, `extra` added to its settings.
+    fn decode(registry: &SchemaRegistry, extra: &str, payloads: &[Vec<u8>]) -> Decoded {
+        let spec = format!(
+            "source: {{kafka: {{bootstrapServers: k:9092, topic: in, format: avro, \
+             schemaRegistry: {{url: \"{}\"}}{extra}}}}}\nsink: {{kafka: {{bootstrapServers: k:9092, topic: out}}}}",
+            registry.url()
+        );
+        let source = JobDocument::parse(&spec).unwrap().spec.source.kafka;
+        let files = FormatFiles { secrets: SecretMounts::new("/nonexistent"), descriptor_set: None };
+        let decoder = Decoder::new(&source, &BTreeSet::new(), &files).unwrap();
+        let records: Vec<RawRecord<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawRecord {
+                payload: Some(p),
+                key: None,
+                partition: 0,
+                offset: 100 + i as i64,
+                timestamp: Some(1),
+                headers: None,
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(decoder.prepare(&records)).unwrap();
+        decoder.decode(&records)
+    }
+
+    #[test]
+    fn two_writer_versions_decode_in_offset_order_as_the_newest_and_bad_records_fail_alone() {
+        let registry = SchemaRegistry::start().unwrap();
+        let (v1, v2) = (registry.register("in-value", V1), registry.register("in-value", V2));
+        let truncated = frame(V1, v1, "c", 3)[..7].to_vec();
+        let payloads = [
+            frame(V1, v1, "a", 1),
+            frame(V2, v2, "b", 2),
+            b"{}".to_vec(),
+            truncated,
+            frame(V1, v1, "d", 4),
+            frame(V1, 999, "e", 5),
+            frame(V2, v2, "f", 6),
+        ];
+        let decoded = decode(&registry, "", &payloads);
+        let failed: Vec<usize> = decoded.errors.iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, [2, 3, 5], "{:?}", decoded.errors);
+        assert!(decoded.errors[2].1.contains("schema id 999 is not in the registry"), "{:?}", decoded.errors);
+        let batch = decoded.batch.unwrap();
+        let users: Vec<&str> = batch.column_by_name("user").unwrap().as_string::<i32>().iter().flatten().collect();
+        assert_eq!(users, ["a", "b", "d", "f"]);
+        assert_eq!(batch.column_by_name(OFFSET).unwrap().as_primitive::<Int64Type>().values(), &[100, 101, 104, 106]);
+        let channel = batch.column_by_name("channel").unwrap().as_string::<i32>();
+        assert_eq!(
+            channel.iter().collect::<Vec<_>>(),
+            [None, Some("web"), None, Some("web")],
+            "v1 rows get the default"
+        );
+        assert_eq!(registry.lookups(v1), 1);
+    }
+
+    #[test]
+    fn declared_fields_select_and_cast_avro_columns() {
+        let registry = SchemaRegistry::start().unwrap();
+        let v1 = registry.register("in-value", V1);
+        let extra = ", schema: [{name: amount, type: double}]";
+        let batch = decode(&registry, extra, &[frame(V1, v1, "a", 7)]).batch.unwrap();
+        assert_eq!(batch.column(0).as_primitive::<Float64Type>().value(0), 7.0);
+        assert!(batch.column_by_name("user").is_none(), "undeclared fields are left out");
+    }
 
     #[test]
     fn a_frame_is_magic_zero_then_a_big_endian_id() {

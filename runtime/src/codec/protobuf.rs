@@ -234,3 +234,204 @@ fn message_type(message: &MessageDescriptor, at: &str, path: &mut Vec<String>) -
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+    use prost_reflect::{
+        Value,
+        prost::Message,
+        prost_types::{
+            DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto, FileDescriptorProto,
+            FileDescriptorSet, MessageOptions,
+            field_descriptor_proto::{Label, Type},
+        },
+    };
+    use weir_crds::JobDocument;
+
+    use super::*;
+    use crate::kafka::config::SecretMounts;
+
+    fn field(name: &str, number: i32, kind: Type, type_name: Option<&str>) -> FieldDescriptorProto {
+        FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            r#type: Some(kind as i32),
+            label: Some(Label::Optional as i32),
+            type_name: type_name.map(Into::into),
+            ..FieldDescriptorProto::default()
+        }
+    }
+
+    fn repeated(field: FieldDescriptorProto) -> FieldDescriptorProto {
+        FieldDescriptorProto { label: Some(Label::Repeated as i32), ..field }
+    }
+
+    fn message(name: &str, fields: Vec<FieldDescriptorProto>) -> DescriptorProto {
+        DescriptorProto { name: Some(name.into()), field: fields, ..DescriptorProto::default() }
+    }
+
+    /// `t.Order`: scalars, an enum, a nested message, a repeated field, a map and a
+    /// Timestamp; `t.Node` contains itself; `t.Boxed` holds an `Any`.
+    fn descriptor_set() -> Vec<u8> {
+        let timestamp = FileDescriptorProto {
+            name: Some("google/protobuf/timestamp.proto".into()),
+            package: Some("google.protobuf".into()),
+            message_type: vec![message(
+                "Timestamp",
+                vec![field("seconds", 1, Type::Int64, None), field("nanos", 2, Type::Int32, None)],
+            )],
+            syntax: Some("proto3".into()),
+            ..FileDescriptorProto::default()
+        };
+        let any = FileDescriptorProto {
+            name: Some("google/protobuf/any.proto".into()),
+            package: Some("google.protobuf".into()),
+            message_type: vec![message(
+                "Any",
+                vec![field("type_url", 1, Type::String, None), field("value", 2, Type::Bytes, None)],
+            )],
+            syntax: Some("proto3".into()),
+            ..FileDescriptorProto::default()
+        };
+        let counts_entry = DescriptorProto {
+            options: Some(MessageOptions { map_entry: Some(true), ..MessageOptions::default() }),
+            ..message("CountsEntry", vec![field("key", 1, Type::String, None), field("value", 2, Type::Int64, None)])
+        };
+        let order = DescriptorProto {
+            nested_type: vec![counts_entry],
+            ..message(
+                "Order",
+                vec![
+                    field("id", 1, Type::Int64, None),
+                    field("price", 2, Type::Double, None),
+                    field("status", 3, Type::Enum, Some(".t.Status")),
+                    field("customer", 4, Type::Message, Some(".t.Customer")),
+                    repeated(field("tags", 5, Type::String, None)),
+                    repeated(field("counts", 6, Type::Message, Some(".t.Order.CountsEntry"))),
+                    field("at", 7, Type::Message, Some(".google.protobuf.Timestamp")),
+                ],
+            )
+        };
+        let status = EnumDescriptorProto {
+            name: Some("Status".into()),
+            value: ["UNKNOWN", "PAID"]
+                .iter()
+                .zip(0..)
+                .map(|(name, number)| EnumValueDescriptorProto {
+                    name: Some((*name).into()),
+                    number: Some(number),
+                    ..EnumValueDescriptorProto::default()
+                })
+                .collect(),
+            ..EnumDescriptorProto::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("t.proto".into()),
+            package: Some("t".into()),
+            dependency: vec!["google/protobuf/timestamp.proto".into(), "google/protobuf/any.proto".into()],
+            message_type: vec![
+                order,
+                message("Customer", vec![field("name", 1, Type::String, None)]),
+                message("Node", vec![field("child", 1, Type::Message, Some(".t.Node"))]),
+                message("Boxed", vec![field("inner", 1, Type::Message, Some(".google.protobuf.Any"))]),
+            ],
+            enum_type: vec![status],
+            syntax: Some("proto3".into()),
+            ..FileDescriptorProto::default()
+        };
+        FileDescriptorSet { file: vec![timestamp, any, file] }.encode_to_vec()
+    }
+
+    fn decoder(message_type: &str) -> Result<ProtobufDecoder, CodecError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("set.pb");
+        std::fs::write(&path, descriptor_set()).unwrap();
+        let spec = format!(
+            "source: {{kafka: {{bootstrapServers: k:9092, topic: in, format: protobuf, protobuf: \
+             {{descriptorSet: {{name: d, key: k}}, messageType: {message_type}}}}}}}\n\
+             sink: {{kafka: {{bootstrapServers: k:9092, topic: out}}}}"
+        );
+        let source = JobDocument::parse(&spec).unwrap().spec.source.kafka;
+        let files = FormatFiles { secrets: SecretMounts::new(dir.path()), descriptor_set: Some(path) };
+        ProtobufDecoder::new(&source, &BTreeSet::new(), &files)
+    }
+
+    fn order(decoder: &ProtobufDecoder, id: i64) -> Vec<u8> {
+        let pool = decoder.message.parent_pool();
+        let mut order = DynamicMessage::new(decoder.message.clone());
+        order.set_field_by_name("id", Value::I64(id));
+        order.set_field_by_name("price", Value::F64(9.5));
+        order.set_field_by_name("status", Value::EnumNumber(1));
+        let mut customer = DynamicMessage::new(pool.get_message_by_name("t.Customer").unwrap());
+        customer.set_field_by_name("name", Value::String("ada".into()));
+        order.set_field_by_name("customer", Value::Message(customer));
+        order.set_field_by_name("tags", Value::List(vec![Value::String("a".into()), Value::String("b".into())]));
+        let mut at = DynamicMessage::new(pool.get_message_by_name("google.protobuf.Timestamp").unwrap());
+        at.set_field_by_name("seconds", Value::I64(1_700_000_000));
+        at.set_field_by_name("nanos", Value::I32(250_000_000));
+        order.set_field_by_name("at", Value::Message(at));
+        order.encode_to_vec()
+    }
+
+    fn raw(payloads: &[Vec<u8>]) -> Vec<RawRecord<'_>> {
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawRecord {
+                payload: Some(p),
+                key: None,
+                partition: 0,
+                offset: i as i64,
+                timestamp: Some(1),
+                headers: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fields_become_columns_nested_messages_structs_and_repeated_fields_lists() {
+        let decoder = decoder("t.Order").unwrap();
+        let types: Vec<(&str, &DataType)> =
+            decoder.schema.fields().iter().map(|f| (f.name().as_str(), f.data_type())).collect();
+        assert_eq!(types[0], ("id", &DataType::Int64));
+        assert_eq!(types[2], ("status", &DataType::Utf8));
+        assert!(matches!(types[3].1, DataType::Struct(fields) if fields[0].name() == "name"));
+        assert!(matches!(types[4].1, DataType::List(item) if item.data_type() == &DataType::Utf8));
+        assert!(matches!(types[5].1, DataType::Map(..)));
+        assert_eq!(types[6].1, &DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())));
+    }
+
+    #[test]
+    fn messages_decode_and_a_malformed_payload_fails_alone() {
+        let decoder = decoder("t.Order").unwrap();
+        let payloads = [order(&decoder, 1), vec![0xff, 0xff, 0xff], order(&decoder, 3)];
+        let decoded = decoder.decode(&raw(&payloads));
+        assert_eq!(decoded.errors.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+        let batch = decoded.batch.unwrap();
+        assert_eq!(batch.column_by_name("id").unwrap().as_primitive::<Int64Type>().values(), &[1, 3]);
+        assert_eq!(batch.column_by_name("status").unwrap().as_string::<i32>().value(0), "PAID");
+        let customer = batch.column_by_name("customer").unwrap().as_struct();
+        assert_eq!(customer.column(0).as_string::<i32>().value(1), "ada");
+        let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
+        assert_eq!(tags.value(0).as_string::<i32>().iter().flatten().collect::<Vec<_>>(), ["a", "b"]);
+        let at = batch.column_by_name("at").unwrap().as_primitive::<TimestampMillisecondType>();
+        assert_eq!(at.value(0), 1_700_000_000_250);
+        assert!(!at.is_null(1));
+    }
+
+    #[test]
+    fn recursive_messages_and_any_are_refused_naming_the_field() {
+        let recursive = decoder("t.Node").unwrap_err().to_string();
+        assert!(recursive.contains("Node.child") && recursive.contains("recursive"), "{recursive}");
+        let any = decoder("t.Boxed").unwrap_err().to_string();
+        assert!(any.contains("Boxed.inner") && any.contains("google.protobuf.Any"), "{any}");
+    }
+
+    #[test]
+    fn an_unknown_message_type_lists_the_types_the_set_has() {
+        let error = decoder("t.Missing").unwrap_err().to_string();
+        assert!(error.contains("t.Missing is not in") && error.contains("t.Order"), "{error}");
+    }
+}
