@@ -2,9 +2,9 @@
 //! id (4 bytes, big-endian), then the Avro binary body.
 //!
 //! Decoding: the records of a batch are grouped by writer schema id; each group is decoded
-//! with arrow-avro, resolved to one reader schema — the newest schema (highest id) seen on
-//! the topic, so records written with older versions read as the new version does, with its
-//! defaults — and the groups are put back in offset order. Declared source fields then select
+//! with arrow-avro, resolved to one reader schema — the newest schema (highest id) seen of
+//! the same record type, so records written with older versions read as the new version
+//! does, with its defaults — and the groups are put back in offset order. Declared source fields then select
 //! and cast columns as they do for JSON. A bad frame, an id the registry does not know, or a
 //! body that does not decode fails that record alone.
 //!
@@ -128,26 +128,41 @@ impl AvroDecoder {
         self.extras.finish(decoded, records, &good, errors)
     }
 
-    /// Decodes each writer id's records, then puts the rows back in input order.
+    /// Decodes each writer id's records, then puts the rows back in input order. Each writer
+    /// version is read as the newest version of its type; a batch holds one type, the one
+    /// most of its records have, so a stray record of another type fails alone.
     fn decode_groups(
         &self,
         groups: BTreeMap<u32, Vec<(usize, &[u8])>>,
         good: &mut Vec<usize>,
         errors: &mut Vec<(usize, String)>,
     ) -> Result<Option<RecordBatch>, ArrowError> {
-        let Some(reader) = self.registry.newest() else {
-            errors.extend(groups.into_iter().flat_map(|(id, group)| {
-                let why = self.registry.schema(id).err().unwrap_or_default();
-                group.into_iter().map(move |(i, _)| (i, why.clone()))
-            }));
-            return Ok(None);
-        };
+        type Groups<'p> = Vec<(u32, Vec<(usize, &'p [u8])>)>;
+        let mut by_reader: BTreeMap<u32, (Arc<str>, Groups<'_>)> = BTreeMap::new();
+        for (writer, group) in groups {
+            match self.registry.newest_of(writer) {
+                Some((reader, name)) => {
+                    by_reader.entry(reader).or_insert_with(|| (name, Vec::new())).1.push((writer, group))
+                }
+                None => {
+                    let why = self.registry.schema(writer).err().unwrap_or_default();
+                    errors.extend(group.into_iter().map(|(i, _)| (i, why.clone())));
+                }
+            }
+        }
+        let records = |groups: &Groups<'_>| groups.iter().map(|(_, g)| g.len()).sum::<usize>();
+        let main = by_reader.iter().max_by_key(|(id, (_, groups))| (records(groups), **id)).map(|(id, _)| *id);
+        let Some((reader, (name, chosen))) = main.and_then(|id| by_reader.remove_entry(&id)) else { return Ok(None) };
+        for (other, groups) in by_reader.into_values() {
+            let why = format!("record type {other} is not the batch's {name}: one record type per topic");
+            errors.extend(groups.into_iter().flat_map(|(_, g)| g).map(|(i, _)| (i, why.clone())));
+        }
         let mut decoders = self.decoders.lock().unwrap_or_else(PoisonError::into_inner);
-        // Decoders resolving to an older reader schema are not needed any more.
-        decoders.retain(|(_, r), _| *r == reader);
+        // Decoders resolving to a reader schema that is not the newest any more are not needed.
+        decoders.retain(|(w, r), _| self.registry.newest_of(*w).is_some_and(|(newest, _)| newest == *r));
         let mut batches = Vec::new();
         let mut order = Vec::new();
-        for (writer, group) in groups {
+        for (writer, group) in chosen {
             let decoder = match decoders.remove(&(writer, reader)) {
                 Some(decoder) => decoder,
                 None => match self.build_decoder(writer, reader) {
@@ -443,6 +458,21 @@ mod tests {
             "v1 rows get the default"
         );
         assert_eq!(registry.lookups(v1), 1);
+    }
+
+    #[test]
+    fn a_stray_record_of_another_type_fails_alone_even_with_a_newer_id() {
+        let registry = SchemaRegistry::start().unwrap();
+        let v1 = registry.register("in-value", V1);
+        let other_schema = r#"{"type": "record", "name": "Refund", "fields": [
+            {"name": "user", "type": "string"}, {"name": "amount", "type": "long"}]}"#;
+        let other = registry.register("refunds-value", other_schema);
+        let payloads = [frame(V1, v1, "a", 1), frame(other_schema, other, "x", 9), frame(V1, v1, "b", 2)];
+        let decoded = decode(&registry, "", &payloads);
+        assert_eq!(decoded.errors.len(), 1, "{:?}", decoded.errors);
+        assert_eq!(decoded.errors[0].0, 1);
+        assert!(decoded.errors[0].1.contains("record type Refund is not the batch's Payment"), "{:?}", decoded.errors);
+        assert_eq!(decoded.batch.unwrap().num_rows(), 2);
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub enum RegistryError {
 /// What the registry said about a schema id.
 #[derive(Debug, Clone)]
 enum Lookup {
-    /// An Avro schema (JSON text).
-    Avro(Arc<str>),
+    /// An Avro schema (JSON text) and the full name of the type it describes.
+    Avro(Arc<str>, Arc<str>),
     /// An id that cannot decode Avro: why, and when that was learnt.
     Unusable(String, Instant),
 }
@@ -138,7 +138,7 @@ impl Registry {
             ids.into_iter()
                 .filter(|id| match schemas.get(id) {
                     None => true,
-                    Some(Lookup::Avro(_)) => false,
+                    Some(Lookup::Avro(..)) => false,
                     Some(Lookup::Unusable(_, at)) => at.elapsed() > MISSING_FOR,
                 })
                 .collect()
@@ -163,7 +163,10 @@ impl Registry {
         let answer: SchemaAnswer =
             serde_json::from_slice(&body).map_err(|e| RegistryError::Body { url, reason: e.to_string() })?;
         Ok(match answer.schema_type.as_deref() {
-            None | Some("AVRO") => Lookup::Avro(answer.schema.into()),
+            None | Some("AVRO") => {
+                let name = type_name(&answer.schema);
+                Lookup::Avro(answer.schema.into(), name.into())
+            }
             Some(other) => Lookup::Unusable(format!("schema id {id} is a {other} schema, not Avro"), Instant::now()),
         })
     }
@@ -171,17 +174,22 @@ impl Registry {
     /// The Avro schema (JSON text) of `id`, or why there is none.
     pub fn schema(&self, id: u32) -> Result<Arc<str>, String> {
         match self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
-            Some(Lookup::Avro(schema)) => Ok(schema.clone()),
+            Some(Lookup::Avro(schema, _)) => Ok(schema.clone()),
             Some(Lookup::Unusable(why, _)) => Err(why.clone()),
             None => Err(format!("schema id {id} was not looked up")),
         }
     }
 
-    /// The highest id of an Avro schema looked up: the registry hands out ids in order, so
-    /// for one topic's subject this is its newest version.
-    pub fn newest(&self) -> Option<u32> {
+    /// The newest version of `id`'s type: the highest id looked up of a schema with the same
+    /// full name (the registry hands out ids in order), and that name.
+    pub fn newest_of(&self, id: u32) -> Option<(u32, Arc<str>)> {
         let schemas = self.schemas.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        schemas.iter().rev().find(|(_, lookup)| matches!(lookup, Lookup::Avro(_))).map(|(id, _)| *id)
+        let Some(Lookup::Avro(_, name)) = schemas.get(&id) else { return None };
+        let newest = schemas.iter().rev().find_map(|(other, lookup)| match lookup {
+            Lookup::Avro(_, other_name) if other_name == name => Some(*other),
+            _ => None,
+        });
+        newest.map(|newest| (newest, name.clone()))
     }
 
     /// Registers the Avro `schema` under `subject`, or finds it there: its id.
@@ -247,8 +255,36 @@ fn transient_status(status: u16) -> bool {
     status >= 500 || status == 429 || status == 408
 }
 
+/// The full name of the type an Avro schema describes (`namespace.name` of a record), or the
+/// schema itself for a primitive.
+fn type_name(schema: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(schema) else { return schema.to_owned() };
+    let name = value.get("name").and_then(|n| n.as_str());
+    match (name, value.get("namespace").and_then(|n| n.as_str())) {
+        (Some(name), Some(namespace)) if !name.contains('.') && !namespace.is_empty() => format!("{namespace}.{name}"),
+        (Some(name), _) => name.to_owned(),
+        (None, _) => value.to_string(),
+    }
+}
+
 fn read_credential(path: &PathBuf) -> Result<String, RegistryError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
         .map_err(|source| RegistryError::Credential { path: path.clone(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_full_names() {
+        assert_eq!(
+            type_name(r#"{"type": "record", "name": "Payment", "namespace": "shop", "fields": []}"#),
+            "shop.Payment"
+        );
+        assert_eq!(type_name(r#"{"type": "record", "name": "a.B", "namespace": "shop", "fields": []}"#), "a.B");
+        assert_eq!(type_name(r#"{"type": "record", "name": "B", "fields": []}"#), "B");
+        assert_eq!(type_name(r#""string""#), r#""string""#);
+    }
 }
