@@ -173,22 +173,30 @@ impl AvroDecoder {
                     }
                 },
             };
-            let mut run = GroupRun { decoder, pending: Vec::new(), batches: &mut batches, order: &mut order };
+            let mut run = GroupRun {
+                decoder: Some(decoder),
+                rebuild: || self.build_decoder(writer, reader),
+                pending: Vec::new(),
+                batches: &mut batches,
+                order: &mut order,
+                errors,
+            };
             for (index, body) in group {
-                if let Err(why) = run.push(index, body, || self.build_decoder(writer, reader)) {
-                    errors.push((index, why));
-                }
+                run.push(index, body);
             }
-            decoders.insert((writer, reader), run.finish()?);
+            if let Some(decoder) = run.finish() {
+                decoders.insert((writer, reader), decoder);
+            }
         }
         drop(decoders);
-        let Some(first) = batches.first() else { return Ok(None) };
-        let batch = concat_batches(&first.schema(), &batches)?;
-        // Rows back in input (offset) order.
+        // Rows back in input (offset) order; `good` is set first so that a failure below
+        // reports these records instead of losing them.
         let mut by_input: Vec<u32> = (0..order.len() as u32).collect();
         by_input.sort_by_key(|&row| order[row as usize]);
         order.sort_unstable();
         *good = order;
+        let Some(first) = batches.first() else { return Ok(None) };
+        let batch = concat_batches(&first.schema(), &batches)?;
         Ok(Some(take_record_batch(&batch, &UInt32Array::from(by_input))?))
     }
 
@@ -213,55 +221,80 @@ impl AvroDecoder {
     }
 }
 
-/// Decoding one writer id's records. arrow-avro leaves a half-written row behind when a body
-/// fails, so after a failure the decoder is rebuilt and the rows not yet flushed are decoded
-/// again (each good row at most twice, and only in batches with a bad one).
-struct GroupRun<'b, 'p> {
-    decoder: reader::Decoder,
+/// Decoding one writer id's records: each ends up either as a row (its index in `order`) or
+/// in `errors`. arrow-avro leaves a half-written row behind when a body fails, so after a
+/// failure the decoder is rebuilt and the rows not yet flushed are decoded again (each good
+/// row at most twice, and only in batches with a bad one).
+struct GroupRun<'b, 'p, F> {
+    /// `None` once it could not be rebuilt.
+    decoder: Option<reader::Decoder>,
+    rebuild: F,
     /// Rows in the decoder, not yet flushed: (input index, body).
     pending: Vec<(usize, &'p [u8])>,
     batches: &'b mut Vec<RecordBatch>,
     order: &'b mut Vec<usize>,
+    errors: &'b mut Vec<(usize, String)>,
 }
 
-impl<'p> GroupRun<'_, 'p> {
-    fn push(
-        &mut self,
-        index: usize,
-        body: &'p [u8],
-        rebuild: impl Fn() -> Result<reader::Decoder, String>,
-    ) -> Result<(), String> {
-        match decode_body(&mut self.decoder, body) {
+impl<'p, F: Fn() -> Result<reader::Decoder, String>> GroupRun<'_, 'p, F> {
+    fn push(&mut self, index: usize, body: &'p [u8]) {
+        let Some(decoder) = self.decoder.as_mut() else {
+            self.errors.push((index, "the Avro decoder could not be rebuilt after an earlier error".into()));
+            return;
+        };
+        match decode_body(decoder, body) {
             Ok(()) => {
                 self.pending.push((index, body));
-                if self.decoder.batch_is_full() {
-                    self.flush().map_err(|e| e.to_string())?;
+                if decoder.batch_is_full() {
+                    self.flush();
                 }
-                Ok(())
             }
             Err(why) => {
-                self.decoder = rebuild()?;
-                for (_, body) in &self.pending {
-                    // Decoded once already: cannot fail now.
-                    decode_body(&mut self.decoder, body)?;
-                }
-                Err(why)
+                self.errors.push((index, why));
+                self.reset();
             }
         }
     }
 
-    fn flush(&mut self) -> Result<(), ArrowError> {
-        if let Some(batch) = self.decoder.flush()? {
-            self.batches.push(batch);
-            self.order.extend(self.pending.drain(..).map(|(i, _)| i));
+    /// A fresh decoder holding the pending rows again; when that fails, they are errors.
+    fn reset(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let replayed = (self.rebuild)().and_then(|mut decoder| {
+            // Decoded once already by an identical decoder: cannot fail now.
+            pending.iter().try_for_each(|(_, body)| decode_body(&mut decoder, body)).map(|()| decoder)
+        });
+        match replayed {
+            Ok(decoder) => {
+                self.decoder = Some(decoder);
+                self.pending = pending;
+            }
+            Err(why) => {
+                self.decoder = None;
+                self.errors.extend(pending.into_iter().map(|(i, _)| (i, why.clone())));
+            }
         }
-        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let Some(decoder) = self.decoder.as_mut() else { return };
+        match decoder.flush() {
+            Ok(Some(batch)) => {
+                self.batches.push(batch);
+                self.order.extend(self.pending.drain(..).map(|(i, _)| i));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let why = format!("invalid Avro body: {e}");
+                self.errors.extend(self.pending.drain(..).map(|(i, _)| (i, why.clone())));
+                self.reset();
+            }
+        }
     }
 
     /// Flushes the rest; the decoder, clean again, to reuse.
-    fn finish(mut self) -> Result<reader::Decoder, ArrowError> {
-        self.flush()?;
-        Ok(self.decoder)
+    fn finish(mut self) -> Option<reader::Decoder> {
+        self.flush();
+        self.decoder
     }
 }
 
