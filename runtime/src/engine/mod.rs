@@ -36,6 +36,9 @@ pub const EVENT_TIME: &str = "__weir_event_time";
 pub const OFFSET: &str = "__weir_offset";
 /// Hidden column: the consumed headers that travel to the sink with the record's rows.
 pub const HEADERS: &str = "__weir_headers";
+/// Hidden column of a repartitioned job's keyed stage: the row's offset in its *source*
+/// partition (its [`OFFSET`] is then the offset in the internal topic).
+pub const UPSTREAM_OFFSET: &str = "__weir_upstream_offset";
 
 /// Whether a column is one of the engine's own.
 pub fn is_hidden(name: &str) -> bool {
@@ -139,6 +142,10 @@ pub struct Plan {
     after_window: Vec<Stateless>,
     out_of_orderness: i64,
     idle_timeout: Duration,
+    /// The watermark is set from outside ([`PartitionPipeline::advance_watermark`]) rather
+    /// than from the event times of the rows: the keyed stage of a repartitioned job, whose
+    /// partitions mix rows of every source partition.
+    external_watermark: bool,
 }
 
 impl Plan {
@@ -188,7 +195,35 @@ impl Plan {
             out_of_orderness: event_time
                 .map_or(0, |e| i64::try_from(e.max_out_of_orderness.get().as_millis()).unwrap_or(0)),
             idle_timeout: event_time.map_or(Duration::from_secs(30), |e| e.idle_timeout.get()),
+            external_watermark: false,
         })
+    }
+
+    /// The fields of the `keyBy` its windowed aggregate groups by (none without one).
+    pub fn key_fields(&self) -> &[String] {
+        self.window.as_ref().map_or(&[], |w| &w.keys)
+    }
+
+    /// Splits the plan for repartitioning: the stateless steps before the window run where
+    /// records are consumed; the window and what follows it run on the internal topic's
+    /// partitions, with the watermark the source partitions report.
+    pub fn split_at_key(&self) -> (Self, Self) {
+        let front = Self { window: None, after_window: Vec::new(), ..self.clone() };
+        let keyed = Self { before_window: Vec::new(), external_watermark: true, ..self.clone() };
+        (front, keyed)
+    }
+
+    /// The stateless steps before the window, applied to one batch.
+    pub fn apply_front(&self, mut batch: RecordBatch) -> Result<RecordBatch, EngineError> {
+        for step in &self.before_window {
+            batch = step.apply(batch)?;
+        }
+        Ok(batch)
+    }
+
+    /// A fresh event-time tracker for one source partition of this plan.
+    pub fn watermark(&self, now: Instant) -> Watermark {
+        Watermark::new(self, None, now)
     }
 
     /// Whether the pipeline keeps state (has a windowed aggregate).
@@ -243,14 +278,15 @@ impl Watermark {
         self.max_event_time
     }
 
-    fn observe(&mut self, newest: i64, now: Instant) {
+    /// Takes in the newest event time of a batch of the partition's records.
+    pub fn observe(&mut self, newest: i64, now: Instant) {
         self.max_event_time = Some(self.max_event_time.map_or(newest, |t| t.max(newest)));
         self.last_activity = now;
     }
 
     /// After `idle_timeout` without records, event time is assumed to move with the clock,
     /// so the partition's last windows close. Returns whether the watermark moved.
-    fn advance_if_idle(&mut self, now: Instant) -> bool {
+    pub fn advance_if_idle(&mut self, now: Instant) -> bool {
         let idle_for = now.saturating_duration_since(self.last_activity);
         let Some(max) = self.max_event_time else { return false };
         if idle_for < self.idle_timeout {
@@ -259,6 +295,21 @@ impl Watermark {
         let elapsed = i64::try_from(idle_for.as_millis()).unwrap_or(i64::MAX);
         self.max_event_time = Some(max.saturating_add(elapsed));
         self.last_activity = now;
+        true
+    }
+
+    /// Whether nothing has been seen for `idle_timeout`: a source partition without
+    /// records must not hold back the watermark of what it feeds.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_activity) >= self.idle_timeout
+    }
+
+    /// Moves the watermark forward to `watermark` (never back).
+    fn advance_to(&mut self, watermark: i64) -> bool {
+        if watermark <= self.current() {
+            return false;
+        }
+        self.max_event_time = Some(watermark.saturating_add(self.out_of_orderness));
         true
     }
 }
@@ -340,7 +391,7 @@ impl PartitionPipeline {
 
     /// Runs a decoded batch (with hidden columns) through the pipeline.
     pub fn process(&mut self, batch: RecordBatch, now: Instant) -> Result<Processed, EngineError> {
-        let newest = newest_event_time(&batch);
+        let newest = newest_event_time(&batch).filter(|_| !self.plan.external_watermark);
         let mut batch = batch;
         for step in &self.plan.before_window {
             batch = step.apply(batch)?;
@@ -369,7 +420,16 @@ impl PartitionPipeline {
 
     /// Moves an idle partition's watermark with the clock and emits what that closes.
     pub fn tick(&mut self, now: Instant) -> Result<Vec<RecordBatch>, EngineError> {
-        if self.windows.is_none() || !self.watermark.advance_if_idle(now) {
+        if self.windows.is_none() || self.plan.external_watermark || !self.watermark.advance_if_idle(now) {
+            return Ok(Vec::new());
+        }
+        self.close_windows()
+    }
+
+    /// Moves an externally driven watermark (see [`Plan::split_at_key`]) forward and emits
+    /// what that closes.
+    pub fn advance_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
+        if !self.watermark.advance_to(watermark) {
             return Ok(Vec::new());
         }
         self.close_windows()
@@ -403,7 +463,8 @@ impl PartitionPipeline {
     }
 }
 
-fn newest_event_time(batch: &RecordBatch) -> Option<i64> {
+/// The newest event time in a decoded batch.
+pub fn newest_event_time(batch: &RecordBatch) -> Option<i64> {
     let times = batch.column_by_name(EVENT_TIME)?.as_primitive_opt::<Int64Type>()?;
     arrow::compute::max(times).filter(|_| times.len() > times.null_count())
 }

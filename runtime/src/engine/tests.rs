@@ -135,3 +135,46 @@ fn restored_state_gives_the_same_results_for_every_window_kind_and_aggregate() {
         assert_eq!(run_with_restores(&pipeline, three_batches(), true), straight, "{pipeline}");
     }
 }
+
+#[test]
+fn a_split_plan_gives_the_results_of_the_whole_when_fed_the_watermark() {
+    let pipeline = "  - filter: \"currency = 'EUR'\"\n  - keyBy: [user_id]\n  - window: {tumbling: {size: 10s}}\n  \
+                    - aggregate: [{fn: sum, field: amount, as: total}, {fn: count}]\n  - filter: \"count > 0\"\n";
+    let whole = plan(pipeline);
+    let (front, keyed) = whole.split_at_key();
+    assert_eq!(front.key_fields(), &[] as &[String], "the front has no window");
+    assert_eq!(keyed.key_fields(), &["user_id".to_owned()]);
+    let now = Instant::now();
+    let mut straight = PartitionPipeline::new(whole, Resume::default(), now);
+    let mut split = PartitionPipeline::new(Arc::new(keyed), Resume::default(), now);
+    let mut watermark = front.watermark(now);
+    let batch = payments(
+        &["a", "a", "b", "b"],
+        &[1.0, 2.0, 3.0, 9.0],
+        &["EUR", "EUR", "EUR", "USD"],
+        &[1_000, 9_000, 5_000, 5_500],
+    );
+    let later = payments(&["a"], &[100.0], &["EUR"], &[11_500]);
+    let mut want = Vec::new();
+    let mut got = Vec::new();
+    for batch in [batch, later] {
+        want.extend(straight.process(batch.clone(), now).unwrap().output);
+        watermark.observe(newest_event_time(&batch).unwrap(), now);
+        let rows = front.apply_front(batch).unwrap();
+        let processed = split.process(rows, now).unwrap();
+        assert!(processed.output.is_empty(), "rows alone never move an external watermark");
+        got.extend(split.advance_watermark(watermark.current()).unwrap());
+    }
+    let text = |batches: &[RecordBatch]| -> Vec<String> {
+        let mut rows: Vec<String> = batches
+            .iter()
+            .flat_map(|b| crate::codec::encode_json(b, crate::codec::Layout::default()).unwrap())
+            .map(|r| String::from_utf8(r.payload).unwrap())
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(text(&got), text(&want));
+    assert_eq!(text(&got).len(), 2, "a and b of the first window");
+    assert!(split.advance_watermark(watermark.current()).unwrap().is_empty(), "the same watermark closes nothing");
+}
