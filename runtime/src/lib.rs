@@ -10,4 +10,5 @@ pub mod engine;
 pub mod kafka;
 pub mod metrics;
 pub mod progress;
+pub mod repartition;
 pub mod runner;
