@@ -78,6 +78,8 @@ fn main() {
                 max_event_time: pipeline.watermark().max_event_time(),
                 offsets: BTreeMap::from([(0, KEYS as i64)]),
                 created_at: String::new(),
+                upstream: BTreeMap::new(),
+                marks: BTreeMap::new(),
             },
             windows,
         };

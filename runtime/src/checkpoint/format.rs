@@ -38,6 +38,14 @@ pub struct SnapshotHeader {
     pub offsets: BTreeMap<i32, i64>,
     /// When it was written, RFC 3339.
     pub created_at: String,
+    /// Keyed stage of a repartitioned job: the newest source offset applied per source
+    /// partition (rows a restarted front sends again are dropped).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream: BTreeMap<i32, i64>,
+    /// Keyed stage: the source partitions' watermarks as last reported, so a restored
+    /// partition need not wait for every source partition to report again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub marks: crate::repartition::Marks,
 }
 
 /// One partition's state at a checkpoint.
@@ -115,6 +123,8 @@ mod tests {
             max_event_time: Some(99),
             offsets: BTreeMap::from([(2, 1234), (3, 77)]),
             created_at: "2026-01-01T00:00:00.000Z".into(),
+            upstream: BTreeMap::from([(0, 41)]),
+            marks: BTreeMap::from([(0, crate::repartition::Mark::At(7)), (1, crate::repartition::Mark::IDLE)]),
         }
     }
 

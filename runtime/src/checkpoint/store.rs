@@ -256,6 +256,8 @@ mod tests {
                 max_event_time: None,
                 offsets: BTreeMap::new(),
                 created_at: String::new(),
+                upstream: BTreeMap::new(),
+                marks: BTreeMap::new(),
             },
             windows: None,
         }

@@ -252,6 +252,8 @@ pub(super) fn snapshots(topic: &str, table: &Table, id: u64) -> Result<Vec<Parti
                     max_event_time: run.pipeline.watermark().max_event_time(),
                     offsets: offsets.clone(),
                     created_at: created_at.clone(),
+                    upstream: run.upstream.clone(),
+                    marks: run.marks.clone(),
                 },
                 windows: run.pipeline.window_state()?,
             })

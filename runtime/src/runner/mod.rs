@@ -7,6 +7,8 @@
 //! committed offset and drops replayed records of windows it already emitted.
 
 mod commit;
+mod front;
+mod keyed;
 mod shared;
 
 use std::{
@@ -42,6 +44,7 @@ pub use self::shared::{
 };
 use self::{
     commit::Committer,
+    front::Front,
     shared::{lock, now_ms, now_rfc3339},
 };
 use crate::{
@@ -57,6 +60,7 @@ use crate::{
     },
     metrics::Metrics,
     progress::Progress,
+    repartition::Marks,
 };
 
 /// Why the job stopped with an error (the pod exits non-zero and is restarted).
@@ -133,6 +137,17 @@ struct Run {
     pipeline: PartitionPipeline,
     position: i64,
     committed: Option<i64>,
+    /// Keyed stage of a repartitioned job: the newest source offset applied per source
+    /// partition, to drop rows a restarted front sends again.
+    upstream: BTreeMap<i32, i64>,
+    /// Keyed stage: the source partitions' watermarks as the front reported them.
+    marks: Marks,
+}
+
+impl Run {
+    fn new(pipeline: PartitionPipeline, position: i64, committed: Option<i64>) -> Self {
+        Self { pipeline, position, committed, upstream: BTreeMap::new(), marks: Marks::new() }
+    }
 }
 
 /// Owned partitions, shared with the rebalance callbacks.
@@ -238,6 +253,9 @@ impl ClientContext for AdminContext {
     }
 }
 
+/// A consumer only asked for metadata (never subscribed).
+impl ConsumerContext for AdminContext {}
+
 type Sink = BaseProducer<Deliveries>;
 
 struct SourceContext {
@@ -289,17 +307,43 @@ impl ClientContext for SourceContext {
                 // partitions are not fetched: the loop asks the broker instead.
                 continue;
             }
-            let committed = table.runs.get(id).and_then(|r| r.committed).unwrap_or(partition.committed_offset);
-            let lag = if committed >= 0 && partition.hi_offset >= 0 {
-                partition.hi_offset - committed
-            } else if partition.hi_offset >= 0 {
-                partition.hi_offset - partition.lo_offset.max(0)
-            } else {
-                continue;
-            };
-            metrics.consumer_lag.with_label_values(&[topic_name, &label]).set(lag.max(0));
+            let committed = table.runs.get(id).and_then(|r| r.committed);
+            if let Some(lag) = lag_of(committed, partition) {
+                metrics.consumer_lag.with_label_values(&[topic_name, &label]).set(lag);
+            }
         }
     }
+}
+
+/// High watermark − committed offset (`committed` when the runtime knows better than the
+/// statistics, e.g. after transactional commits); from the low watermark when nothing was
+/// committed. `None` before the partition's offsets are known.
+fn lag_of(committed: Option<i64>, partition: &rdkafka::statistics::Partition) -> Option<i64> {
+    let committed = committed.unwrap_or(partition.committed_offset);
+    let lag = if committed >= 0 && partition.hi_offset >= 0 {
+        partition.hi_offset - committed
+    } else if partition.hi_offset >= 0 {
+        partition.hi_offset - partition.lo_offset.max(0)
+    } else {
+        return None;
+    };
+    Some(lag.max(0))
+}
+
+/// Consumed messages as records, grouped by partition in offset order.
+fn records_by_partition<'a>(messages: &'a [BorrowedMessage<'a>]) -> BTreeMap<i32, Vec<RawRecord<'a>>> {
+    let mut by_partition: BTreeMap<i32, Vec<RawRecord<'a>>> = BTreeMap::new();
+    for message in messages {
+        by_partition.entry(message.partition()).or_default().push(RawRecord {
+            payload: message.payload(),
+            key: message.key(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            headers: message.headers(),
+        });
+    }
+    by_partition
 }
 
 impl ConsumerContext for SourceContext {
@@ -368,6 +412,8 @@ struct Job {
     rate: Option<RecordRate>,
     /// Headers of produced records.
     headers: HeaderPolicy,
+    /// The front of a repartitioned job; then `consumer` reads the internal topic.
+    front: Option<Front>,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
@@ -393,8 +439,28 @@ pub fn run(settings: Settings, shared: Arc<Shared>, runtime: tokio::runtime::Han
 impl Job {
     fn start(settings: Settings, shared: Arc<Shared>, runtime: tokio::runtime::Handle) -> Result<Self, RunError> {
         let spec = &settings.spec;
-        let plan = Arc::new(Plan::new(spec)?);
-        let topic = spec.source.kafka.topic.clone();
+        let plan = Plan::new(spec)?;
+        let source_token =
+            TokenSource::for_connection(spec.source.kafka.security.as_ref(), Side::Source, &settings.secrets)?;
+        let source_partitions = source_partition_count(spec, &settings, source_token.clone(), &shared)?;
+        let front = if front::needs_repartition(spec, &plan, source_partitions) {
+            if spec.sink.kafka.delivery == Delivery::ExactlyOnce {
+                return Err(RunError::Unsupported(format!(
+                    "keyBy {:?} is not covered by source.kafka.partitionedBy, so the job repartitions through an \
+                     internal topic, and exactly-once delivery does not cover that yet: declare partitionedBy when the \
+                     topic is keyed by these fields, or use delivery idempotent",
+                    plan.key_fields()
+                )));
+            }
+            Some(Front::start(spec, &plan, &settings.group_id, &settings.secrets, &shared, source_partitions)?)
+        } else {
+            None
+        };
+        let plan = Arc::new(match &front {
+            Some(_) => plan.split_at_key().1,
+            None => plan,
+        });
+        let topic = front.as_ref().map_or_else(|| spec.source.kafka.topic.clone(), |f| f.internal.clone());
         let files = FormatFiles { secrets: settings.secrets.clone(), descriptor_set: settings.descriptor_set.clone() };
         let decoder = Decoder::new(&spec.source.kafka, &referenced_fields(spec), &files)?;
         let encoder = Encoder::new(&spec.sink.kafka, &settings.name, &settings.secrets)?;
@@ -425,13 +491,7 @@ impl Job {
         }
         let dead_letters = match &spec.dead_letter {
             Some(dlq) => {
-                let mut sink_spec = spec.sink.kafka.clone();
-                sink_spec.bootstrap_servers =
-                    dlq.bootstrap_servers.clone().unwrap_or_else(|| spec.source.kafka.bootstrap_servers.clone());
-                sink_spec.security = spec.source.kafka.security.clone();
-                sink_spec.properties.clear();
-                sink_spec.delivery = Delivery::Idempotent;
-                sink_spec.headers.clear();
+                let sink_spec = front::source_side_sink(spec, dlq.bootstrap_servers.as_deref());
                 let properties = config::producer(&sink_spec, &settings.secrets)?;
                 let token = TokenSource::for_connection(sink_spec.security.as_ref(), Side::Source, &settings.secrets)?;
                 ensure_topic(&properties, token.clone(), &dlq.topic, dlq.create_topic.as_ref())?;
@@ -472,20 +532,19 @@ impl Job {
             committer: committer.clone(),
             failed: Mutex::default(),
             stopped: stopped.clone(),
-            token: TokenSource::for_connection(spec.source.kafka.security.as_ref(), Side::Source, &settings.secrets)?,
+            token: source_token,
+        };
+        let consumer_properties = match &front {
+            Some(front) => config::consumer(
+                &front::internal_source(spec, &front.internal),
+                &front::keyed_group(&settings.group_id),
+                &settings.secrets,
+            )?,
+            None => config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?,
         };
         let consumer: BaseConsumer<SourceContext> =
-            client(&config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?, context)
-                .map_err(kafka("creating the consumer"))?;
-        let source_retries = metrics.retries.with_label_values(&["source"]);
-        let partition_count = retrying(&spec.source.kafka.retry, &source_retries, "reading topic metadata", || {
-            partition_count(&consumer, &topic)
-        })
-        .map_err(kafka("reading topic metadata"))?;
-        if partition_count == 0 {
-            return Err(RunError::MissingTopic(format!("the source topic {topic} does not exist")));
-        }
-        refuse_uncovered_keys(spec, &topic, partition_count)?;
+            client(&consumer_properties, context).map_err(kafka("creating the consumer"))?;
+        let partition_count = front.as_ref().map_or(source_partitions, Front::internal_partitions);
         consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
         {
             let mut status = lock(&shared.status);
@@ -494,7 +553,14 @@ impl Job {
         }
         info!(topic, group = settings.group_id, exactly_once, "consuming");
         let dead_letter_topic = spec.dead_letter.as_ref().map(|d| d.topic.clone());
-        let rate = spec.source.kafka.max_records_per_second.and_then(NonZeroU32::new).map(RecordRate::new);
+        // The front limits the rate of a repartitioned job.
+        let rate = spec
+            .source
+            .kafka
+            .max_records_per_second
+            .and_then(NonZeroU32::new)
+            .filter(|_| front.is_none())
+            .map(RecordRate::new);
         let headers = HeaderPolicy::new(&spec.sink.kafka);
         let decoder = decoder.carrying(headers.carry());
         Ok(Self {
@@ -515,6 +581,7 @@ impl Job {
             stopped_with: Mutex::default(),
             rate,
             headers,
+            front,
         })
     }
 
@@ -524,8 +591,14 @@ impl Job {
         let mut last_commit = Instant::now();
         let mut last_status = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
+            if let Some(front) = self.front.as_ref().filter(|_| !self.stopped.load(Ordering::Relaxed)) {
+                self.pump_front(front, self.settings.spec.source.kafka.batch_timeout.get() / 2)?;
+            }
             let messages = self.poll_batch()?;
             if let Some(e) = lock(&self.consumer.context().failed).take() {
+                return Err(e);
+            }
+            if let Some(e) = self.front.as_ref().and_then(Front::take_failure) {
                 return Err(e);
             }
             self.check_producers()?;
@@ -562,6 +635,9 @@ impl Job {
     }
 
     fn commit(&self) -> Result<(), RunError> {
+        if let Some(front) = &self.front {
+            front.commit(&self.shared, &self.settings.spec.source.kafka.retry)?;
+        }
         let mut table = lock(&self.table);
         let result = self.committer.commit(&self.consumer, &mut table);
         self.committer.refresh_status(&table);
@@ -599,6 +675,10 @@ impl Job {
         let id = id.unwrap_or_else(new_savepoint_id);
         if self.stopped.load(Ordering::Relaxed) {
             return self.savepoint_again(checkpointer, id);
+        }
+        if let Some(front) = &self.front {
+            let retry = &self.settings.spec.source.kafka.retry;
+            if stop { front.stop(&self.shared, retry)? } else { front.commit(&self.shared, retry)? }
         }
         self.committer.flush()?;
         let mut table = lock(&self.table);
@@ -676,6 +756,9 @@ impl Job {
             }
             let assignment = self.consumer.assignment().map_err(kafka("reading the assignment"))?;
             self.consumer.resume(&assignment).map_err(kafka("resuming partitions"))?;
+            if let Some(front) = &self.front {
+                front.resume()?;
+            }
             lock(&self.held_back).clear();
             // Join the group again: partitions come back through a rebalance and restore
             // from the checkpoints their last owner wrote.
@@ -765,7 +848,9 @@ impl Job {
     fn poll_batch(&self) -> Result<Vec<BorrowedMessage<'_>>, RunError> {
         let source = &self.settings.spec.source.kafka;
         let max = self.rate.as_ref().map_or(usize::MAX, RecordRate::max_batch).min(source.batch_size as usize).max(1);
-        let deadline = Instant::now() + source.batch_timeout.get();
+        // A repartitioned job's loop also waits for source records (the front).
+        let wait = if self.front.is_some() { source.batch_timeout.get() / 2 } else { source.batch_timeout.get() };
+        let deadline = Instant::now() + wait;
         let mut messages = Vec::new();
         // Liveness for /readyz: once per batch is enough (a batch waits at most `batchTimeout`).
         self.shared.last_poll_ms.store(now_ms(), Ordering::Relaxed);
@@ -797,7 +882,9 @@ impl Job {
 
     /// Stops on a failed delivery or a fatal producer error reported since the last batch.
     fn check_producers(&self) -> Result<(), RunError> {
-        for producer in std::iter::once(&self.committer.sink).chain(self.committer.dead_letters.iter()) {
+        let front = self.front.as_ref().map(Front::producer);
+        let producers = [Some(self.committer.sink.as_ref()), self.committer.dead_letters.as_deref(), front];
+        for producer in producers.into_iter().flatten() {
             if let Some(failure) = lock(&producer.context().failed).clone() {
                 return Err(RunError::Delivery(failure));
             }
@@ -872,7 +959,10 @@ impl Job {
                     seeks
                         .add_partition_offset(&self.topic, partition, Offset::Offset(header.position))
                         .map_err(kafka("listing seeks"))?;
-                    Run { pipeline, position: header.position, committed: committed.get(&partition).copied() }
+                    let mut run = Run::new(pipeline, header.position, committed.get(&partition).copied());
+                    run.upstream = header.upstream.clone();
+                    run.marks = header.marks.clone();
+                    run
                 }
                 None => {
                     let saved = metadata.get(&partition).and_then(|m| serde_json::from_str::<Progress>(m).ok());
@@ -897,7 +987,7 @@ impl Job {
                     if let Some(start) = start {
                         seeks.add_partition_offset(&self.topic, partition, start).map_err(kafka("listing seeks"))?;
                     }
-                    Run { pipeline, position, committed: committed.get(&partition).copied() }
+                    Run::new(pipeline, position, committed.get(&partition).copied())
                 }
             };
             table.runs.insert(partition, run);
@@ -947,17 +1037,10 @@ impl Job {
     }
 
     fn process(&self, messages: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
-        let mut by_partition: BTreeMap<i32, Vec<RawRecord<'_>>> = BTreeMap::new();
-        for message in messages {
-            by_partition.entry(message.partition()).or_default().push(RawRecord {
-                payload: message.payload(),
-                key: message.key(),
-                partition: message.partition(),
-                offset: message.offset(),
-                timestamp: message.timestamp().to_millis(),
-                headers: message.headers(),
-            });
+        if let Some(front) = &self.front {
+            return self.process_keyed(front, messages);
         }
+        let by_partition = records_by_partition(messages);
         self.shared.metrics.records_in.inc_by(messages.len() as u64);
         let mut table = lock(&self.table);
         for (partition, mut records) in by_partition {
@@ -974,17 +1057,7 @@ impl Job {
             }
             self.runtime.block_on(self.decoder.prepare(&records))?;
             let decoded = self.decoder.decode(&records);
-            for (index, reason) in &decoded.errors {
-                self.shared.metrics.decode_errors.inc();
-                let record = &records[*index];
-                self.dead_letter(
-                    record.payload.unwrap_or_default(),
-                    &format!("decode: {reason}"),
-                    partition,
-                    record.offset,
-                    record.key,
-                )?;
-            }
+            self.dead_letter_undecoded(&records, &decoded.errors)?;
             if let Some(batch) = decoded.batch {
                 match run.pipeline.process(batch, Instant::now()) {
                     Ok(processed) => {
@@ -999,18 +1072,7 @@ impl Job {
                     Err(e) => {
                         // Data the pipeline cannot evaluate (e.g. a string where a number is
                         // needed) is treated like undecodable input, not as a crash.
-                        warn!(partition, error = %e, "pipeline failed on a batch; dead-lettering it");
-                        self.shared.metrics.decode_errors.inc_by(records.len() as u64);
-                        for record in &records {
-                            let reason = format!("pipeline: {e}");
-                            self.dead_letter(
-                                record.payload.unwrap_or_default(),
-                                &reason,
-                                partition,
-                                record.offset,
-                                record.key,
-                            )?;
-                        }
+                        self.dead_letter_failed_batch(&records, &e)?;
                     }
                 }
             }
@@ -1075,6 +1137,35 @@ impl Job {
         Ok(())
     }
 
+    /// Counts and dead-letters the records that did not decode (`errors` from a decoder).
+    fn dead_letter_undecoded(&self, records: &[RawRecord<'_>], errors: &[(usize, String)]) -> Result<(), RunError> {
+        for (index, reason) in errors {
+            self.shared.metrics.decode_errors.inc();
+            let record = &records[*index];
+            let payload = record.payload.unwrap_or_default();
+            self.dead_letter(payload, &format!("decode: {reason}"), record.partition, record.offset, record.key)?;
+        }
+        Ok(())
+    }
+
+    /// Data the pipeline cannot evaluate (e.g. a string where a number is needed) is
+    /// treated like undecodable input, not as a crash: the batch's records are dead-lettered.
+    fn dead_letter_failed_batch(
+        &self,
+        records: &[RawRecord<'_>],
+        error: &dyn std::fmt::Display,
+    ) -> Result<(), RunError> {
+        let partition = records.first().map_or(-1, |r| r.partition);
+        warn!(partition, %error, "pipeline failed on a batch; dead-lettering it");
+        self.shared.metrics.decode_errors.inc_by(records.len() as u64);
+        let reason = format!("pipeline: {error}");
+        for record in records {
+            let payload = record.payload.unwrap_or_default();
+            self.dead_letter(payload, &reason, record.partition, record.offset, record.key)?;
+        }
+        Ok(())
+    }
+
     /// Sends a record the job cannot use to the dead-letter topic, with why and where from.
     fn dead_letter(
         &self,
@@ -1091,7 +1182,7 @@ impl Job {
         let offset = offset.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header { key: "weir.error", value: Some(reason) })
-            .insert(Header { key: "weir.source.topic", value: Some(&self.topic) })
+            .insert(Header { key: "weir.source.topic", value: Some(&self.settings.spec.source.kafka.topic) })
             .insert(Header { key: "weir.source.partition", value: Some(&partition) })
             .insert(Header { key: "weir.source.offset", value: Some(&offset) });
         let mut base =
@@ -1106,7 +1197,9 @@ impl Job {
 
     /// Dead-letters processed rows (late records) as JSON, with their source offsets.
     fn dead_letter_rows(&self, rows: &RecordBatch, reason: &str, partition: i32) -> Result<(), RunError> {
-        let offsets = rows.column_by_name(crate::engine::OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>());
+        let offsets = [crate::engine::UPSTREAM_OFFSET, crate::engine::OFFSET]
+            .into_iter()
+            .find_map(|name| rows.column_by_name(name).and_then(|c| c.as_primitive_opt::<Int64Type>()));
         for (row, encoded) in codec::encode_json(rows, Layout::default())?.into_iter().enumerate() {
             let offset = offsets.map_or(-1, |o| o.value(row));
             self.dead_letter(&encoded.payload, reason, partition, offset, None)?;
@@ -1129,8 +1222,29 @@ fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Resul
     }
 }
 
-/// The source topic's partition count; 0 when the topic does not exist.
-fn partition_count(consumer: &BaseConsumer<SourceContext>, topic: &str) -> Result<usize, KafkaError> {
+/// The source topic's partition count, read before the job's clients exist (they depend
+/// on whether it repartitions).
+fn source_partition_count(
+    spec: &StreamJobSpec,
+    settings: &Settings,
+    token: Option<TokenSource>,
+    shared: &Shared,
+) -> Result<usize, RunError> {
+    let source = &spec.source.kafka;
+    let properties = config::consumer(source, &settings.group_id, &settings.secrets)?;
+    let probe: BaseConsumer<AdminContext> =
+        client(&properties, AdminContext { token }).map_err(kafka("creating the consumer"))?;
+    let retries = shared.metrics.retries.with_label_values(&["source"]);
+    let count = retrying(&source.retry, &retries, "reading topic metadata", || partition_count(&probe, &source.topic))
+        .map_err(kafka("reading topic metadata"))?;
+    if count == 0 {
+        return Err(RunError::MissingTopic(format!("the source topic {} does not exist", source.topic)));
+    }
+    Ok(count)
+}
+
+/// A topic's partition count; 0 when the topic does not exist.
+fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<usize, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
     Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len()))
 }
@@ -1188,24 +1302,6 @@ fn check_topic_exists(
 /// A savepoint id that sorts by time: `sp-<UTC time>-<random>`.
 fn new_savepoint_id() -> String {
     format!("sp-{}-{:04x}", chrono::Utc::now().format("%Y%m%dt%H%M%S"), rand::random::<u16>())
-}
-
-/// State is kept per source partition, so a key spread over several partitions would be
-/// aggregated in pieces. Until the runtime repartitions through an internal topic, such a
-/// job is refused at start rather than run with wrong results.
-fn refuse_uncovered_keys(spec: &StreamJobSpec, topic: &str, partitions: usize) -> Result<(), RunError> {
-    let Some(keys) = spec.pipeline.iter().find_map(|s| if let Step::KeyBy(k) = s { Some(k) } else { None }) else {
-        return Ok(());
-    };
-    let partitioned_by = &spec.source.kafka.partitioned_by;
-    if keys.iter().all(|k| partitioned_by.contains(k)) || partitions <= 1 {
-        return Ok(());
-    }
-    Err(RunError::Unsupported(format!(
-        "keyBy {keys:?} is not covered by source.kafka.partitionedBy {partitioned_by:?} and topic {topic} has \
-         {partitions} partitions; repartitioning is not implemented yet, so declare partitionedBy when the topic \
-         is keyed by these fields"
-    )))
 }
 
 /// Every field name the pipeline mentions, to know which metadata columns to add.

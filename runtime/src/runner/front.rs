@@ -1,0 +1,497 @@
+//! The front of a repartitioned job (a `keyBy` the source topic is not partitioned by):
+//! it consumes the source topic, runs the stateless steps before the `keyBy`, and produces
+//! each row to the internal topic partition of its key, followed by watermark records, so
+//! the keyed stage knows how far every source partition has come.
+//!
+//! The front keeps no state: its progress is the source offsets, committed once everything
+//! produced before them is delivered. A record produced again after a crash carries the
+//! same source offset, and the keyed stage drops what it has applied already.
+
+use std::{
+    collections::BTreeMap,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientContext, Offset, Statistics, TopicPartitionList,
+    client::OAuthToken,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{BaseRecord, Producer},
+};
+use tracing::{debug, error, info, warn};
+use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
+
+use super::{
+    Deliveries, Job, RunError, Sink, client, ensure_topic, kafka, lag_of, oauth_token, partition_count,
+    records_by_partition, send,
+    shared::{Shared, lock},
+};
+use crate::{
+    engine::{Plan, Watermark},
+    kafka::{
+        auth::TokenSource,
+        config::{self, SecretMounts, Side},
+        rate::RecordRate,
+        retry::{Class, classify, retrying},
+    },
+    repartition::{self, KIND_HEADER, Mark, Marks, ROWS, UPSTREAM_HEADER, WATERMARKS},
+};
+
+/// Watermark records go out at most this often while event time moves...
+const MARKS_EVERY: Duration = Duration::from_millis(100);
+/// ...and at least this often, so a restarted keyed stage learns every source partition's.
+const MARKS_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+/// How long broker calls of a commit may take.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The internal topic of a job: where its front sends rows keyed for the keyed stage.
+pub(super) fn internal_topic(group_id: &str) -> String {
+    format!("{group_id}-repartition")
+}
+
+/// The consumer group of the keyed stage (the front uses the job's own group).
+pub(super) fn keyed_group(group_id: &str) -> String {
+    format!("{group_id}-keyed")
+}
+
+/// Whether the job must repartition: its `keyBy` is not covered by `partitionedBy` and the
+/// source has more than one partition, so a key's records may be spread over partitions.
+pub(super) fn needs_repartition(spec: &StreamJobSpec, plan: &Plan, source_partitions: usize) -> bool {
+    let keys = plan.key_fields();
+    let partitioned_by = &spec.source.kafka.partitioned_by;
+    !keys.is_empty() && source_partitions > 1 && !keys.iter().all(|k| partitioned_by.contains(k))
+}
+
+/// How many partitions the internal topic gets: the job's maximum parallelism (the keyed
+/// stage cannot use more pods than that), and at least the source's partition count.
+fn internal_partition_count(spec: &StreamJobSpec, source_partitions: usize) -> i32 {
+    let most = spec.autoscaling.as_ref().map_or(spec.parallelism, |a| a.max_replicas.max(spec.parallelism));
+    most.max(i32::try_from(source_partitions).unwrap_or(i32::MAX)).max(1)
+}
+
+/// The producer settings of topics the job writes on the source's cluster (the internal
+/// topic, dead letters): the source's connection, idempotent, no user properties.
+pub(super) fn source_side_sink(spec: &StreamJobSpec, bootstrap_servers: Option<&str>) -> KafkaSink {
+    let mut sink = spec.sink.kafka.clone();
+    sink.bootstrap_servers =
+        bootstrap_servers.map_or_else(|| spec.source.kafka.bootstrap_servers.clone(), str::to_owned);
+    sink.security = spec.source.kafka.security.clone();
+    sink.properties.clear();
+    sink.delivery = Delivery::Idempotent;
+    sink.acks = None;
+    sink.headers.clear();
+    sink.create_topic = None;
+    sink
+}
+
+/// The keyed stage's view of the source: the internal topic, read from its start.
+pub(super) fn internal_source(spec: &StreamJobSpec, internal: &str) -> KafkaSource {
+    let mut source = spec.source.kafka.clone();
+    source.topic = internal.to_owned();
+    source.start_offset = StartOffset::Earliest;
+    source.start_timestamp = None;
+    source.max_records_per_second = None;
+    source
+}
+
+/// A source partition the front owns.
+#[derive(Debug)]
+struct Owned {
+    watermark: Watermark,
+    /// Next offset to process, once a record was processed.
+    position: Option<i64>,
+    committed: Option<i64>,
+}
+
+/// Source partitions owned, shared with the rebalance callbacks.
+#[derive(Debug, Default)]
+struct Owners {
+    owned: BTreeMap<i32, Owned>,
+}
+
+/// Client context of the front's consumer: commits what it hands over, reports lag.
+struct FrontContext {
+    topic: String,
+    plan: Arc<Plan>,
+    owners: Arc<Mutex<Owners>>,
+    producer: Arc<Sink>,
+    shared: Arc<Shared>,
+    retry: weir_crds::Retry,
+    failed: Mutex<Option<RunError>>,
+    token: Option<TokenSource>,
+}
+
+impl ClientContext for FrontContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if classify(&error) == Class::Fatal {
+            error!(%error, reason, "fatal consumer error (source)");
+            lock(&self.failed).get_or_insert(RunError::Kafka { context: "consuming the source", source: error });
+        } else {
+            warn!(%error, reason, "consumer error; librdkafka retries");
+        }
+    }
+
+    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        oauth_token(self.token.as_ref())
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let metrics = &self.shared.metrics;
+        let owners = lock(&self.owners);
+        for (id, partition) in &topic.partitions {
+            if *id < 0 {
+                continue;
+            }
+            let label = id.to_string();
+            if !partition.desired || !owners.owned.contains_key(id) {
+                let _ = metrics.consumer_lag.remove_label_values(&[&self.topic, &label]);
+                continue;
+            }
+            if let Some(lag) = lag_of(owners.owned.get(id).and_then(|o| o.committed), partition) {
+                metrics.consumer_lag.with_label_values(&[&self.topic, &label]).set(lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for FrontContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        self.shared.metrics.source_rebalances.inc();
+        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
+        for partition in &partitions {
+            let _ = self.shared.metrics.consumer_lag.remove_label_values(&[&self.topic, &partition.to_string()]);
+        }
+        // The new owner starts at the committed offsets: commit what was delivered.
+        let mut owners = lock(&self.owners);
+        if let Err(e) = commit(consumer, &self.producer, &self.topic, &mut owners, &self.shared, &self.retry) {
+            error!(error = %e, "handing over revoked source partitions failed");
+            lock(&self.failed).get_or_insert(e);
+        }
+        for partition in &partitions {
+            owners.owned.remove(partition);
+        }
+        info!(?partitions, "source partitions handed over");
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else { return };
+        self.shared.metrics.source_rebalances.inc();
+        let now = Instant::now();
+        let mut owners = lock(&self.owners);
+        for element in assigned.elements() {
+            owners.owned.entry(element.partition()).or_insert_with(|| Owned {
+                watermark: self.plan.watermark(now),
+                position: None,
+                committed: None,
+            });
+        }
+        info!(partitions = ?owners.owned.keys().collect::<Vec<_>>(), "source partitions assigned");
+    }
+}
+
+/// Waits for everything produced to the internal topic, then commits the source offsets
+/// after it.
+fn commit<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    producer: &Sink,
+    topic: &str,
+    owners: &mut Owners,
+    shared: &Shared,
+    retry: &weir_crds::Retry,
+) -> Result<(), RunError> {
+    producer.flush(TIMEOUT).map_err(kafka("flushing records to the internal topic"))?;
+    if let Some(failure) = lock(&producer.context().failed).clone() {
+        return Err(RunError::Delivery(failure));
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (&partition, owned) in &owners.owned {
+        if let Some(position) = owned.position.filter(|&p| Some(p) != owned.committed) {
+            offsets
+                .add_partition_offset(topic, partition, Offset::Offset(position))
+                .map_err(kafka("listing offsets"))?;
+        }
+    }
+    if offsets.count() == 0 {
+        return Ok(());
+    }
+    let metrics = &shared.metrics;
+    retrying(retry, &metrics.retries.with_label_values(&["source"]), "committing source offsets", || {
+        consumer.commit(&offsets, CommitMode::Sync).inspect_err(|_| metrics.source_commit_failures.inc())
+    })
+    .map_err(kafka("committing source offsets"))?;
+    metrics.source_commits.inc();
+    for element in offsets.elements() {
+        if let (Some(owned), Offset::Offset(o)) = (owners.owned.get_mut(&element.partition()), element.offset()) {
+            owned.committed = Some(o);
+        }
+    }
+    Ok(())
+}
+
+/// The front: source consumer, internal producer, and the source partitions it owns.
+pub(super) struct Front {
+    /// The source topic.
+    pub topic: String,
+    /// The internal topic.
+    pub internal: String,
+    /// The source topic's partition count: the keyed stage waits for all their watermarks.
+    pub source_partitions: usize,
+    internal_partitions: u32,
+    plan: Arc<Plan>,
+    keys: Vec<String>,
+    consumer: BaseConsumer<FrontContext>,
+    producer: Arc<Sink>,
+    owners: Arc<Mutex<Owners>>,
+    rate: Option<RecordRate>,
+    /// The marks last sent and when.
+    sent: Mutex<(Marks, Instant)>,
+}
+
+impl Front {
+    /// Sets up the front of `spec`, creating the internal topic when it does not exist.
+    pub fn start(
+        spec: &StreamJobSpec,
+        plan: &Plan,
+        group_id: &str,
+        secrets: &SecretMounts,
+        shared: &Arc<Shared>,
+        source_partitions: usize,
+    ) -> Result<Self, RunError> {
+        let source = &spec.source.kafka;
+        let internal = internal_topic(group_id);
+        let sink = source_side_sink(spec, None);
+        let properties = config::producer(&sink, secrets)?;
+        let token = TokenSource::for_connection(source.security.as_ref(), Side::Source, secrets)?;
+        let partitions = internal_partition_count(spec, source_partitions);
+        let create = weir_crds::CreateTopic { partitions, replication_factor: -1 };
+        ensure_topic(&properties, token.clone(), &internal, Some(&create))?;
+        let deliveries = Deliveries::new("repartition", shared.metrics.clone(), token.clone());
+        let producer: Arc<Sink> =
+            Arc::new(client(&properties, deliveries).map_err(kafka("creating the internal topic's producer"))?);
+        let (front_plan, _) = plan.split_at_key();
+        let front_plan = Arc::new(front_plan);
+        let owners = Arc::new(Mutex::new(Owners::default()));
+        let context = FrontContext {
+            topic: source.topic.clone(),
+            plan: front_plan.clone(),
+            owners: owners.clone(),
+            producer: producer.clone(),
+            shared: shared.clone(),
+            retry: source.retry.clone(),
+            failed: Mutex::default(),
+            token,
+        };
+        let consumer: BaseConsumer<FrontContext> =
+            client(&config::consumer(source, group_id, secrets)?, context).map_err(kafka("creating the consumer"))?;
+        let retries = shared.metrics.retries.with_label_values(&["source"]);
+        let internal_partitions =
+            retrying(&source.retry, &retries, "reading the internal topic", || partition_count(&consumer, &internal))
+                .map_err(kafka("reading the internal topic"))?;
+        if internal_partitions == 0 {
+            return Err(RunError::MissingTopic(format!("the internal topic {internal} could not be created")));
+        }
+        if internal_partitions != usize::try_from(partitions).unwrap_or(0) {
+            warn!(
+                topic = internal,
+                partitions = internal_partitions,
+                wanted = partitions,
+                "the internal topic exists with another partition count; keeping it (keys are placed by it)"
+            );
+        }
+        consumer.subscribe(&[&source.topic]).map_err(kafka("subscribing to the source topic"))?;
+        info!(topic = source.topic, internal, internal_partitions, "repartitioning through the internal topic");
+        Ok(Self {
+            topic: source.topic.clone(),
+            internal,
+            source_partitions,
+            internal_partitions: u32::try_from(internal_partitions).unwrap_or(u32::MAX),
+            keys: plan.key_fields().to_vec(),
+            plan: front_plan,
+            consumer,
+            producer,
+            owners,
+            rate: source.max_records_per_second.and_then(NonZeroU32::new).map(RecordRate::new),
+            sent: Mutex::new((Marks::new(), Instant::now())),
+        })
+    }
+
+    /// The internal topic's partition count.
+    pub fn internal_partitions(&self) -> usize {
+        self.internal_partitions as usize
+    }
+
+    /// The producer writing the internal topic (its failures stop the job).
+    pub fn producer(&self) -> &Sink {
+        &self.producer
+    }
+
+    /// A failure inside a rebalance callback, for the loop to stop on.
+    pub fn take_failure(&self) -> Option<RunError> {
+        lock(&self.consumer.context().failed).take()
+    }
+
+    /// Up to `max` source records, waiting at most `wait` for them.
+    fn poll(&self, max: usize, wait: Duration) -> Result<Vec<BorrowedMessage<'_>>, RunError> {
+        let max = self.rate.as_ref().map_or(max, |r| r.max_batch().min(max)).max(1);
+        let deadline = Instant::now() + wait;
+        let mut messages = Vec::new();
+        while messages.len() < max {
+            match self.consumer.poll(deadline.saturating_duration_since(Instant::now())) {
+                Some(Ok(message)) => messages.push(message),
+                Some(Err(e)) if classify(&e) == Class::Transient => {
+                    warn!(error = %e, "consume error; librdkafka retries")
+                }
+                Some(Err(e)) => return Err(RunError::Kafka { context: "consuming the source", source: e }),
+                None => break,
+            }
+        }
+        if let Some(rate) = &self.rate {
+            rate.acquire(messages.len());
+        }
+        Ok(messages)
+    }
+
+    /// Commits the source offsets of what was delivered to the internal topic.
+    pub fn commit(&self, shared: &Shared, retry: &weir_crds::Retry) -> Result<(), RunError> {
+        let mut owners = lock(&self.owners);
+        commit(&self.consumer, &self.producer, &self.topic, &mut owners, shared, retry)
+    }
+
+    /// Stops consuming (a stop-with-savepoint): commits, then leaves the group, so the
+    /// source partitions go to instances still running or wait for the next pods.
+    pub fn stop(&self, shared: &Shared, retry: &weir_crds::Retry) -> Result<(), RunError> {
+        self.commit(shared, retry)?;
+        self.consumer.unsubscribe();
+        lock(&self.owners).owned.clear();
+        Ok(())
+    }
+
+    /// Consumes again after [`Self::stop`], from the committed offsets.
+    pub fn resume(&self) -> Result<(), RunError> {
+        self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))
+    }
+
+    /// Sends watermark records to every internal partition when event time moved (at most
+    /// every [`MARKS_EVERY`]) or [`MARKS_AT_LEAST_EVERY`] passed. Idle source partitions'
+    /// event time moves with the clock first.
+    pub fn send_marks(&self) -> Result<(), RunError> {
+        let now = Instant::now();
+        let marks: Marks = {
+            let mut owners = lock(&self.owners);
+            owners
+                .owned
+                .iter_mut()
+                .filter_map(|(&partition, owned)| {
+                    owned.watermark.advance_if_idle(now);
+                    match owned.watermark.max_event_time() {
+                        Some(_) => Some((partition, Mark::At(owned.watermark.current()))),
+                        None if owned.watermark.is_idle(now) => Some((partition, Mark::IDLE)),
+                        None => None,
+                    }
+                })
+                .collect()
+        };
+        let mut sent = lock(&self.sent);
+        let since = now.saturating_duration_since(sent.1);
+        let due = (marks != sent.0 && since >= MARKS_EVERY) || since >= MARKS_AT_LEAST_EVERY;
+        if marks.is_empty() || !due {
+            return Ok(());
+        }
+        let payload = repartition::encode_marks(&marks).map_err(|e| RunError::Unsupported(e.to_string()))?;
+        for partition in 0..self.internal_partitions {
+            let headers = OwnedHeaders::new().insert(Header { key: KIND_HEADER, value: Some(WATERMARKS) });
+            let record = BaseRecord::with_opaque_to(&self.internal, self.producer.context().sent_now())
+                .partition(i32::try_from(partition).unwrap_or(i32::MAX))
+                .payload(payload.as_slice())
+                .headers(headers);
+            send(&self.producer, record)?;
+        }
+        debug!(?marks, "watermarks sent to the internal topic");
+        *sent = (marks, now);
+        Ok(())
+    }
+}
+
+impl Job {
+    /// Moves one batch of source records through the steps before the `keyBy` to the
+    /// internal topic, then sends watermarks if they are due.
+    pub(super) fn pump_front(&self, front: &Front, wait: Duration) -> Result<(), RunError> {
+        let source = &self.settings.spec.source.kafka;
+        let messages = front.poll(source.batch_size as usize, wait)?;
+        if !messages.is_empty() {
+            self.forward(front, &messages)?;
+        }
+        front.producer.poll(Duration::ZERO);
+        front.send_marks()
+    }
+
+    fn forward(&self, front: &Front, messages: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
+        let metrics = &self.shared.metrics;
+        metrics.records_in.inc_by(messages.len() as u64);
+        metrics.source_bytes.inc_by(messages.iter().map(|m| m.payload_len() + m.key_len()).sum::<usize>() as u64);
+        let now = Instant::now();
+        for (partition, records) in records_by_partition(messages) {
+            self.runtime.block_on(self.decoder.prepare(&records))?;
+            let decoded = self.decoder.decode(&records);
+            self.dead_letter_undecoded(&records, &decoded.errors)?;
+            if let Some(batch) = decoded.batch {
+                let newest = crate::engine::newest_event_time(&batch);
+                match self.route(front, partition, batch) {
+                    Ok(()) => {}
+                    Err(RouteError::Send(e)) => return Err(e),
+                    Err(e) => self.dead_letter_failed_batch(&records, &e)?,
+                }
+                if let (Some(newest), Some(owned)) = (newest, lock(&front.owners).owned.get_mut(&partition)) {
+                    owned.watermark.observe(newest, now);
+                }
+            }
+            if let (Some(last), Some(owned)) = (records.last(), lock(&front.owners).owned.get_mut(&partition)) {
+                owned.position = Some(last.offset + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the steps before the `keyBy` on one partition's batch and produces the rows to
+    /// the internal partitions of their keys.
+    fn route(&self, front: &Front, partition: i32, batch: arrow::record_batch::RecordBatch) -> Result<(), RouteError> {
+        let rows = repartition::with_upstream_offsets(front.plan.apply_front(batch)?)?;
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let targets = repartition::partitions_of(&rows, &front.keys, front.internal_partitions)?;
+        let upstream = partition.to_string();
+        for (target, group) in repartition::split(&rows, &targets)? {
+            for payload in repartition::encode_rows(&group)? {
+                let headers = OwnedHeaders::new_with_capacity(2)
+                    .insert(Header { key: KIND_HEADER, value: Some(ROWS) })
+                    .insert(Header { key: UPSTREAM_HEADER, value: Some(&upstream) });
+                let record = BaseRecord::with_opaque_to(&front.internal, front.producer.context().sent_now())
+                    .partition(i32::try_from(target).unwrap_or(i32::MAX))
+                    .payload(payload.as_slice())
+                    .headers(headers);
+                send(&front.producer, record).map_err(RouteError::Send)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a batch could not be routed. Data errors dead-letter the batch; a failed send stops.
+#[derive(Debug, thiserror::Error)]
+enum RouteError {
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("{0}")]
+    Send(RunError),
+}

@@ -1,0 +1,124 @@
+//! The keyed stage of a repartitioned job: consumes the internal topic the front writes,
+//! drops rows it has applied already (a front that crashed sends them again), runs the
+//! window and what follows it, and closes windows on the lowest watermark of the source
+//! partitions, as the front's watermark records report them.
+
+use std::time::Instant;
+
+use arrow::{
+    array::{AsArray, BooleanArray, RecordBatch},
+    compute::filter_record_batch,
+    datatypes::Int64Type,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use tracing::warn;
+
+use super::{Job, Run, RunError, front::Front, shared::lock};
+use crate::{
+    engine::UPSTREAM_OFFSET,
+    repartition::{self, KIND_HEADER, Marks, ROWS, UPSTREAM_HEADER, WATERMARKS, WireError},
+};
+
+/// A record of the internal topic.
+enum Internal {
+    /// Rows from source partition `upstream`.
+    Rows { upstream: i32, batch: RecordBatch },
+    /// Source partitions' watermarks.
+    Marks(Marks),
+}
+
+fn header<'a>(message: &'a BorrowedMessage<'_>, key: &str) -> Option<&'a str> {
+    let headers = message.headers()?;
+    headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn read(message: &BorrowedMessage<'_>) -> Result<Internal, WireError> {
+    let payload = message.payload().unwrap_or_default();
+    match header(message, KIND_HEADER) {
+        Some(ROWS) => {
+            let upstream = header(message, UPSTREAM_HEADER)
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| WireError::Kind(Some(format!("{ROWS} without {UPSTREAM_HEADER}"))))?;
+            Ok(Internal::Rows { upstream, batch: repartition::decode_rows(payload, message.offset())? })
+        }
+        Some(WATERMARKS) => Ok(Internal::Marks(repartition::decode_marks(payload)?)),
+        other => Err(WireError::Kind(other.map(str::to_owned))),
+    }
+}
+
+impl Run {
+    /// The rows of `batch` from `upstream` not applied before, noting them as applied.
+    fn unseen(&mut self, upstream: i32, batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let Some(offsets) = batch.column_by_name(UPSTREAM_OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>())
+        else {
+            return Ok(batch);
+        };
+        let seen = self.upstream.get(&upstream).copied().unwrap_or(i64::MIN);
+        let newest = offsets.values().iter().copied().max().unwrap_or(seen);
+        if newest <= seen {
+            return Ok(batch.slice(0, 0));
+        }
+        self.upstream.insert(upstream, newest);
+        if offsets.values().first().is_some_and(|&first| first > seen) {
+            return Ok(batch);
+        }
+        let keep: BooleanArray = offsets.values().iter().map(|&o| Some(o > seen)).collect();
+        filter_record_batch(&batch, &keep)
+    }
+}
+
+impl Job {
+    /// Runs a batch of internal records through the keyed stage, in offset order per
+    /// internal partition.
+    pub(super) fn process_keyed(&self, front: &Front, messages: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
+        let metrics = &self.shared.metrics;
+        let mut table = lock(&self.table);
+        let mut outputs = Vec::new();
+        for message in messages {
+            let partition = message.partition();
+            let Some(run) = table.runs.get_mut(&partition) else { continue };
+            // Fetched before a seek to the partition's checkpoint: already in its state.
+            if message.offset() < run.position {
+                continue;
+            }
+            run.position = message.offset() + 1;
+            match read(message) {
+                Ok(Internal::Rows { upstream, batch }) => {
+                    let batch = run.unseen(upstream, batch)?;
+                    if batch.num_rows() == 0 {
+                        continue;
+                    }
+                    match run.pipeline.process(batch.clone(), Instant::now()) {
+                        Ok(processed) => {
+                            outputs.extend(processed.output);
+                            if let Some(late) = processed.late {
+                                metrics.records_late.inc_by(late.num_rows() as u64);
+                                if self.settings.spec.dead_letter.as_ref().is_some_and(|d| d.late_records) {
+                                    self.dead_letter_rows(&late, "late: its window had closed", upstream)?;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            warn!(partition, upstream, error = %e, "pipeline failed on a batch; dead-lettering it");
+                            metrics.decode_errors.inc_by(batch.num_rows() as u64);
+                            self.dead_letter_rows(&batch, &format!("pipeline: {e}"), upstream)?;
+                        }
+                    }
+                }
+                Ok(Internal::Marks(marks)) => {
+                    repartition::merge(&mut run.marks, &marks);
+                    if let Some(watermark) = repartition::combined(&run.marks, front.source_partitions) {
+                        outputs.extend(run.pipeline.advance_watermark(watermark)?);
+                    }
+                }
+                Err(e) => {
+                    // Not written by a front of this job (or by a newer runtime): skip it.
+                    metrics.decode_errors.inc();
+                    warn!(partition, offset = message.offset(), error = %e, "unreadable record in the internal topic");
+                }
+            }
+        }
+        drop(table);
+        self.produce(&outputs)
+    }
+}
