@@ -68,6 +68,25 @@ pub fn produce(producer: &BaseProducer, topic: &str, payments: &[Payment]) -> Re
     producer.flush(Duration::from_secs(30))
 }
 
+/// Sends payment `i` to partition `i % partitions`, whatever its user: every user's
+/// payments are spread over all partitions, as in a topic not keyed by user.
+pub fn produce_spread(
+    producer: &BaseProducer,
+    topic: &str,
+    payments: &[Payment],
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    for (i, p) in payments.iter().enumerate() {
+        let payload = json!({"user_id": p.user, "amount": p.amount, "currency": "EUR", "ts": p.ts}).to_string();
+        let partition = i32::try_from(i).unwrap_or(0) % partitions.max(1);
+        kafka::send(
+            producer,
+            BaseRecord::to(topic).key(p.user.as_bytes()).payload(payload.as_bytes()).partition(partition),
+        )?;
+    }
+    producer.flush(Duration::from_secs(30))
+}
+
 /// One far-future record per partition, so that every window of the test data closes.
 pub fn produce_flush_markers(producer: &BaseProducer, topic: &str, partitions: i32) -> Result<(), KafkaError> {
     for partition in 0..partitions {

@@ -99,27 +99,6 @@ fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
 }
 
 #[test]
-fn a_key_spread_over_partitions_is_refused_until_repartitioning_exists() {
-    let broker = must(Broker::start(), "starting the broker");
-    let dir = must(tempfile::tempdir(), "tempdir");
-    let name = "uncovered";
-    must(broker.create_topic(&format!("{name}-in"), 3), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    let job = job_file(dir.path(), &broker, name, "");
-    let text = must(std::fs::read_to_string(&job), "reading the job").replace("      partitionedBy: [user_id]\n", "");
-    must(std::fs::write(&job, text), "writing the job");
-    let output = must(
-        Command::new(env!("CARGO_BIN_EXE_weir-runtime"))
-            .args(["--job", &job.display().to_string(), "--admin-addr", "127.0.0.1:0", "--log-format", "text"])
-            .output(),
-        "running weir-runtime",
-    );
-    assert!(!output.status.success(), "must refuse to run");
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("not covered by source.kafka.partitionedBy"), "{log}");
-}
-
-#[test]
 fn an_invalid_job_file_is_refused_with_the_field_path() {
     let dir = must(tempfile::tempdir(), "tempdir");
     let job = dir.path().join("bad.yaml");
