@@ -74,6 +74,24 @@ fn quantile(metrics: &str, q: f64) -> Option<f64> {
     buckets.iter().find(|(_, count)| *count >= q * total).map(|(le, _)| *le)
 }
 
+/// API requests the operator sent, by `verb resource`, from `weir_operator_api_requests_total`.
+fn api_requests(metrics: &str) -> Vec<(String, f64)> {
+    let prefix = "weir_operator_api_requests_total{";
+    let label = |line: &str, name: &str| -> Option<String> {
+        Some(line.split(&format!("{name}=\"")).nth(1)?.split('"').next()?.to_owned())
+    };
+    let mut calls: Vec<(String, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| {
+            let name = format!("{} {}", label(l, "verb")?, label(l, "resource")?);
+            Some((name, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    calls
+}
+
 fn memory_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -140,8 +158,22 @@ fn main() {
         rss("VmHWM:"),
         baseline as f64 / 1024.0
     );
+    let reconciles: f64 = ["ok", "error"]
+        .iter()
+        .filter_map(|r| weir_e2e::metric_value(&metrics, &format!("weir_operator_reconciles_total{{result=\"{r}\"}}")))
+        .sum();
+    println!("| reconciles | {reconciles} ({:.2} per job) | |", reconciles / jobs as f64);
+    let calls = api_requests(&metrics);
+    // Watches are long-lived streams and leases are leader election: neither is reconcile work.
+    let work: f64 =
+        calls.iter().filter(|(name, _)| !name.starts_with("watch ") && !name.ends_with(" leases")).map(|c| c.1).sum();
     println!(
-        "| reconciles | {} | |",
-        weir_e2e::metric_value(&metrics, "weir_operator_reconciles_total{result=\"ok\"}").unwrap_or(0.0)
+        "| API requests of reconciles | {work} ({:.2} per job, {:.2} per reconcile) | |",
+        work / jobs as f64,
+        work / reconciles.max(1.0)
     );
+    println!("\n| API requests by verb and resource | count | per job |\n|---|---|---|");
+    for (name, count) in calls {
+        println!("| {name} | {count} | {:.2} |", count / jobs as f64);
+    }
 }

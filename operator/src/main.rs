@@ -72,8 +72,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::new()?);
+    let client = counting_client(metrics.clone()).await?;
     let served = metrics.clone();
     let metrics_addr = args.metrics_addr;
     tokio::spawn(async move {
@@ -136,6 +136,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A client whose every request is counted in `weir_operator_api_requests_total`, so the
+/// API traffic of reconciles can be measured.
+async fn counting_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
+    let config = kube::Config::infer().await?;
+    let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        metrics.count_request(request.method().as_str(), request.uri().path(), request.uri().query());
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
 }
 
 async fn wait_for_signal() {
