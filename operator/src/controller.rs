@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Service},
@@ -10,12 +10,18 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
-    runtime::{Controller, Predicate, PredicateConfig, WatchStreamExt, controller, predicates, reflector, watcher},
+    runtime::{
+        Controller, Predicate, PredicateConfig, WatchStreamExt, controller, predicates,
+        reflector::{self, Store},
+        watcher,
+    },
 };
+use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 use weir_crds::{JOB_LABEL, StreamJob};
 
 use crate::{
+    cache::{self, Children, Fingerprint, Writes},
     keda::ScaledObject,
     reconcile::{Context, error_policy, reconcile},
 };
@@ -50,6 +56,32 @@ pub async fn keda_installed(client: &Client, namespace: Option<&str>) -> bool {
     api.list(&kube::api::ListParams::default().limit(1)).await.is_ok()
 }
 
+/// A store of the children of kind `K` and the watch events worth a reconcile of their owner
+/// (see [`cache::changes`]). Managed fields are dropped: nothing reads them, and they are
+/// most of an object's size.
+fn children<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    writes: &Arc<Writes>,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Fingerprint
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api::<K>(client, namespace), watcher::Config::default().labels(JOB_LABEL))
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer);
+    (reader, cache::changes(events, writes.clone()))
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
@@ -63,21 +95,36 @@ pub async fn run(
     // finalizer's own patch and deletion marking do.
     let jobs = watcher(api::<StreamJob>(&client, namespace), watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(|job| job.metadata.managed_fields = None)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
-    let children = || watcher::Config::default().labels(JOB_LABEL);
+    let writes = &ctx.writes;
+    let (deployments, deployment_changes) = children::<Deployment>(&client, namespace, writes);
+    let (config_maps, config_map_changes) = children::<ConfigMap>(&client, namespace, writes);
+    let (services, service_changes) = children::<Service>(&client, namespace, writes);
+    let (budgets, budget_changes) = children::<PodDisruptionBudget>(&client, namespace, writes);
     let mut controller = Controller::for_stream(jobs, reader)
-        // Creating a job's children triggers it once per child: a short debounce folds such
-        // a burst into one reconcile.
+        // Changes to several children of a job (someone else's) come in bursts: a short
+        // debounce folds such a burst into one reconcile.
         .with_config(controller::Config::default().concurrency(settings.concurrency).debounce(DEBOUNCE))
-        .owns(api::<Deployment>(&client, namespace), children())
-        .owns(api::<ConfigMap>(&client, namespace), children())
-        .owns(api::<Service>(&client, namespace), children())
-        .owns(api::<PodDisruptionBudget>(&client, namespace), children());
+        .owns_stream(deployment_changes)
+        .owns_stream(config_map_changes)
+        .owns_stream(service_changes)
+        .owns_stream(budget_changes);
+    let mut scaled_objects = None;
     if ctx.config.keda_available {
-        controller = controller.owns(api::<ScaledObject>(&client, namespace), children());
+        let (store, changes) = children::<ScaledObject>(&client, namespace, writes);
+        controller = controller.owns_stream(changes);
+        scaled_objects = Some(store);
     }
+    let ctx = Arc::new(ctx.with_children(Children {
+        deployments,
+        config_maps,
+        services,
+        pod_disruption_budgets: budgets,
+        scaled_objects,
+    }));
     info!(namespace = namespace.unwrap_or("all"), "controller started");
     controller
         .graceful_shutdown_on(shutdown)

@@ -24,6 +24,7 @@ use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus, U
 
 use crate::{
     Error,
+    cache::{self, Cached, Children, Lookup, Writes},
     config::OperatorConfig,
     failure,
     keda::ScaledObject,
@@ -62,6 +63,11 @@ pub struct Context {
     pub config: OperatorConfig,
     /// Consecutive failures per StreamJob, for back-off.
     failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// Stores of the children, once the controller watches them; without them every read
+    /// asks the API server.
+    children: Option<Children>,
+    /// The operator's own latest writes, to know when a store has caught up with them.
+    pub writes: Arc<Writes>,
 }
 
 impl std::fmt::Debug for Context {
@@ -73,7 +79,17 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for reconciles made with `client`.
     pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
-        Self { client, recorder, metrics, config, failures: Arc::default() }
+        Self { client, recorder, metrics, config, failures: Arc::default(), children: None, writes: Arc::default() }
+    }
+
+    /// This context reading children from `children`.
+    pub fn with_children(&self, children: Children) -> Self {
+        Self { children: Some(children), ..self.clone() }
+    }
+
+    /// What the store of `K` says of `namespace/name`.
+    fn cached<K: Cached>(&self, namespace: &str, name: &str) -> Lookup<K> {
+        cache::lookup(self.children.as_ref(), &self.writes, namespace, name)
     }
 
     fn api<K>(&self, namespace: &str) -> Api<K>
@@ -98,6 +114,11 @@ impl Context {
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let namespace = job.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    // The cached job may not show the status this operator last wrote yet: build on that one.
+    let job = match ctx.writes.newer_status(&job) {
+        Some(status) => Arc::new(StreamJob { status: Some(status), ..(*job).clone() }),
+        None => job,
+    };
     let key = format!("{namespace}/{}", job.name_any());
     let jobs: Api<StreamJob> = ctx.api(&namespace);
     let result = finalizer(&jobs, FINALIZER, job, |event| async {
@@ -144,8 +165,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         return report_invalid(job, &invalid, ctx).await;
     }
     let job_ref = JobRef::new(job)?;
-    let deployments: Api<Deployment> = ctx.api(&job_ref.namespace);
-    let before = deployments.get_opt(&job_ref.name).await.map_err(Error::api("reading the Deployment"))?;
+    let before = read_deployment(ctx, &job_ref).await?;
     let current = before.as_ref().map(Current::of);
     let marks = current.as_ref().map(|c| c.marks.clone()).unwrap_or_default();
     let desired = render_clamped(job, &ctx.config, marks.source_partitions)?;
@@ -371,11 +391,23 @@ fn record_savepoint(status: &mut StreamJobStatus, savepoint: SavepointInfo) {
     status.last_savepoint = Some(savepoint);
 }
 
-/// The job's pods, whatever their state.
+/// The job's Deployment from the store when it has caught up with the operator's writes,
+/// else from the API server: the rollout bookkeeping on it must not be older than the last
+/// step taken.
+async fn read_deployment(ctx: &Context, job_ref: &JobRef) -> Result<Option<Deployment>, Error> {
+    if let Lookup::Known(cached) = ctx.cached::<Deployment>(&job_ref.namespace, &job_ref.name) {
+        return Ok(cached.map(|d| (*d).clone()));
+    }
+    let deployments: Api<Deployment> = ctx.api(&job_ref.namespace);
+    deployments.get_opt(&job_ref.name).await.map_err(Error::api("reading the Deployment"))
+}
+
+/// The job's pods, whatever their state, as the API server's watch cache has them: they
+/// feed the status (lag, failures), which the next reconcile refreshes.
 async fn list_pods(ctx: &Context, job_ref: &JobRef) -> Result<Vec<Pod>, Error> {
     let pods: Api<Pod> = ctx.api(&job_ref.namespace);
-    let listed =
-        pods.list(&ListParams::default().labels(&job_ref.selector())).await.map_err(Error::api("listing the pods"))?;
+    let params = ListParams::default().labels(&job_ref.selector()).match_any();
+    let listed = pods.list(&params).await.map_err(Error::api("listing the pods"))?;
     Ok(listed.items)
 }
 
@@ -392,8 +424,10 @@ async fn apply_auxiliary(ctx: &Context, job_ref: &JobRef, rendered: &Rendered) -
             Some(scaled_object) => {
                 apply_object(ctx, namespace, scaled_object).await?;
             }
+            None if matches!(ctx.cached::<ScaledObject>(namespace, &job_ref.name), Lookup::Known(None)) => {}
             None => {
                 let scaled_objects: Api<ScaledObject> = ctx.api(namespace);
+                ctx.writes.deleted::<ScaledObject>(namespace, &job_ref.name);
                 match scaled_objects.delete(&job_ref.name, &DeleteParams::default()).await {
                     Ok(_) => info!("autoscaling removed: deleted the ScaledObject"),
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -405,17 +439,27 @@ async fn apply_auxiliary(ctx: &Context, job_ref: &JobRef, rendered: &Rendered) -
     Ok(())
 }
 
-/// Server-side apply with the operator's field manager, taking ownership of conflicting fields.
+/// Server-side apply with the operator's field manager, taking ownership of conflicting
+/// fields; skipped when the cached object already is what the apply would make of it.
 async fn apply_object<K>(ctx: &Context, namespace: &str, object: &K) -> Result<K, Error>
 where
-    K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
-    <K as Resource>::DynamicType: Default,
+    K: Cached + Resource<Scope = NamespaceResourceScope> + DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = ctx.api(namespace);
+    let mut object = object.clone();
+    cache::stamp(&mut object).map_err(Error::Serialize)?;
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object)).await.map_err(|source| {
-        Error::Apply { kind: K::kind(&K::DynamicType::default()).into_owned(), name: name.clone(), source }
-    })
+    if let Lookup::Known(Some(live)) = ctx.cached::<K>(namespace, &name)
+        && cache::up_to_date(&object, live.as_ref())
+    {
+        return Ok((*live).clone());
+    }
+    let api: Api<K> = ctx.api(namespace);
+    let applied = api
+        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object))
+        .await
+        .map_err(|source| Error::Apply { kind: K::kind(&()).into_owned(), name: name.clone(), source })?;
+    ctx.writes.wrote(&applied);
+    Ok(applied)
 }
 
 /// Marks an invalid spec in status and with a Warning Event, and waits for a new spec.
@@ -443,6 +487,8 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         final_savepoint(job, ctx).await?;
     }
     let deployments: Api<Deployment> = ctx.api(&namespace);
+    ctx.writes.deleted::<Deployment>(&namespace, &job.name_any());
+    ctx.writes.forget_job(&namespace, &job.name_any());
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -499,9 +545,11 @@ async fn write_status(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) ->
     let namespace = job.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let jobs: Api<StreamJob> = ctx.api(&namespace);
     let patch = StatusPatch { api_version: &StreamJob::api_version(&()), kind: &StreamJob::kind(&()), status: next };
-    jobs.patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let written = jobs
+        .patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
         .map_err(Error::api("writing the status"))?;
+    ctx.writes.wrote_status(&written);
     Ok(())
 }
 

@@ -69,7 +69,7 @@ impl Change {
 }
 
 /// The runtime pods as their Deployment reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Pods {
     /// Pods asked for.
     pub desired: i32,
