@@ -215,3 +215,47 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
     assert_same(&got, &want, "results before the savepoint and after it, each once");
     drop((two, three));
 }
+
+#[test]
+fn exactly_once_through_the_internal_topic_commits_each_result_once_across_a_restart() {
+    let name = "eosrep";
+    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let topic = format!("{name}-in");
+    must(broker.create_topic(&topic, 3), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    let job = unkeyed_job(dir.path(), &broker, name, &checkpoints(dir.path()));
+    let text = must(std::fs::read_to_string(&job), "reading the job")
+        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
+    must(std::fs::write(&job, text), "writing the job");
+    let producer = producer(&broker);
+    let first = payments(3_000, 20, 0);
+    must(produce_spread(&producer, &topic, &first, 3), "producing");
+
+    let runtime = Runtime::start_with(&job, &["--instance", "eos"]);
+    must(
+        wait_until(Duration::from_secs(90), "results and a committed checkpoint", || {
+            metric(&runtime, "weir_records_out_total", name) > 0.0
+                && metric(&runtime, "weir_last_checkpoint_timestamp_seconds", name) > 0.0
+        }),
+        "first checkpoint",
+    );
+    assert_eq!(runtime.terminate(), Some(0), "SIGTERM commits both transactions and exits cleanly");
+
+    let second = payments(3_000, 20, 3_000);
+    must(produce_spread(&producer, &topic, &second, 3), "producing more");
+    produce_flush_markers(&producer, &topic, 3);
+    let _restarted = Runtime::start_with(&job, &["--instance", "eos"]);
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    let records = must(
+        kafka::read_committed_records(
+            &broker.bootstrap(),
+            &format!("{name}-out"),
+            want.len(),
+            Duration::from_secs(120),
+        ),
+        "reading committed results",
+    );
+    assert_same(&results(&records), &want, "each window result committed once");
+}

@@ -8,6 +8,8 @@
 //! - exactly-once: the newest whose recorded offsets are the committed ones. A snapshot is
 //!   written before its transaction commits; if the process dies between the two, the
 //!   transaction is aborted and the committed offsets still match the previous snapshot.
+//!   The transaction also commits the checkpoint id as offset metadata ([`CommittedCheckpoint`]):
+//!   where the broker returns it, it tells apart snapshots whose offsets are equal.
 
 pub mod format;
 pub mod store;
@@ -28,6 +30,27 @@ pub use self::{
     format::{FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
     store::{CheckpointStore, StoreError},
 };
+
+/// The offset metadata an exactly-once checkpoint commits: which checkpoint the offsets
+/// belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommittedCheckpoint {
+    /// The checkpoint id.
+    pub checkpoint: u64,
+}
+
+impl CommittedCheckpoint {
+    /// The metadata text.
+    pub fn to_metadata(self) -> String {
+        serde_json::to_string(&self).unwrap_or_default()
+    }
+
+    /// Reads metadata written by [`Self::to_metadata`]; `None` for anything else (other
+    /// commit metadata, or a broker that does not return it).
+    pub fn from_metadata(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
 
 /// The lineage of checkpoints a start without `--restore-from` continues.
 pub const DEFAULT_RUN: &str = "default";
@@ -136,6 +159,7 @@ impl Checkpointer {
         topic: &str,
         partition: i32,
         committed: &BTreeMap<i32, i64>,
+        committed_checkpoint: Option<u64>,
         exactly_once: bool,
     ) -> Result<Option<PartitionSnapshot>, StoreError> {
         self.runtime.block_on(async {
@@ -148,7 +172,7 @@ impl Checkpointer {
                 self.next_id.fetch_max(newest.header.checkpoint + 1, Ordering::SeqCst);
             }
             let headers: Vec<SnapshotHeader> = snapshots.iter().map(|s| s.header.clone()).collect();
-            if let Some(index) = choose(&headers, committed, exactly_once) {
+            if let Some(index) = choose(&headers, committed, committed_checkpoint, exactly_once) {
                 debug!(
                     partition,
                     checkpoint = headers[index].checkpoint,
@@ -218,10 +242,16 @@ impl Checkpointer {
 }
 
 /// Index into `headers` (newest first) of the snapshot to restore, if one fits. Exactly-once
-/// needs every recorded offset to equal the committed one; among equals (a checkpoint that
-/// moved no offset, e.g. idle windows closing) the older is taken, as its transaction is
-/// known to have committed.
-pub fn choose(headers: &[SnapshotHeader], committed: &BTreeMap<i32, i64>, exactly_once: bool) -> Option<usize> {
+/// needs every recorded offset to equal the committed one. Among equals (a checkpoint that
+/// moved no offset, e.g. idle windows closing) the one `committed_checkpoint` names is
+/// taken; without it (a broker that drops commit metadata) the older, as its transaction
+/// is known to have committed.
+pub fn choose(
+    headers: &[SnapshotHeader],
+    committed: &BTreeMap<i32, i64>,
+    committed_checkpoint: Option<u64>,
+    exactly_once: bool,
+) -> Option<usize> {
     if !exactly_once {
         return (!headers.is_empty()).then_some(0);
     }
@@ -229,6 +259,10 @@ pub fn choose(headers: &[SnapshotHeader], committed: &BTreeMap<i32, i64>, exactl
         committed.get(&h.partition) == Some(&h.position)
             && h.offsets.iter().all(|(p, o)| committed.get(p).is_none_or(|c| c == o))
     };
+    let named = committed_checkpoint.and_then(|id| headers.iter().position(|h| h.checkpoint == id));
+    if let Some(named) = named.filter(|&i| matches(&headers[i])) {
+        return Some(named);
+    }
     let first = headers.iter().position(matches)?;
     let mut chosen = first;
     while headers.get(chosen + 1).is_some_and(|older| matches(older) && older.offsets == headers[first].offsets) {
@@ -264,30 +298,42 @@ mod tests {
     #[test]
     fn at_least_once_restores_the_newest() {
         let headers = [header(3, 0, &[(0, 30)]), header(2, 0, &[(0, 20)])];
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), false), Some(0));
-        assert_eq!(choose(&[], &BTreeMap::new(), false), None);
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), None, false), Some(0));
+        assert_eq!(choose(&[], &BTreeMap::new(), None, false), None);
     }
 
     #[test]
     fn exactly_once_restores_the_snapshot_of_the_committed_offsets() {
         // Checkpoint 3 was written but its transaction never committed.
         let headers = [header(3, 0, &[(0, 30), (1, 12)]), header(2, 0, &[(0, 20), (1, 10)])];
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20), (1, 10)]), true), Some(1));
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 30), (1, 12)]), true), Some(0));
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 25)]), true), None, "no snapshot of offset 25");
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20), (1, 10)]), None, true), Some(1));
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 30), (1, 12)]), None, true), Some(0));
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 25)]), None, true), None, "no snapshot of offset 25");
     }
 
     #[test]
     fn exactly_once_tells_equal_positions_apart_by_the_other_partitions() {
         // Partition 0 did not move between checkpoints 2 and 3; partition 1 did.
         let headers = [header(3, 0, &[(0, 20), (1, 15)]), header(2, 0, &[(0, 20), (1, 10)])];
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20), (1, 15)]), true), Some(0));
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20), (1, 10)]), true), Some(1));
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20), (1, 15)]), None, true), Some(0));
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20), (1, 10)]), None, true), Some(1));
     }
 
     #[test]
     fn exactly_once_takes_the_older_of_indistinguishable_snapshots() {
         let headers = [header(3, 0, &[(0, 20)]), header(2, 0, &[(0, 20)]), header(1, 0, &[(0, 5)])];
-        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), true), Some(1));
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), None, true), Some(1));
+    }
+
+    #[test]
+    fn exactly_once_takes_the_snapshot_the_commit_names_when_offsets_are_equal() {
+        let headers = [header(3, 0, &[(0, 20)]), header(2, 0, &[(0, 20)]), header(1, 0, &[(0, 5)])];
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), Some(3), true), Some(0), "its transaction committed");
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), Some(2), true), Some(1));
+        // A name that does not fit the offsets (metadata of another lineage) is not trusted.
+        assert_eq!(choose(&headers, &BTreeMap::from([(0, 20)]), Some(1), true), Some(1));
+        let metadata = CommittedCheckpoint { checkpoint: 3 }.to_metadata();
+        assert_eq!(CommittedCheckpoint::from_metadata(&metadata), Some(CommittedCheckpoint { checkpoint: 3 }));
+        assert_eq!(CommittedCheckpoint::from_metadata(r#"{"v":1,"position":3}"#), None);
     }
 }

@@ -22,7 +22,7 @@ use super::{
     shared::{CheckpointStatus, PartitionStatus, Shared, lock, now_rfc3339},
 };
 use crate::{
-    checkpoint::{Checkpointer, FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
+    checkpoint::{Checkpointer, CommittedCheckpoint, FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
     kafka::retry::retrying,
     progress::Progress,
 };
@@ -114,6 +114,12 @@ impl Committer {
             offsets
                 .add_partition_offset(&self.topic, header.partition, Offset::Offset(header.position))
                 .map_err(kafka("listing offsets"))?;
+            if self.exactly_once
+                && let Some(mut element) = offsets.find_partition(&self.topic, header.partition)
+            {
+                let named = CommittedCheckpoint { checkpoint: header.checkpoint };
+                element.set_metadata(named.to_metadata());
+            }
         }
         if self.exactly_once {
             let group =

@@ -95,6 +95,8 @@ pub(super) fn internal_source(spec: &StreamJobSpec, internal: &str) -> KafkaSour
     source.start_offset = StartOffset::Earliest;
     source.start_timestamp = None;
     source.max_records_per_second = None;
+    // Exactly-once, the front's rows count once their transaction commits.
+    source.isolation_level = weir_crds::IsolationLevel::ReadCommitted;
     source
 }
 
@@ -121,6 +123,7 @@ struct FrontContext {
     producer: Arc<Sink>,
     shared: Arc<Shared>,
     retry: weir_crds::Retry,
+    exactly_once: bool,
     failed: Mutex<Option<RunError>>,
     token: Option<TokenSource>,
 }
@@ -171,7 +174,10 @@ impl ConsumerContext for FrontContext {
         }
         // The new owner starts at the committed offsets: commit what was delivered.
         let mut owners = lock(&self.owners);
-        if let Err(e) = commit(consumer, &self.producer, &self.topic, &mut owners, &self.shared, &self.retry) {
+        let exactly_once = self.exactly_once;
+        if let Err(e) =
+            commit(consumer, &self.producer, &self.topic, &mut owners, &self.shared, &self.retry, exactly_once)
+        {
             error!(error = %e, "handing over revoked source partitions failed");
             lock(&self.failed).get_or_insert(e);
         }
@@ -197,8 +203,9 @@ impl ConsumerContext for FrontContext {
     }
 }
 
-/// Waits for everything produced to the internal topic, then commits the source offsets
-/// after it.
+/// Makes the front's progress durable: waits for everything produced to the internal topic,
+/// then commits the source offsets after it; exactly-once, commits the transaction that
+/// holds both (and opens the next).
 fn commit<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     producer: &Sink,
@@ -206,8 +213,11 @@ fn commit<C: ConsumerContext>(
     owners: &mut Owners,
     shared: &Shared,
     retry: &weir_crds::Retry,
+    exactly_once: bool,
 ) -> Result<(), RunError> {
-    producer.flush(TIMEOUT).map_err(kafka("flushing records to the internal topic"))?;
+    if !exactly_once {
+        producer.flush(TIMEOUT).map_err(kafka("flushing records to the internal topic"))?;
+    }
     if let Some(failure) = lock(&producer.context().failed).clone() {
         return Err(RunError::Delivery(failure));
     }
@@ -219,15 +229,27 @@ fn commit<C: ConsumerContext>(
                 .map_err(kafka("listing offsets"))?;
         }
     }
-    if offsets.count() == 0 {
-        return Ok(());
-    }
     let metrics = &shared.metrics;
-    retrying(retry, &metrics.retries.with_label_values(&["source"]), "committing source offsets", || {
-        consumer.commit(&offsets, CommitMode::Sync).inspect_err(|_| metrics.source_commit_failures.inc())
-    })
-    .map_err(kafka("committing source offsets"))?;
-    metrics.source_commits.inc();
+    if exactly_once {
+        if offsets.count() > 0 {
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| RunError::Checkpoint("no consumer group metadata for the source".into()))?;
+            producer
+                .send_offsets_to_transaction(&offsets, &group, TIMEOUT)
+                .map_err(kafka("adding source offsets to the internal topic's transaction"))?;
+        }
+        producer.commit_transaction(TIMEOUT).map_err(kafka("committing the internal topic's transaction"))?;
+        producer.begin_transaction().map_err(kafka("beginning a transaction on the internal topic"))?;
+    } else if offsets.count() > 0 {
+        retrying(retry, &metrics.retries.with_label_values(&["source"]), "committing source offsets", || {
+            consumer.commit(&offsets, CommitMode::Sync).inspect_err(|_| metrics.source_commit_failures.inc())
+        })
+        .map_err(kafka("committing source offsets"))?;
+    }
+    if offsets.count() > 0 {
+        metrics.source_commits.inc();
+    }
     for element in offsets.elements() {
         if let (Some(owned), Offset::Offset(o)) = (owners.owned.get_mut(&element.partition()), element.offset()) {
             owned.committed = Some(o);
@@ -251,12 +273,19 @@ pub(super) struct Front {
     producer: Arc<Sink>,
     owners: Arc<Mutex<Owners>>,
     rate: Option<RecordRate>,
+    /// Rows, watermarks and source offsets commit in one transaction.
+    exactly_once: bool,
+    /// Exactly-once with the dead-letter topic on the source's cluster: dead letters of
+    /// consumed records go in the same transaction.
+    dead_letters_in_transaction: bool,
     /// The marks last sent and when.
     sent: Mutex<(Marks, Instant)>,
 }
 
 impl Front {
     /// Sets up the front of `spec`, creating the internal topic when it does not exist.
+    /// With `transactions` (an id and a timeout), what it produces commits with the source
+    /// offsets in Kafka transactions.
     pub fn start(
         spec: &StreamJobSpec,
         plan: &Plan,
@@ -264,11 +293,17 @@ impl Front {
         secrets: &SecretMounts,
         shared: &Arc<Shared>,
         source_partitions: usize,
+        transactions: Option<(String, Duration)>,
     ) -> Result<Self, RunError> {
         let source = &spec.source.kafka;
         let internal = internal_topic(group_id);
         let sink = source_side_sink(spec, None);
-        let properties = config::producer(&sink, secrets)?;
+        let mut properties = config::producer(&sink, secrets)?;
+        let exactly_once = transactions.is_some();
+        if let Some((id, timeout)) = &transactions {
+            properties.insert("transactional.id".into(), id.clone());
+            properties.insert("transaction.timeout.ms".into(), timeout.as_millis().to_string());
+        }
         let token = TokenSource::for_connection(source.security.as_ref(), Side::Source, secrets)?;
         let partitions = internal_partition_count(spec, source_partitions);
         let create = weir_crds::CreateTopic { partitions, replication_factor: -1 };
@@ -276,6 +311,11 @@ impl Front {
         let deliveries = Deliveries::new("repartition", shared.metrics.clone(), token.clone());
         let producer: Arc<Sink> =
             Arc::new(client(&properties, deliveries).map_err(kafka("creating the internal topic's producer"))?);
+        if exactly_once {
+            // Fences an earlier instance with the same id and aborts its open transaction.
+            producer.init_transactions(TIMEOUT).map_err(kafka("initialising the internal topic's transactions"))?;
+            producer.begin_transaction().map_err(kafka("beginning a transaction on the internal topic"))?;
+        }
         let (front_plan, _) = plan.split_at_key();
         let front_plan = Arc::new(front_plan);
         let owners = Arc::new(Mutex::new(Owners::default()));
@@ -286,6 +326,7 @@ impl Front {
             producer: producer.clone(),
             shared: shared.clone(),
             retry: source.retry.clone(),
+            exactly_once,
             failed: Mutex::default(),
             token,
         };
@@ -319,6 +360,12 @@ impl Front {
             producer,
             owners,
             rate: source.max_records_per_second.and_then(NonZeroU32::new).map(RecordRate::new),
+            exactly_once,
+            dead_letters_in_transaction: exactly_once
+                && spec
+                    .dead_letter
+                    .as_ref()
+                    .is_some_and(|d| d.bootstrap_servers.as_ref().is_none_or(|b| b == &source.bootstrap_servers)),
             sent: Mutex::new((Marks::new(), Instant::now())),
         })
     }
@@ -331,6 +378,12 @@ impl Front {
     /// The producer writing the internal topic (its failures stop the job).
     pub fn producer(&self) -> &Sink {
         &self.producer
+    }
+
+    /// Whether dead letters of consumed records go through [`Self::producer`], in its
+    /// transactions.
+    pub fn carries_dead_letters(&self) -> bool {
+        self.dead_letters_in_transaction
     }
 
     /// A failure inside a rebalance callback, for the loop to stop on.
@@ -362,7 +415,7 @@ impl Front {
     /// Commits the source offsets of what was delivered to the internal topic.
     pub fn commit(&self, shared: &Shared, retry: &weir_crds::Retry) -> Result<(), RunError> {
         let mut owners = lock(&self.owners);
-        commit(&self.consumer, &self.producer, &self.topic, &mut owners, shared, retry)
+        commit(&self.consumer, &self.producer, &self.topic, &mut owners, shared, retry, self.exactly_once)
     }
 
     /// Stops consuming (a stop-with-savepoint): commits, then leaves the group, so the

@@ -221,7 +221,7 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent_at: usize) {
         // The sink metrics are the sink's; dead letters have their own counter.
-        let sink = self.component == "sink";
+        let sink = self.component == "sink" && sent_at != DEAD_LETTER;
         match result {
             Ok(_) if sink => {
                 let latency = self.epoch.elapsed().as_micros().saturating_sub(sent_at as u128);
@@ -238,6 +238,9 @@ impl ProducerContext for Deliveries {
         }
     }
 }
+
+/// Delivery opaque of a dead letter, which may share a transactional producer with results.
+const DEAD_LETTER: usize = usize::MAX;
 
 /// The client context of admin calls (topic creation): authentication only.
 #[derive(Debug)]
@@ -414,6 +417,9 @@ struct Job {
     headers: HeaderPolicy,
     /// The front of a repartitioned job; then `consumer` reads the internal topic.
     front: Option<Front>,
+    /// Exactly-once with the dead-letter topic on the sink's cluster: dead letters of the
+    /// window stage go in the sink's transaction, so a replay does not send them twice.
+    dead_letters_in_sink_transaction: bool,
 }
 
 /// Runs the job until `shared.shutdown` is set; then drains, makes progress durable and returns.
@@ -443,16 +449,23 @@ impl Job {
         let source_token =
             TokenSource::for_connection(spec.source.kafka.security.as_ref(), Side::Source, &settings.secrets)?;
         let source_partitions = source_partition_count(spec, &settings, source_token.clone(), &shared)?;
+        let exactly_once = spec.sink.kafka.delivery == Delivery::ExactlyOnce;
+        let checkpoint = spec.checkpoint.as_ref();
+        let interval = checkpoint.map_or(settings.commit_interval, |c| c.interval.get());
+        // The broker aborts a transaction open this long; checkpoints commit well before.
+        let transaction_timeout = (interval * 4).clamp(Duration::from_secs(60), Duration::from_secs(900));
         let front = if front::needs_repartition(spec, &plan, source_partitions) {
-            if spec.sink.kafka.delivery == Delivery::ExactlyOnce {
-                return Err(RunError::Unsupported(format!(
-                    "keyBy {:?} is not covered by source.kafka.partitionedBy, so the job repartitions through an \
-                     internal topic, and exactly-once delivery does not cover that yet: declare partitionedBy when the \
-                     topic is keyed by these fields, or use delivery idempotent",
-                    plan.key_fields()
-                )));
-            }
-            Some(Front::start(spec, &plan, &settings.group_id, &settings.secrets, &shared, source_partitions)?)
+            let transactions = exactly_once
+                .then(|| (format!("{}-{}-front", settings.group_id, settings.instance), transaction_timeout));
+            Some(Front::start(
+                spec,
+                &plan,
+                &settings.group_id,
+                &settings.secrets,
+                &shared,
+                source_partitions,
+                transactions,
+            )?)
         } else {
             None
         };
@@ -464,11 +477,6 @@ impl Job {
         let files = FormatFiles { secrets: settings.secrets.clone(), descriptor_set: settings.descriptor_set.clone() };
         let decoder = Decoder::new(&spec.source.kafka, &referenced_fields(spec), &files)?;
         let encoder = Encoder::new(&spec.sink.kafka, &settings.name, &settings.secrets)?;
-        let exactly_once = spec.sink.kafka.delivery == Delivery::ExactlyOnce;
-        let checkpoint = spec.checkpoint.as_ref();
-        let interval = checkpoint.map_or(settings.commit_interval, |c| c.interval.get());
-        // The broker aborts a transaction open this long; checkpoints commit well before.
-        let transaction_timeout = (interval * 4).clamp(Duration::from_secs(60), Duration::from_secs(900));
         let mut sink_properties = config::producer(&spec.sink.kafka, &settings.secrets)?;
         if exactly_once {
             sink_properties.insert("transactional.id".into(), format!("{}-{}", settings.group_id, settings.instance));
@@ -489,6 +497,12 @@ impl Job {
             sink.init_transactions(Duration::from_secs(60)).map_err(kafka("initialising transactions"))?;
             sink.begin_transaction().map_err(kafka("beginning a transaction"))?;
         }
+        let dead_letters_in_sink_transaction = exactly_once
+            && spec.dead_letter.as_ref().is_some_and(|dlq| {
+                dlq.bootstrap_servers.as_ref().unwrap_or(&spec.source.kafka.bootstrap_servers)
+                    == &spec.sink.kafka.bootstrap_servers
+                    && spec.source.kafka.security == spec.sink.kafka.security
+            });
         let dead_letters = match &spec.dead_letter {
             Some(dlq) => {
                 let sink_spec = front::source_side_sink(spec, dlq.bootstrap_servers.as_deref());
@@ -582,6 +596,7 @@ impl Job {
             rate,
             headers,
             front,
+            dead_letters_in_sink_transaction,
         })
     }
 
@@ -935,7 +950,11 @@ impl Job {
         for &partition in &assigned {
             let restored = match &self.committer.checkpointer {
                 Some(checkpointer) => {
-                    checkpointer.restore(&self.topic, partition, &committed, self.committer.exactly_once)?
+                    let named = metadata
+                        .get(&partition)
+                        .and_then(|m| checkpoint::CommittedCheckpoint::from_metadata(m))
+                        .map(|c| c.checkpoint);
+                    checkpointer.restore(&self.topic, partition, &committed, named, self.committer.exactly_once)?
                 }
                 None => None,
             };
@@ -1137,13 +1156,34 @@ impl Job {
         Ok(())
     }
 
+    /// The producer of dead letters of consumed records: exactly-once, the transactional one
+    /// whose transaction commits their source offsets, when it reaches the dead-letter topic.
+    fn source_dead_letters(&self) -> Option<&Sink> {
+        match &self.front {
+            Some(front) if front.carries_dead_letters() => Some(front.producer()),
+            Some(_) => self.committer.dead_letters.as_deref(),
+            None => self.result_dead_letters(),
+        }
+    }
+
+    /// The producer of dead letters of the window stage (late rows).
+    fn result_dead_letters(&self) -> Option<&Sink> {
+        if self.dead_letters_in_sink_transaction {
+            Some(self.committer.sink.as_ref())
+        } else {
+            self.committer.dead_letters.as_deref()
+        }
+    }
+
     /// Counts and dead-letters the records that did not decode (`errors` from a decoder).
     fn dead_letter_undecoded(&self, records: &[RawRecord<'_>], errors: &[(usize, String)]) -> Result<(), RunError> {
+        let producer = self.source_dead_letters();
         for (index, reason) in errors {
             self.shared.metrics.decode_errors.inc();
             let record = &records[*index];
             let payload = record.payload.unwrap_or_default();
-            self.dead_letter(payload, &format!("decode: {reason}"), record.partition, record.offset, record.key)?;
+            let reason = format!("decode: {reason}");
+            self.dead_letter(producer, payload, &reason, record.partition, record.offset, record.key)?;
         }
         Ok(())
     }
@@ -1159,9 +1199,10 @@ impl Job {
         warn!(partition, %error, "pipeline failed on a batch; dead-lettering it");
         self.shared.metrics.decode_errors.inc_by(records.len() as u64);
         let reason = format!("pipeline: {error}");
+        let producer = self.source_dead_letters();
         for record in records {
             let payload = record.payload.unwrap_or_default();
-            self.dead_letter(payload, &reason, record.partition, record.offset, record.key)?;
+            self.dead_letter(producer, payload, &reason, record.partition, record.offset, record.key)?;
         }
         Ok(())
     }
@@ -1169,13 +1210,14 @@ impl Job {
     /// Sends a record the job cannot use to the dead-letter topic, with why and where from.
     fn dead_letter(
         &self,
+        producer: Option<&Sink>,
         payload: &[u8],
         reason: &str,
         partition: i32,
         offset: i64,
         key: Option<&[u8]>,
     ) -> Result<(), RunError> {
-        let (Some(producer), Some(topic)) = (&self.committer.dead_letters, &self.dead_letter_topic) else {
+        let (Some(producer), Some(topic)) = (producer, &self.dead_letter_topic) else {
             return Ok(());
         };
         let partition = partition.to_string();
@@ -1185,8 +1227,7 @@ impl Job {
             .insert(Header { key: "weir.source.topic", value: Some(&self.settings.spec.source.kafka.topic) })
             .insert(Header { key: "weir.source.partition", value: Some(&partition) })
             .insert(Header { key: "weir.source.offset", value: Some(&offset) });
-        let mut base =
-            BaseRecord::with_opaque_to(topic, producer.context().sent_now()).payload(payload).headers(headers);
+        let mut base = BaseRecord::with_opaque_to(topic, DEAD_LETTER).payload(payload).headers(headers);
         if let Some(key) = key {
             base = base.key(key);
         }
@@ -1202,7 +1243,7 @@ impl Job {
             .find_map(|name| rows.column_by_name(name).and_then(|c| c.as_primitive_opt::<Int64Type>()));
         for (row, encoded) in codec::encode_json(rows, Layout::default())?.into_iter().enumerate() {
             let offset = offsets.map_or(-1, |o| o.value(row));
-            self.dead_letter(&encoded.payload, reason, partition, offset, None)?;
+            self.dead_letter(self.result_dead_letters(), &encoded.payload, reason, partition, offset, None)?;
         }
         Ok(())
     }
