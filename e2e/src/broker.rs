@@ -27,7 +27,8 @@ impl Broker {
 
     /// Starts the tansu build with Kafka transactions (memory storage: a restart loses data).
     /// Its known defects: consumer-group joins take about 20 s, and read_committed readers
-    /// still see records of aborted transactions.
+    /// still see records of aborted transactions (the log has the ABORT markers, but Fetch
+    /// answers list no aborted transactions): read with [`crate::kafka::committed`].
     pub fn start_transactional() -> Result<Self, Error> {
         Self::start_flavour(true)
     }

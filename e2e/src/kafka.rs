@@ -1,5 +1,7 @@
 //! A small, independent Kafka client for tests: produce records, read a topic back.
 
+pub mod committed;
+
 use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
