@@ -43,7 +43,7 @@ pub enum TokenSource {
     File(PathBuf),
     /// Signed from AWS credentials for Amazon MSK.
     #[cfg(feature = "msk-iam")]
-    MskIam(super::msk_iam::Signer),
+    MskIam(Box<super::msk_iam::Signer>),
 }
 
 impl TokenSource {
@@ -59,8 +59,8 @@ impl TokenSource {
             Some(SaslMechanism::AwsMskIam) => {
                 let region = security.and_then(|s| s.aws_region.clone());
                 super::msk_iam::Signer::from_environment(region, side, secrets)
-                    .map(|signer| Some(Self::MskIam(signer)))
-                    .map_err(TokenError::MskIam)
+                    .map(|signer| Some(Self::MskIam(Box::new(signer))))
+                    .map_err(|e| TokenError::MskIam(e.to_string()))
             }
             #[cfg(not(feature = "msk-iam"))]
             Some(SaslMechanism::AwsMskIam) => Err(TokenError::MskIam(
@@ -83,7 +83,7 @@ impl TokenSource {
                 Ok(bearer_token(token, SystemTime::now()))
             }
             #[cfg(feature = "msk-iam")]
-            Self::MskIam(signer) => signer.token(SystemTime::now()).map_err(TokenError::MskIam),
+            Self::MskIam(signer) => signer.token(SystemTime::now()).map_err(|e| TokenError::MskIam(e.to_string())),
         }
     }
 }
