@@ -3,6 +3,7 @@
 
 use std::{
     net::TcpStream,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -14,6 +15,7 @@ use crate::{Error, free_port, http, repo_root, wait_until};
 pub struct S3Server {
     child: Child,
     port: u16,
+    binary: PathBuf,
 }
 
 impl S3Server {
@@ -36,7 +38,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|source| Error::Spawn { what: binary.clone(), source })?;
-        let server = Self { child, port };
+        let server = Self { child, port, binary: binary.into() };
         let address = server.address();
         wait_until(Duration::from_secs(60), "the S3 server to accept connections", || {
             TcpStream::connect(&address).is_ok()
@@ -71,6 +73,28 @@ impl S3Server {
             .filter_map(|part| part.split_once("</Key>"))
             .map(|(k, _)| k.to_owned())
             .collect())
+    }
+
+    /// The server's base URL. moto answers every service there, STS included (unsigned
+    /// `AssumeRoleWithWebIdentity` calls are recognised by their `Action`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address())
+    }
+
+    /// moto's recorded state of every service, as JSON (`/moto-api/data.json`): for example
+    /// `sts.AssumedRole`, the credentials STS issued.
+    pub fn state(&self) -> Result<String, Error> {
+        match http("GET", &self.address(), "/moto-api/data.json", Duration::from_secs(30)) {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => Err(Error::Failed(format!("reading moto's state: {status} {body}"))),
+            Err(e) => Err(Error::Failed(format!("reading moto's state: {e}"))),
+        }
+    }
+
+    /// The Python of moto's virtualenv, which also has botocore (AWS's own request signer):
+    /// an independent implementation to check signatures against.
+    pub fn python(&self) -> PathBuf {
+        self.binary.with_file_name("python3")
     }
 
     /// The environment that points object_store's S3 client at this server.
