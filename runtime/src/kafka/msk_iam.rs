@@ -7,7 +7,7 @@
 //!    `aws_session_token` (read again each time, so a rotated Secret is used);
 //! 2. the pod's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`;
 //! 3. IRSA on EKS: `AWS_ROLE_ARN` and `AWS_WEB_IDENTITY_TOKEN_FILE`, exchanged for temporary
-//!    credentials with STS `AssumeRoleWithWebIdentity` ([`web_identity`]).
+//!    credentials with STS `AssumeRoleWithWebIdentity` ([`WebIdentity`]).
 //!
 //! A source is used whole: a session token never comes from another source than its keys.
 
