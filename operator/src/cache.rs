@@ -55,13 +55,30 @@ pub struct Children {
 
 /// A child kind the operator caches.
 pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + Sized + 'static {
+    /// Whether the store keeps the whole object. When it does not, the generation the
+    /// operator's last write left vouches for the part left out: any spec change bumps it.
+    const WHOLE: bool = true;
+
     /// The store of this kind, if there is one.
     fn store(children: &Children) -> Option<&Store<Self>>;
+
+    /// Drops what the store does not keep.
+    fn slim(&mut self) {}
 }
 
 impl Cached for Deployment {
+    // The pod template is most of a Deployment's memory (about 20 KiB each, typed), and
+    // nothing but the apply decision reads it.
+    const WHOLE: bool = false;
+
     fn store(children: &Children) -> Option<&Store<Self>> {
         Some(&children.deployments)
+    }
+
+    fn slim(&mut self) {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+        }
     }
 }
 
@@ -91,6 +108,13 @@ impl Cached for ScaledObject {
 
 type Key = (String, String, String);
 
+/// One write of a child: the resource version and generation it got.
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    version: u64,
+    generation: Option<i64>,
+}
+
 fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Key {
     (K::kind(&()).into_owned(), namespace.to_owned(), name.to_owned())
 }
@@ -99,7 +123,7 @@ fn key<K: Resource<DynamicType = ()>>(namespace: &str, name: &str) -> Key {
 /// statuses it wrote with the version they got.
 #[derive(Default)]
 pub struct Writes {
-    children: Mutex<HashMap<Key, u64>>,
+    children: Mutex<HashMap<Key, Written>>,
     statuses: Mutex<HashMap<(String, String), (u64, StreamJobStatus)>>,
 }
 
@@ -117,7 +141,7 @@ impl Writes {
         let key = key::<K>(namespace, name);
         if let Ok(mut children) = self.children.lock() {
             match version(meta) {
-                Some(version) => children.insert(key, version),
+                Some(version) => children.insert(key, Written { version, generation: meta.generation }),
                 None => children.remove(&key),
             };
         }
@@ -131,7 +155,12 @@ impl Writes {
     }
 
     fn latest<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> Option<u64> {
-        self.children.lock().ok()?.get(&key::<K>(namespace, name)).copied()
+        self.children.lock().ok()?.get(&key::<K>(namespace, name)).map(|w| w.version)
+    }
+
+    /// The generation the operator's last write of `namespace/name` left, if it wrote it.
+    pub fn generation<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) -> Option<i64> {
+        self.children.lock().ok()?.get(&key::<K>(namespace, name)).and_then(|w| w.generation)
     }
 
     /// Whether `object` is the operator's own latest write of it, coming back from a watch.
@@ -161,12 +190,16 @@ impl Writes {
     }
 
     /// The status the operator last wrote to `job`, if the cached `job` predates that write.
+    /// Once the cache has caught up, the written status is forgotten.
     pub fn newer_status(&self, job: &StreamJob) -> Option<StreamJobStatus> {
-        let namespace = job.metadata.namespace.clone()?;
-        let name = job.metadata.name.clone()?;
-        let statuses = self.statuses.lock().ok()?;
-        let (written, status) = statuses.get(&(namespace, name))?;
-        (!caught_up(job.metadata.resource_version.as_deref(), Some(*written))).then(|| status.clone())
+        let key = (job.metadata.namespace.clone()?, job.metadata.name.clone()?);
+        let mut statuses = self.statuses.lock().ok()?;
+        let (written, status) = statuses.get(&key)?;
+        if caught_up(job.metadata.resource_version.as_deref(), Some(*written)) {
+            statuses.remove(&key);
+            return None;
+        }
+        Some(status.clone())
     }
 }
 
@@ -224,13 +257,18 @@ pub fn stamp<K: Resource + Serialize>(object: &mut K) -> Result<(), serde_json::
     Ok(())
 }
 
-/// Whether applying `desired` (stamped) over `live` would change nothing: `live` carries
-/// the same rendered hash, so the operator rendered nothing new or removed since, and every
-/// field `desired` sets still has its value in `live`, so nobody changed a field the
-/// operator manages. Fields the server or others added are not the operator's concern.
-pub fn up_to_date<K: Serialize>(desired: &K, live: &K) -> bool {
-    match (serde_json::to_value(desired), serde_json::to_value(live)) {
-        (Ok(desired), Ok(live)) => covers(&live, &desired),
+/// Whether applying `desired` (stamped) over `live` (as the store keeps it) would change
+/// nothing: `live` carries the same rendered hash, so the operator rendered nothing new or
+/// removed since, and every field `desired` sets still has its value in `live`, so nobody
+/// changed a field the operator manages. Fields the server or others added are not the
+/// operator's concern. For a kind the store slims, the part left out is vouched for by
+/// `live` still having the generation of the operator's last write (`written_generation`).
+pub fn up_to_date<K: Cached>(desired: &K, live: &K, written_generation: Option<i64>) -> bool {
+    let vouched = K::WHOLE || (written_generation.is_some() && live.meta().generation == written_generation);
+    let mut desired = desired.clone();
+    desired.slim();
+    match (serde_json::to_value(&desired), serde_json::to_value(live)) {
+        (Ok(desired), Ok(live)) => vouched && covers(&live, &desired),
         _ => false,
     }
 }
@@ -354,13 +392,13 @@ mod tests {
     #[test]
     fn an_object_as_applied_needs_no_apply_whatever_the_server_added() {
         let desired = stamped(config_map(&[("job.yaml", "a")]));
-        assert!(up_to_date(&desired, &served(&desired)));
+        assert!(up_to_date(&desired, &served(&desired), None));
     }
 
     #[test]
     fn a_rendered_change_needs_an_apply() {
         let live = served(&stamped(config_map(&[("job.yaml", "a")])));
-        assert!(!up_to_date(&stamped(config_map(&[("job.yaml", "b")])), &live));
+        assert!(!up_to_date(&stamped(config_map(&[("job.yaml", "b")])), &live, None));
     }
 
     #[test]
@@ -369,7 +407,7 @@ mod tests {
         let new = config_map(&[("job.yaml", "a")]);
         let value = |m: &ConfigMap| serde_json::to_value(m).unwrap();
         assert!(covers(&value(&served(&old)), &value(&new)), "every field of the new rendering is there");
-        assert!(!up_to_date(&stamped(new), &served(&stamped(old))), "only the hash tells that `old` must go");
+        assert!(!up_to_date(&stamped(new), &served(&stamped(old)), None), "only the hash tells that `old` must go");
     }
 
     #[test]
@@ -377,7 +415,7 @@ mod tests {
         let desired = stamped(config_map(&[("job.yaml", "a")]));
         let mut live = served(&desired);
         live.data.as_mut().unwrap().insert("job.yaml".into(), "edited".into());
-        assert!(!up_to_date(&desired, &live));
+        assert!(!up_to_date(&desired, &live, None));
     }
 
     #[test]
@@ -385,7 +423,38 @@ mod tests {
         let desired = stamped(config_map(&[("job.yaml", "a")]));
         let mut live = served(&desired);
         live.metadata.annotations = None;
-        assert!(!up_to_date(&desired, &live));
+        assert!(!up_to_date(&desired, &live, None));
+    }
+
+    /// A stamped Deployment with a pod template, and how the store keeps it once applied at
+    /// generation 3.
+    fn deployment_applied() -> (Deployment, Deployment) {
+        let mut desired = Deployment::default();
+        desired.metadata.name = Some("j".into());
+        desired.metadata.namespace = Some("ns".into());
+        let labels = BTreeMap::from([("a".to_owned(), "b".to_owned())]);
+        let template = k8s_openapi::api::core::v1::PodTemplateSpec {
+            metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+            spec: None,
+        };
+        desired.spec = Some(DeploymentSpec { replicas: Some(2), template, ..DeploymentSpec::default() });
+        stamp(&mut desired).unwrap();
+        let mut live = desired.clone();
+        live.metadata.generation = Some(3);
+        live.slim();
+        (desired, live)
+    }
+
+    #[test]
+    fn a_slimmed_deployment_is_up_to_date_while_its_generation_is_the_operators() {
+        let (desired, live) = deployment_applied();
+        assert!(up_to_date(&desired, &live, Some(3)));
+        assert!(!up_to_date(&desired, &live, Some(2)), "someone changed the spec since");
+        assert!(!up_to_date(&desired, &live, None), "no write to vouch for the template: apply once");
+        let mut scaled = desired.clone();
+        scaled.spec.as_mut().unwrap().replicas = Some(3);
+        stamp(&mut scaled).unwrap();
+        assert!(!up_to_date(&scaled, &live, Some(3)));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use weir_crds::{JOB_LABEL, StreamJob};
 
 use crate::{
-    cache::{self, Children, Fingerprint, Writes},
+    cache::{self, Cached, Children, Fingerprint, Writes},
     keda::ScaledObject,
     reconcile::{Context, error_policy, reconcile},
 };
@@ -57,8 +57,8 @@ pub async fn keda_installed(client: &Client, namespace: Option<&str>) -> bool {
 }
 
 /// A store of the children of kind `K` and the watch events worth a reconcile of their owner
-/// (see [`cache::changes`]). Managed fields are dropped: nothing reads them, and they are
-/// most of an object's size.
+/// (see [`cache::changes`]). Managed fields are dropped (nothing reads them, and they are a
+/// large part of an object), and what [`Cached::slim`] leaves out.
 fn children<K>(
     client: &Client,
     namespace: Option<&str>,
@@ -67,6 +67,7 @@ fn children<K>(
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Fingerprint
+        + Cached
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -77,7 +78,10 @@ where
     let (reader, writer) = reflector::store();
     let events = watcher(api::<K>(client, namespace), watcher::Config::default().labels(JOB_LABEL))
         .default_backoff()
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .modify(|object: &mut K| {
+            object.meta_mut().managed_fields = None;
+            object.slim();
+        })
         .reflect(writer);
     (reader, cache::changes(events, writes.clone()))
 }

@@ -192,9 +192,13 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     };
     let mut pending = None;
     let mut taken = None;
+    // The pods are listed alongside the usual steps, to save a round trip; a savepoint or a
+    // rollback lists them after acting.
+    let mut listed = None;
     let deployment = match plan.step {
         Step::Hold { hold, .. } => {
-            apply_auxiliary(ctx, &job_ref, &run).await?;
+            let (_, pods) = futures::try_join!(apply_auxiliary(ctx, &job_ref, &run), list_pods(ctx, &job_ref))?;
+            listed = Some(pods);
             if let Hold::Stabilizing { remaining } = hold {
                 let message = format!(
                     "{} pods asked for: waiting {}s for the stabilization window after the last rollout",
@@ -205,7 +209,12 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             }
             before.clone()
         }
-        Step::Apply { change } => Some(roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change).await?),
+        Step::Apply { change } => {
+            let rolled = roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change);
+            let (deployment, pods) = futures::try_join!(rolled, list_pods(ctx, &job_ref))?;
+            listed = Some(pods);
+            Some(deployment)
+        }
         Step::RollBack { failed } => {
             let note = format!(
                 "the new pods were not ready within {}: rolling back the {} to the previous spec, restoring savepoint {}",
@@ -255,7 +264,10 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let pods = deployment.as_ref().map(Pods::of).unwrap_or_default();
-    let listed = list_pods(ctx, &job_ref).await?;
+    let listed = match listed {
+        Some(listed) => listed,
+        None => list_pods(ctx, &job_ref).await?,
+    };
     let consumer_lag = if pods.existing > 0 { lag::consumer_lag(&listed, ctx.config.admin_port).await } else { None };
     let rolled_back = (marks.rolled_back == Some(generation)).then(|| {
         let message = format!(
@@ -279,10 +291,13 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     if let Some(savepoint) = taken {
         record_savepoint(&mut next, savepoint);
     }
-    announce_phase(job, &next, ctx).await;
-    announce_failure(job, &next, ctx).await;
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
-    write_status(job, &next, ctx).await?;
+    let ((), (), written) = futures::join!(
+        announce_phase(job, &next, ctx),
+        announce_failure(job, &next, ctx),
+        write_status(job, &next, ctx)
+    );
+    written?;
     let recheck = match plan.step {
         Step::Hold { recheck, .. } => recheck.min(REQUEUE_PROGRESSING),
         _ if progressing => REQUEUE_PROGRESSING,
@@ -332,9 +347,13 @@ async fn roll(
     run.deployment.metadata.annotations.get_or_insert_default().extend(marks.annotations());
     let asked = job.spec.parallelism;
     let replicas = Target::of(&run.deployment).replicas;
-    apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
-    let applied = apply_object(ctx, &job_ref.namespace, &run.deployment).await?;
-    apply_auxiliary(ctx, job_ref, &run).await?;
+    // The job file goes before the Deployment whose pods read it; the other children do not
+    // wait for either.
+    let pods = async {
+        apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
+        apply_object(ctx, &job_ref.namespace, &run.deployment).await
+    };
+    let (applied, ()) = futures::try_join!(pods, apply_auxiliary(ctx, job_ref, &run))?;
     if let Some(change) = change {
         let mut note = describe(change, before, &applied);
         if !job.spec.suspend && replicas < asked {
@@ -449,7 +468,7 @@ where
     cache::stamp(&mut object).map_err(Error::Serialize)?;
     let name = object.meta().name.clone().unwrap_or_default();
     if let Lookup::Known(Some(live)) = ctx.cached::<K>(namespace, &name)
-        && cache::up_to_date(&object, live.as_ref())
+        && cache::up_to_date(&object, live.as_ref(), ctx.writes.generation::<K>(namespace, &name))
     {
         return Ok((*live).clone());
     }
