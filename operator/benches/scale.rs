@@ -92,6 +92,13 @@ fn api_requests(metrics: &str) -> Vec<(String, f64)> {
     calls
 }
 
+/// The share of reconciles (result `ok`) that took at most `bound` seconds, when `bound` is
+/// a bucket bound.
+fn share_within(metrics: &str, bound: &str) -> Option<f64> {
+    let series = |le: &str| format!("weir_operator_reconcile_duration_seconds_bucket{{result=\"ok\",le=\"{le}\"}}");
+    Some(weir_e2e::metric_value(metrics, &series(bound))? / weir_e2e::metric_value(metrics, &series("+Inf"))?)
+}
+
 fn memory_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -150,6 +157,8 @@ fn main() {
     println!("| time from first apply to all Ready | {:.1} s | < 60 s |", settled.as_secs_f64());
     println!("| reconcile p50 (bucket bound) | ≤ {} | |", ms(0.5));
     println!("| reconcile p99 (bucket bound) | ≤ {} | < 100 ms |", ms(0.99));
+    let share = share_within(&metrics, "0.1").map_or("?".to_owned(), |s| format!("{:.1} %", s * 100.0));
+    println!("| reconciles within 100 ms | {share} | |");
     let rss =
         |field| memory_kib(operator.pid(), field).map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
     println!(

@@ -298,12 +298,22 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         write_status(job, &next, ctx)
     );
     written?;
-    let recheck = match plan.step {
+    Ok(Action::requeue(requeue(plan.step, progressing, pods, ctx.config.resync_interval)))
+}
+
+/// When to look at the job again. While pods come or go, their progress (and a crash loop,
+/// which the Deployment does not show) is polled; a rollout with no pod either way settles
+/// on the Deployment's status, which the controller watches, so it waits for that like a
+/// steady job.
+fn requeue(step: Step, progressing: bool, pods: Pods, resync: Duration) -> Duration {
+    let pods_moving = pods.desired > 0 || pods.existing > 0;
+    let recheck = match step {
+        Step::Hold { hold: Hold::InFlight(_), .. } if !pods_moving => resync,
         Step::Hold { recheck, .. } => recheck.min(REQUEUE_PROGRESSING),
-        _ if progressing => REQUEUE_PROGRESSING,
-        _ => ctx.config.resync_interval,
+        _ if progressing && pods_moving => REQUEUE_PROGRESSING,
+        _ => resync,
     };
-    Ok(Action::requeue(recheck.max(MIN_REQUEUE)))
+    recheck.max(MIN_REQUEUE)
 }
 
 /// Renders `job` with its parallelism clamped to the source topic's partition count: more
@@ -624,6 +634,39 @@ fn now() -> Time {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RESYNC: Duration = Duration::from_secs(30);
+
+    fn pods(desired: i32, existing: i32) -> Pods {
+        Pods { desired, existing, updated: 0, ready: 0, observed: true }
+    }
+
+    #[test]
+    fn a_rollout_of_pods_is_polled() {
+        let apply = Step::Apply { change: Some(Change::Deploy) };
+        assert_eq!(requeue(apply, true, pods(2, 0), RESYNC), REQUEUE_PROGRESSING);
+        assert_eq!(requeue(apply, true, pods(0, 2), RESYNC), REQUEUE_PROGRESSING, "pods stopping");
+        let held = Step::Hold { hold: Hold::InFlight(Change::Upgrade), recheck: Duration::from_secs(2) };
+        assert_eq!(requeue(held, true, pods(2, 2), RESYNC), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_rollout_without_pods_waits_for_the_deployments_status() {
+        let apply = Step::Apply { change: Some(Change::Deploy) };
+        assert_eq!(requeue(apply, true, pods(0, 0), RESYNC), RESYNC);
+        let held = Step::Hold { hold: Hold::InFlight(Change::Deploy), recheck: Duration::from_secs(2) };
+        assert_eq!(requeue(held, true, pods(0, 0), RESYNC), RESYNC);
+    }
+
+    #[test]
+    fn a_pending_rescale_is_looked_at_when_its_window_ends() {
+        let held = Step::Hold {
+            hold: Hold::Stabilizing { remaining: Duration::from_secs(3) },
+            recheck: Duration::from_secs(3),
+        };
+        assert_eq!(requeue(held, true, pods(0, 0), RESYNC), Duration::from_secs(3));
+        assert_eq!(requeue(Step::Apply { change: None }, false, pods(2, 2), RESYNC), RESYNC);
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {
