@@ -3,7 +3,7 @@
 
 use weir_crds::{KafkaSink, TraceContext};
 
-use super::trace::TraceParent;
+use super::trace::{ContextSource, TraceParent};
 use crate::codec::{HeaderCarry, TRACEPARENT};
 
 /// A header: name and value (`None` for a null value).
@@ -43,11 +43,17 @@ impl HeaderPolicy {
 
     /// The headers of a record produced from a row that carried `carried`. A static
     /// header replaces a carried one of the same name; `traceparent` continues the carried
-    /// trace as a child span, or starts one with `start`.
-    pub fn headers(&self, carried: &[Header], random: impl FnMut() -> u128) -> Vec<Header> {
+    /// trace as a child span, or starts one with `start`; `contexts` gives those spans
+    /// (random ids, or exported spans).
+    pub fn headers(&self, carried: &[Header], mut contexts: impl ContextSource) -> Vec<Header> {
         // The common case on the per-record path: nothing to write, nothing allocated.
-        if carried.is_empty() && self.fixed.is_empty() && self.trace != TraceContext::Start {
-            return Vec::new();
+        if carried.is_empty() && self.fixed.is_empty() {
+            let traceparent = match self.trace {
+                TraceContext::Off => None,
+                TraceContext::Start => Some(contexts.start()),
+                TraceContext::Propagate => contexts.untraced(),
+            };
+            return traceparent.map_or_else(Vec::new, |t| vec![(TRACEPARENT.to_owned(), Some(t.to_string()))]);
         }
         let mut out: Vec<Header> = Vec::with_capacity(carried.len() + self.fixed.len() + 1);
         if self.forward {
@@ -66,9 +72,9 @@ impl HeaderPolicy {
             .and_then(TraceParent::parse);
         let traceparent = match (self.trace, parent) {
             (TraceContext::Off, _) => None,
-            (_, Some(parent)) => Some(parent.child(random)),
-            (TraceContext::Start, None) => Some(TraceParent::start(random)),
-            (TraceContext::Propagate, None) => None,
+            (_, Some(parent)) => Some(contexts.child(parent)),
+            (TraceContext::Start, None) => Some(contexts.start()),
+            (TraceContext::Propagate, None) => contexts.untraced(),
         };
         if let Some(traceparent) = traceparent {
             out.retain(|(name, _)| name != TRACEPARENT);

@@ -1,7 +1,11 @@
 //! W3C trace context (`traceparent`, version 00) for produced records: a record produced
 //! from a consumed one continues its trace as a child; others may start a new trace.
+//! With spans exported ([`crate::telemetry`]), the contexts come from real spans instead
+//! of random ids.
 
 use std::fmt::Write as _;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 /// A parsed `traceparent`: `00-<trace id>-<parent id>-<flags>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,59 @@ impl TraceParent {
     /// The trace id, as in the header.
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
+    }
+
+    /// The parent (span) id, as in the header.
+    pub fn parent_id(&self) -> String {
+        format!("{:016x}", self.parent_id)
+    }
+
+    /// The context of a span, as the header of a record it produced; `None` for the
+    /// invalid context of a span that was never started.
+    pub fn of_span(context: &SpanContext) -> Option<Self> {
+        context.is_valid().then(|| Self {
+            trace_id: u128::from_be_bytes(context.trace_id().to_bytes()),
+            parent_id: u64::from_be_bytes(context.span_id().to_bytes()),
+            flags: context.trace_flags().to_u8(),
+        })
+    }
+
+    /// The remote span context this header names: the parent or link of a span.
+    pub fn span_context(self) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.parent_id.to_be_bytes()),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::NONE,
+        )
+    }
+}
+
+/// Where the trace contexts of produced records come from: random ids (spans are not
+/// exported) or the spans of [`crate::telemetry`].
+pub trait ContextSource {
+    /// The context of a record produced from one that carried `parent`.
+    fn child(&mut self, parent: TraceParent) -> TraceParent;
+    /// The context of a record that starts a trace (`traceContext: start`).
+    fn start(&mut self) -> TraceParent;
+    /// The context of a record without one under `propagate`: none, unless exported spans
+    /// give it one a trace backend can find.
+    fn untraced(&mut self) -> Option<TraceParent>;
+}
+
+/// Random ids: a child span id, or a new trace.
+impl<F: FnMut() -> u128> ContextSource for F {
+    fn child(&mut self, parent: TraceParent) -> TraceParent {
+        parent.child(&mut *self)
+    }
+
+    fn start(&mut self) -> TraceParent {
+        TraceParent::start(&mut *self)
+    }
+
+    fn untraced(&mut self) -> Option<TraceParent> {
+        None
     }
 }
 
@@ -98,6 +155,20 @@ mod tests {
         let parent = TraceParent::parse(EXAMPLE).unwrap();
         let child = parent.child(|| 0xabc);
         assert_eq!(child.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000abc-01");
+    }
+
+    #[test]
+    fn a_traceparent_and_a_span_context_convert_both_ways() {
+        let parsed = TraceParent::parse(EXAMPLE).unwrap();
+        let context = parsed.span_context();
+        assert!(context.is_valid() && context.is_remote() && context.is_sampled());
+        assert_eq!(context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(TraceParent::of_span(&context), Some(parsed));
+        assert_eq!(parsed.parent_id(), "00f067aa0ba902b7");
+        let unsampled = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert!(!unsampled.span_context().is_sampled(), "the flags travel");
+        assert_eq!(TraceParent::of_span(&SpanContext::empty_context()), None);
     }
 
     #[test]
