@@ -10,6 +10,7 @@ use weir_runtime::{
     kafka::config::SecretMounts,
     metrics::Metrics,
     runner::{self, Settings, Shared},
+    telemetry::Telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -83,6 +84,18 @@ fn main() -> ExitCode {
     let instance = args.instance.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| name.clone())
     });
+    // Built before the async runtime: the exporter's blocking client runs on its own thread.
+    let telemetry = match Telemetry::from_env() {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let spans = telemetry.as_ref().map(|t| t.spans(&name, &group_id));
+    if telemetry.is_some() {
+        info!("exporting spans over OTLP/HTTP");
+    }
     let settings = Settings {
         name,
         instance,
@@ -92,8 +105,14 @@ fn main() -> ExitCode {
         secrets: SecretMounts::new(&args.secrets_dir),
         descriptor_set: args.descriptor_set.clone(),
         commit_interval: args.commit_interval.get(),
+        spans,
     };
-    match serve_and_run(args.admin_addr, settings, shared) {
+    let result = serve_and_run(args.admin_addr, settings, shared);
+    // After a drain (SIGTERM) or a fatal error alike: export the spans still queued.
+    if let Some(Err(e)) = telemetry.as_ref().map(Telemetry::shutdown) {
+        error!("{e}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -492,6 +492,7 @@ impl Job {
         metrics.source_bytes.inc_by(messages.iter().map(|m| m.payload_len() + m.key_len()).sum::<usize>() as u64);
         let now = Instant::now();
         for (partition, records) in records_by_partition(messages) {
+            let _span = self.process_span(&self.settings.spec.source.kafka.topic, partition, &records);
             self.runtime.block_on(self.decoder.prepare(&records))?;
             let decoded = self.decoder.decode(&records);
             self.dead_letter_undecoded(&records, &decoded.errors)?;

@@ -72,6 +72,8 @@ impl Job {
     /// internal partition.
     pub(super) fn process_keyed(&self, front: &Front, messages: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
         let metrics = &self.shared.metrics;
+        // One span for the internal records of all partitions: rows carry no trace context here.
+        let span = self.settings.spans.as_ref().map(|s| s.process(&self.topic, None, messages.len(), []));
         let mut table = lock(&self.table);
         let mut outputs = Vec::new();
         for message in messages {
@@ -119,6 +121,6 @@ impl Job {
             }
         }
         drop(table);
-        self.produce(&outputs)
+        self.produce_from(&outputs, span.as_ref().map(opentelemetry::trace::Span::span_context))
     }
 }

@@ -26,6 +26,8 @@ use arrow::{
     datatypes::Int64Type,
     error::ArrowError,
 };
+use opentelemetry::trace::{Span as _, SpanContext};
+use opentelemetry_sdk::trace::Span;
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -61,6 +63,7 @@ use crate::{
     metrics::Metrics,
     progress::Progress,
     repartition::Marks,
+    telemetry::{self, Spans},
 };
 
 /// Why the job stopped with an error (the pod exits non-zero and is restarted).
@@ -129,6 +132,8 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// Savepoint to start from.
     pub restore_from: Option<String>,
+    /// Starts the exported spans; `None` when tracing is off.
+    pub spans: Option<Spans>,
 }
 
 /// The pipeline state of an owned partition.
@@ -1074,13 +1079,14 @@ impl Job {
                     continue;
                 }
             }
+            let span = self.process_span(&self.topic, partition, &records);
             self.runtime.block_on(self.decoder.prepare(&records))?;
             let decoded = self.decoder.decode(&records);
             self.dead_letter_undecoded(&records, &decoded.errors)?;
             if let Some(batch) = decoded.batch {
                 match run.pipeline.process(batch, Instant::now()) {
                     Ok(processed) => {
-                        self.produce(&processed.output)?;
+                        self.produce_from(&processed.output, span.as_ref().map(|s| s.span_context()))?;
                         if let Some(late) = processed.late {
                             self.shared.metrics.records_late.inc_by(late.num_rows() as u64);
                             if self.settings.spec.dead_letter.as_ref().is_some_and(|d| d.late_records) {
@@ -1121,12 +1127,36 @@ impl Job {
         self.produce(&outputs)
     }
 
+    /// The `process` span of a batch of one partition's records, when tracing is on.
+    fn process_span(&self, topic: &str, partition: i32, records: &[RawRecord<'_>]) -> Option<Span> {
+        let spans = self.settings.spans.as_ref()?;
+        Some(spans.process(
+            topic,
+            Some(partition),
+            records.len(),
+            records.iter().filter_map(|r| telemetry::traceparent(r.headers)),
+        ))
+    }
+
     fn produce(&self, batches: &[RecordBatch]) -> Result<(), RunError> {
+        self.produce_from(batches, None)
+    }
+
+    /// Produces results of the batch whose `process` span is `origin` (none for results a
+    /// timer closed).
+    fn produce_from(&self, batches: &[RecordBatch], origin: Option<&SpanContext>) -> Result<(), RunError> {
         let sink = &self.settings.spec.sink.kafka;
         let layout = Layout { key_field: sink.key_field.as_deref(), timestamp_field: sink.timestamp_field.as_deref() };
         let metrics = &self.shared.metrics;
         let producer = &self.committer.sink;
         self.runtime.block_on(self.encoder.prepare(batches))?;
+        // With tracing on: a `send` span, and the context of records without a trace.
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let traced = self.settings.spans.as_ref().filter(|_| rows > 0).map(|spans| {
+            let span = spans.send(&sink.topic, rows, origin);
+            let batch = origin.cloned().unwrap_or_else(|| span.span_context().clone());
+            (spans, span, batch)
+        });
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             metrics.sink_batch_records.observe(batch.num_rows() as f64);
             for record in self.encoder.encode(batch, layout)? {
@@ -1138,7 +1168,12 @@ impl Job {
                 if let Some(ts) = record.timestamp {
                     base = base.timestamp(ts);
                 }
-                let headers = self.headers.headers(&record.headers, rand::random);
+                let headers = match &traced {
+                    Some((spans, _, batch)) => {
+                        self.headers.headers(&record.headers, &spans.contexts(&sink.topic, batch))
+                    }
+                    None => self.headers.headers(&record.headers, rand::random),
+                };
                 if !headers.is_empty() {
                     let owned =
                         headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (key, value)| {
