@@ -2,7 +2,7 @@
 //! ([`devcluster`]) built from Debian's packaged Kubernetes libraries, the node agent that
 //! runs its pods as local processes ([`agent`], binary `weir-node-agent`, started from tests
 //! with [`agent_process::NodeAgent`]), a Kafka-protocol broker ([`broker`]), a schema registry
-//! stand-in ([`registry`]), and helpers.
+//! stand-in ([`registry`]), an OpenTelemetry collector stand-in ([`otlp`]), and helpers.
 
 pub mod agent;
 pub mod agent_process;
@@ -12,6 +12,7 @@ pub mod devcluster;
 pub mod gitops;
 pub mod kafka;
 pub mod operator_process;
+pub mod otlp;
 pub mod payments;
 pub mod registry;
 pub mod s3;

@@ -1,0 +1,221 @@
+//! OpenTelemetry tracing against a real broker and an OTLP/HTTP receiver: with an OTLP
+//! endpoint set, `process` spans link the consumed records' trace contexts and name the job
+//! and partition, produced records name spans the receiver got (a `create` span in the
+//! consumed record's trace, or the batch's `process` span), and SIGTERM flushes spans still
+//! queued. Without tracing nothing is exported and trace context travels as before.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use common::*;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, Producer},
+};
+use serde_json::json;
+use weir_e2e::{
+    broker::Broker,
+    kafka,
+    otlp::{OtlpReceiver, ReceivedSpan},
+};
+
+/// Records `0..TRACED` carry a traceparent of their own; the rest carry none.
+const TRACED: i64 = 20;
+const TOTAL: i64 = 30;
+
+fn shared_broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(|| must(Broker::start(), "starting the broker"))
+}
+
+/// The traceparent record `n` was produced with: trace `n + 1`, parent span `n + 0x100`.
+fn incoming(n: i64) -> String {
+    format!("00-{:032x}-{:016x}-01", n + 1, n + 0x100)
+}
+
+/// `<name>-in` with two partitions and `<name>-out`, then the records `0..TOTAL`.
+fn topics_and_records(broker: &Broker, name: &str) {
+    must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    let producer: BaseProducer = producer(broker);
+    let topic = format!("{name}-in");
+    for n in 0..TOTAL {
+        let payload = json!({"n": n}).to_string();
+        let key = format!("k{n}");
+        let traceparent = incoming(n);
+        let headers = if n < TRACED {
+            OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) })
+        } else {
+            OwnedHeaders::new()
+        };
+        let record = BaseRecord::to(&topic).key(key.as_bytes()).payload(payload.as_bytes()).headers(headers);
+        must(kafka::send(&producer, record), "sending a record");
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+}
+
+/// A stateless job `<name>-in` → `<name>-out` in batches of at most 10 records.
+fn copy_job(dir: &Path, broker: &Broker, name: &str) -> PathBuf {
+    let servers = broker.bootstrap();
+    let job = format!(
+        r#"apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: {name}, namespace: test}}
+spec:
+  source:
+    kafka: {{bootstrapServers: "{servers}", topic: {name}-in, batchSize: 10}}
+  pipeline:
+    - filter: "n >= 0"
+  sink:
+    kafka: {{bootstrapServers: "{servers}", topic: {name}-out}}
+"#
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    must(std::fs::write(&path, job), "writing the job file");
+    path
+}
+
+fn env(receiver: &OtlpReceiver, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The output records' traceparents by `n`.
+fn outputs(broker: &Broker, name: &str) -> BTreeMap<i64, Option<String>> {
+    let records = read_records(broker, &format!("{name}-out"), TOTAL as usize);
+    let by_n: BTreeMap<i64, Option<String>> = records
+        .iter()
+        .map(|r| {
+            let traceparent = r.headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| v.clone());
+            (json(r)["n"].as_i64().unwrap_or(-1), traceparent)
+        })
+        .collect();
+    assert_eq!(by_n.keys().copied().collect::<Vec<_>>(), (0..TOTAL).collect::<Vec<_>>(), "every record once");
+    by_n
+}
+
+/// (trace id, parent id) of a traceparent.
+fn ids(traceparent: &str) -> (String, String) {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+fn process_spans<'s>(spans: &'s [ReceivedSpan], name: &str) -> Vec<&'s ReceivedSpan> {
+    spans.iter().filter(|s| s.name == format!("process {name}-in")).collect()
+}
+
+/// Whether the spans account for every consumed record and every produced one.
+fn complete(spans: &[ReceivedSpan], name: &str, out: &BTreeMap<i64, Option<String>>) -> bool {
+    let consumed: i64 = process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum();
+    let span_ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    consumed >= TOTAL && out.values().all(|t| t.as_deref().is_some_and(|t| span_ids.contains(ids(t).1.as_str())))
+}
+
+/// Checks what a traced run exported against what it produced.
+fn check_traced_run(spans: &[ReceivedSpan], name: &str, out: &BTreeMap<i64, Option<String>>) {
+    let process = process_spans(spans, name);
+    assert!(!process.is_empty(), "process spans: {spans:#?}");
+    for span in &process {
+        assert_eq!(span.service, "weir-runtime");
+        assert_eq!(span.kind, 5, "consumer");
+        assert_eq!(span.text("messaging.system"), Some("kafka"));
+        assert_eq!(span.text("messaging.operation.type"), Some("process"));
+        assert_eq!(span.text("messaging.destination.name"), Some(format!("{name}-in").as_str()));
+        assert!(matches!(span.text("messaging.destination.partition.id"), Some("0" | "1")), "{span:?}");
+        assert_eq!(span.text("weir.streamjob"), Some(name));
+        assert_eq!(span.text("messaging.consumer.group.name"), Some(format!("test.{name}").as_str()));
+        assert_eq!(span.int("weir.links.dropped"), Some(0));
+        assert!(span.parent_span_id.is_empty(), "a root span, linked to its records' traces");
+    }
+    let linked: BTreeSet<(String, String)> = process.iter().flat_map(|s| s.links.iter().cloned()).collect();
+    let expected: BTreeSet<(String, String)> = (0..TRACED).map(|n| ids(&incoming(n))).collect();
+    assert_eq!(linked, expected, "links to exactly the consumed records' trace contexts");
+    let by_id: BTreeMap<&str, &ReceivedSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for (n, traceparent) in out {
+        let traceparent = traceparent.as_deref().unwrap_or_default();
+        let (trace, parent) = ids(traceparent);
+        let span = by_id.get(parent.as_str()).unwrap_or_else(|| panic!("record {n}: no span {parent} exported"));
+        assert_eq!(span.trace_id, trace, "record {n}: its traceparent is the span's context");
+        if *n < TRACED {
+            let (incoming_trace, incoming_parent) = ids(&incoming(*n));
+            assert_eq!(trace, incoming_trace, "record {n} continues the consumed record's trace");
+            assert_eq!(span.name, format!("create {name}-out"));
+            assert_eq!(span.parent_span_id, incoming_parent, "record {n}: a child of the consumed record's span");
+        } else {
+            assert_eq!(span.name, format!("process {name}-in"), "record {n}: the batch's process span");
+        }
+    }
+    let sends = spans.iter().filter(|s| s.name == format!("send {name}-out")).count();
+    assert!(sends >= 1, "send spans: {spans:#?}");
+}
+
+#[test]
+fn spans_link_consumed_traces_and_produced_records_name_exported_spans() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "traced";
+    topics_and_records(broker, name);
+    let receiver = must(OtlpReceiver::start(), "starting the OTLP receiver");
+    let env = env(&receiver, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
+    let runtime = Runtime::start_with_env(&copy_job(dir.path(), broker, name), &[], &env);
+    let out = outputs(broker, name);
+    let spans = must(
+        receiver.wait_for(Duration::from_secs(60), "spans of every record", |spans| complete(spans, name, &out)),
+        "spans",
+    );
+    check_traced_run(&spans, name, &out);
+    assert_eq!(receiver.refused(), 0, "OTLP/JSON only");
+    assert_eq!(runtime.terminate(), Some(0));
+}
+
+#[test]
+fn sigterm_exports_the_spans_still_queued() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "flushed";
+    topics_and_records(broker, name);
+    let receiver = must(OtlpReceiver::start(), "starting the OTLP receiver");
+    // Nothing is exported on a timer during the test: only the shutdown flush sends spans.
+    let env = env(&receiver, &[("OTEL_BSP_SCHEDULE_DELAY", "600000"), ("OTEL_SERVICE_NAME", "payments-trace")]);
+    let runtime = Runtime::start_with_env(&copy_job(dir.path(), broker, name), &[], &env);
+    let out = outputs(broker, name);
+    assert_eq!(receiver.requests(), 0, "spans wait in the batch processor");
+    assert_eq!(runtime.terminate(), Some(0));
+    let spans = receiver.spans();
+    assert!(complete(&spans, name, &out), "every span is exported before exit: {spans:#?}");
+    assert!(spans.iter().all(|s| s.service == "payments-trace"), "OTEL_SERVICE_NAME names the service");
+}
+
+#[test]
+fn without_tracing_nothing_is_exported_and_trace_context_travels_as_before() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "untraced";
+    topics_and_records(broker, name);
+    let receiver = must(OtlpReceiver::start(), "starting the OTLP receiver");
+    let env = env(&receiver, &[("OTEL_SDK_DISABLED", "true")]);
+    let runtime = Runtime::start_with_env(&copy_job(dir.path(), broker, name), &[], &env);
+    let out = outputs(broker, name);
+    assert_eq!(runtime.terminate(), Some(0));
+    assert_eq!(receiver.requests(), 0, "OTEL_SDK_DISABLED=true: nothing exported");
+    for (n, traceparent) in out {
+        if n < TRACED {
+            let (trace, parent) = ids(traceparent.as_deref().unwrap_or_default());
+            let (incoming_trace, incoming_parent) = ids(&incoming(n));
+            assert_eq!(trace, incoming_trace, "record {n}: same trace");
+            assert_ne!(parent, incoming_parent, "record {n}: a child span id");
+        } else {
+            assert_eq!(traceparent, None, "record {n}: propagate starts no trace");
+        }
+    }
+}
