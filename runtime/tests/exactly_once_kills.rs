@@ -2,7 +2,8 @@
 //! cycle and restarted each time; a read_committed reader then sees every window result
 //! once, with the right value. Read with `weir_e2e::kafka::committed`, which applies the
 //! transaction markers itself, because the broker with transactions (tansu) hands records of
-//! aborted transactions to read_committed consumers.
+//! aborted transactions to read_committed consumers. Undecodable records go to a dead-letter
+//! topic on the same cluster, in the same transactions: each is committed there once too.
 
 mod common;
 
@@ -47,7 +48,9 @@ impl KillPoint {
 /// The windowed fixture job with exactly-once delivery and file checkpoints.
 fn write_job(dir: &Path, broker: &Broker, interval: &str) -> std::path::PathBuf {
     let storage = format!("file://{}/checkpoints", dir.display());
-    let extra = format!("  checkpoint: {{storage: \"{storage}\", interval: {interval}}}\n");
+    let extra = format!(
+        "  checkpoint: {{storage: \"{storage}\", interval: {interval}}}\n  deadLetter: {{topic: {NAME}-dlq}}\n"
+    );
     let job = job_file(dir, broker, NAME, &extra);
     let text = must(std::fs::read_to_string(&job), "reading the job")
         .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
@@ -75,6 +78,8 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
     let dir = must(tempfile::tempdir(), "tempdir");
     must(broker.create_topic(&input, 2), "creating the input topic");
     must(broker.create_topic(&output, 2), "creating the output topic");
+    let dead_letters = format!("{NAME}-dlq");
+    must(broker.create_topic(&dead_letters, 1), "creating the dead-letter topic");
     let producer = producer(&broker);
     let payments = payments(8_000, 20, 0);
     let points = [
@@ -84,13 +89,15 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
         KillPoint::WithResultsAfterItsOwnCommits,
     ];
 
-    for (chunk, point) in payments.chunks(2_000).zip(points) {
+    for (round, (chunk, point)) in payments.chunks(2_000).zip(points).enumerate() {
         let job = write_job(dir.path(), &broker, point.interval());
         let (now, later) = match point {
             KillPoint::WithResultsAfterItsOwnCommits => chunk.split_at(chunk.len() / 2),
             _ => (chunk, &chunk[chunk.len()..]),
         };
         produce_payments(&producer, &input, now);
+        // One undecodable record per chunk, among the payments.
+        send(&producer, &input, "bad", &format!("{{not json, round {round}"));
         let runtime = Runtime::start_within(&job, &["--instance", "kill"], AFTER_KILL);
         let records_in = || metric(&runtime, "weir_records_in_total");
         let commits = || metric(&runtime, "weir_source_commits_total");
@@ -143,4 +150,10 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
     assert_eq!(log.open, 0, "no transaction left open after a clean stop");
     assert!(log.aborted > 0, "the kills left results in transactions that were then aborted");
     assert_eq!(results(&log.records), want, "every window result committed exactly once, with the right value");
+    let dead = must(committed::read(&broker.bootstrap(), &dead_letters), "reading the dead letters");
+    let mut bad: Vec<String> = dead.records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
+    bad.sort();
+    assert_eq!(bad.len(), points.len(), "each undecodable record dead-lettered once: {bad:?}");
+    bad.dedup();
+    assert_eq!(bad.len(), points.len(), "no dead letter repeated: {bad:?}");
 }
