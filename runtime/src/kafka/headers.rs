@@ -143,6 +143,34 @@ mod tests {
         assert!(TraceParent::parse(traceparent).is_some(), "{traceparent}");
     }
 
+    /// Spans as [`crate::telemetry`] gives them: children get span 0xc, the rest the batch's.
+    struct Exported;
+
+    impl ContextSource for Exported {
+        fn child(&mut self, parent: TraceParent) -> TraceParent {
+            parent.child(|| 0xc)
+        }
+
+        fn start(&mut self) -> TraceParent {
+            TraceParent::start(|| 0xb)
+        }
+
+        fn untraced(&mut self) -> Option<TraceParent> {
+            Some(self.start())
+        }
+    }
+
+    #[test]
+    fn with_exported_spans_every_record_gets_a_context_unless_off() {
+        const BATCH: &str = "00-0000000000000000000000000000000b-000000000000000b-01";
+        let propagate = policy("");
+        assert_eq!(named(&propagate.headers(&[], Exported), TRACEPARENT), Some(BATCH), "the batch's span");
+        let child = propagate.headers(&carried(), Exported);
+        assert_eq!(named(&child, TRACEPARENT), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-000000000000000c-01"));
+        assert_eq!(named(&policy(", traceContext: start").headers(&[], Exported), TRACEPARENT), Some(BATCH));
+        assert!(policy(", traceContext: off").headers(&carried(), Exported).is_empty());
+    }
+
     #[test]
     fn off_writes_no_traceparent_even_when_forwarding() {
         let policy = policy(", traceContext: off, forwardHeaders: true");
