@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, sync::atomic::Ordering};
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use weir_crds::JobDocument;
 use weir_runtime::{
     admin,
@@ -85,13 +85,11 @@ fn main() -> ExitCode {
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| name.clone())
     });
     // Built before the async runtime: the exporter's blocking client runs on its own thread.
-    let telemetry = match Telemetry::from_env() {
-        Ok(telemetry) => telemetry,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    // A tracing setup that does not work costs the spans, not the job.
+    let telemetry = Telemetry::from_env().unwrap_or_else(|e| {
+        warn!("{e}; running without exporting spans");
+        None
+    });
     let spans = telemetry.as_ref().map(|t| t.spans(&name, &group_id));
     if telemetry.is_some() {
         info!("exporting spans over OTLP/HTTP");

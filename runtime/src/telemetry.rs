@@ -41,6 +41,15 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built from the environment.
     #[error("setting up the OTLP span exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The OTLP endpoint is not an http(s) URL (the exporter would fall back to
+    /// `localhost:4318` without a word).
+    #[error("{var}={value:?} is not an http or https URL")]
+    Endpoint {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// Pending spans could not be flushed at exit.
     #[error("flushing spans: {0}")]
     Shutdown(#[from] opentelemetry_sdk::error::OTelSdkError),
@@ -52,6 +61,20 @@ pub fn enabled(var: impl Fn(&str) -> Option<String>) -> bool {
     let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
     let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Checks the endpoint variable the exporter will use (the traces one first).
+fn check_endpoint(var: impl Fn(&str) -> Option<String>) -> Result<(), TelemetryError> {
+    for name in ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
+        if let Some(value) = var(name).filter(|v| !v.trim().is_empty()) {
+            let parsed = url::Url::parse(value.trim());
+            return match parsed {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(()),
+                _ => Err(TelemetryError::Endpoint { var: name, value }),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// The OTLP/HTTP encoding: JSON unless the environment asks for `http/protobuf`; gRPC is
@@ -86,6 +109,7 @@ impl Telemetry {
         if !enabled(var) {
             return Ok(None);
         }
+        check_endpoint(var)?;
         let exporter = SpanExporter::builder().with_http().with_protocol(protocol(var)).build()?;
         let mut resource = Resource::builder();
         if !names_service(var) {
@@ -283,6 +307,21 @@ mod tests {
         assert!(!enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])));
         assert!(!enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "TRUE")])));
         assert!(enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_SDK_DISABLED", "false")])));
+    }
+
+    #[test]
+    fn an_endpoint_must_be_an_http_url() {
+        assert!(check_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")])).is_ok());
+        assert!(check_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector")])).is_ok());
+        for bad in ["http://exa mple:4318", "collector:4318", "ftp://collector"] {
+            let error = check_endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", bad)])).unwrap_err();
+            assert!(error.to_string().starts_with("OTEL_EXPORTER_OTLP_ENDPOINT="), "{error}");
+        }
+        let traces_first = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "nonsense"),
+        ]);
+        assert!(check_endpoint(traces_first).is_err());
     }
 
     #[test]

@@ -219,3 +219,17 @@ fn without_tracing_nothing_is_exported_and_trace_context_travels_as_before() {
         }
     }
 }
+
+#[test]
+fn an_unusable_otlp_endpoint_costs_the_spans_not_the_job() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "misconfigured";
+    topics_and_records(broker, name);
+    // Not a URL: the exporter cannot be built, and the job runs without it.
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), "http://exa mple:4318".to_owned())];
+    let runtime = Runtime::start_with_env(&copy_job(dir.path(), broker, name), &[], &env);
+    let out = outputs(broker, name);
+    assert_eq!(out.len(), TOTAL as usize);
+    assert_eq!(runtime.terminate(), Some(0));
+}
