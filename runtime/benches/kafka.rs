@@ -81,11 +81,19 @@ const SCHEMA: &str = ", schema: [{name: user_id, type: string}, {name: amount, t
                       {name: currency, type: string}, {name: ts, type: long}]";
 
 /// weir-runtime with a filter and a select, until it has produced every record.
-fn runtime(broker: &Broker, from: &str, to: &str, dir: &std::path::Path, schema: &str) -> (Duration, f64) {
+/// `delivery` is the sink's delivery mode (`idempotent` is the default).
+fn runtime(
+    broker: &Broker,
+    from: &str,
+    to: &str,
+    dir: &std::path::Path,
+    schema: &str,
+    delivery: &str,
+) -> (Duration, f64) {
     let job = format!(
         "metadata: {{name: {to}}}\nspec:\n  source: {{kafka: {{bootstrapServers: '{b}', topic: {from}{schema}}}}}\n  \
          pipeline: [{{filter: 'amount >= 0'}}, {{select: [user_id, amount, currency, ts]}}]\n  \
-         sink: {{kafka: {{bootstrapServers: '{b}', topic: {to}, keyField: user_id, linger: 5ms}}}}\n",
+         sink: {{kafka: {{bootstrapServers: '{b}', topic: {to}, keyField: user_id, linger: 5ms, delivery: {delivery}}}}}\n",
         b = broker.bootstrap()
     );
     let path = dir.join(format!("{to}.yaml"));
@@ -117,13 +125,17 @@ fn runtime(broker: &Broker, from: &str, to: &str, dir: &std::path::Path, schema:
 fn main() {
     let broker = must(Broker::start(), "broker");
     let dir = must(tempfile::tempdir(), "tempdir");
-    for topic in ["bench-in", "bench-copy", "bench-out", "bench-out-declared"] {
+    for topic in ["bench-in", "bench-copy", "bench-out", "bench-out-declared", "bench-out-at-least-once"] {
         must(broker.create_topic(topic, 3), "topic");
     }
     fill(&broker, "bench-in");
     let (copy_time, copy_cpu) = copy(&broker, "bench-in", "bench-copy");
-    let (weir_time, weir_cpu) = runtime(&broker, "bench-in", "bench-out", dir.path(), "");
-    let (declared_time, declared_cpu) = runtime(&broker, "bench-in", "bench-out-declared", dir.path(), SCHEMA);
+    let (weir_time, weir_cpu) = runtime(&broker, "bench-in", "bench-out", dir.path(), "", "idempotent");
+    let (declared_time, declared_cpu) =
+        runtime(&broker, "bench-in", "bench-out-declared", dir.path(), SCHEMA, "idempotent");
+    // The copy's producer is not idempotent: the same without idempotence, to compare like with like.
+    let (plain_time, plain_cpu) =
+        runtime(&broker, "bench-in", "bench-out-at-least-once", dir.path(), SCHEMA, "atLeastOnce");
     let rate = |t: Duration| RECORDS as f64 / t.as_secs_f64();
     let per_million = |cpu: f64| cpu * 1e6 / RECORDS as f64;
     println!("through tansu (sqlite), {RECORDS} JSON records over 3 partitions, start-up included:");
@@ -135,4 +147,5 @@ fn main() {
     line("plain rdkafka copy", copy_time, copy_cpu);
     line("weir-runtime filter+select, inferred JSON", weir_time, weir_cpu);
     line("weir-runtime filter+select, declared schema", declared_time, declared_cpu);
+    line("  same, delivery atLeastOnce (no idempotence)", plain_time, plain_cpu);
 }
