@@ -53,11 +53,16 @@ fn cpu_seconds_of(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// The plain copy: consume every record and produce it unchanged.
-fn copy(broker: &Broker, from: &str, to: &str) -> (Duration, f64) {
+/// The plain copy: consume every record and produce it unchanged (`idempotent`: with an
+/// idempotent producer, as the runtime's default delivery has).
+fn copy(broker: &Broker, from: &str, to: &str, idempotent: bool) -> (Duration, f64) {
+    let group = format!("bench-copy-{to}");
     let consumer: BaseConsumer =
-        must(config(broker).set("group.id", "bench-copy").set("auto.offset.reset", "earliest").create(), "consumer");
-    let producer: BaseProducer = must(config(broker).set("linger.ms", "5").create(), "producer");
+        must(config(broker).set("group.id", group).set("auto.offset.reset", "earliest").create(), "consumer");
+    let producer: BaseProducer = must(
+        config(broker).set("linger.ms", "5").set("enable.idempotence", idempotent.to_string()).create(),
+        "producer",
+    );
     must(consumer.subscribe(&[from]), "subscribe");
     let cpu = own_cpu_seconds();
     let started = Instant::now();
@@ -125,11 +130,19 @@ fn runtime(
 fn main() {
     let broker = must(Broker::start(), "broker");
     let dir = must(tempfile::tempdir(), "tempdir");
-    for topic in ["bench-in", "bench-copy", "bench-out", "bench-out-declared", "bench-out-at-least-once"] {
+    for topic in [
+        "bench-in",
+        "bench-copy",
+        "bench-copy-idempotent",
+        "bench-out",
+        "bench-out-declared",
+        "bench-out-at-least-once",
+    ] {
         must(broker.create_topic(topic, 3), "topic");
     }
     fill(&broker, "bench-in");
-    let (copy_time, copy_cpu) = copy(&broker, "bench-in", "bench-copy");
+    let (copy_time, copy_cpu) = copy(&broker, "bench-in", "bench-copy", false);
+    let (idempotent_copy_time, idempotent_copy_cpu) = copy(&broker, "bench-in", "bench-copy-idempotent", true);
     let (weir_time, weir_cpu) = runtime(&broker, "bench-in", "bench-out", dir.path(), "", "idempotent");
     let (declared_time, declared_cpu) =
         runtime(&broker, "bench-in", "bench-out-declared", dir.path(), SCHEMA, "idempotent");
@@ -145,6 +158,7 @@ fn main() {
         println!("  {what:<44} {records_per_second:>8.0} records/s {cpu_per_million:>6.1} CPU s/M  {ratio:>5.2}x copy");
     };
     line("plain rdkafka copy", copy_time, copy_cpu);
+    line("  same, idempotent producer", idempotent_copy_time, idempotent_copy_cpu);
     line("weir-runtime filter+select, inferred JSON", weir_time, weir_cpu);
     line("weir-runtime filter+select, declared schema", declared_time, declared_cpu);
     line("  same, delivery atLeastOnce (no idempotence)", plain_time, plain_cpu);
