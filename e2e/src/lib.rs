@@ -17,6 +17,7 @@ pub mod payments;
 pub mod registry;
 pub mod s3;
 pub mod stack;
+pub mod stand_in;
 
 use std::{
     net::TcpListener,

@@ -5,9 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    thread::JoinHandle,
     time::Duration,
 };
 
@@ -19,9 +17,8 @@ use axum::{
     routing::post,
 };
 use serde_json::Value;
-use tokio::sync::oneshot;
 
-use crate::Error;
+use crate::{Error, stand_in::Server};
 
 /// A span as received (ids in lowercase hex, as OTLP/JSON writes them).
 #[derive(Debug, Clone, PartialEq)]
@@ -73,42 +70,21 @@ fn lock(store: &Shared) -> MutexGuard<'_, Store> {
 /// A running receiver on a free port of 127.0.0.1, stopped when dropped.
 #[derive(Debug)]
 pub struct OtlpReceiver {
-    endpoint: String,
+    server: Server,
     store: Shared,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl OtlpReceiver {
     /// Starts a receiver.
     pub fn start() -> Result<Self, Error> {
         let store: Shared = Arc::default();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| Error::Failed(format!("binding the OTLP receiver: {e}")))?;
-        let address: SocketAddr =
-            listener.local_addr().map_err(|e| Error::Failed(format!("OTLP receiver address: {e}")))?;
         let app = Router::new().route("/v1/traces", post(traces)).with_state(store.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Failed(format!("OTLP receiver runtime: {e}")))?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                let shutdown = async move {
-                    let _ = stopped.await;
-                };
-                let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-            });
-        });
-        Ok(Self { endpoint: format!("http://{address}"), store, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { server: Server::start(app, "OTLP receiver")?, store })
     }
 
     /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT`, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.server.url()
     }
 
     /// Every span received so far, in arrival order.
@@ -139,17 +115,6 @@ impl OtlpReceiver {
             condition(&spans)
         })?;
         Ok(spans)
-    }
-}
-
-impl Drop for OtlpReceiver {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -7,9 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    thread::JoinHandle,
 };
 
 use axum::{
@@ -21,9 +19,8 @@ use axum::{
 };
 use base64::Engine;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-use crate::Error;
+use crate::{Error, stand_in::Server};
 
 /// What the registry holds, and what it was asked.
 #[derive(Debug, Default)]
@@ -66,10 +63,8 @@ fn lock(store: &Shared) -> MutexGuard<'_, Store> {
 /// A running registry on a free port of 127.0.0.1, stopped when dropped.
 #[derive(Debug)]
 pub struct SchemaRegistry {
-    url: String,
+    server: Server,
     store: Shared,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl SchemaRegistry {
@@ -86,35 +81,16 @@ impl SchemaRegistry {
 
     fn serve(authorization: Option<String>) -> Result<Self, Error> {
         let store: Shared = Arc::new(Mutex::new(Store { authorization, ..Store::default() }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| Error::Failed(format!("binding the schema registry: {e}")))?;
-        let address: SocketAddr =
-            listener.local_addr().map_err(|e| Error::Failed(format!("schema registry address: {e}")))?;
         let app = Router::new()
             .route("/schemas/ids/{id}", get(schema_by_id))
             .route("/subjects/{subject}/versions", post(register))
             .with_state(store.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Failed(format!("schema registry runtime: {e}")))?;
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-                let shutdown = async move {
-                    let _ = stopped.await;
-                };
-                let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-            });
-        });
-        Ok(Self { url: format!("http://{address}"), store, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { server: Server::start(app, "schema registry")?, store })
     }
 
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// Registers `schema` under `subject` as a producer's serializer would: its id.
@@ -140,17 +116,6 @@ impl SchemaRegistry {
     /// How many calls were refused for missing or wrong credentials.
     pub fn refused(&self) -> usize {
         lock(&self.store).refused
-    }
-}
-
-impl Drop for SchemaRegistry {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

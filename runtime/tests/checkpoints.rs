@@ -18,14 +18,6 @@ fn checkpointed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std
     job_file(dir, broker, name, &format!("  checkpoint: {{storage: \"{storage}\", interval: 500ms{extra}}}\n"))
 }
 
-fn setup(name: &str, partitions: i32) -> (Broker, tempfile::TempDir) {
-    let broker = must(Broker::start(), "starting the broker");
-    let dir = must(tempfile::tempdir(), "tempdir");
-    must(broker.create_topic(&format!("{name}-in"), partitions as u32), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    (broker, dir)
-}
-
 fn records_in(runtime: &Runtime, name: &str) -> f64 {
     runtime.metric(&format!("weir_records_in_total{{streamjob=\"{name}\"}}"))
 }
@@ -95,8 +87,8 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
 #[test]
 fn stop_with_savepoint_then_resume_loses_and_repeats_nothing() {
     let name = "resume";
-    let partitions = 3;
-    let (broker, dir) = setup(name, partitions);
+    let partitions: i32 = 3;
+    let (broker, dir) = setup(name, partitions.unsigned_abs());
     let job = checkpointed_job(dir.path(), &broker, name, "");
     let producer = producer(&broker);
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
@@ -174,8 +166,8 @@ fn owned(runtime: &Runtime) -> Vec<i64> {
 #[test]
 fn resume_after_partitions_moved_while_stopped_is_exact() {
     let name = "moved";
-    let partitions = 2;
-    let (broker, dir) = setup(name, partitions);
+    let partitions: i32 = 2;
+    let (broker, dir) = setup(name, partitions.unsigned_abs());
     let job = checkpointed_job(dir.path(), &broker, name, "");
     let producer = producer(&broker);
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));

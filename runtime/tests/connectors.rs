@@ -9,7 +9,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -22,12 +21,6 @@ use rdkafka::{
 };
 use serde_json::json;
 use weir_e2e::{broker::Broker, kafka, wait_until};
-
-/// One broker for the tests that do not restart it; each test has its own topics.
-fn shared_broker() -> &'static Broker {
-    static BROKER: OnceLock<Broker> = OnceLock::new();
-    BROKER.get_or_init(|| must(Broker::start(), "starting the broker"))
-}
 
 /// A stateless job `<name>-in` → `<name>-out`; `source` and `sink` are appended to the
 /// source's and sink's Kafka settings, `extra` to the spec.
@@ -55,12 +48,6 @@ spec:
     let path = dir.join(format!("{name}.yaml"));
     must(std::fs::write(&path, job), "writing the job file");
     path
-}
-
-/// Creates `<name>-in` with `partitions` partitions and `<name>-out` with one.
-fn topics(broker: &Broker, name: &str, partitions: u32) {
-    must(broker.create_topic(&format!("{name}-in"), partitions), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
 }
 
 /// `count` records `{"n": i, "at": <epoch ms>}` keyed `k<i>`, with `headers` on each.
@@ -96,7 +83,7 @@ fn every_compression_codec_round_trips() {
     let producer = producer(broker);
     for codec in ["gzip", "lz4", "zstd", "none", "snappy"] {
         let name = format!("codec-{codec}");
-        topics(broker, &name, 1);
+        create_topics(broker, &name, 1);
         produce_numbered(&producer, &format!("{name}-in"), 0..200, &[]);
         let job = copy_job(dir.path(), broker, &name, "", &format!("      compression: {codec}"), "");
         let runtime = Runtime::start(&job);
@@ -122,7 +109,7 @@ fn headers_trace_context_timestamps_and_metrics_land_on_produced_records() {
     let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "headers";
-    topics(broker, name, 1);
+    create_topics(broker, name, 1);
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     produce_numbered(&producer(broker), &format!("{name}-in"), 0..50, &[("tenant", "acme"), ("traceparent", parent)]);
     let sink = "      timestampField: at\n      forwardHeaders: true\n      headers: {origin: weir}";
@@ -162,7 +149,7 @@ fn the_rate_limit_holds_within_ten_percent() {
     let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "rate";
-    topics(broker, name, 2);
+    create_topics(broker, name, 2);
     produce_numbered(&producer(broker), &format!("{name}-in"), 0..4_000, &[]);
     let job = copy_job(dir.path(), broker, name, "      maxRecordsPerSecond: 500", "", "");
     let runtime = Runtime::start(&job);
@@ -182,7 +169,7 @@ fn fire_and_forget_delivers() {
     let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "fire";
-    topics(broker, name, 1);
+    create_topics(broker, name, 1);
     produce_numbered(&producer(broker), &format!("{name}-in"), 0..300, &[]);
     let runtime = Runtime::start(&copy_job(dir.path(), broker, name, "", "      delivery: fireAndForget", ""));
     let records = read_records(broker, &format!("{name}-out"), 300);
@@ -195,7 +182,7 @@ fn a_start_timestamp_skips_older_records() {
     let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "since";
-    topics(broker, name, 1);
+    create_topics(broker, name, 1);
     let producer = producer(broker);
     let topic = format!("{name}-in");
     let hour_ago = chrono::Utc::now().timestamp_millis() - 3_600_000;
@@ -251,7 +238,7 @@ fn the_job_rides_out_a_broker_restart() {
     let broker = must(Broker::start(), "starting a broker of its own");
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "outage";
-    topics(&broker, name, 1);
+    create_topics(&broker, name, 1);
     produce_numbered(&producer(&broker), &format!("{name}-in"), 0..100, &[]);
     let retry = "      retry: {maxRetries: 20, initialBackoff: 200ms, maxBackoff: 2s}";
     let mut runtime = Runtime::start(&copy_job(dir.path(), &broker, name, retry, retry, ""));
@@ -271,7 +258,7 @@ fn read_uncommitted_sees_records_of_an_open_transaction() {
     let broker = must(Broker::start_transactional(), "starting the broker with transactions");
     let dir = must(tempfile::tempdir(), "tempdir");
     for name in ["dirty", "clean"] {
-        topics(&broker, name, 1);
+        create_topics(&broker, name, 1);
         produce_numbered(&producer(&broker), &format!("{name}-in"), 0..5, &[]);
     }
     let transactional: BaseProducer = must(
@@ -299,7 +286,7 @@ fn a_fatal_producer_error_stops_the_pod_non_zero() {
     let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "oversized";
-    topics(broker, name, 1);
+    create_topics(broker, name, 1);
     let producer = producer(broker);
     for n in 0..3 {
         send(&producer, &format!("{name}-in"), "k", &json!({"n": n, "pad": "x".repeat(4_000)}).to_string());

@@ -9,7 +9,6 @@ mod common;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::Duration,
 };
 
@@ -26,15 +25,9 @@ use prost_reflect::{
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use weir_e2e::{broker::Broker, kafka, payments::Totals, registry::SchemaRegistry, wait_until};
 
-fn shared_broker() -> &'static Broker {
-    static BROKER: OnceLock<Broker> = OnceLock::new();
-    BROKER.get_or_init(|| must(Broker::start(), "starting the broker"))
-}
-
 /// Creates `<name>-in` with `partitions` partitions, `<name>-out` and `<name>-dlq`.
 fn topics(broker: &Broker, name: &str, partitions: u32) {
-    must(broker.create_topic(&format!("{name}-in"), partitions), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    create_topics(broker, name, partitions);
     must(broker.create_topic(&format!("{name}-dlq"), 1), "creating the dead-letter topic");
 }
 

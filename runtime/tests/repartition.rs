@@ -25,14 +25,6 @@ fn unkeyed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::pat
     job
 }
 
-fn setup(name: &str, partitions: u32) -> (Broker, tempfile::TempDir) {
-    let broker = must(Broker::start(), "starting the broker");
-    let dir = must(tempfile::tempdir(), "tempdir");
-    must(broker.create_topic(&format!("{name}-in"), partitions), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    (broker, dir)
-}
-
 fn metric(runtime: &Runtime, family: &str, name: &str) -> f64 {
     runtime.metric(&format!("{family}{{streamjob=\"{name}\"}}"))
 }

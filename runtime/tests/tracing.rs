@@ -9,7 +9,6 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::Duration,
 };
 
@@ -29,11 +28,6 @@ use weir_e2e::{
 const TRACED: i64 = 20;
 const TOTAL: i64 = 30;
 
-fn shared_broker() -> &'static Broker {
-    static BROKER: OnceLock<Broker> = OnceLock::new();
-    BROKER.get_or_init(|| must(Broker::start(), "starting the broker"))
-}
-
 /// The traceparent record `n` was produced with: trace `n + 1`, parent span `n + 0x100`.
 fn incoming(n: i64) -> String {
     format!("00-{:032x}-{:016x}-01", n + 1, n + 0x100)
@@ -41,8 +35,7 @@ fn incoming(n: i64) -> String {
 
 /// `<name>-in` with two partitions and `<name>-out`, then the records `0..TOTAL`.
 fn topics_and_records(broker: &Broker, name: &str) {
-    must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    create_topics(broker, name, 2);
     let producer: BaseProducer = producer(broker);
     let topic = format!("{name}-in");
     for n in 0..TOTAL {

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
 
 use super::{
-    Deliveries, Job, RunError, Sink, client, ensure_topic, kafka, lag_of, oauth_token, partition_count,
+    Deliveries, Job, RunError, Sink, client, consumer_error, ensure_topic, kafka, lag_of, oauth_token, partition_count,
     records_by_partition, send,
     shared::{Shared, lock},
 };
@@ -132,12 +132,7 @@ impl ClientContext for FrontContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if classify(&error) == Class::Fatal {
-            error!(%error, reason, "fatal consumer error (source)");
-            lock(&self.failed).get_or_insert(RunError::Kafka { context: "consuming the source", source: error });
-        } else {
-            warn!(%error, reason, "consumer error; librdkafka retries");
-        }
+        consumer_error(&self.failed, "consuming the source", error, reason);
     }
 
     fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
@@ -437,6 +432,10 @@ impl Front {
     /// event time moves with the clock first.
     pub fn send_marks(&self) -> Result<(), RunError> {
         let now = Instant::now();
+        // Called for every batch: nothing is due this soon after the last marks.
+        if now.saturating_duration_since(lock(&self.sent).1) < MARKS_EVERY {
+            return Ok(());
+        }
         let marks: Marks = {
             let mut owners = lock(&self.owners);
             owners

@@ -280,13 +280,7 @@ impl ClientContext for SourceContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if classify(&error) == Class::Fatal {
-            error!(%error, reason, "fatal consumer error");
-            let failure = RunError::Kafka { context: "consuming", source: error };
-            lock(&self.failed).get_or_insert(failure);
-        } else {
-            warn!(%error, reason, "consumer error; librdkafka retries");
-        }
+        consumer_error(&self.failed, "consuming", error, reason);
     }
 
     fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
@@ -320,6 +314,17 @@ impl ClientContext for SourceContext {
                 metrics.consumer_lag.with_label_values(&[topic_name, &label]).set(lag);
             }
         }
+    }
+}
+
+/// A consumer's client error: a fatal one is kept for the job loop to stop on, others are
+/// librdkafka's to retry.
+fn consumer_error(failed: &Mutex<Option<RunError>>, context: &'static str, error: KafkaError, reason: &str) {
+    if classify(&error) == Class::Fatal {
+        error!(%error, reason, context, "fatal consumer error");
+        lock(failed).get_or_insert(RunError::Kafka { context, source: error });
+    } else {
+        warn!(%error, reason, context, "consumer error; librdkafka retries");
     }
 }
 

@@ -25,6 +25,28 @@ pub fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// One broker for the tests of a binary that do not restart it; each test has its own topics.
+pub fn shared_broker() -> &'static Broker {
+    static BROKER: std::sync::OnceLock<Broker> = std::sync::OnceLock::new();
+    BROKER.get_or_init(|| must(Broker::start(), "starting the broker"))
+}
+
+/// Creates `<name>-in` with `partitions` partitions and `<name>-out` with one (the broker
+/// does not create topics on use).
+pub fn create_topics(broker: &Broker, name: &str, partitions: u32) {
+    must(broker.create_topic(&format!("{name}-in"), partitions), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+}
+
+/// A broker of the test's own with `<name>-in` (`partitions` partitions) and `<name>-out`,
+/// and a folder for the job file and checkpoints.
+pub fn setup(name: &str, partitions: u32) -> (Broker, tempfile::TempDir) {
+    let broker = must(Broker::start(), "starting the broker");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    create_topics(&broker, name, partitions);
+    (broker, dir)
+}
+
 pub fn producer(broker: &Broker) -> BaseProducer {
     must(kafka::producer(&broker.bootstrap()), "creating a producer")
 }
