@@ -6,6 +6,7 @@
 //! [`status`] (pure, from what was observed).
 
 pub mod admin;
+pub mod assignment;
 pub mod cache;
 pub mod config;
 pub mod controller;
