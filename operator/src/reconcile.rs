@@ -23,7 +23,7 @@ use tracing::{info, instrument, warn};
 use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode};
 
 use crate::{
-    Error,
+    Error, assignment,
     cache::{self, Cached, Children, Lookup, Writes},
     config::OperatorConfig,
     failure,
@@ -43,6 +43,9 @@ pub const FINALIZER: &str = "weir.dev/cleanup";
 
 /// Requeue while pods are changing, to follow the rollout.
 const REQUEUE_PROGRESSING: Duration = Duration::from_secs(5);
+/// Requeue while pods wait for a partition slot, or an order to a pod failed: a pod's admin
+/// server coming up is no event the controller sees, and pods are not Ready until assigned.
+const REQUEUE_ASSIGNING: Duration = Duration::from_millis(500);
 /// Soonest requeue, so a plan that waits for nothing does not spin.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// Savepoints kept in `status.savepointHistory`.
@@ -68,6 +71,8 @@ pub struct Context {
     children: Option<Children>,
     /// The operator's own latest writes, to know when a store has caught up with them.
     pub writes: Arc<Writes>,
+    /// Jobs whose pods are known to hold one partition slot each.
+    assignments: Arc<assignment::Settled>,
 }
 
 impl std::fmt::Debug for Context {
@@ -79,7 +84,16 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// A context for reconciles made with `client`.
     pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
-        Self { client, recorder, metrics, config, failures: Arc::default(), children: None, writes: Arc::default() }
+        Self {
+            client,
+            recorder,
+            metrics,
+            config,
+            failures: Arc::default(),
+            children: None,
+            writes: Arc::default(),
+            assignments: Arc::default(),
+        }
     }
 
     /// This context reading children from `children`.
@@ -268,7 +282,8 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         Some(listed) => listed,
         None => list_pods(ctx, &job_ref).await?,
     };
-    let consumer_lag = if pods.existing > 0 { lag::consumer_lag(&listed, ctx.config.admin_port).await } else { None };
+    let lag = async { if pods.existing > 0 { lag::consumer_lag(&listed, ctx.config.admin_port).await } else { None } };
+    let (consumer_lag, assigned) = futures::join!(lag, assign_slots(ctx, &job_ref, pods.desired, &listed));
     let rolled_back = (marks.rolled_back == Some(generation)).then(|| {
         let message = format!(
             "generation {generation} was rolled back: its pods were not ready within {}; the previous spec runs \
@@ -298,7 +313,24 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         write_status(job, &next, ctx)
     );
     written?;
-    Ok(Action::requeue(requeue(plan.step, progressing, pods, ctx.config.resync_interval)))
+    let mut after = requeue(plan.step, progressing, pods, ctx.config.resync_interval);
+    if assigned.is_some_and(|outcome| outcome.in_progress()) {
+        after = after.min(REQUEUE_ASSIGNING);
+    }
+    Ok(Action::requeue(after))
+}
+
+/// Gives the running job's pods their partition slots, one each of the Deployment's
+/// `replicas`, unless every pod is Ready and known to hold one already.
+async fn assign_slots(ctx: &Context, job_ref: &JobRef, replicas: i32, pods: &[Pod]) -> Option<assignment::Outcome> {
+    let slots = u32::try_from(replicas).ok().filter(|s| *s > 0)?;
+    let key = format!("{}/{}", job_ref.namespace, job_ref.name);
+    if ctx.assignments.holds(&key, slots, pods) {
+        return None;
+    }
+    let outcome = assignment::assign(pods, slots, ctx.config.admin_port).await;
+    ctx.assignments.record(&key, slots, pods, &outcome);
+    Some(outcome)
 }
 
 /// When to look at the job again. While pods come or go, their progress (and a crash loop,
@@ -518,6 +550,7 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let deployments: Api<Deployment> = ctx.api(&namespace);
     ctx.writes.deleted::<Deployment>(&namespace, &job.name_any());
     ctx.writes.forget_job(&namespace, &job.name_any());
+    ctx.assignments.forget(&format!("{namespace}/{}", job.name_any()));
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
