@@ -192,6 +192,9 @@ fn container(
         format!("--name={}", job_ref.name),
         format!("--namespace={}", job_ref.namespace),
         format!("--secrets-dir={SECRETS_MOUNT}"),
+        // The operator gives each pod its partitions (`crate::assignment`): no consumer group
+        // rebalances on a rescale.
+        "--assignment=operator".to_owned(),
     ];
     if descriptor_set(job).is_some() {
         args.push(format!("--descriptor-set={PROTOBUF_MOUNT}/{DESCRIPTOR_SET_FILE}"));
