@@ -82,8 +82,9 @@ fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
 }
 
 /// What the operator calls: reconcile (streamjobs, their status and finalizer, server-side
-/// apply of the rendered kinds, cleanup deletes, the pods it scrapes), kube-runtime's
-/// Recorder (events.k8s.io), and blockOwnerDeletion on owner references (finalizers).
+/// apply of the rendered kinds, cleanup deletes, the pods it scrapes, assigns and watches),
+/// kube-runtime's Recorder (events.k8s.io), and blockOwnerDeletion on owner references
+/// (finalizers).
 fn operator_needs() -> BTreeSet<(String, String, String)> {
     let mut needs = BTreeSet::new();
     let mut add = |group: &str, resource: &str, verbs: &[&str]| {
@@ -100,7 +101,7 @@ fn operator_needs() -> BTreeSet<(String, String, String)> {
     for (group, resource) in [("apps", "deployments"), ("keda.sh", "scaledobjects")] {
         add(group, resource, &["get", "list", "watch", "create", "patch", "delete"]);
     }
-    add("", "pods", &["get", "list"]);
+    add("", "pods", &["get", "list", "watch"]);
     add("events.k8s.io", "events", &["create", "patch"]);
     needs
 }

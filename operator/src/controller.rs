@@ -1,4 +1,4 @@
-//! Wiring: the kube-runtime `Controller` over StreamJobs and the children it owns.
+//! Wiring: the kube-runtime `Controller` over StreamJobs, the children it owns and their pods.
 
 use std::{future::Future, sync::Arc};
 
@@ -23,6 +23,7 @@ use weir_crds::{JOB_LABEL, StreamJob};
 use crate::{
     cache::{self, Cached, Children, Fingerprint, Writes},
     keda::ScaledObject,
+    pod_watch,
     reconcile::{Context, error_policy, reconcile},
 };
 
@@ -115,7 +116,9 @@ pub async fn run(
         .owns_stream(deployment_changes)
         .owns_stream(config_map_changes)
         .owns_stream(service_changes)
-        .owns_stream(budget_changes);
+        .owns_stream(budget_changes)
+        // Pods belong to the Deployment's ReplicaSets, not to the job: mapped by their label.
+        .watches_stream(pod_watch::changes(&client, namespace, writes), |pod| pod_watch::job_of(&pod));
     let mut scaled_objects = None;
     if ctx.config.keda_available {
         let (store, changes) = children::<ScaledObject>(&client, namespace, writes);

@@ -18,6 +18,7 @@ pub mod lag;
 pub mod leader;
 pub mod metrics;
 pub mod pod_http;
+pub mod pod_watch;
 pub mod reconcile;
 pub mod render;
 pub mod rollout;

@@ -71,7 +71,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 What the operator does to the objects of the StreamJobs it watches, and nothing more:
 read and finalize StreamJobs and write their status; server-side apply (create + patch)
 and watch the kinds it renders; delete a job's Deployment on cleanup and its
-ScaledObject when autoscaling is turned off; list pods to scrape their lag; write Events.
+ScaledObject when autoscaling is turned off; list pods to scrape their lag and watch them
+to give them their partitions as soon as they start; write Events.
 */}}
 {{- define "weir.operatorRules" -}}
 - apiGroups: [weir.dev]
@@ -98,7 +99,7 @@ ScaledObject when autoscaling is turned off; list pods to scrape their lag; writ
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [get, list, watch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
