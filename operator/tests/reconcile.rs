@@ -1,6 +1,7 @@
 //! The operator against a real API server (the project's devcluster): children appear with
 //! owner references, spec changes roll through, invalid specs are reported and left alone,
-//! a runtime pod's fatal error shows on the job, suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
+//! a runtime pod's fatal error shows on the job, a starting runtime pod is given a partition
+//! slot, suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
 //! ScaledObject; an operator given `--namespace` leaves the other namespaces alone.
 
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
@@ -451,4 +452,71 @@ fn an_operator_given_a_namespace_leaves_the_others_alone() {
     assert!(events.status.success(), "{}", String::from_utf8_lossy(&events.stderr));
     let events: Value = must(serde_json::from_slice(&events.stdout), "kubectl output");
     assert_eq!(events["items"], json!([]), "events in `unwatched`: {}", untouched());
+}
+
+/// A runtime pod's admin server in operator-assignment mode, on `address`: answers
+/// `GET /status` with the slot it holds and takes `POST /assign`; keeps the requests made.
+fn fake_admin(address: &str) -> std::sync::Arc<std::sync::Mutex<(Value, Vec<String>)>> {
+    use std::io::{Read, Write};
+    let listener = must(std::net::TcpListener::bind(address), "binding the fake admin server");
+    let state = std::sync::Arc::new(std::sync::Mutex::new((Value::Null, Vec::new())));
+    let shared = state.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buffer = [0; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
+            let Ok(mut state) = shared.lock() else { break };
+            let body = if let Some(query) = request.strip_prefix("POST /assign?") {
+                let query = query.split_whitespace().next().unwrap_or_default();
+                let number =
+                    |key: &str| query.split('&').find_map(|p| p.strip_prefix(key)).and_then(|v| v.parse::<u32>().ok());
+                state.0 = json!({"slot": number("slot="), "slots": number("slots=")});
+                state.0.to_string()
+            } else {
+                json!({"assignment": state.0, "assignmentMode": "operator", "stopped": false}).to_string()
+            };
+            state.1.push(request);
+            let _ = stream.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{body}").as_bytes());
+        }
+    });
+    state
+}
+
+#[test]
+fn a_starting_runtime_pod_is_given_a_partition_slot() {
+    let ns = namespace("assignment");
+    apply(&ns, &job("orders", json!({"parallelism": 2})));
+    wait_for(&ns, "deployment", "orders", "the Deployment", |d| d.is_some());
+    // The operator calls pods on the runtime's admin port (9249) at their IP: a loopback
+    // address of its own stands in for the pod.
+    let ip = "127.0.99.1";
+    let admin = fake_admin(&format!("{ip}:9249"));
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orders-7d9f-a1b2c", "labels": {"weir.dev/streamjob": "orders"}},
+        "spec": {"containers": [{"name": "runtime", "image": "weir-runtime:test"}]},
+    });
+    apply(&ns, &pod);
+    patch_pod_status(
+        &ns,
+        "orders-7d9f-a1b2c",
+        &json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "False"}]}),
+    );
+    let assigned = wait_until(Duration::from_secs(30), "the pod to be given slot 0 of 2", || {
+        admin.lock().unwrap().1.iter().any(|r| r.starts_with("POST /assign?slot=0&slots=2 "))
+    });
+    assert!(assigned.is_ok(), "requests: {:?}", admin.lock().unwrap().1);
+    let requests = admin.lock().unwrap().1.clone();
+    let asked = requests.iter().position(|r| r.starts_with("GET /status")).unwrap();
+    let given = requests.iter().position(|r| r.starts_with("POST /assign")).unwrap();
+    assert!(asked < given, "what the pod holds is asked first: {requests:?}");
+    assert_eq!(requests.iter().filter(|r| r.starts_with("POST /assign")).count(), 1, "given once: {requests:?}");
 }
