@@ -210,12 +210,16 @@ pub struct Outcome {
     pub failed: usize,
     /// Every slot is held by exactly one live pod.
     pub settled: bool,
+    /// Pods with an IP that wait for a slot or keep slots from being given: their admin
+    /// server may answer any moment, which no pod event announces. Pods without an IP are
+    /// not counted: getting one is an event the controller sees.
+    pub pending: usize,
 }
 
 impl Outcome {
-    /// Pods are unassigned or an order was just sent or failed: worth a look again soon.
+    /// An order was just sent or failed, or reachable pods wait: worth a look again soon.
     pub fn in_progress(&self) -> bool {
-        !self.settled || self.sent > 0 || self.failed > 0
+        self.sent > 0 || self.failed > 0 || self.pending > 0
     }
 }
 
@@ -228,7 +232,9 @@ pub async fn assign(pods: &[Pod], slots: u32, admin_port: i32) -> Outcome {
     }
     let results = join_all(plan.commands.iter().map(send)).await;
     let failed = results.iter().filter(|ok| !**ok).count();
-    Outcome { sent: results.len() - failed, failed, settled: plan.settled() }
+    let stuck = |pod: &&Observed| plan.waiting.contains(&pod.name) || plan.unknown.contains(&pod.name);
+    let pending = observed.iter().filter(stuck).filter(|pod| pod.address.is_some()).count();
+    Outcome { sent: results.len() - failed, failed, settled: plan.settled(), pending }
 }
 
 /// `GET /status` on the job's pods that have not finished, all at once.
@@ -532,14 +538,14 @@ mod tests {
     fn a_settled_job_is_not_asked_again_until_its_pods_or_count_change() {
         let settled = Settled::default();
         let pods = [k8s_pod("a", true), k8s_pod("b", true)];
-        let done = Outcome { sent: 0, failed: 0, settled: true };
+        let done = Outcome { sent: 0, failed: 0, settled: true, pending: 0 };
         assert!(!settled.holds("ns/j", 2, &pods), "nothing known yet");
         settled.record("ns/j", 2, &pods, &done);
         assert!(settled.holds("ns/j", 2, &pods));
         assert!(!settled.holds("ns/j", 3, &pods), "rescaled");
         assert!(!settled.holds("ns/j", 2, &pods[..1]), "a pod lost");
         assert!(!settled.holds("ns/j", 2, &[k8s_pod("a", true), k8s_pod("b", false)]), "restarted");
-        settled.record("ns/j", 2, &pods, &Outcome { sent: 1, failed: 0, settled: true });
+        settled.record("ns/j", 2, &pods, &Outcome { sent: 1, ..done });
         assert!(!settled.holds("ns/j", 2, &pods), "an order was just sent");
     }
 }
