@@ -1,5 +1,5 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /savepoint` and
-//! `POST /resume`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /savepoint`,
+//! `POST /resume`, and (operator mode) `POST /assign` and `POST /release`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,13 +13,18 @@ use axum::{
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::runner::{ResumeRequest, SavepointRequest, Shared, Status};
+use crate::{
+    assignment::{AssignmentMode, Slot},
+    runner::{AssignRequest, ResumeRequest, SavepointRequest, Shared, Status},
+};
 
 /// How long a savepoint may take before the request gives up (it may still complete).
 const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a resume may wait for the job loop, which may be busy with a savepoint queued
 /// before it.
 const RESUME_TIMEOUT: Duration = SAVEPOINT_TIMEOUT;
+/// How long an assignment may wait for the job loop: handing partitions over commits them.
+const ASSIGN_TIMEOUT: Duration = SAVEPOINT_TIMEOUT;
 
 /// The admin routes over the runtime's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -30,6 +35,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/savepoint", post(savepoint))
         .route("/resume", post(resume))
+        .route("/assign", post(assign))
+        .route("/release", post(release))
         .with_state(shared)
 }
 
@@ -85,6 +92,43 @@ async fn resume(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// `POST /assign?slot=I&slots=N`.
+#[derive(Debug, Deserialize)]
+struct AssignQuery {
+    slot: u32,
+    slots: u32,
+}
+
+/// `POST /assign?slot=I&slots=N` (operator mode): own every partition `p` with
+/// `p % N == I`. Answered once partitions no longer owned are handed over and the new ones
+/// taken: `{"slot": I, "slots": N}`.
+async fn assign(State(shared): State<Arc<Shared>>, Query(query): Query<AssignQuery>) -> Response {
+    match Slot::new(query.slot, query.slots) {
+        Ok(slot) => reassign(shared, Some(slot)).await,
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+/// `POST /release` (operator mode): hand over every partition and own none.
+async fn release(State(shared): State<Arc<Shared>>) -> Response {
+    reassign(shared, None).await
+}
+
+async fn reassign(shared: Arc<Shared>, slot: Option<Slot>) -> Response {
+    if shared.status().assignment_mode != AssignmentMode::Operator {
+        let refusal = "this instance shares partitions through its consumer group (--assignment=group)";
+        return (StatusCode::CONFLICT, refusal).into_response();
+    }
+    let (reply, answer) = oneshot::channel();
+    shared.request_assign(AssignRequest { slot, reply });
+    match tokio::time::timeout(ASSIGN_TIMEOUT, answer).await {
+        Ok(Ok(Ok(assigned))) => Json(assigned).into_response(),
+        Ok(Ok(Err(e))) => (StatusCode::CONFLICT, e).into_response(),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "the job is stopping").into_response(),
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "the job loop did not answer in time").into_response(),
+    }
+}
+
 /// Binds `addr` and serves until the process ends.
 pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
@@ -131,6 +175,7 @@ mod tests {
                     match request {
                         AdminRequest::Resume(r) => drop(r.reply.send(Ok(Resumed { stopped: false }))),
                         AdminRequest::Savepoint(r) => drop(r.reply.send(Err("no storage".into()))),
+                        AdminRequest::Assign(r) => drop(r.reply.send(Ok(r.slot.into()))),
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -140,6 +185,39 @@ mod tests {
         assert_eq!(code, 200, "{body}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap(), serde_json::json!({"stopped": false}));
         assert_eq!(post(addr, "/savepoint?stop=true&id=sp-1").await, (500, "no storage".into()));
+    }
+
+    #[tokio::test]
+    async fn assignments_are_answered_in_operator_mode_only() {
+        let shared = Arc::new(Shared::new(Metrics::new("t").unwrap()));
+        let addr = serve_on_free_port(shared.clone()).await;
+        assert_eq!(post(addr, "/assign?slot=0&slots=2").await.0, 409, "group mode");
+        assert!(shared.take_requests().is_empty(), "nothing queued");
+        shared.set_assignment_mode(AssignmentMode::Operator);
+        assert_eq!(post(addr, "/assign?slot=2&slots=2").await.0, 400, "no such slot");
+        let job_loop = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                for request in job_loop.take_requests() {
+                    if let AdminRequest::Assign(r) = request {
+                        drop(r.reply.send(Ok(r.slot.into())));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let (code, body) = post(addr, "/assign?slot=1&slots=2").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"slot": 1, "slots": 2})
+        );
+        let (code, body) = post(addr, "/release").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"slot": null, "slots": null})
+        );
     }
 
     #[tokio::test]

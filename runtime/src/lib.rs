@@ -4,6 +4,7 @@
 //! ([`admin`]) exports [`metrics`], health and status; [`telemetry`] exports spans when asked to.
 
 pub mod admin;
+pub mod assignment;
 pub mod checkpoint;
 pub mod codec;
 pub mod engine;

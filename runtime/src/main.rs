@@ -7,6 +7,7 @@ use tracing::{error, info, warn};
 use weir_crds::JobDocument;
 use weir_runtime::{
     admin,
+    assignment::AssignmentMode,
     kafka::config::SecretMounts,
     metrics::Metrics,
     runner::{self, Settings, Shared},
@@ -31,6 +32,9 @@ struct Args {
     /// This instance's name (the pod name): its transactional id and savepoint manifest.
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Who assigns partitions: a Kafka consumer group, or the operator (`POST /assign`).
+    #[arg(long, env = "WEIR_ASSIGNMENT", value_enum, default_value_t = AssignmentMode::Group)]
+    assignment: AssignmentMode,
     /// Savepoint id to start from (partitions without newer checkpoints of this lineage).
     #[arg(long, env = "WEIR_RESTORE_FROM")]
     restore_from: Option<String>,
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         }
     };
     let shared = Arc::new(Shared::new(metrics));
+    shared.set_assignment_mode(args.assignment);
     let instance = args.instance.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| name.clone())
     });
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
         descriptor_set: args.descriptor_set.clone(),
         commit_interval: args.commit_interval.get(),
         spans,
+        assignment: args.assignment,
     };
     let result = serve_and_run(args.admin_addr, settings, shared);
     // After a drain (SIGTERM) or a fatal error alike: export the spans still queued.

@@ -26,15 +26,16 @@ use tracing::{debug, error, info, warn};
 use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
 
 use super::{
-    Deliveries, Job, RunError, Sink, client, consumer_error, ensure_topic, kafka, lag_of, oauth_token, partition_count,
-    records_by_partition, send,
+    Deliveries, Job, RunError, Settings, Sink, client, consumer_error, ensure_topic, kafka, lag_of, oauth_token,
+    partition_count, partition_list, records_by_partition, send,
     shared::{Shared, lock},
 };
 use crate::{
+    assignment::{self, AssignmentMode, Slot},
     engine::{Plan, Watermark},
     kafka::{
         auth::TokenSource,
-        config::{self, SecretMounts, Side},
+        config::{self, Side},
         rate::RecordRate,
         retry::{Class, classify, retrying},
     },
@@ -162,33 +163,45 @@ impl ClientContext for FrontContext {
 impl ConsumerContext for FrontContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else { return };
-        self.shared.metrics.source_rebalances.inc();
         let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        for partition in &partitions {
-            let _ = self.shared.metrics.consumer_lag.remove_label_values(&[&self.topic, &partition.to_string()]);
-        }
-        // The new owner starts at the committed offsets: commit what was delivered.
-        let mut owners = lock(&self.owners);
-        let exactly_once = self.exactly_once;
-        if let Err(e) =
-            commit(consumer, &self.producer, &self.topic, &mut owners, &self.shared, &self.retry, exactly_once)
-        {
+        if let Err(e) = self.hand_over(consumer, &partitions) {
             error!(error = %e, "handing over revoked source partitions failed");
             lock(&self.failed).get_or_insert(e);
         }
-        for partition in &partitions {
-            owners.owned.remove(partition);
-        }
-        info!(?partitions, "source partitions handed over");
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(assigned) = rebalance else { return };
+        self.take(&assigned.elements().iter().map(|e| e.partition()).collect::<Vec<_>>());
+    }
+}
+
+impl FrontContext {
+    /// Commits what was delivered of `partitions` (their next owner starts at the committed
+    /// offsets) and stops owning them.
+    fn hand_over<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, partitions: &[i32]) -> Result<(), RunError> {
+        self.shared.metrics.source_rebalances.inc();
+        for partition in partitions {
+            let _ = self.shared.metrics.consumer_lag.remove_label_values(&[&self.topic, &partition.to_string()]);
+        }
+        let mut owners = lock(&self.owners);
+        let exactly_once = self.exactly_once;
+        let result =
+            commit(consumer, &self.producer, &self.topic, &mut owners, &self.shared, &self.retry, exactly_once);
+        for partition in partitions {
+            owners.owned.remove(partition);
+        }
+        info!(?partitions, "source partitions handed over");
+        result
+    }
+
+    /// Owns `partitions` from now on.
+    fn take(&self, partitions: &[i32]) {
         self.shared.metrics.source_rebalances.inc();
         let now = Instant::now();
         let mut owners = lock(&self.owners);
-        for element in assigned.elements() {
-            owners.owned.entry(element.partition()).or_insert_with(|| Owned {
+        for &partition in partitions {
+            owners.owned.entry(partition).or_insert_with(|| Owned {
                 watermark: self.plan.watermark(now),
                 position: None,
                 committed: None,
@@ -275,21 +288,26 @@ pub(super) struct Front {
     dead_letters_in_transaction: bool,
     /// The marks last sent and when.
     sent: Mutex<(Marks, Instant)>,
+    /// Who assigns source partitions.
+    assignment: AssignmentMode,
+    /// Operator mode, while stopped: the source partitions given up at the stop, taken
+    /// again on resume.
+    parked: Mutex<Vec<i32>>,
 }
 
 impl Front {
-    /// Sets up the front of `spec`, creating the internal topic when it does not exist.
-    /// With `transactions` (an id and a timeout), what it produces commits with the source
-    /// offsets in Kafka transactions.
+    /// Sets up the front of the job `settings` run, creating the internal topic when it
+    /// does not exist. With `transactions` (an id and a timeout), what it produces commits
+    /// with the source offsets in Kafka transactions.
     pub fn start(
-        spec: &StreamJobSpec,
+        settings: &Settings,
         plan: &Plan,
-        group_id: &str,
-        secrets: &SecretMounts,
         shared: &Arc<Shared>,
         source_partitions: usize,
         transactions: Option<(String, Duration)>,
     ) -> Result<Self, RunError> {
+        let Settings { spec, group_id, secrets, assignment, .. } = settings;
+        let assignment = *assignment;
         let source = &spec.source.kafka;
         let internal = internal_topic(group_id);
         let sink = source_side_sink(spec, None);
@@ -342,7 +360,9 @@ impl Front {
                 "the internal topic exists with another partition count; keeping it (keys are placed by it)"
             );
         }
-        consumer.subscribe(&[&source.topic]).map_err(kafka("subscribing to the source topic"))?;
+        if assignment == AssignmentMode::Group {
+            consumer.subscribe(&[&source.topic]).map_err(kafka("subscribing to the source topic"))?;
+        }
         info!(topic = source.topic, internal, internal_partitions, "repartitioning through the internal topic");
         Ok(Self {
             topic: source.topic.clone(),
@@ -362,6 +382,8 @@ impl Front {
                     .as_ref()
                     .is_some_and(|d| d.bootstrap_servers.as_ref().is_none_or(|b| b == &source.bootstrap_servers)),
             sent: Mutex::new((Marks::new(), Instant::now())),
+            assignment,
+            parked: Mutex::default(),
         })
     }
 
@@ -413,18 +435,65 @@ impl Front {
         commit(&self.consumer, &self.producer, &self.topic, &mut owners, shared, retry, self.exactly_once)
     }
 
-    /// Stops consuming (a stop-with-savepoint): commits, then leaves the group, so the
-    /// source partitions go to instances still running or wait for the next pods.
+    /// Stops consuming (a stop-with-savepoint): commits, then gives up the source
+    /// partitions. In a group it leaves, so they go to instances still running or wait for
+    /// the next pods; under the operator it keeps them for a resume.
     pub fn stop(&self, shared: &Shared, retry: &weir_crds::Retry) -> Result<(), RunError> {
         self.commit(shared, retry)?;
-        self.consumer.unsubscribe();
+        match self.assignment {
+            AssignmentMode::Group => self.consumer.unsubscribe(),
+            AssignmentMode::Operator => {
+                let owned = self.owned();
+                self.consumer
+                    .incremental_unassign(&partition_list(&self.topic, &owned, Offset::Stored)?)
+                    .map_err(kafka("giving up source partitions"))?;
+                *lock(&self.parked) = owned;
+            }
+        }
         lock(&self.owners).owned.clear();
         Ok(())
     }
 
     /// Consumes again after [`Self::stop`], from the committed offsets.
     pub fn resume(&self) -> Result<(), RunError> {
-        self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))
+        match self.assignment {
+            AssignmentMode::Group => {
+                self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))
+            }
+            AssignmentMode::Operator => {
+                let parked = std::mem::take(&mut *lock(&self.parked));
+                self.consumer
+                    .incremental_assign(&partition_list(&self.topic, &parked, Offset::Stored)?)
+                    .map_err(kafka("taking source partitions again"))?;
+                self.consumer.context().take(&parked);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the source partitions of `slot` (operator mode), handing over the ones it
+    /// does not own first.
+    pub fn assign(&self, slot: Option<Slot>) -> Result<(), RunError> {
+        let moves = assignment::moves(&self.owned(), slot, self.source_partitions);
+        let context = self.consumer.context();
+        if !moves.revoke.is_empty() {
+            context.hand_over(&self.consumer, &moves.revoke)?;
+            self.consumer
+                .incremental_unassign(&partition_list(&self.topic, &moves.revoke, Offset::Stored)?)
+                .map_err(kafka("giving up source partitions"))?;
+        }
+        if !moves.assign.is_empty() {
+            self.consumer
+                .incremental_assign(&partition_list(&self.topic, &moves.assign, Offset::Stored)?)
+                .map_err(kafka("taking source partitions"))?;
+            context.take(&moves.assign);
+        }
+        Ok(())
+    }
+
+    /// The source partitions owned now.
+    fn owned(&self) -> Vec<i32> {
+        lock(&self.owners).owned.keys().copied().collect()
     }
 
     /// Sends watermark records to every internal partition when event time moved (at most

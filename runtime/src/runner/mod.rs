@@ -42,7 +42,8 @@ use weir_crds::{CreateTopic, Delivery, StartOffset, Step, StreamJobSpec};
 
 pub(crate) use self::shared::AdminRequest;
 pub use self::shared::{
-    CheckpointStatus, PartitionStatus, ResumeRequest, Resumed, Savepoint, SavepointRequest, Shared, Status,
+    AssignRequest, Assigned, CheckpointStatus, PartitionStatus, ResumeRequest, Resumed, Savepoint, SavepointRequest,
+    Shared, Status,
 };
 use self::{
     commit::Committer,
@@ -50,6 +51,7 @@ use self::{
     shared::{lock, now_ms, now_rfc3339},
 };
 use crate::{
+    assignment::{self, AssignmentMode, Slot},
     checkpoint::{self, CheckpointStore, Checkpointer, PartitionSnapshot},
     codec::{self, CodecError, Decoder, Encoder, FormatFiles, Layout, RawRecord},
     engine::{PartitionPipeline, Plan, Resume},
@@ -134,6 +136,8 @@ pub struct Settings {
     pub restore_from: Option<String>,
     /// Starts the exported spans; `None` when tracing is off.
     pub spans: Option<Spans>,
+    /// Who assigns partitions.
+    pub assignment: AssignmentMode,
 }
 
 /// The pipeline state of an owned partition.
@@ -467,15 +471,7 @@ impl Job {
         let front = if front::needs_repartition(spec, &plan, source_partitions) {
             let transactions = exactly_once
                 .then(|| (format!("{}-{}-front", settings.group_id, settings.instance), transaction_timeout));
-            Some(Front::start(
-                spec,
-                &plan,
-                &settings.group_id,
-                &settings.secrets,
-                &shared,
-                source_partitions,
-                transactions,
-            )?)
+            Some(Front::start(&settings, &plan, &shared, source_partitions, transactions)?)
         } else {
             None
         };
@@ -569,7 +565,9 @@ impl Job {
         let consumer: BaseConsumer<SourceContext> =
             client(&consumer_properties, context).map_err(kafka("creating the consumer"))?;
         let partition_count = front.as_ref().map_or(source_partitions, Front::internal_partitions);
-        consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
+        if settings.assignment == AssignmentMode::Group {
+            consumer.subscribe(&[&topic]).map_err(kafka("subscribing to the source topic"))?;
+        }
         {
             let mut status = lock(&shared.status);
             status.topic = topic.clone();
@@ -643,7 +641,7 @@ impl Job {
             if let Some(dlq) = &self.committer.dead_letters {
                 dlq.poll(Duration::ZERO);
             }
-            self.serve_requests();
+            self.serve_requests()?;
             if last_commit.elapsed() >= interval && !self.stopped.load(Ordering::Relaxed) {
                 self.commit()?;
                 last_commit = Instant::now();
@@ -669,8 +667,9 @@ impl Job {
         result
     }
 
-    /// Answers queued `POST /savepoint` and `POST /resume` requests, in arrival order.
-    fn serve_requests(&self) {
+    /// Answers queued admin requests, in arrival order. A partition hand-over that fails
+    /// stops the job, as it does in a rebalance.
+    fn serve_requests(&self) -> Result<(), RunError> {
         for request in self.shared.take_requests() {
             match request {
                 AdminRequest::Savepoint(request) => {
@@ -687,8 +686,57 @@ impl Job {
                     }
                     let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
                 }
+                AdminRequest::Assign(request) if self.stopped.load(Ordering::Relaxed) => {
+                    let refusal = "stopped after a savepoint: resume first, or start new pods";
+                    let _ = request.reply.send(Err(refusal.into()));
+                }
+                AdminRequest::Assign(request) => match self.assign(request.slot) {
+                    Ok(assigned) => drop(request.reply.send(Ok(assigned))),
+                    Err(e) => {
+                        let _ = request.reply.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                },
             }
         }
+        Ok(())
+    }
+
+    /// Takes the slot the operator gave (operator mode): hands over the partitions the slot
+    /// does not own (committed, so their next owner starts where this instance stopped),
+    /// then takes the slot's, which restore like partitions assigned by a rebalance.
+    fn assign(&self, slot: Option<Slot>) -> Result<Assigned, RunError> {
+        if let Some(front) = &self.front {
+            front.assign(slot)?;
+        }
+        let owned = self.consumer.assignment().map_err(kafka("reading the assignment"))?;
+        let owned: Vec<i32> = owned.elements().iter().map(|e| e.partition()).collect();
+        let moves = assignment::moves(&owned, slot, self.partition_count);
+        if !moves.revoke.is_empty() {
+            for partition in &moves.revoke {
+                let _ = self.shared.metrics.consumer_lag.remove_label_values(&[&self.topic, &partition.to_string()]);
+            }
+            let mut table = lock(&self.table);
+            table.assigned.retain(|p| !moves.revoke.contains(p));
+            self.committer.hand_over(&self.consumer, &mut table, &moves.revoke)?;
+            self.committer.refresh_status(&table);
+            drop(table);
+            let list = partition_list(&self.topic, &moves.revoke, Offset::Invalid)?;
+            self.consumer.incremental_unassign(&list).map_err(kafka("giving up partitions"))?;
+        }
+        if !moves.assign.is_empty() {
+            // From the committed offsets; a checkpoint's position is sought once restored.
+            let list = partition_list(&self.topic, &moves.assign, Offset::Stored)?;
+            self.consumer.incremental_assign(&list).map_err(kafka("taking partitions"))?;
+            info!(partitions = ?moves.assign, "partitions assigned");
+            lock(&self.table).assigned.extend(moves.assign.iter().copied());
+        }
+        if moves != assignment::Moves::default() {
+            self.shared.metrics.source_rebalances.inc();
+        }
+        lock(&self.shared.status).assignment = slot;
+        info!(slot = slot.map(|s| s.slot), slots = slot.map(|s| s.slots), "assignment from the operator");
+        Ok(slot.into())
     }
 
     /// Writes a savepoint of every owned partition, then commits it as a checkpoint, so the
@@ -722,7 +770,9 @@ impl Job {
             // once while stopped can leave a broker waiting out their rebalance timeout
             // before the next pods are given partitions. Until then, partitions move to
             // instances not stopped yet, which include them in their own savepoints.
-            self.consumer.unsubscribe();
+            if self.settings.assignment == AssignmentMode::Group {
+                self.consumer.unsubscribe();
+            }
         }
         let savepoint = Savepoint {
             id,
@@ -786,8 +836,10 @@ impl Job {
             }
             lock(&self.held_back).clear();
             // Join the group again: partitions come back through a rebalance and restore
-            // from the checkpoints their last owner wrote.
-            self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))?;
+            // from the checkpoints their last owner wrote. Under the operator they stayed.
+            if self.settings.assignment == AssignmentMode::Group {
+                self.consumer.subscribe(&[&self.topic]).map_err(kafka("subscribing to the source topic again"))?;
+            }
             let left = std::mem::take(&mut *lock(&self.stopped_with));
             for partition in left.iter().map(|s| s.header.partition) {
                 let labels = [self.topic.as_str(), &partition.to_string()];
@@ -1290,6 +1342,15 @@ impl Job {
 }
 
 /// Queues a record, waiting for room when the producer's queue is full.
+/// `partitions` of `topic`, each at `offset`.
+fn partition_list(topic: &str, partitions: &[i32], offset: Offset) -> Result<TopicPartitionList, RunError> {
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition_offset(topic, partition, offset).map_err(kafka("listing partitions"))?;
+    }
+    Ok(list)
+}
+
 fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), RunError> {
     loop {
         match producer.send(record) {

@@ -9,7 +9,10 @@ use std::sync::{
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
+use crate::{
+    assignment::{AssignmentMode, Slot},
+    metrics::Metrics,
+};
 
 /// State shared by the admin server and the job loop.
 #[derive(Debug)]
@@ -45,6 +48,10 @@ pub struct Status {
     pub last_savepoint: Option<Savepoint>,
     /// Consuming stopped after a stop-with-savepoint.
     pub stopped: bool,
+    /// Who assigns partitions.
+    pub assignment_mode: AssignmentMode,
+    /// The slot the operator gave (operator mode), if any.
+    pub assignment: Option<Slot>,
     /// The fatal error the instance is stopping on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -114,6 +121,8 @@ pub(crate) enum AdminRequest {
     Savepoint(SavepointRequest),
     /// `POST /resume`.
     Resume(ResumeRequest),
+    /// `POST /assign` or `POST /release`.
+    Assign(AssignRequest),
 }
 
 /// A savepoint asked for over HTTP, answered by the job loop.
@@ -132,6 +141,31 @@ pub struct SavepointRequest {
 pub struct ResumeRequest {
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<Resumed, String>>,
+}
+
+/// An assignment from the operator: own slot `slot`'s partitions, or (`None`) none.
+#[derive(Debug)]
+pub struct AssignRequest {
+    /// The slot to hold.
+    pub slot: Option<Slot>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<Assigned, String>>,
+}
+
+/// What `POST /assign` and `POST /release` answer: the slot now held (both `null` after a
+/// release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Assigned {
+    /// The slot.
+    pub slot: Option<u32>,
+    /// Of how many.
+    pub slots: Option<u32>,
+}
+
+impl From<Option<Slot>> for Assigned {
+    fn from(slot: Option<Slot>) -> Self {
+        Self { slot: slot.map(|s| s.slot), slots: slot.map(|s| s.slots) }
+    }
 }
 
 impl Shared {
@@ -178,6 +212,17 @@ impl Shared {
     /// Queues a savepoint request for the job loop.
     pub fn request_savepoint(&self, request: SavepointRequest) {
         lock(&self.requests).push(AdminRequest::Savepoint(request));
+    }
+
+    /// Records who assigns partitions; before the admin server starts, so that it refuses
+    /// assignments in group mode from the first request.
+    pub fn set_assignment_mode(&self, mode: AssignmentMode) {
+        lock(&self.status).assignment_mode = mode;
+    }
+
+    /// Queues an assignment for the job loop.
+    pub fn request_assign(&self, request: AssignRequest) {
+        lock(&self.requests).push(AdminRequest::Assign(request));
     }
 
     /// Queues a resume request for the job loop.
