@@ -1,7 +1,8 @@
 //! Savepoint rollouts on the whole local stack (broker, API server, node agent, operator):
 //! an upgrade and rescales mid-stream, a rollback of an upgrade whose pods never become
-//! ready, and a test that plays KEDA. Each checks the output topic against per-user window
-//! totals computed without the runtime: no window lost, none emitted twice.
+//! ready, a test that plays KEDA, and a deleted pod whose partitions go to its replacement.
+//! Each checks the output topic against per-user window totals computed without the
+//! runtime: no window lost, none emitted twice.
 
 use std::{
     sync::{
@@ -316,4 +317,49 @@ fn a_failed_savepoint_leaves_the_old_pods_running_and_is_retried() {
     must(std::fs::remove_file(&blocker), "unblocking savepoints");
     test.wait("upgraded on a retry", |j| settled_on(j, 1) && last_savepoint(j, "upgrade").is_some());
     test.assert_exact_output(&[before, during].concat());
+}
+
+/// Each pod's name and the slot its `/status` reports, sorted by slot.
+fn slots(test: &Test) -> Vec<(String, Option<i64>)> {
+    let pods = must(test.stack.list("pods", &format!("weir.dev/streamjob={}", test.name)), "listing the pods");
+    let mut slots: Vec<(String, Option<i64>)> = pods
+        .iter()
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
+        .map(|pod| {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let status = pod["status"]["podIP"]
+                .as_str()
+                .and_then(|ip| http_get(&format!("{ip}:9249"), "/status").ok())
+                .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok());
+            (name, status.and_then(|s| s["assignment"]["slot"].as_i64()))
+        })
+        .collect();
+    slots.sort_by_key(|(_, slot)| *slot);
+    slots
+}
+
+#[test]
+fn a_deleted_pod_s_slot_goes_to_its_replacement_and_nothing_is_lost() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("replaced");
+    test.apply(json!({"parallelism": 3}));
+    test.wait("3 pods running", |j| settled_on(j, 3));
+    let before = slots(&test);
+    let held: Vec<Option<i64>> = before.iter().map(|(_, slot)| *slot).collect();
+    assert_eq!(held, [Some(0), Some(1), Some(2)], "one slot each: {before:?}");
+    let producing = test.produce_until_stopped(0);
+
+    let (deleted, _) = &before[1];
+    must(test.stack.kubectl(["delete", "pod", deleted.as_str()]), "deleting a pod");
+    test.step(&format!("deleted {deleted}, which held slot 1"));
+    let mut after = Vec::new();
+    let replaced = wait_until(WAIT, "a replacement pod holding slot 1", || {
+        after = slots(&test);
+        after.len() == 3 && after.iter().map(|(_, s)| *s).eq([Some(0), Some(1), Some(2)]) && after[1].0 != *deleted
+    });
+    replaced.unwrap_or_else(|e| panic!("{e}: {after:?}\n{}", test.stack.diagnostics()));
+    assert_eq!((&after[0], &after[2]), (&before[0], &before[2]), "the other pods keep their slots");
+    test.wait("3 pods running again", |j| settled_on(j, 3));
+    let sent = producing.finish();
+    test.assert_exact_output(&sent);
 }
