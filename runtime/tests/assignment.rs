@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::*;
+use rdkafka::producer::BaseProducer;
 use serde_json::Value;
 use weir_e2e::{broker::Broker, payments::produce_spread, wait_until};
 
@@ -52,15 +53,63 @@ fn checkpoints(dir: &Path) -> String {
     format!("  checkpoint: {{storage: \"file://{}/checkpoints\", interval: 1s}}\n", dir.display())
 }
 
-/// The job without `partitionedBy`: the window runs behind the internal topic. Its source
-/// is quiet between batches for as long as the test takes: event time must not move on
-/// with the clock meanwhile.
-fn repartitioned(job: PathBuf) -> PathBuf {
-    let text = must(std::fs::read_to_string(&job), "reading the job")
-        .replace("      partitionedBy: [user_id]\n", "")
-        .replace("maxOutOfOrderness: 5s}", "maxOutOfOrderness: 5s, idleTimeout: 10m}");
-    must(std::fs::write(&job, text), "writing the job");
-    job
+/// A repartitioned job (no `partitionedBy`: the window runs behind the internal topic) over
+/// 3 partitions, with a first batch of payments, each user's spread over all of them.
+struct Spread {
+    name: String,
+    broker: Broker,
+    _dir: tempfile::TempDir,
+    job: PathBuf,
+    producer: BaseProducer,
+    first: Vec<Payment>,
+}
+
+impl Spread {
+    fn start(name: &str) -> Self {
+        let (broker, dir) = setup(name, 3);
+        let job = job_file(dir.path(), &broker, name, &checkpoints(dir.path()));
+        // The source is quiet between batches for as long as the test takes: event time
+        // must not move on with the clock meanwhile.
+        let text = must(std::fs::read_to_string(&job), "reading the job")
+            .replace("      partitionedBy: [user_id]\n", "")
+            .replace("maxOutOfOrderness: 5s}", "maxOutOfOrderness: 5s, idleTimeout: 10m}");
+        must(std::fs::write(&job, text), "writing the job");
+        let producer = producer(&broker);
+        let first = payments(2_000, 20, 0);
+        must(produce_spread(&producer, &format!("{name}-in"), &first, 3), "producing");
+        Self { name: name.to_owned(), broker, _dir: dir, job, producer, first }
+    }
+
+    /// An instance holding the only slot, once it has produced results.
+    fn processing(&self, instance: &str) -> Runtime {
+        let runtime = operated(&self.job, instance);
+        assign(&runtime, 0, 1);
+        let name = &self.name;
+        must(wait_until(Duration::from_secs(90), "results", || records_out(&[&runtime], name) > 0.0), "processing");
+        runtime
+    }
+
+    /// A second batch of payments, then a record per partition that closes every window.
+    fn produce_second(&self) -> Vec<Payment> {
+        let topic = format!("{}-in", self.name);
+        let second = payments(2_000, 20, 2_000);
+        must(produce_spread(&self.producer, &topic, &second, 3), "producing more");
+        produce_flush_markers(&self.producer, &topic, 3);
+        second
+    }
+
+    /// Checks the output holds every window of both batches once.
+    fn assert_exact(self, second: Vec<Payment>, what: &str) {
+        let all: Vec<Payment> = self.first.into_iter().chain(second).collect();
+        let want = expected(&all);
+        let got = results(&read_records(&self.broker, &format!("{}-out", self.name), want.len()));
+        assert_eq!(got, want, "{what}");
+    }
+
+    fn assert_exact_with_more(self, what: &str) {
+        let second = self.produce_second();
+        self.assert_exact(second, what);
+    }
 }
 
 fn records_out(runtimes: &[&Runtime], name: &str) -> f64 {
@@ -117,17 +166,9 @@ fn slots_from_the_operator_move_partitions_between_instances_exactly() {
 #[test]
 fn a_repartitioned_job_splits_both_stages_by_slot() {
     let name = "slotted";
-    let (broker, dir) = setup(name, 3);
-    let topic = format!("{name}-in");
-    let job = repartitioned(job_file(dir.path(), &broker, name, &checkpoints(dir.path())));
-    let producer = producer(&broker);
-    let first = payments(2_000, 20, 0);
-    must(produce_spread(&producer, &topic, &first, 3), "producing");
-
-    let a = operated(&job, "a");
-    let b = operated(&job, "b");
-    assign(&a, 0, 1);
-    must(wait_until(Duration::from_secs(90), "results", || records_out(&[&a], name) > 0.0), "processing");
+    let spread = Spread::start(name);
+    let a = spread.processing("a");
+    let b = operated(&spread.job, "b");
     assign(&a, 0, 2);
     assign(&b, 1, 2);
     let internal = status(&b);
@@ -135,87 +176,31 @@ fn a_repartitioned_job_splits_both_stages_by_slot() {
     assert_eq!(owned(&b), vec![1], "slot 1 of 2 of the internal topic's 3 partitions");
     assert_eq!(owned(&a), vec![0, 2]);
 
-    let second = payments(2_000, 20, 2_000);
-    must(produce_spread(&producer, &topic, &second, 3), "producing more");
-    produce_flush_markers(&producer, &topic, 3);
-    let all: Vec<Payment> = first.into_iter().chain(second).collect();
-    let want = expected(&all);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
-    assert_eq!(got, want, "every (user, window) once through both stages");
+    spread.assert_exact_with_more("every (user, window) once through both stages");
 }
 
 #[test]
 fn a_stop_with_savepoint_then_resume_keeps_the_slot_and_is_exact() {
-    let name = "parked";
-    let (broker, dir) = setup(name, 3);
-    let topic = format!("{name}-in");
-    let job = repartitioned(job_file(dir.path(), &broker, name, &checkpoints(dir.path())));
-    let producer = producer(&broker);
-    let first = payments(2_000, 20, 0);
-    must(produce_spread(&producer, &topic, &first, 3), "producing");
-
-    let a = operated(&job, "a");
-    assign(&a, 0, 1);
-    must(wait_until(Duration::from_secs(90), "results", || records_out(&[&a], name) > 0.0), "processing");
+    let spread = Spread::start("parked");
+    let a = spread.processing("a");
     let (code, body) = a.post("/savepoint?stop=true&id=p");
     assert_eq!(code, 200, "{body}");
     let (code, body) = a.post("/assign?slot=0&slots=2");
     assert_eq!(code, 409, "a stopped instance takes no new slot: {body}");
 
     // Records arriving while stopped are processed after the resume, once.
-    let second = payments(2_000, 20, 2_000);
-    must(produce_spread(&producer, &topic, &second, 3), "producing more");
-    produce_flush_markers(&producer, &topic, 3);
+    let second = spread.produce_second();
     let (code, body) = a.post("/resume");
     assert_eq!(code, 200, "{body}");
     assert_eq!(status(&a)["assignment"], serde_json::json!({"slot": 0, "slots": 1}), "the slot is kept");
-    let all: Vec<Payment> = first.into_iter().chain(second).collect();
-    let want = expected(&all);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
-    assert_eq!(got, want, "every (user, window) once across the stop and the resume");
+    spread.assert_exact(second, "every (user, window) once across the stop and the resume");
 }
 
 #[test]
 fn exactly_once_without_a_group_commits_each_result_once_across_a_restart() {
-    let name = "eos-slots";
-    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
-    let dir = must(tempfile::tempdir(), "tempdir");
-    must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    let job = job_file(dir.path(), &broker, name, &checkpoints(dir.path()));
-    let text = must(std::fs::read_to_string(&job), "reading the job")
-        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
-    must(std::fs::write(&job, text), "writing the job");
-    let producer = producer(&broker);
-    let first = payments(2_000, 10, 0);
-    produce_payments(&producer, &format!("{name}-in"), &first);
-
-    let runtime = operated(&job, "eos");
-    assign(&runtime, 0, 1);
-    let committed = || runtime.metric(&format!("weir_last_checkpoint_timestamp_seconds{{streamjob=\"{name}\"}}"));
-    must(
-        wait_until(Duration::from_secs(90), "results and a committed checkpoint", || {
-            records_out(&[&runtime], name) > 0.0 && committed() > 0.0
-        }),
-        "first checkpoint",
-    );
-    assert_eq!(runtime.terminate(), Some(0), "SIGTERM commits the open transaction and exits cleanly");
-
-    let second = payments(2_000, 10, 2_000);
-    produce_payments(&producer, &format!("{name}-in"), &second);
-    produce_flush_markers(&producer, &format!("{name}-in"), 2);
-    let restarted = operated(&job, "eos");
-    assign(&restarted, 0, 1);
-    let all: Vec<Payment> = first.into_iter().chain(second).collect();
-    let want = expected(&all);
-    let records = must(
-        weir_e2e::kafka::read_committed_records(
-            &broker.bootstrap(),
-            &format!("{name}-out"),
-            want.len(),
-            Duration::from_secs(120),
-        ),
-        "reading committed results",
-    );
-    assert_eq!(results(&records), want, "each window result committed once");
+    exactly_once_across_a_restart("eos-slots", |job| {
+        let runtime = operated(job, "eos");
+        assign(&runtime, 0, 1);
+        runtime
+    });
 }

@@ -308,45 +308,5 @@ fn kill_9_at_several_points_loses_no_result() {
 
 #[test]
 fn exactly_once_results_commit_with_the_offsets_across_a_restart() {
-    let name = "eos";
-    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
-    let dir = must(tempfile::tempdir(), "tempdir");
-    must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
-    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    let storage = format!("file://{}/checkpoints", dir.path().display());
-    let extra = format!("  checkpoint: {{storage: \"{storage}\", interval: 1s}}\n");
-    let job = job_file(dir.path(), &broker, name, &extra);
-    let text = must(std::fs::read_to_string(&job), "reading the job")
-        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
-    must(std::fs::write(&job, text), "writing the job");
-    let producer = producer(&broker);
-    let first = payments(2_000, 10, 0);
-    produce_payments(&producer, &format!("{name}-in"), &first);
-
-    let runtime = Runtime::start_with(&job, &["--instance", "eos"]);
-    let committed = || runtime.metric("weir_last_checkpoint_timestamp_seconds{streamjob=\"eos\"}");
-    must(
-        wait_until(Duration::from_secs(90), "results and a committed checkpoint", || {
-            runtime.metric("weir_records_out_total{streamjob=\"eos\"}") > 0.0 && committed() > 0.0
-        }),
-        "first checkpoint",
-    );
-    assert_eq!(runtime.terminate(), Some(0), "SIGTERM commits the open transaction and exits cleanly");
-
-    let second = payments(2_000, 10, 2_000);
-    produce_payments(&producer, &format!("{name}-in"), &second);
-    produce_flush_markers(&producer, &format!("{name}-in"), 2);
-    let _restarted = Runtime::start_with(&job, &["--instance", "eos"]);
-    let all: Vec<Payment> = first.into_iter().chain(second).collect();
-    let want = expected(&all);
-    let records = must(
-        weir_e2e::kafka::read_committed_records(
-            &broker.bootstrap(),
-            &format!("{name}-out"),
-            want.len(),
-            Duration::from_secs(120),
-        ),
-        "reading committed results",
-    );
-    assert_eq!(results(&records), want, "each window result committed once");
+    exactly_once_across_a_restart("eos", |job| Runtime::start_with(job, &["--instance", "eos"]));
 }

@@ -196,3 +196,46 @@ pub fn json(record: &Received) -> Value {
 pub fn results(records: &[Received]) -> BTreeMap<(String, i64), (i64, i64)> {
     weir_e2e::payments::results(records).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Exactly-once across a restart, on the broker with transactions: a windowed job with
+/// checkpoints (started, ready to consume, by `start`) commits results and a checkpoint,
+/// exits on SIGTERM, and a second instance finishes the input. Every window result is
+/// committed once.
+pub fn exactly_once_across_a_restart(name: &str, start: impl Fn(&Path) -> Runtime) {
+    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    must(broker.create_topic(&input, 2), "creating the input topic");
+    must(broker.create_topic(&output, 1), "creating the output topic");
+    let storage = format!("file://{}/checkpoints", dir.path().display());
+    let extra = format!("  checkpoint: {{storage: \"{storage}\", interval: 1s}}\n");
+    let job = job_file(dir.path(), &broker, name, &extra);
+    let text = must(std::fs::read_to_string(&job), "reading the job")
+        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
+    must(std::fs::write(&job, text), "writing the job");
+    let producer = producer(&broker);
+    let first = payments(2_000, 10, 0);
+    produce_payments(&producer, &input, &first);
+
+    let runtime = start(&job);
+    let metric = |family: &str| runtime.metric(&format!("{family}{{streamjob=\"{name}\"}}"));
+    must(
+        wait_until(Duration::from_secs(90), "results and a committed checkpoint", || {
+            metric("weir_records_out_total") > 0.0 && metric("weir_last_checkpoint_timestamp_seconds") > 0.0
+        }),
+        "first checkpoint",
+    );
+    assert_eq!(runtime.terminate(), Some(0), "SIGTERM commits the open transaction and exits cleanly");
+
+    let second = payments(2_000, 10, 2_000);
+    produce_payments(&producer, &input, &second);
+    produce_flush_markers(&producer, &input, 2);
+    let _restarted = start(&job);
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    let records = must(
+        kafka::read_committed_records(&broker.bootstrap(), &output, want.len(), Duration::from_secs(120)),
+        "reading committed results",
+    );
+    assert_eq!(results(&records), want, "each window result committed once");
+}
