@@ -1,6 +1,7 @@
 //! Savepoint rollouts on the whole local stack (broker, API server, node agent, operator):
 //! an upgrade and rescales mid-stream, a rollback of an upgrade whose pods never become
-//! ready, a test that plays KEDA, and a deleted pod whose partitions go to its replacement.
+//! ready, a test that plays KEDA, a deleted pod whose partitions go to its replacement, and
+//! a rescale without a savepoint, whose running pods let go of their slots first.
 //! Each checks the output topic against per-user window totals computed without the
 //! runtime: no window lost, none emitted twice.
 
@@ -319,10 +320,10 @@ fn a_failed_savepoint_leaves_the_old_pods_running_and_is_retried() {
     test.assert_exact_output(&[before, during].concat());
 }
 
-/// Each pod's name and the slot its `/status` reports, sorted by slot.
-fn slots(test: &Test) -> Vec<(String, Option<i64>)> {
+/// Each pod's name and the slot its `/status` reports (slot, of how many), sorted by slot.
+fn slots(test: &Test) -> Vec<(String, Option<(i64, i64)>)> {
     let pods = must(test.stack.list("pods", &format!("weir.dev/streamjob={}", test.name)), "listing the pods");
-    let mut slots: Vec<(String, Option<i64>)> = pods
+    let mut slots: Vec<(String, Option<(i64, i64)>)> = pods
         .iter()
         .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
         .map(|pod| {
@@ -331,7 +332,9 @@ fn slots(test: &Test) -> Vec<(String, Option<i64>)> {
                 .as_str()
                 .and_then(|ip| http_get(&format!("{ip}:9249"), "/status").ok())
                 .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok());
-            (name, status.and_then(|s| s["assignment"]["slot"].as_i64()))
+            let assignment =
+                status.and_then(|s| Some((s["assignment"]["slot"].as_i64()?, s["assignment"]["slots"].as_i64()?)));
+            (name, assignment)
         })
         .collect();
     slots.sort_by_key(|(_, slot)| *slot);
@@ -345,8 +348,8 @@ fn a_deleted_pod_s_slot_goes_to_its_replacement_and_nothing_is_lost() {
     test.apply(json!({"parallelism": 3}));
     test.wait("3 pods running", |j| settled_on(j, 3));
     let before = slots(&test);
-    let held: Vec<Option<i64>> = before.iter().map(|(_, slot)| *slot).collect();
-    assert_eq!(held, [Some(0), Some(1), Some(2)], "one slot each: {before:?}");
+    let held: Vec<Option<(i64, i64)>> = before.iter().map(|(_, slot)| *slot).collect();
+    assert_eq!(held, [Some((0, 3)), Some((1, 3)), Some((2, 3))], "one slot each: {before:?}");
     let producing = test.produce_until_stopped(0);
 
     let (deleted, _) = &before[1];
@@ -355,11 +358,34 @@ fn a_deleted_pod_s_slot_goes_to_its_replacement_and_nothing_is_lost() {
     let mut after = Vec::new();
     let replaced = wait_until(WAIT, "a replacement pod holding slot 1", || {
         after = slots(&test);
-        after.len() == 3 && after.iter().map(|(_, s)| *s).eq([Some(0), Some(1), Some(2)]) && after[1].0 != *deleted
+        let held = after.iter().map(|(_, s)| *s);
+        after.len() == 3 && held.eq([Some((0, 3)), Some((1, 3)), Some((2, 3))]) && after[1].0 != *deleted
     });
     replaced.unwrap_or_else(|e| panic!("{e}: {after:?}\n{}", test.stack.diagnostics()));
     assert_eq!((&after[0], &after[2]), (&before[0], &before[2]), "the other pods keep their slots");
     test.wait("3 pods running again", |j| settled_on(j, 3));
     let sent = producing.finish();
+    test.assert_exact_output(&sent);
+}
+
+#[test]
+fn a_stateless_rescale_releases_the_old_slots_before_giving_the_new_ones() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = Test::start("widened");
+    // Without a savepoint the Deployment keeps its pods and adds one: the two running pods
+    // hold slots of 2, which overlap the slots of 3.
+    test.apply(json!({"parallelism": 2, "upgradeMode": "stateless"}));
+    test.wait("2 pods running", |j| settled_on(j, 2));
+    let producing = test.produce_until_stopped(0);
+    must(test.stack.scale("widened", 3), "scaling to 3");
+    test.wait("3 pods running", |j| settled_on(j, 3));
+    let mut after = Vec::new();
+    let slotted = wait_until(WAIT, "every pod holding a slot of 3", || {
+        after = slots(&test);
+        after.iter().map(|(_, s)| *s).eq([Some((0, 3)), Some((1, 3)), Some((2, 3))])
+    });
+    slotted.unwrap_or_else(|e| panic!("{e}: {after:?}\n{}", test.stack.diagnostics()));
+    let sent = producing.finish();
+    // Partitions moved between running pods through a commit and a checkpoint.
     test.assert_exact_output(&sent);
 }
