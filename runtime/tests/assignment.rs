@@ -17,27 +17,8 @@ use rdkafka::producer::BaseProducer;
 use serde_json::Value;
 use weir_e2e::{broker::Broker, payments::produce_spread, wait_until};
 
-/// Starts an instance in operator mode and waits until its admin server answers.
-fn operated(job: &Path, instance: &str) -> Runtime {
-    let runtime = Runtime::launch(job, &["--instance", instance, "--assignment", "operator"]);
-    must(wait_until(Duration::from_secs(60), "the admin server", || runtime.get("/healthz").0 == 200), "starting");
-    runtime
-}
-
 fn status(runtime: &Runtime) -> Value {
     must(serde_json::from_str(&runtime.get("/status").1), "status is JSON")
-}
-
-/// Gives `runtime` slot `slot` of `slots` and waits until it is ready with it.
-fn assign(runtime: &Runtime, slot: u32, slots: u32) {
-    let (code, body) = runtime.post(&format!("/assign?slot={slot}&slots={slots}"));
-    assert_eq!(code, 200, "assigning slot {slot} of {slots}: {body}");
-    let answer: Value = must(serde_json::from_str(&body), "the answer is JSON");
-    assert_eq!(answer, serde_json::json!({"slot": slot, "slots": slots}));
-    must(
-        wait_until(Duration::from_secs(60), "readiness with the slot", || runtime.get("/readyz").0 == 200),
-        "readiness",
-    );
 }
 
 /// The partitions `runtime` owns, from `/status`.
@@ -82,8 +63,8 @@ impl Spread {
 
     /// An instance holding the only slot, once it has produced results.
     fn processing(&self, instance: &str) -> Runtime {
-        let runtime = operated(&self.job, instance);
-        assign(&runtime, 0, 1);
+        let runtime = Runtime::operated(&self.job, instance);
+        runtime.assign(0, 1);
         let name = &self.name;
         must(wait_until(Duration::from_secs(90), "results", || records_out(&[&runtime], name) > 0.0), "processing");
         runtime
@@ -126,25 +107,25 @@ fn slots_from_the_operator_move_partitions_between_instances_exactly() {
     let first = payments(2_000, 16, 0);
     produce_payments(&producer, &topic, &first);
 
-    let a = operated(&job, "a");
+    let a = Runtime::operated(&job, "a");
     let (code, body) = a.get("/readyz");
     assert_eq!(code, 503, "not ready before the operator assigns: {body}");
     let before = status(&a);
     assert_eq!(before["assignmentMode"], "operator", "{before}");
     assert_eq!(before["assignment"], Value::Null, "{before}");
-    assign(&a, 0, 1);
+    a.assign(0, 1);
     assert_eq!(owned(&a), vec![0, 1, 2, 3], "one slot owns every partition");
     must(wait_until(Duration::from_secs(60), "results", || records_out(&[&a], name) > 0.0), "processing");
 
     // A second instance: the first hands over the partitions of slot 1 of 2 before the
     // second takes them.
-    let b = operated(&job, "b");
-    assign(&a, 0, 2);
+    let b = Runtime::operated(&job, "b");
+    a.assign(0, 2);
     assert_eq!(owned(&a), vec![0, 2], "slot 0 of 2 keeps the even partitions");
-    assign(&b, 1, 2);
+    b.assign(1, 2);
     assert_eq!(owned(&b), vec![1, 3], "slot 1 of 2 takes the odd ones");
     assert_eq!(status(&b)["assignment"], serde_json::json!({"slot": 1, "slots": 2}));
-    assign(&b, 1, 2);
+    b.assign(1, 2);
     assert_eq!(owned(&b), vec![1, 3], "the same slot again moves nothing");
 
     let second = payments(2_000, 16, 2_000);
@@ -168,9 +149,9 @@ fn a_repartitioned_job_splits_both_stages_by_slot() {
     let name = "slotted";
     let spread = Spread::start(name);
     let a = spread.processing("a");
-    let b = operated(&spread.job, "b");
-    assign(&a, 0, 2);
-    assign(&b, 1, 2);
+    let b = Runtime::operated(&spread.job, "b");
+    a.assign(0, 2);
+    b.assign(1, 2);
     let internal = status(&b);
     assert_eq!(internal["topic"], format!("test.{name}-repartition"), "{internal}");
     assert_eq!(owned(&b), vec![1], "slot 1 of 2 of the internal topic's 3 partitions");
@@ -199,8 +180,8 @@ fn a_stop_with_savepoint_then_resume_keeps_the_slot_and_is_exact() {
 #[test]
 fn exactly_once_without_a_group_commits_each_result_once_across_a_restart() {
     exactly_once_across_a_restart("eos-slots", |job| {
-        let runtime = operated(job, "eos");
-        assign(&runtime, 0, 1);
+        let runtime = Runtime::operated(job, "eos");
+        runtime.assign(0, 1);
         runtime
     });
 }

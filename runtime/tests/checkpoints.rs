@@ -10,9 +10,6 @@ use common::*;
 use serde_json::Value;
 use weir_e2e::{broker::Broker, wait_until};
 
-/// Readiness deadline of an instance started after a `kill -9` (see `Runtime::start_within`).
-const AFTER_KILL: Duration = Duration::from_secs(240);
-
 fn checkpointed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
     let storage = format!("file://{}/checkpoints", dir.display());
     job_file(dir, broker, name, &format!("  checkpoint: {{storage: \"{storage}\", interval: 500ms{extra}}}\n"))
@@ -274,7 +271,7 @@ fn kill_9_at_several_points_loses_no_result() {
     let mut consumed_before = 0.0;
     for (round, chunk) in input.chunks(2_000).enumerate() {
         produce_payments(&producer, &format!("{name}-in"), chunk);
-        let runtime = Runtime::start_within(&job, &["--instance", "kill"], AFTER_KILL);
+        let runtime = Runtime::start_alone(&job, "kill");
         // Kill at a different point each round: after some, about half, or most of the chunk.
         let target = [300.0, 1_000.0, 1_700.0, 200.0][round];
         must(
@@ -284,7 +281,7 @@ fn kill_9_at_several_points_loses_no_result() {
         consumed_before += records_in(&runtime, name);
         runtime.kill();
     }
-    let _last = Runtime::start_within(&job, &["--instance", "kill"], AFTER_KILL);
+    let _last = Runtime::start_alone(&job, "kill");
     produce_flush_markers(&producer, &format!("{name}-in"), 2);
     let want = expected(&input);
     let records = read_records(&broker, &format!("{name}-out"), want.len());

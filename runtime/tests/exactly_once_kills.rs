@@ -14,9 +14,6 @@ use weir_e2e::{broker::Broker, kafka::committed, wait_until};
 
 const NAME: &str = "eoskill";
 
-/// Readiness deadline of an instance started after a `kill -9` (see `Runtime::start_within`).
-const AFTER_KILL: Duration = Duration::from_secs(240);
-
 /// Where in its transaction cycle an instance is killed.
 #[derive(Clone, Copy, Debug)]
 enum KillPoint {
@@ -34,9 +31,8 @@ enum KillPoint {
 
 impl KillPoint {
     /// The checkpoint (and so commit) interval of the instance. Its commit timer starts
-    /// before the group join (which waits out the killed member's session after a kill), so
-    /// only a long one keeps the first commit away from the first records; the others
-    /// commit often.
+    /// before it is given its partitions, so only a long one keeps the first commit away
+    /// from the first records; the others commit often.
     fn interval(self) -> &'static str {
         match self {
             Self::BeforeItsFirstCommit => "300s",
@@ -98,7 +94,7 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
         produce_payments(&producer, &input, now);
         // One undecodable record per chunk, among the payments.
         send(&producer, &input, "bad", &format!("{{not json, round {round}"));
-        let runtime = Runtime::start_within(&job, &["--instance", "kill"], AFTER_KILL);
+        let runtime = Runtime::start_alone(&job, "kill");
         let records_in = || metric(&runtime, "weir_records_in_total");
         let commits = || metric(&runtime, "weir_source_commits_total");
         match point {
@@ -129,7 +125,7 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
     }
 
     let job = write_job(dir.path(), &broker, "2s");
-    let last = Runtime::start_within(&job, &["--instance", "kill"], AFTER_KILL);
+    let last = Runtime::start_alone(&job, "kill");
     produce_flush_markers(&producer, &input, 2);
     let want = expected(&payments);
     let seen = must(

@@ -13,10 +13,6 @@ use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
 use weir_e2e::{broker::Broker, kafka, payments::produce_spread, wait_until};
 
-/// Readiness deadline of an instance started after a `kill -9` (its group membership must
-/// time out first).
-const AFTER_KILL: Duration = Duration::from_secs(240);
-
 /// The fixture job without `partitionedBy`: its source is not keyed by `user_id`.
 fn unkeyed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
     let job = job_file(dir, broker, name, extra);
@@ -142,7 +138,7 @@ fn kill_9_of_a_repartitioning_instance_loses_no_result() {
     let input = payments(6_000, 20, 0);
     for (round, chunk) in input.chunks(3_000).enumerate() {
         must(produce_spread(&producer, &topic, chunk, 3), "producing");
-        let runtime = Runtime::start_within(&job, &["--instance", "killed"], AFTER_KILL);
+        let runtime = Runtime::start_alone(&job, "killed");
         let target = [1_200.0, 2_000.0][round];
         must(
             wait_until(Duration::from_secs(60), "consuming part of the chunk", || {
@@ -152,7 +148,7 @@ fn kill_9_of_a_repartitioning_instance_loses_no_result() {
         );
         runtime.kill();
     }
-    let _last = Runtime::start_within(&job, &["--instance", "killed"], AFTER_KILL);
+    let _last = Runtime::start_alone(&job, "killed");
     produce_flush_markers(&producer, &topic, 3);
     let want = expected(&input);
     let records = read_records(&broker, &format!("{name}-out"), want.len());

@@ -107,8 +107,7 @@ impl Runtime {
         Self::start_within(job, args, Duration::from_secs(90))
     }
 
-    /// Starts and waits up to `timeout` for readiness: after a `kill -9`, the dead member
-    /// holds its partitions until its session times out (45 s), longer on a loaded machine.
+    /// Starts and waits up to `timeout` for readiness.
     pub fn start_within(job: &Path, args: &[&str], timeout: Duration) -> Self {
         Self::launch(job, args).ready_within(timeout)
     }
@@ -116,6 +115,37 @@ impl Runtime {
     fn ready_within(self, timeout: Duration) -> Self {
         must(wait_until(timeout, "the runtime to become ready", || self.get("/readyz").0 == 200), "readiness");
         self
+    }
+
+    /// Starts an instance that takes its partitions from the operator (`--assignment
+    /// operator`) and waits until its admin server answers.
+    pub fn operated(job: &Path, instance: &str) -> Self {
+        let runtime = Self::launch(job, &["--instance", instance, "--assignment", "operator"]);
+        must(wait_until(Duration::from_secs(60), "the admin server", || runtime.get("/healthz").0 == 200), "starting");
+        runtime
+    }
+
+    /// Gives the instance slot `slot` of `slots` (`POST /assign`) and waits until it is
+    /// ready with it.
+    pub fn assign(&self, slot: u32, slots: u32) {
+        let (code, body) = self.post(&format!("/assign?slot={slot}&slots={slots}"));
+        assert_eq!(code, 200, "assigning slot {slot} of {slots}: {body}");
+        let answer: Value = must(serde_json::from_str(&body), "the answer is JSON");
+        assert_eq!(answer, serde_json::json!({"slot": slot, "slots": slots}));
+        must(
+            wait_until(Duration::from_secs(60), "readiness with the slot", || self.get("/readyz").0 == 200),
+            "readiness",
+        );
+    }
+
+    /// A ready instance owning every partition, given them as the operator does: after a
+    /// `kill -9` the next instance takes them at once, where in a consumer group it would
+    /// wait for the killed member's session to time out (and on the test broker, sometimes
+    /// for much longer).
+    pub fn start_alone(job: &Path, instance: &str) -> Self {
+        let runtime = Self::operated(job, instance);
+        runtime.assign(0, 1);
+        runtime
     }
 
     /// Starts the runtime without waiting for it.
