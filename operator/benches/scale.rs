@@ -5,6 +5,7 @@
 //!
 //!     cargo bench -p weir-operator --bench scale            # 1000 jobs
 //!     WEIR_BENCH_JOBS=200 cargo bench -p weir-operator --bench scale
+//!     WEIR_BENCH_CONCURRENCY=4 cargo bench -p weir-operator --bench scale   # --concurrency
 
 use std::{
     path::Path,
@@ -116,8 +117,13 @@ fn main() {
     }
     let log = std::env::temp_dir().join(format!("weir-operator-bench-{}.log", std::process::id()));
     let binary = Path::new(env!("CARGO_BIN_EXE_weir-operator"));
-    let operator =
-        must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &["--identity", "bench"]), "operator");
+    // `WEIR_BENCH_CONCURRENCY`: reconciles at once (the operator's `--concurrency`).
+    let concurrency = std::env::var("WEIR_BENCH_CONCURRENCY").ok();
+    let mut args = vec!["--identity", "bench"];
+    if let Some(concurrency) = &concurrency {
+        args.extend(["--concurrency", concurrency.as_str()]);
+    }
+    let operator = must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &args), "operator");
     let leading = weir_e2e::wait_until(Duration::from_secs(30), "the operator to lead", || {
         http_get(operator.metrics_addr(), "/metrics")
             .is_ok_and(|(_, body)| weir_e2e::metric_value(&body, "weir_operator_leader") == Some(1.0))
