@@ -45,9 +45,7 @@ spec:
 {sink}
 {extra}"#
     );
-    let path = dir.join(format!("{name}.yaml"));
-    must(std::fs::write(&path, job), "writing the job file");
-    path
+    write_job_file(dir, name, &job)
 }
 
 /// `count` records `{"n": i, "at": <epoch ms>}` keyed `k<i>`, with `headers` on each.

@@ -61,9 +61,7 @@ spec:
   deadLetter: {{topic: {name}-dlq}}
 "#
     );
-    let path = dir.join(format!("{name}.yaml"));
-    must(std::fs::write(&path, job), "writing the job file");
-    path
+    write_job_file(dir, name, &job)
 }
 
 fn send_bytes(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8], partition: Option<i32>) {

@@ -69,9 +69,7 @@ spec:
     kafka: {{bootstrapServers: "{servers}", topic: {name}-out}}
 "#
     );
-    let path = dir.join(format!("{name}.yaml"));
-    must(std::fs::write(&path, job), "writing the job file");
-    path
+    write_job_file(dir, name, &job)
 }
 
 fn env(receiver: &OtlpReceiver, extra: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
 
 use super::{
-    Deliveries, Job, RunError, Settings, Sink, client, consumer_error, ensure_topic, kafka, lag_of, oauth_token,
+    Deliveries, Job, RunError, Settings, Sink, client, consumer_error, ensure_topic, export_lag, kafka, oauth_token,
     partition_count, partition_list, records_by_partition, send,
     shared::{Shared, lock},
 };
@@ -141,22 +141,9 @@ impl ClientContext for FrontContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
-        let metrics = &self.shared.metrics;
         let owners = lock(&self.owners);
-        for (id, partition) in &topic.partitions {
-            if *id < 0 {
-                continue;
-            }
-            let label = id.to_string();
-            if !partition.desired || !owners.owned.contains_key(id) {
-                let _ = metrics.consumer_lag.remove_label_values(&[&self.topic, &label]);
-                continue;
-            }
-            if let Some(lag) = lag_of(owners.owned.get(id).and_then(|o| o.committed), partition) {
-                metrics.consumer_lag.with_label_values(&[&self.topic, &label]).set(lag);
-            }
-        }
+        let owned = |partition: i32| owners.owned.get(&partition).map(|o| o.committed);
+        export_lag(&self.shared.metrics, &self.topic, &statistics, true, owned);
     }
 }
 

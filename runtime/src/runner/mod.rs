@@ -292,32 +292,14 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        let topic_name = &self.committer.topic;
-        let Some(topic) = statistics.topics.get(topic_name) else { return };
-        let metrics = &self.committer.shared.metrics;
         // Offsets committed in transactions do not show in the consumer's statistics: the
         // table knows what was committed.
         let table = lock(&self.table);
-        for (id, partition) in &topic.partitions {
-            if *id < 0 {
-                continue;
-            }
-            let label = id.to_string();
-            // Only owned partitions: statistics may be older than the last rebalance.
-            if !partition.desired || !table.runs.contains_key(id) {
-                let _ = metrics.consumer_lag.remove_label_values(&[topic_name, &label]);
-                continue;
-            }
-            if self.stopped.load(Ordering::Relaxed) {
-                // librdkafka learns high watermarks from fetch responses, and paused
-                // partitions are not fetched: the loop asks the broker instead.
-                continue;
-            }
-            let committed = table.runs.get(id).and_then(|r| r.committed);
-            if let Some(lag) = lag_of(committed, partition) {
-                metrics.consumer_lag.with_label_values(&[topic_name, &label]).set(lag);
-            }
-        }
+        // librdkafka learns high watermarks from fetch responses, and paused partitions are
+        // not fetched: while stopped, the loop asks the broker instead.
+        let fetching = !self.stopped.load(Ordering::Relaxed);
+        let owned = |partition: i32| table.runs.get(&partition).map(|r| r.committed);
+        export_lag(&self.committer.shared.metrics, &self.committer.topic, &statistics, fetching, owned);
     }
 }
 
@@ -329,6 +311,36 @@ fn consumer_error(failed: &Mutex<Option<RunError>>, context: &'static str, error
         lock(failed).get_or_insert(RunError::Kafka { context, source: error });
     } else {
         warn!(%error, reason, context, "consumer error; librdkafka retries");
+    }
+}
+
+/// Sets `weir_consumer_lag` of the owned partitions of `topic` from `statistics` (when
+/// `fetching`), and drops the series of partitions not owned: statistics may be older than
+/// the last assignment. `owned` answers a partition's committed offset if it is owned.
+fn export_lag(
+    metrics: &Metrics,
+    topic: &str,
+    statistics: &Statistics,
+    fetching: bool,
+    owned: impl Fn(i32) -> Option<Option<i64>>,
+) {
+    let Some(stats) = statistics.topics.get(topic) else { return };
+    for (&id, partition) in &stats.partitions {
+        if id < 0 {
+            continue;
+        }
+        let label = id.to_string();
+        match owned(id).filter(|_| partition.desired) {
+            None => {
+                let _ = metrics.consumer_lag.remove_label_values(&[topic, &label]);
+            }
+            Some(committed) if fetching => {
+                if let Some(lag) = lag_of(committed, partition) {
+                    metrics.consumer_lag.with_label_values(&[topic, &label]).set(lag);
+                }
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -1083,10 +1095,7 @@ impl Job {
         } else {
             // librdkafka keeps a partition's pause across a leave and a rejoin (a stop, then
             // a resume): fetch what is assigned now.
-            let mut fresh = TopicPartitionList::new();
-            for &partition in &assigned {
-                fresh.add_partition(&self.topic, partition);
-            }
+            let fresh = partition_list(&self.topic, &assigned, Offset::Invalid)?;
             self.consumer.resume(&fresh).map_err(kafka("resuming assigned partitions"))?;
         }
         Ok(())

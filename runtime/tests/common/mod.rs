@@ -87,6 +87,11 @@ spec:
 {extra}"#,
         servers = broker.bootstrap()
     );
+    write_job_file(dir, name, &job)
+}
+
+/// Writes a job file `<dir>/<name>.yaml`; returns its path.
+pub fn write_job_file(dir: &Path, name: &str, job: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     must(std::fs::write(&path, job), "writing the job file");
     path
