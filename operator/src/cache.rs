@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Service},
+        core::v1::{ConfigMap, Pod, Service},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -51,6 +51,10 @@ pub struct Children {
     pub pod_disruption_budgets: Store<PodDisruptionBudget>,
     /// KEDA ScaledObjects, when KEDA is installed.
     pub scaled_objects: Option<Store<ScaledObject>>,
+    /// The runtime pods (not children themselves: their ReplicaSets own them).
+    pub pods: Store<Pod>,
+    /// The StreamJobs themselves.
+    pub jobs: Store<StreamJob>,
 }
 
 /// A child kind the operator caches.

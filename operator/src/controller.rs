@@ -109,7 +109,8 @@ pub async fn run(
     let (config_maps, config_map_changes) = children::<ConfigMap>(&client, namespace, writes);
     let (services, service_changes) = children::<Service>(&client, namespace, writes);
     let (budgets, budget_changes) = children::<PodDisruptionBudget>(&client, namespace, writes);
-    let mut controller = Controller::for_stream(jobs, reader)
+    let (pods, pod_changes) = pod_watch::watch(&client, namespace, writes);
+    let mut controller = Controller::for_stream(jobs, reader.clone())
         // Changes to several children of a job (someone else's) come in bursts: a short
         // debounce folds such a burst into one reconcile.
         .with_config(controller::Config::default().concurrency(settings.concurrency).debounce(DEBOUNCE))
@@ -118,7 +119,7 @@ pub async fn run(
         .owns_stream(service_changes)
         .owns_stream(budget_changes)
         // Pods belong to the Deployment's ReplicaSets, not to the job: mapped by their label.
-        .watches_stream(pod_watch::changes(&client, namespace, writes), |pod| pod_watch::job_of(&pod));
+        .watches_stream(pod_changes, |pod| pod_watch::job_of(&pod));
     let mut scaled_objects = None;
     if ctx.config.keda_available {
         let (store, changes) = children::<ScaledObject>(&client, namespace, writes);
@@ -131,6 +132,8 @@ pub async fn run(
         services,
         pod_disruption_budgets: budgets,
         scaled_objects,
+        pods,
+        jobs: reader,
     }));
     info!(namespace = namespace.unwrap_or("all"), "controller started");
     controller

@@ -6,11 +6,13 @@
 //! [`status`] (pure, from what was observed).
 
 pub mod admin;
+pub mod api_client;
 pub mod assignment;
 pub mod cache;
 pub mod config;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod failure;
 pub mod keda;
 pub mod labels;
@@ -24,5 +26,6 @@ pub mod render;
 pub mod rollout;
 pub mod savepoint;
 pub mod status;
+pub mod throttle;
 
 pub use error::Error;

@@ -3,19 +3,22 @@
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use kube::{
-    Client,
-    runtime::events::{Recorder, Reporter},
-};
+use kube::runtime::events::{Recorder, Reporter};
 use tracing::{error, info};
 use weir_operator::{
-    admin,
+    admin, api_client,
     config::OperatorConfig,
     controller::{self, ControllerSettings},
+    events::Announcer,
     leader::{LeaderElector, LeaseSettings},
     metrics::Metrics,
     reconcile::Context,
+    throttle::{Limiter, Throttle},
 };
+
+/// Fewest StreamJobs reconciled at once, however slowly the API server answers: one slow
+/// reconcile (a savepoint) leaves another to go on.
+const MIN_CONCURRENCY: usize = 2;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Runs Weir StreamJobs on Kubernetes")]
@@ -38,9 +41,15 @@ struct Args {
     /// Quiet time after a rollout before a rescale (from KEDA or `kubectl scale`) starts.
     #[arg(long, default_value = "30s")]
     rescale_stabilization: weir_crds::Duration,
-    /// StreamJobs reconciled at once.
+    /// Most StreamJobs reconciled at once. The operator starts with 2 and adds one at a time
+    /// while the API server answers within `--api-latency-target`; it backs off when it does
+    /// not (see the user guide).
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// How long nine in ten API requests may take before the operator reconciles fewer
+    /// StreamJobs at once.
+    #[arg(long, default_value = "25ms")]
+    api_latency_target: weir_crds::Duration,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "weir-operator")]
     lease_name: String,
@@ -73,7 +82,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new()?);
-    let client = counting_client(metrics.clone()).await?;
+    let limiter = Limiter::new(MIN_CONCURRENCY, args.concurrency.into(), args.api_latency_target.get());
+    let throttle = Arc::new(Throttle::new(limiter));
+    let client = api_client::measured_client(metrics.clone(), throttle.clone()).await?;
     let served = metrics.clone();
     let metrics_addr = args.metrics_addr;
     tokio::spawn(async move {
@@ -113,7 +124,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         info!("KEDA's ScaledObject API is not served: autoscaling settings will not be rendered");
     }
     let reporter = Reporter { controller: "weir-operator".into(), instance: Some(identity) };
-    let ctx = Arc::new(Context::new(client.clone(), Recorder::new(client, reporter), metrics.clone(), config));
+    let announcer = Announcer::start(Recorder::new(client.clone(), reporter), metrics.events_dropped.clone());
+    let ctx = Arc::new(Context::new(client, announcer, throttle, metrics.clone(), config));
     let settings = ControllerSettings { namespace: args.namespace.clone(), concurrency: args.concurrency };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut running = tokio::spawn(controller::run(ctx, settings, async move {
@@ -136,17 +148,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A client whose every request is counted in `weir_operator_api_requests_total`, so the
-/// API traffic of reconciles can be measured.
-async fn counting_client(metrics: Arc<Metrics>) -> anyhow::Result<Client> {
-    let config = kube::Config::infer().await?;
-    let count = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-        metrics.count_request(request.method().as_str(), request.uri().path(), request.uri().query());
-        request
-    });
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&count).build())
 }
 
 async fn wait_for_signal() {

@@ -1,6 +1,8 @@
 //! The operator's own metrics, in a registry it owns.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Bounds of the reconcile duration histogram, in seconds: fine around 100 ms, so a
 /// percentile read from the buckets says on which side of that target it falls.
@@ -19,6 +21,15 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Requests to the API server by `verb` and `resource` (see [`api_request`]).
     pub api_requests: IntCounterVec,
+    /// Time from sending a request to the API server to its response headers, by `verb`
+    /// and `resource`: how long reconciles wait on the server.
+    pub api_duration: HistogramVec,
+    /// Events dropped because the queue of Events to send was full.
+    pub events_dropped: IntCounter,
+    /// Time a reconcile waited for a slot (see [`crate::throttle`]).
+    pub reconcile_wait: prometheus::Histogram,
+    /// Reconciles allowed at once now.
+    pub reconcile_limit: IntGauge,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
 }
@@ -38,13 +49,39 @@ impl Metrics {
             Opts::new("api_requests_total", "Requests sent to the API server"),
             &["verb", "resource"],
         )?;
+        let api_duration = HistogramVec::new(
+            HistogramOpts::new("api_request_duration_seconds", "Time until the API server answered a request")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["verb", "resource"],
+        )?;
+        let events_dropped = IntCounter::new("events_dropped_total", "Events not sent because too many were waiting")?;
+        let reconcile_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new("reconcile_wait_seconds", "Time a reconcile waited for a slot")
+                .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        let reconcile_limit = IntGauge::new("reconcile_limit", "Reconciles allowed at once now")?;
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease")?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
+        registry.register(Box::new(api_duration.clone()))?;
+        registry.register(Box::new(events_dropped.clone()))?;
+        registry.register(Box::new(reconcile_wait.clone()))?;
+        registry.register(Box::new(reconcile_limit.clone()))?;
         registry.register(Box::new(leader.clone()))?;
-        Ok(Self { registry, reconciles, errors, duration, api_requests, leader })
+        Ok(Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            api_requests,
+            api_duration,
+            events_dropped,
+            reconcile_wait,
+            reconcile_limit,
+            leader,
+        })
     }
 
     /// Records one reconcile's outcome and duration.
@@ -53,10 +90,17 @@ impl Metrics {
         self.duration.with_label_values(&[result]).observe(seconds);
     }
 
-    /// Counts one request to the API server.
-    pub fn count_request(&self, method: &str, path: &str, query: Option<&str>) {
+    /// Counts one request to the API server; returns its verb and the histogram its answer
+    /// time goes to.
+    pub fn count_request(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> (&'static str, prometheus::Histogram) {
         let (verb, resource) = api_request(method, path, query);
         self.api_requests.with_label_values(&[verb, &resource]).inc();
+        (verb, self.api_duration.with_label_values(&[verb, &resource]))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,7 +1,8 @@
-//! The runtime pods' changes that matter to their StreamJob: a pod starting, getting its IP,
-//! becoming Ready, restarting or going away. Partition slots are given as soon as a pod can
-//! take one, and a lost pod's slot moves at once, so these trigger a reconcile of the job
-//! the pod runs (its `weir.dev/streamjob` label); other pod updates do not.
+//! The runtime pods, watched into a store that reconciles read instead of listing them, and
+//! their changes that matter to their StreamJob: a pod starting, getting its IP, becoming
+//! Ready, restarting or going away. Partition slots are given as soon as a pod can take one,
+//! and a lost pod's slot moves at once, so these trigger a reconcile of the job the pod runs
+//! (its `weir.dev/streamjob` label); other pod updates do not.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -9,7 +10,11 @@ use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
 };
 use weir_crds::{JOB_LABEL, StreamJob};
 
@@ -41,18 +46,34 @@ pub fn job_of(pod: &Pod) -> Option<ObjectRef<StreamJob>> {
     Some(ObjectRef::new(name).within(namespace))
 }
 
-/// Runtime pods in `namespace` (all when `None`) whose [`Fingerprint`] changed, and deleted ones.
-pub fn changes(
+/// A store of the runtime pods in `namespace` (all when `None`), without their managed
+/// fields, and those whose [`Fingerprint`] changed or that were deleted.
+pub fn watch(
     client: &Client,
     namespace: Option<&str>,
     writes: &std::sync::Arc<Writes>,
-) -> impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+) -> (Store<Pod>, impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
     let pods: Api<Pod> = match namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let events = watcher(pods, watcher::Config::default().labels(JOB_LABEL)).default_backoff();
-    cache::changes(events, writes.clone())
+    let (reader, writer) = reflector::store();
+    let events = watcher(pods, watcher::Config::default().labels(JOB_LABEL))
+        .default_backoff()
+        .modify(|pod: &mut Pod| pod.metadata.managed_fields = None)
+        .reflect(writer);
+    (reader, cache::changes(events, writes.clone()))
+}
+
+/// The pods of the job `name` in `namespace`, from `store`; `None` until the store has
+/// listed the pods once.
+pub fn pods_of(store: &Store<Pod>, namespace: &str, name: &str) -> Option<Vec<Pod>> {
+    futures::FutureExt::now_or_never(store.wait_until_ready())?.ok()?;
+    let of_job = |pod: &Pod| {
+        pod.metadata.namespace.as_deref() == Some(namespace)
+            && pod.metadata.labels.as_ref().and_then(|l| l.get(JOB_LABEL)).map(String::as_str) == Some(name)
+    };
+    Some(store.state().iter().filter(|pod| of_job(pod)).map(|pod| (**pod).clone()).collect())
 }
 
 #[cfg(test)]

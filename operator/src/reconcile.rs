@@ -4,7 +4,10 @@ use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::{apps::v1::Deployment, core::v1::Pod},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Pod},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -13,8 +16,9 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{Event, EventType},
         finalizer::{self, finalizer},
+        reflector::ObjectRef,
     },
 };
 use rand::Rng;
@@ -26,15 +30,18 @@ use crate::{
     Error, assignment,
     cache::{self, Cached, Children, Lookup, Writes},
     config::OperatorConfig,
+    events::Announcer,
     failure,
     keda::ScaledObject,
     labels::{FIELD_MANAGER, JobRef},
     lag,
     metrics::Metrics,
+    pod_watch,
     render::{self, Rendered, render},
     rollout::{self, Current, Hold, Inputs, Marks, Run, Step, Target},
     savepoint,
     status::{self, Change, Observation, Pods},
+    throttle::Throttle,
 };
 
 /// Finalizer that lets the operator stop a job's pods (and, with savepoints, take a final
@@ -48,6 +55,8 @@ const REQUEUE_PROGRESSING: Duration = Duration::from_secs(5);
 const REQUEUE_ASSIGNING: Duration = Duration::from_millis(500);
 /// Soonest requeue, so a plan that waits for nothing does not spin.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// Reason of `Degraded` when the API server refused or failed an apply of a child.
+pub const APPLY_FAILED: &str = "ApplyFailed";
 /// Savepoints kept in `status.savepointHistory`.
 const SAVEPOINT_HISTORY: usize = 10;
 /// Longest back-off after repeated failures.
@@ -58,8 +67,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    /// Sends Kubernetes Events in the background.
+    pub announcer: Announcer,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Operator-wide settings.
@@ -73,6 +82,8 @@ pub struct Context {
     pub writes: Arc<Writes>,
     /// Jobs whose pods are known to hold one partition slot each.
     assignments: Arc<assignment::Settled>,
+    /// Slots for reconciles, as many as the API server keeps up with.
+    throttle: Arc<Throttle>,
 }
 
 impl std::fmt::Debug for Context {
@@ -83,10 +94,17 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context for reconciles made with `client`.
-    pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, config: OperatorConfig) -> Self {
+    pub fn new(
+        client: Client,
+        announcer: Announcer,
+        throttle: Arc<Throttle>,
+        metrics: Arc<Metrics>,
+        config: OperatorConfig,
+    ) -> Self {
         Self {
             client,
-            recorder,
+            announcer,
+            throttle,
             metrics,
             config,
             failures: Arc::default(),
@@ -114,19 +132,24 @@ impl Context {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    async fn publish(&self, job: &StreamJob, type_: EventType, reason: &str, note: String) {
+    /// Sends an Event about `job` without waiting for it.
+    fn publish(&self, job: &StreamJob, type_: EventType, reason: &str, note: String) {
         let event =
             Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
-            warn!("publishing event {reason}: {e}");
-        }
+        self.announcer.announce(event, job.object_ref(&()));
     }
 }
 
 /// Reconciles one StreamJob, through the finalizer so deletion runs [`cleanup`].
 #[instrument(skip_all, fields(streamjob = %job.name_any(), namespace = job.namespace().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let waiting = std::time::Instant::now();
+    let _slot = ctx.throttle.slot().await;
+    ctx.metrics.reconcile_wait.observe(waiting.elapsed().as_secs_f64());
+    ctx.metrics.reconcile_limit.set(i64::try_from(ctx.throttle.limit()).unwrap_or(i64::MAX));
     let started = std::time::Instant::now();
+    // The job may have changed while this reconcile waited for its slot.
+    let job = ctx.children.as_ref().and_then(|c| c.jobs.get(&ObjectRef::from_obj(&*job))).unwrap_or(job);
     let namespace = job.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     // The cached job may not show the status this operator last wrote yet: build on that one.
     let job = match ctx.writes.newer_status(&job) {
@@ -204,30 +227,54 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         Run::Stable => stable.unwrap_or_else(|| desired.clone()),
         Run::Desired => desired,
     };
-    let mut pending = None;
-    let mut taken = None;
-    // The pods are listed alongside the usual steps, to save a round trip; a savepoint or a
-    // rollback lists them after acting.
-    let mut listed = None;
-    let deployment = match plan.step {
+    let mut report = Report {
+        rollout: marks.rollout,
+        rolled_back: marks.rolled_back == Some(generation),
+        pods: Pods::default(),
+        pending: None,
+        taken: None,
+    };
+    let step_outcome = match plan.step {
         Step::Hold { hold, .. } => {
-            let (_, pods) = futures::try_join!(apply_auxiliary(ctx, &job_ref, &run), list_pods(ctx, &job_ref))?;
-            listed = Some(pods);
+            apply_auxiliary(ctx, &job_ref, &run).await?;
             if let Hold::Stabilizing { remaining } = hold {
                 let message = format!(
                     "{} pods asked for: waiting {}s for the stabilization window after the last rollout",
                     Target::of(&run.deployment).replicas,
                     remaining.as_secs()
                 );
-                pending = Some((Change::Rescale, message));
+                report.pending = Some((Change::Rescale, message));
             }
-            before.clone()
+            report.pods = before.as_ref().map(Pods::of).unwrap_or_default();
+            observe_and_report(job, &job_ref, ctx, report).await?
         }
         Step::Apply { change } => {
+            // What the status reports does not depend on the server's answer to the applies:
+            // the Deployment reports the counts it had until its controller acts on the
+            // apply. So both go at once, saving a round trip.
+            let pods = Pods::expected(before.as_ref(), &run.deployment, change.is_some());
+            report.pods = pods;
             let rolled = roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change);
-            let (deployment, pods) = futures::try_join!(rolled, list_pods(ctx, &job_ref))?;
-            listed = Some(pods);
-            Some(deployment)
+            // After a failed apply, the status waits for the retry's outcome, so a retry that
+            // fails again does not clear the failure for a moment.
+            let retrying = job
+                .status
+                .as_ref()
+                .and_then(|s| status::find(s, status::DEGRADED))
+                .is_some_and(|c| c.reason == APPLY_FAILED);
+            let failed = |error| report_failed_apply(job, &job_ref, ctx, pods, marks.rollout, error);
+            if retrying {
+                if let Err(error) = rolled.await {
+                    return Err(failed(error).await);
+                }
+                observe_and_report(job, &job_ref, ctx, report).await?
+            } else {
+                let (rolled, reported) = futures::join!(rolled, observe_and_report(job, &job_ref, ctx, report));
+                if let Err(error) = rolled {
+                    return Err(failed(error).await);
+                }
+                reported?
+            }
         }
         Step::RollBack { failed } => {
             let note = format!(
@@ -237,8 +284,13 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
                 marks.restore_from.as_deref().unwrap_or("none")
             );
             warn!("{note}");
-            ctx.publish(job, EventType::Warning, "RolledBack", note).await;
-            Some(roll(ctx, job, &job_ref, before.as_ref(), run, &marks, None).await?)
+            ctx.publish(job, EventType::Warning, "RolledBack", note);
+            let pods = before.as_ref().map(Pods::of).unwrap_or_default();
+            match roll(ctx, job, &job_ref, before.as_ref(), run, &marks, None).await {
+                Ok(deployment) => report.pods = Pods::of(&deployment),
+                Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, pods, marks.rollout, error).await),
+            }
+            observe_and_report(job, &job_ref, ctx, report).await?
         }
         Step::Savepoint { change } => {
             let pods: Api<Pod> = ctx.api(&job_ref.namespace);
@@ -249,20 +301,20 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             let running = savepoint::running(&listed.items);
             if running.is_empty() {
                 let note = "no pod is running to take a savepoint from: the new pods restore the latest checkpoints";
-                ctx.publish(job, EventType::Normal, "NoSavepoint", note.into()).await;
+                ctx.publish(job, EventType::Normal, "NoSavepoint", note.into());
             } else {
                 let reason = rollout::savepoint_reason(change);
                 let id = savepoint::savepoint_id(&job_ref.name, generation, reason, Timestamp::now());
                 announce_savepoint(job, ctx, &id, running.len()).await?;
-                match savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id).await {
+                match ctx.throttle.aside(savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id)).await {
                     Ok(savepoint) => {
                         let note = format!("savepoint {id} of {} pods at {}", running.len(), savepoint.path);
                         info!("{note}");
-                        ctx.publish(job, EventType::Normal, "SavepointTaken", note).await;
+                        ctx.publish(job, EventType::Normal, "SavepointTaken", note);
                         marks.restore_from = Some(id.clone());
                         marks.started = Some(Timestamp::now());
                         marks.source_partitions = savepoint.partition_count.or(marks.source_partitions);
-                        taken = Some(SavepointInfo {
+                        report.taken = Some(SavepointInfo {
                             id,
                             path: savepoint.path,
                             completed_at: Time(savepoint.completed_at),
@@ -274,17 +326,56 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             }
             let mut run = run;
             clamp(&mut run, marks.source_partitions);
-            Some(roll(ctx, job, &job_ref, before.as_ref(), run, &marks, Some(change)).await?)
+            let pods = before.as_ref().map(Pods::of).unwrap_or_default();
+            match roll(ctx, job, &job_ref, before.as_ref(), run, &marks, Some(change)).await {
+                Ok(deployment) => report.pods = Pods::of(&deployment),
+                Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, pods, marks.rollout, error).await),
+            }
+            observe_and_report(job, &job_ref, ctx, report).await?
         }
     };
-    let pods = deployment.as_ref().map(Pods::of).unwrap_or_default();
-    let listed = match listed {
-        Some(listed) => listed,
-        None => list_pods(ctx, &job_ref).await?,
-    };
+    let mut after = requeue(plan.step, step_outcome.progressing, step_outcome.pods, ctx.config.resync_interval);
+    if step_outcome.assigned.is_some_and(|outcome| outcome.in_progress()) {
+        after = after.min(REQUEUE_ASSIGNING);
+    }
+    Ok(Action::requeue(after))
+}
+
+/// What a reconcile reports in status besides what it observes of the pods.
+struct Report {
+    /// The rollout under way.
+    rollout: Option<Change>,
+    /// Whether the job's generation was rolled back.
+    rolled_back: bool,
+    /// The Deployment's pod counts once this reconcile's step is applied.
+    pods: Pods,
+    /// A change waiting (a rescale in its stabilization window).
+    pending: Option<(Change, String)>,
+    /// The savepoint this reconcile took.
+    taken: Option<SavepointInfo>,
+}
+
+/// What [`observe_and_report`] found that decides the next reconcile.
+struct Reported {
+    progressing: bool,
+    pods: Pods,
+    assigned: Option<assignment::Outcome>,
+}
+
+/// Observes the pods (consumer lag, failures), gives them their partition slots, and
+/// writes the status with its Events.
+async fn observe_and_report(
+    job: &StreamJob,
+    job_ref: &JobRef,
+    ctx: &Context,
+    report: Report,
+) -> Result<Reported, Error> {
+    let generation = job.metadata.generation.unwrap_or_default();
+    let pods = report.pods;
+    let listed = list_pods(ctx, job_ref).await?;
     let lag = async { if pods.existing > 0 { lag::consumer_lag(&listed, ctx.config.admin_port).await } else { None } };
-    let (consumer_lag, assigned) = futures::join!(lag, assign_slots(ctx, &job_ref, pods.desired, &listed));
-    let rolled_back = (marks.rolled_back == Some(generation)).then(|| {
+    let (consumer_lag, assigned) = futures::join!(lag, assign_slots(ctx, job_ref, pods.desired, &listed));
+    let rolled_back = report.rolled_back.then(|| {
         let message = format!(
             "generation {generation} was rolled back: its pods were not ready within {}; the previous spec runs \
              until the spec changes again",
@@ -294,30 +385,23 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     });
     let problem = rolled_back.or_else(|| failure::runtime_failure(&listed, Timestamp::now()));
     let observation = Observation {
-        rollout: marks.rollout,
+        rollout: report.rollout,
         pods,
         consumer_lag,
         selector: job_ref.selector(),
         suspended: job.spec.suspend,
-        pending,
+        pending: report.pending,
         problem,
     };
     let mut next = status::next_status(job, &observation, &now());
-    if let Some(savepoint) = taken {
+    if let Some(savepoint) = report.taken {
         record_savepoint(&mut next, savepoint);
     }
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
-    let ((), (), written) = futures::join!(
-        announce_phase(job, &next, ctx),
-        announce_failure(job, &next, ctx),
-        write_status(job, &next, ctx)
-    );
-    written?;
-    let mut after = requeue(plan.step, progressing, pods, ctx.config.resync_interval);
-    if assigned.is_some_and(|outcome| outcome.in_progress()) {
-        after = after.min(REQUEUE_ASSIGNING);
-    }
-    Ok(Action::requeue(after))
+    announce_phase(job, &next, ctx);
+    announce_failure(job, &next, ctx);
+    write_status(job, &next, ctx).await?;
+    Ok(Reported { progressing, pods, assigned })
 }
 
 /// Gives the running job's pods their partition slots, one each of the Deployment's
@@ -389,11 +473,22 @@ async fn roll(
     run.deployment.metadata.annotations.get_or_insert_default().extend(marks.annotations());
     let asked = job.spec.parallelism;
     let replicas = Target::of(&run.deployment).replicas;
-    // The job file goes before the Deployment whose pods read it; the other children do not
-    // wait for either.
+    // A change of the job file goes before the Deployment whose new pods read it, so no new
+    // pod reads the old file. When there is no file yet (a first deploy), pods wait for it
+    // to appear, as the kubelet retries a volume, so both go at once. The other children
+    // wait for neither.
+    let file_name = run.config_map.metadata.name.as_deref().unwrap_or_default();
+    let no_file_yet = matches!(ctx.cached::<ConfigMap>(&job_ref.namespace, file_name), Lookup::Known(None));
     let pods = async {
-        apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
-        apply_object(ctx, &job_ref.namespace, &run.deployment).await
+        if !no_file_yet {
+            apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
+            apply_object(ctx, &job_ref.namespace, &run.deployment).await
+        } else {
+            let config_map = apply_object(ctx, &job_ref.namespace, &run.config_map);
+            let (_, deployment) =
+                futures::try_join!(config_map, apply_object(ctx, &job_ref.namespace, &run.deployment))?;
+            Ok(deployment)
+        }
     };
     let (applied, ()) = futures::try_join!(pods, apply_auxiliary(ctx, job_ref, &run))?;
     if let Some(change) = change {
@@ -402,7 +497,7 @@ async fn roll(
             note.push_str(&format!(" (parallelism {asked} is clamped to the source topic's {replicas} partitions)"));
         }
         info!(?change, "{note}");
-        ctx.publish(job, EventType::Normal, change.reason(), note).await;
+        ctx.publish(job, EventType::Normal, change.reason(), note);
     }
     Ok(applied)
 }
@@ -424,13 +519,13 @@ async fn give_up(
     before: Option<&Deployment>,
     failed: savepoint::Failed,
 ) -> Result<Action, Error> {
-    let unresumed = savepoint::resume(&failed.stopped).await;
+    let unresumed = ctx.throttle.aside(savepoint::resume(&failed.stopped)).await;
     let mut message = format!("savepoint failed, the old pods go on running: {}", failed.message);
     if !unresumed.is_empty() {
         message.push_str(&format!("; could not resume {}", unresumed.join(", ")));
     }
     warn!("{message}");
-    ctx.publish(job, EventType::Warning, "SavepointFailed", message.clone()).await;
+    ctx.publish(job, EventType::Warning, "SavepointFailed", message.clone());
     let observation = Observation {
         rollout: None,
         pods: before.map(Pods::of).unwrap_or_default(),
@@ -443,6 +538,46 @@ async fn give_up(
     let next = status::next_status(job, &observation, &now());
     write_status(job, &next, ctx).await?;
     Err(Error::Savepoint(message))
+}
+
+/// Reports an apply the API server refused or failed (an admission policy, a quota, an
+/// outage) in status as `Degraded` with reason `ApplyFailed`, and in a Warning Event when
+/// the message is new; returns the error, so the reconcile is retried with back-off. Other
+/// errors pass through.
+async fn report_failed_apply(
+    job: &StreamJob,
+    job_ref: &JobRef,
+    ctx: &Context,
+    pods: Pods,
+    rollout: Option<Change>,
+    failed: Error,
+) -> Error {
+    if !matches!(failed, Error::Apply { .. }) {
+        return failed;
+    }
+    let message = failed.to_string();
+    let observation = Observation {
+        rollout,
+        pods,
+        consumer_lag: None,
+        selector: job_ref.selector(),
+        suspended: job.spec.suspend,
+        pending: None,
+        problem: Some((APPLY_FAILED.into(), message.clone())),
+    };
+    let next = status::next_status(job, &observation, &now());
+    let reported_before = job
+        .status
+        .as_ref()
+        .and_then(|s| status::find(s, status::DEGRADED))
+        .is_some_and(|c| c.reason == APPLY_FAILED && c.message == message);
+    if !reported_before {
+        ctx.publish(job, EventType::Warning, APPLY_FAILED, message);
+    }
+    if let Err(e) = write_status(job, &next, ctx).await {
+        warn!("reporting a failed apply in status: {e}");
+    }
+    failed
 }
 
 /// Puts `savepoint` first in the history (kept to [`SAVEPOINT_HISTORY`]) and in `lastSavepoint`.
@@ -463,9 +598,15 @@ async fn read_deployment(ctx: &Context, job_ref: &JobRef) -> Result<Option<Deplo
     deployments.get_opt(&job_ref.name).await.map_err(Error::api("reading the Deployment"))
 }
 
-/// The job's pods, whatever their state, as the API server's watch cache has them: they
-/// feed the status (lag, failures), which the next reconcile refreshes.
+/// The job's pods, whatever their state, from the pod store (or, before it has listed them,
+/// as the API server's watch cache has them): they feed the status (lag, failures) and
+/// partition assignment, and a change of any of them brings another reconcile. The steps
+/// that act on the pods themselves (savepoints) ask the server instead.
 async fn list_pods(ctx: &Context, job_ref: &JobRef) -> Result<Vec<Pod>, Error> {
+    let stored = ctx.children.as_ref().and_then(|c| pod_watch::pods_of(&c.pods, &job_ref.namespace, &job_ref.name));
+    if let Some(pods) = stored {
+        return Ok(pods);
+    }
     let pods: Api<Pod> = ctx.api(&job_ref.namespace);
     let params = ListParams::default().labels(&job_ref.selector()).match_any();
     let listed = pods.list(&params).await.map_err(Error::api("listing the pods"))?;
@@ -532,7 +673,7 @@ async fn report_invalid(job: &StreamJob, invalid: &InvalidSpec, ctx: &Context) -
     });
     if !already_reported {
         warn!(%message, "invalid spec");
-        ctx.publish(job, EventType::Warning, status::INVALID_SPEC, message).await;
+        ctx.publish(job, EventType::Warning, status::INVALID_SPEC, message);
     }
     write_status(job, &next, ctx).await?;
     Ok(Action::await_change())
@@ -556,7 +697,7 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(source) => return Err(Error::Api { what: "deleting the Deployment".into(), source }),
     }
-    ctx.publish(job, EventType::Normal, "Deleted", "runtime pods stopped; the StreamJob can go".into()).await;
+    ctx.publish(job, EventType::Normal, "Deleted", "runtime pods stopped; the StreamJob can go".into());
     Ok(Action::await_change())
 }
 
@@ -571,11 +712,11 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
     }
     let generation = job.metadata.generation.unwrap_or_default();
     let id = savepoint::savepoint_id(&job.name_any(), generation, "delete", Timestamp::now());
-    match savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id).await {
+    match ctx.throttle.aside(savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id)).await {
         Ok(taken) => {
             let note = format!("final savepoint {id} at {}: recreate the job with it to resume", taken.path);
             info!("{note}");
-            ctx.publish(job, EventType::Normal, "SavepointTaken", note).await;
+            ctx.publish(job, EventType::Normal, "SavepointTaken", note);
             let mut next = job.status.clone().unwrap_or_default();
             let info =
                 SavepointInfo { id, path: taken.path, completed_at: Time(taken.completed_at), reason: "delete".into() };
@@ -585,7 +726,7 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
         Err(failed) => {
             let note = format!("final savepoint failed, deleting without it: {}", failed.message);
             warn!("{note}");
-            ctx.publish(job, EventType::Warning, "SavepointFailed", note).await;
+            ctx.publish(job, EventType::Warning, "SavepointFailed", note);
             Ok(())
         }
     }
@@ -616,7 +757,7 @@ async fn write_status(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) ->
 }
 
 /// Publishes an Event when the job reaches a resting phase.
-async fn announce_phase(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) {
+fn announce_phase(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) {
     let previous = job.status.as_ref().and_then(|s| s.phase);
     if next.phase == previous {
         return;
@@ -624,10 +765,10 @@ async fn announce_phase(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) 
     let ready = status::find(next, status::READY).map(|c| c.message.clone()).unwrap_or_default();
     match next.phase {
         Some(Phase::Running) if status::find(next, status::READY).is_some_and(|c| c.status == "True") => {
-            ctx.publish(job, EventType::Normal, "Running", ready).await;
+            ctx.publish(job, EventType::Normal, "Running", ready);
         }
         Some(Phase::Suspended) if next.replicas == 0 => {
-            ctx.publish(job, EventType::Normal, "Suspended", "no pods run".into()).await;
+            ctx.publish(job, EventType::Normal, "Suspended", "no pods run".into());
         }
         _ => {}
     }
@@ -635,7 +776,7 @@ async fn announce_phase(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) 
 
 /// Publishes a Warning Event when `Degraded` reports a runtime failure it did not report
 /// before with the same message, so a pod failing again the same way adds no Event.
-async fn announce_failure(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) {
+fn announce_failure(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) {
     let Some(degraded) = status::find(next, status::DEGRADED).filter(|c| c.reason == failure::RUNTIME_FAILED) else {
         return;
     };
@@ -644,7 +785,7 @@ async fn announce_failure(job: &StreamJob, next: &StreamJobStatus, ctx: &Context
         return;
     }
     warn!(message = %degraded.message, "runtime failed");
-    ctx.publish(job, EventType::Warning, failure::RUNTIME_FAILED, degraded.message.clone()).await;
+    ctx.publish(job, EventType::Warning, failure::RUNTIME_FAILED, degraded.message.clone());
 }
 
 fn describe(change: Change, before: Option<&Deployment>, after: &Deployment) -> String {

@@ -98,6 +98,16 @@ impl Pods {
         }
     }
 
+    /// The counts the Deployment reports right after `applying` is applied over `before`:
+    /// the pods asked for are `applying`'s, the other counts stay as `before` reports them
+    /// until its controller acts, and a changed spec (`spec_changes`) is not observed yet.
+    pub fn expected(before: Option<&Deployment>, applying: &Deployment, spec_changes: bool) -> Self {
+        let mut pods = before.map(Self::of).unwrap_or_default();
+        pods.desired = Self::of(applying).desired;
+        pods.observed = pods.observed && !spec_changes;
+        pods
+    }
+
     /// Every desired pod runs the current template and is ready, and no other pod is left.
     pub fn settled(self) -> bool {
         self.observed && self.existing == self.desired && self.updated >= self.desired && self.ready >= self.desired

@@ -1,8 +1,9 @@
 //! The operator against a real API server (the project's devcluster): children appear with
 //! owner references, spec changes roll through, invalid specs are reported and left alone,
 //! a runtime pod's fatal error shows on the job, a starting runtime pod is given a partition
-//! slot, suspension scales to zero, deletion runs the finalizer, and KEDA's schema accepts the
-//! ScaledObject; an operator given `--namespace` leaves the other namespaces alone.
+//! slot, children the API server refuses are reported, suspension scales to zero, deletion runs
+//! the finalizer, and KEDA's schema accepts the ScaledObject; an operator given `--namespace`
+//! leaves the other namespaces alone.
 
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
 
@@ -233,6 +234,36 @@ fn an_invalid_spec_is_reported_and_changes_nothing() {
     assert_eq!(after["metadata"]["generation"], valid["metadata"]["generation"]);
 }
 
+#[test]
+fn children_the_api_server_refuses_are_reported_on_the_job() {
+    let ns = namespace("refused");
+    // The name is a valid StreamJob name, but as the value of the children's
+    // `app.kubernetes.io/instance` label it is one character too long: the server refuses them.
+    let name = format!("orders-{}", "x".repeat(57));
+    apply(&ns, &job(&name, json!({})));
+    let job = wait_for(&ns, "streamjob", &name, "an ApplyFailed condition", |j| {
+        j.and_then(|j| condition(j, "Degraded")).is_some_and(|c| c["reason"] == "ApplyFailed")
+    })
+    .unwrap();
+    let degraded = condition(&job, "Degraded").unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert!(degraded["message"].as_str().unwrap().contains("must be no more than 63"), "{degraded:#}");
+    assert_eq!(condition(&job, "Ready").unwrap()["status"], "False");
+    let events = wait_until(Duration::from_secs(30), "a Warning event", || {
+        let out = kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
+        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        events["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| {
+                e["type"] == "Warning"
+                    && e["reason"] == "ApplyFailed"
+                    && e["note"].as_str().is_some_and(|n| n.contains("must be no more than 63"))
+            })
+        })
+    });
+    assert!(events.is_ok(), "no ApplyFailed Warning event with the server's message");
+    assert!(get(&ns, "deployment", &name).is_none(), "nothing was created");
+}
+
 /// Writes `status` to the pod through its `pods/status` subresource, as the kubelet does.
 fn patch_pod_status(ns: &str, pod: &str, status: &Value) {
     let patch = json!({"status": status}).to_string();
@@ -386,6 +417,11 @@ fn the_operator_exports_its_metrics() {
     assert!(reconciles.is_some_and(|n| n >= 1.0), "{body}");
     assert!(body.contains("weir_operator_reconcile_duration_seconds_bucket"), "{body}");
     assert_eq!(weir_e2e::metric_value(&body, "weir_operator_leader"), Some(1.0), "{body}");
+    let status_writes =
+        "weir_operator_api_request_duration_seconds_count{resource=\"streamjobs/status\",verb=\"patch\"}";
+    assert!(weir_e2e::metric_value(&body, status_writes).is_some_and(|n| n >= 1.0), "{body}");
+    let limit = weir_e2e::metric_value(&body, "weir_operator_reconcile_limit");
+    assert!(limit.is_some_and(|n| (2.0..=16.0).contains(&n)), "{body}");
 }
 
 /// Field managers of `object` other than kubectl's: who wrote to it besides the test.

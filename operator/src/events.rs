@@ -1,0 +1,50 @@
+//! Kubernetes Events sent in the background, as client-go's recorder sends them: a reconcile
+//! hands its notice over and goes on. An Event tells a user what happened; no step of a
+//! reconcile depends on it, so none should wait on the API server for it.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Events waiting to be sent. A burst (1,000 jobs deployed at once make 1,000 Events) fits;
+/// past it, Events are dropped and counted rather than holding reconciles up.
+const QUEUE: usize = 4096;
+/// Events sent at once.
+const SENDERS: usize = 8;
+
+/// Hands Events to a background sender.
+#[derive(Clone, Debug)]
+pub struct Announcer {
+    queue: mpsc::Sender<(Event, ObjectReference)>,
+    dropped: IntCounter,
+}
+
+impl Announcer {
+    /// Starts the sender on the current runtime. It runs until every `Announcer` is gone and
+    /// the queue is drained.
+    pub fn start(recorder: Recorder, dropped: IntCounter) -> Self {
+        let (queue, mut pending) = mpsc::channel::<(Event, ObjectReference)>(QUEUE);
+        let events = futures::stream::poll_fn(move |cx| pending.poll_recv(cx));
+        tokio::spawn(events.for_each_concurrent(SENDERS, move |(event, reference)| {
+            let recorder = recorder.clone();
+            async move {
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    warn!(reason = %event.reason, "publishing an event: {e}");
+                }
+            }
+        }));
+        Self { queue, dropped }
+    }
+
+    /// Queues `event` about `reference`; when the queue is full, drops it and counts it.
+    pub fn announce(&self, event: Event, reference: ObjectReference) {
+        if let Err(full) = self.queue.try_send((event, reference)) {
+            let (event, _) = full.into_inner();
+            warn!(reason = %event.reason, "event queue full: dropped an event");
+            self.dropped.inc();
+        }
+    }
+}
