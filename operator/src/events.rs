@@ -39,12 +39,15 @@ impl Announcer {
         Self { queue, dropped }
     }
 
-    /// Queues `event` about `reference`; when the queue is full, drops it and counts it.
+    /// Queues `event` about `reference`; when the queue is full (or the sender has stopped),
+    /// drops it and counts it.
     pub fn announce(&self, event: Event, reference: ObjectReference) {
-        if let Err(full) = self.queue.try_send((event, reference)) {
-            let (event, _) = full.into_inner();
-            warn!(reason = %event.reason, "event queue full: dropped an event");
-            self.dropped.inc();
-        }
+        let why = match self.queue.try_send((event, reference)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full((event, _))) => (event, "the event queue is full"),
+            Err(mpsc::error::TrySendError::Closed((event, _))) => (event, "the event sender has stopped"),
+        };
+        warn!(reason = %why.0.reason, "{}: dropped an event", why.1);
+        self.dropped.inc();
     }
 }

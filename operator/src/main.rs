@@ -44,7 +44,7 @@ struct Args {
     /// Most StreamJobs reconciled at once. The operator starts with 2 and adds one at a time
     /// while the API server answers within `--api-latency-target`; it backs off when it does
     /// not (see the user guide).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// How long nine in ten API requests may take before the operator reconciles fewer
     /// StreamJobs at once.

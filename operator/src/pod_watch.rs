@@ -46,8 +46,8 @@ pub fn job_of(pod: &Pod) -> Option<ObjectRef<StreamJob>> {
     Some(ObjectRef::new(name).within(namespace))
 }
 
-/// A store of the runtime pods in `namespace` (all when `None`), without their managed
-/// fields, and those whose [`Fingerprint`] changed or that were deleted.
+/// A store of the runtime pods in `namespace` (all when `None`), [`slim`]med, and those whose
+/// [`Fingerprint`] changed or that were deleted.
 pub fn watch(
     client: &Client,
     namespace: Option<&str>,
@@ -58,11 +58,16 @@ pub fn watch(
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
-    let events = watcher(pods, watcher::Config::default().labels(JOB_LABEL))
-        .default_backoff()
-        .modify(|pod: &mut Pod| pod.metadata.managed_fields = None)
-        .reflect(writer);
+    let events =
+        watcher(pods, watcher::Config::default().labels(JOB_LABEL)).default_backoff().modify(slim).reflect(writer);
     (reader, cache::changes(events, writes.clone()))
+}
+
+/// Drops what no reconcile reads of a pod: its spec (the Deployment's template, most of a
+/// pod's size) and managed fields. Its metadata and status stay.
+pub fn slim(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
 }
 
 /// The pods of the job `name` in `namespace`, from `store`; `None` until the store has
@@ -112,6 +117,19 @@ mod tests {
 
     fn status(pod: &mut Pod) -> &mut PodStatus {
         pod.status.get_or_insert_default()
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_what_reconciles_read() {
+        let mut full = pod();
+        full.spec = Some(k8s_openapi::api::core::v1::PodSpec::default());
+        full.metadata.managed_fields = Some(Vec::new());
+        let mut slimmed = full.clone();
+        slim(&mut slimmed);
+        assert!(slimmed.spec.is_none() && slimmed.metadata.managed_fields.is_none());
+        assert_eq!(slimmed.status, full.status);
+        assert_eq!(slimmed.metadata.labels, full.metadata.labels);
+        assert_eq!(slimmed.fingerprint(), full.fingerprint());
     }
 
     #[test]

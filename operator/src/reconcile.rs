@@ -230,13 +230,12 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let mut report = Report {
         rollout: marks.rollout,
         rolled_back: marks.rolled_back == Some(generation),
-        pods: Pods::default(),
+        pods: before.as_ref().map(Pods::of).unwrap_or_default(),
         pending: None,
         taken: None,
     };
-    let step_outcome = match plan.step {
+    let reported = match plan.step {
         Step::Hold { hold, .. } => {
-            apply_auxiliary(ctx, &job_ref, &run).await?;
             if let Hold::Stabilizing { remaining } = hold {
                 let message = format!(
                     "{} pods asked for: waiting {}s for the stabilization window after the last rollout",
@@ -245,15 +244,16 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
                 );
                 report.pending = Some((Change::Rescale, message));
             }
-            report.pods = before.as_ref().map(Pods::of).unwrap_or_default();
-            observe_and_report(job, &job_ref, ctx, report).await?
+            if let Err(error) = apply_held(ctx, &job_ref, &run).await {
+                return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await);
+            }
+            observe_and_report(job, &job_ref, ctx, &report).await?
         }
         Step::Apply { change } => {
             // What the status reports does not depend on the server's answer to the applies:
             // the Deployment reports the counts it had until its controller acts on the
             // apply. So both go at once, saving a round trip.
-            let pods = Pods::expected(before.as_ref(), &run.deployment, change.is_some());
-            report.pods = pods;
+            report.pods = Pods::expected(before.as_ref(), &run.deployment, change.is_some());
             let rolled = roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change);
             // After a failed apply, the status waits for the retry's outcome, so a retry that
             // fails again does not clear the failure for a moment.
@@ -262,16 +262,15 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
                 .as_ref()
                 .and_then(|s| status::find(s, status::DEGRADED))
                 .is_some_and(|c| c.reason == APPLY_FAILED);
-            let failed = |error| report_failed_apply(job, &job_ref, ctx, pods, marks.rollout, error);
             if retrying {
                 if let Err(error) = rolled.await {
-                    return Err(failed(error).await);
+                    return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await);
                 }
-                observe_and_report(job, &job_ref, ctx, report).await?
+                observe_and_report(job, &job_ref, ctx, &report).await?
             } else {
-                let (rolled, reported) = futures::join!(rolled, observe_and_report(job, &job_ref, ctx, report));
+                let (rolled, reported) = futures::join!(rolled, observe_and_report(job, &job_ref, ctx, &report));
                 if let Err(error) = rolled {
-                    return Err(failed(error).await);
+                    return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await);
                 }
                 reported?
             }
@@ -285,12 +284,11 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             );
             warn!("{note}");
             ctx.publish(job, EventType::Warning, "RolledBack", note);
-            let pods = before.as_ref().map(Pods::of).unwrap_or_default();
             match roll(ctx, job, &job_ref, before.as_ref(), run, &marks, None).await {
                 Ok(deployment) => report.pods = Pods::of(&deployment),
-                Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, pods, marks.rollout, error).await),
+                Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await),
             }
-            observe_and_report(job, &job_ref, ctx, report).await?
+            observe_and_report(job, &job_ref, ctx, &report).await?
         }
         Step::Savepoint { change } => {
             let pods: Api<Pod> = ctx.api(&job_ref.namespace);
@@ -326,16 +324,20 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             }
             let mut run = run;
             clamp(&mut run, marks.source_partitions);
-            let pods = before.as_ref().map(Pods::of).unwrap_or_default();
             match roll(ctx, job, &job_ref, before.as_ref(), run, &marks, Some(change)).await {
                 Ok(deployment) => report.pods = Pods::of(&deployment),
-                Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, pods, marks.rollout, error).await),
+                Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await),
             }
-            observe_and_report(job, &job_ref, ctx, report).await?
+            observe_and_report(job, &job_ref, ctx, &report).await?
         }
     };
-    let mut after = requeue(plan.step, step_outcome.progressing, step_outcome.pods, ctx.config.resync_interval);
-    if step_outcome.assigned.is_some_and(|outcome| outcome.in_progress()) {
+    // Only once the step went through: the Events tell what happened, and the slots follow
+    // the pod count the server took.
+    announce_phase(job, &reported.status, ctx);
+    announce_failure(job, &reported.status, ctx);
+    let assigned = ctx.throttle.aside(assign_slots(ctx, &job_ref, reported.pods.desired, &reported.listed)).await;
+    let mut after = requeue(plan.step, reported.progressing, reported.pods, ctx.config.resync_interval);
+    if assigned.is_some_and(|outcome| outcome.in_progress()) {
         after = after.min(REQUEUE_ASSIGNING);
     }
     Ok(Action::requeue(after))
@@ -355,26 +357,31 @@ struct Report {
     taken: Option<SavepointInfo>,
 }
 
-/// What [`observe_and_report`] found that decides the next reconcile.
+/// What [`observe_and_report`] observed and wrote.
 struct Reported {
     progressing: bool,
     pods: Pods,
-    assigned: Option<assignment::Outcome>,
+    /// The job's pods.
+    listed: Vec<Pod>,
+    /// The status written.
+    status: StreamJobStatus,
 }
 
-/// Observes the pods (consumer lag, failures), gives them their partition slots, and
-/// writes the status with its Events.
+/// Observes the pods (consumer lag, failures) and writes the status.
 async fn observe_and_report(
     job: &StreamJob,
     job_ref: &JobRef,
     ctx: &Context,
-    report: Report,
+    report: &Report,
 ) -> Result<Reported, Error> {
     let generation = job.metadata.generation.unwrap_or_default();
     let pods = report.pods;
     let listed = list_pods(ctx, job_ref).await?;
-    let lag = async { if pods.existing > 0 { lag::consumer_lag(&listed, ctx.config.admin_port).await } else { None } };
-    let (consumer_lag, assigned) = futures::join!(lag, assign_slots(ctx, job_ref, pods.desired, &listed));
+    let consumer_lag = if pods.existing > 0 {
+        ctx.throttle.aside(lag::consumer_lag(&listed, ctx.config.admin_port)).await
+    } else {
+        None
+    };
     let rolled_back = report.rolled_back.then(|| {
         let message = format!(
             "generation {generation} was rolled back: its pods were not ready within {}; the previous spec runs \
@@ -390,18 +397,16 @@ async fn observe_and_report(
         consumer_lag,
         selector: job_ref.selector(),
         suspended: job.spec.suspend,
-        pending: report.pending,
+        pending: report.pending.clone(),
         problem,
     };
     let mut next = status::next_status(job, &observation, &now());
-    if let Some(savepoint) = report.taken {
+    if let Some(savepoint) = report.taken.clone() {
         record_savepoint(&mut next, savepoint);
     }
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
-    announce_phase(job, &next, ctx);
-    announce_failure(job, &next, ctx);
     write_status(job, &next, ctx).await?;
-    Ok(Reported { progressing, pods, assigned })
+    Ok(Reported { progressing, pods, listed, status: next })
 }
 
 /// Gives the running job's pods their partition slots, one each of the Deployment's
@@ -541,15 +546,14 @@ async fn give_up(
 }
 
 /// Reports an apply the API server refused or failed (an admission policy, a quota, an
-/// outage) in status as `Degraded` with reason `ApplyFailed`, and in a Warning Event when
-/// the message is new; returns the error, so the reconcile is retried with back-off. Other
-/// errors pass through.
+/// outage) in status as `Degraded` with reason `ApplyFailed` (keeping a savepoint the step
+/// took), and in a Warning Event when the message is new; returns the error, so the
+/// reconcile is retried with back-off. Other errors pass through.
 async fn report_failed_apply(
     job: &StreamJob,
     job_ref: &JobRef,
     ctx: &Context,
-    pods: Pods,
-    rollout: Option<Change>,
+    report: &Report,
     failed: Error,
 ) -> Error {
     if !matches!(failed, Error::Apply { .. }) {
@@ -557,15 +561,18 @@ async fn report_failed_apply(
     }
     let message = failed.to_string();
     let observation = Observation {
-        rollout,
-        pods,
+        rollout: report.rollout,
+        pods: report.pods,
         consumer_lag: None,
         selector: job_ref.selector(),
         suspended: job.spec.suspend,
         pending: None,
         problem: Some((APPLY_FAILED.into(), message.clone())),
     };
-    let next = status::next_status(job, &observation, &now());
+    let mut next = status::next_status(job, &observation, &now());
+    if let Some(savepoint) = report.taken.clone() {
+        record_savepoint(&mut next, savepoint);
+    }
     let reported_before = job
         .status
         .as_ref()
@@ -611,6 +618,21 @@ async fn list_pods(ctx: &Context, job_ref: &JobRef) -> Result<Vec<Pod>, Error> {
     let params = ListParams::default().labels(&job_ref.selector()).match_any();
     let listed = pods.list(&params).await.map_err(Error::api("listing the pods"))?;
     Ok(listed.items)
+}
+
+/// The applies of a reconcile that holds the pods as they are: the children that do not
+/// replace pods, and the job file if it is missing (a first deploy whose job file failed
+/// while its Deployment went through: the pods wait for it).
+async fn apply_held(ctx: &Context, job_ref: &JobRef, rendered: &Rendered) -> Result<(), Error> {
+    let file_name = rendered.config_map.metadata.name.as_deref().unwrap_or_default();
+    let file = async {
+        if matches!(ctx.cached::<ConfigMap>(&job_ref.namespace, file_name), Lookup::Known(None)) {
+            apply_object(ctx, &job_ref.namespace, &rendered.config_map).await?;
+        }
+        Ok(())
+    };
+    futures::try_join!(file, apply_auxiliary(ctx, job_ref, rendered))?;
+    Ok(())
 }
 
 /// Server-side applies the children that do not replace pods: the Service, the disruption

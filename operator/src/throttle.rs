@@ -6,7 +6,8 @@
 //! client (kubectl, the kubelet, other controllers). So, like TCP's congestion window, the
 //! operator starts with a few reconciles at once, adds one while the server answers quickly,
 //! and backs off when its answers slow down. On a control plane that keeps up, the limit
-//! climbs to `--concurrency`; talking to pods (savepoints, lag) does not count against it.
+//! climbs to `--concurrency`. A reconcile talking to its pods (a savepoint, a lag scrape,
+//! partition assignment) lends its slot to another meanwhile ([`Throttle::aside`]).
 
 use std::{
     future::Future,
@@ -104,12 +105,6 @@ impl Throttle {
 
     /// Waits for a free slot.
     pub async fn slot(&self) -> Slot<'_> {
-        self.take().await;
-        Slot { throttle: self }
-    }
-
-    /// Counts one more slot busy once one is free.
-    async fn take(&self) {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
@@ -118,35 +113,27 @@ impl Throttle {
             if busy >= self.limit() {
                 freed.await;
             } else if self.busy.compare_exchange(busy, busy + 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                return;
+                return Slot { throttle: self };
             }
         }
     }
 
-    /// Runs `work` (a wait on pods, not on the API server: a savepoint) with the caller's
-    /// slot given back meanwhile, and takes a slot again after it. Only a holder of a
-    /// [`Slot`] may call this.
+    /// Runs `work` (a wait on pods, not on the API server: a savepoint, a lag scrape) with
+    /// the caller's slot given to another reconcile meanwhile. The caller takes it back at
+    /// once after, even past the limit for a moment: its pods may be waiting on it (stopped
+    /// by a savepoint). Only a holder of a [`Slot`] may call this.
     pub async fn aside<T>(&self, work: impl Future<Output = T>) -> T {
-        /// Counts the slot back as busy if the caller stops waiting before it has one again,
-        /// so that dropping the caller's [`Slot`] stays balanced.
-        struct Rejoin<'a> {
-            throttle: &'a Throttle,
-            rejoined: bool,
-        }
+        /// Counts the caller's slot busy again when `work` ends, or is dropped half-way.
+        struct Rejoin<'a>(&'a Throttle);
         impl Drop for Rejoin<'_> {
             fn drop(&mut self) {
-                if !self.rejoined {
-                    self.throttle.busy.fetch_add(1, Ordering::AcqRel);
-                }
+                self.0.busy.fetch_add(1, Ordering::AcqRel);
             }
         }
         self.busy.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
-        let mut rejoin = Rejoin { throttle: self, rejoined: false };
-        let output = work.await;
-        self.take().await;
-        rejoin.rejoined = true;
-        output
+        let _rejoin = Rejoin(self);
+        work.await
     }
 
     /// Takes the answer time of one API request (watches excluded).
@@ -236,7 +223,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wait_on_pods_gives_the_slot_to_another_reconcile_meanwhile() {
+    async fn a_wait_on_pods_lends_the_slot_to_another_reconcile_meanwhile() {
         let throttle = Throttle::new(Limiter::new(1, 1, TARGET));
         let slot = throttle.slot().await;
         let (done, finish) = tokio::sync::oneshot::channel::<()>();
@@ -245,13 +232,17 @@ mod tests {
         });
         tokio::pin!(aside);
         assert!(futures::poll!(aside.as_mut()).is_pending());
-        let other = tokio::time::timeout(Duration::from_secs(5), throttle.slot()).await.expect("the slot is free");
+        let other = tokio::time::timeout(Duration::from_secs(5), throttle.slot()).await.expect("the slot is lent");
         done.send(()).unwrap();
-        assert!(futures::poll!(aside.as_mut()).is_pending(), "waits for its slot back");
+        assert!(futures::poll!(aside.as_mut()).is_ready(), "takes its slot back at once");
+        assert_eq!(throttle.busy.load(Ordering::Acquire), 2, "past the limit for a moment");
+        let next = throttle.slot();
+        tokio::pin!(next);
+        assert!(futures::poll!(next.as_mut()).is_pending(), "no slot until the count is under the limit");
         drop(other);
-        tokio::time::timeout(Duration::from_secs(5), aside).await.expect("takes its slot back");
+        assert!(futures::poll!(next.as_mut()).is_pending(), "still one busy");
         drop(slot);
-        assert_eq!(throttle.busy.load(Ordering::Acquire), 0);
+        tokio::time::timeout(Duration::from_secs(5), next).await.expect("free again");
     }
 
     #[tokio::test]

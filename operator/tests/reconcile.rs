@@ -130,6 +130,20 @@ fn job(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": name}, "spec": full})
 }
 
+/// Waits up to 30 s for a Warning Event with `reason` whose note contains `quote`.
+fn wait_for_warning(ns: &str, reason: &str, quote: &str) {
+    let events = wait_until(Duration::from_secs(30), "a Warning event", || {
+        let out = kubectl(["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
+        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        events["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| {
+                e["type"] == "Warning" && e["reason"] == reason && e["note"].as_str().is_some_and(|n| n.contains(quote))
+            })
+        })
+    });
+    assert!(events.is_ok(), "no {reason} Warning event containing {quote:?}");
+}
+
 fn template_hash(deployment: &Value) -> String {
     deployment["metadata"]["annotations"]["weir.dev/template-hash"].as_str().unwrap_or_default().to_owned()
 }
@@ -217,18 +231,7 @@ fn an_invalid_spec_is_reported_and_changes_nothing() {
     assert!(ready["message"].as_str().unwrap().contains("spec.pipeline[1].select"), "{ready:#}");
     assert_eq!(job["status"]["phase"], "Failed");
     assert_eq!(job["status"]["observedGeneration"], 2);
-    let events = wait_until(Duration::from_secs(30), "a Warning event", || {
-        let out = kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
-        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        events["items"].as_array().is_some_and(|items| {
-            items.iter().any(|e| {
-                e["type"] == "Warning"
-                    && e["reason"] == "InvalidSpec"
-                    && e["note"].as_str().is_some_and(|n| n.contains("spec.pipeline[1].select"))
-            })
-        })
-    });
-    assert!(events.is_ok(), "no InvalidSpec Warning event naming the field");
+    wait_for_warning(&ns, "InvalidSpec", "spec.pipeline[1].select");
     let after = get(&ns, "deployment", "orders").unwrap();
     assert_eq!(template_hash(&after), template_hash(&valid), "an invalid spec leaves the pods alone");
     assert_eq!(after["metadata"]["generation"], valid["metadata"]["generation"]);
@@ -249,18 +252,7 @@ fn children_the_api_server_refuses_are_reported_on_the_job() {
     assert_eq!(degraded["status"], "True");
     assert!(degraded["message"].as_str().unwrap().contains("must be no more than 63"), "{degraded:#}");
     assert_eq!(condition(&job, "Ready").unwrap()["status"], "False");
-    let events = wait_until(Duration::from_secs(30), "a Warning event", || {
-        let out = kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
-        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        events["items"].as_array().is_some_and(|items| {
-            items.iter().any(|e| {
-                e["type"] == "Warning"
-                    && e["reason"] == "ApplyFailed"
-                    && e["note"].as_str().is_some_and(|n| n.contains("must be no more than 63"))
-            })
-        })
-    });
-    assert!(events.is_ok(), "no ApplyFailed Warning event with the server's message");
+    wait_for_warning(&ns, "ApplyFailed", "must be no more than 63");
     assert!(get(&ns, "deployment", &name).is_none(), "nothing was created");
 }
 
@@ -315,18 +307,7 @@ fn a_runtime_pod_that_failed_degrades_the_job_with_its_error_until_it_runs_again
     let degraded = condition(&job, "Degraded").unwrap();
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["message"], format!("pod orders-7d9f-x2k4p: {error}"), "{degraded:#}");
-    let events = wait_until(Duration::from_secs(30), "a RuntimeFailed Warning event", || {
-        let out = kubectl(["get", "events.events.k8s.io", "-n", &ns, "-o", "json"]);
-        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        events["items"].as_array().is_some_and(|items| {
-            items.iter().any(|e| {
-                e["type"] == "Warning"
-                    && e["reason"] == "RuntimeFailed"
-                    && e["note"].as_str().is_some_and(|n| n.contains(error))
-            })
-        })
-    });
-    assert!(events.is_ok(), "no RuntimeFailed Warning event quoting the error");
+    wait_for_warning(&ns, "RuntimeFailed", error);
 
     // Restarted, ready, and its failure older than the window the operator reports it for.
     let old = json!({"exitCode": 1, "message": error, "finishedAt": rfc3339(Duration::from_secs(600))});
