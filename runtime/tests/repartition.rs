@@ -13,14 +13,6 @@ use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
 use weir_e2e::{broker::Broker, kafka, payments::produce_spread, wait_until};
 
-/// The fixture job without `partitionedBy`: its source is not keyed by `user_id`.
-fn unkeyed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
-    let job = job_file(dir, broker, name, extra);
-    let text = must(std::fs::read_to_string(&job), "reading the job").replace("      partitionedBy: [user_id]\n", "");
-    must(std::fs::write(&job, text), "writing the job");
-    job
-}
-
 fn metric(runtime: &Runtime, family: &str, name: &str) -> f64 {
     runtime.metric(&format!("{family}{{streamjob=\"{name}\"}}"))
 }

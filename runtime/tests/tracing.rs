@@ -2,7 +2,9 @@
 //! endpoint set, `process` spans link the consumed records' trace contexts and name the job
 //! and partition, produced records name spans the receiver got (a `create` span in the
 //! consumed record's trace, or the batch's `process` span), and SIGTERM flushes spans still
-//! queued. Without tracing nothing is exported and trace context travels as before.
+//! queued; a repartitioned job traces both stages, and its window results name the keyed
+//! stage's spans. Without tracing nothing is exported and trace context travels
+//! as before.
 
 mod common;
 
@@ -166,6 +168,87 @@ fn spans_link_consumed_traces_and_produced_records_name_exported_spans() {
     );
     check_traced_run(&spans, name, &out);
     assert_eq!(receiver.refused(), 0, "OTLP/JSON only");
+    assert_eq!(runtime.terminate(), Some(0));
+}
+
+/// Payments spread over the two partitions of `<name>-in`, the first [`TRACED`] with a
+/// traceparent of their own, then the flush markers that close every window.
+fn traced_payments(broker: &Broker, name: &str, payments: &[Payment]) {
+    let producer: BaseProducer = producer(broker);
+    let topic = format!("{name}-in");
+    for (n, p) in (0..).zip(payments) {
+        let payload = json!({"user_id": p.user, "amount": p.amount, "currency": "EUR", "ts": p.ts}).to_string();
+        let traceparent = incoming(n);
+        let headers = if n < TRACED {
+            OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) })
+        } else {
+            OwnedHeaders::new()
+        };
+        let record = BaseRecord::to(&topic)
+            .key(p.user.as_bytes())
+            .payload(payload.as_bytes())
+            .partition(i32::try_from(n % 2).unwrap_or(0))
+            .headers(headers);
+        must(kafka::send(&producer, record), "sending a payment");
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+    produce_flush_markers(&producer, &topic, 2);
+}
+
+#[test]
+fn a_repartitioned_job_traces_both_stages_and_its_results_name_the_keyed_stages_spans() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "traced-keyed";
+    create_topics(broker, name, 2);
+    let input = payments(200, 5, 0);
+    traced_payments(broker, name, &input);
+    let receiver = must(OtlpReceiver::start(), "starting the OTLP receiver");
+    let env = env(&receiver, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
+    let runtime = Runtime::start_with_env(&unkeyed_job(dir.path(), broker, name, ""), &[], &env);
+    let want = expected(&input);
+    let out = read_records(broker, &format!("{name}-out"), want.len());
+    assert_eq!(results(&out), want, "every window result once");
+    let parents: Vec<(String, String)> = out
+        .iter()
+        .map(|r| ids(r.headers.iter().find(|(k, _)| k == "traceparent").map_or("", |(_, v)| v.as_str())))
+        .collect();
+    let internal = format!("test.{name}-repartition");
+    let spans = must(
+        receiver.wait_for(Duration::from_secs(60), "spans of both stages and of every result", |spans| {
+            let exported: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+            let front: i64 =
+                process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum();
+            front >= input.len() as i64 + 2 && parents.iter().all(|(_, parent)| exported.contains(parent.as_str()))
+        }),
+        "spans",
+    );
+    let linked: BTreeSet<(String, String)> =
+        process_spans(&spans, name).iter().flat_map(|s| s.links.iter().cloned()).collect();
+    let traced: BTreeSet<(String, String)> = (0..TRACED).map(|n| ids(&incoming(n))).collect();
+    assert_eq!(linked, traced, "the front links exactly the consumed records' trace contexts");
+    let keyed: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == format!("process {internal}")).collect();
+    assert!(!keyed.is_empty(), "the keyed stage's process spans: {spans:#?}");
+    for span in &keyed {
+        assert_eq!(span.text("messaging.destination.name"), Some(internal.as_str()));
+        assert_eq!(span.text("weir.streamjob"), Some(name));
+        assert!(span.links.is_empty(), "rows on the internal topic carry no trace context: {span:?}");
+    }
+    let by_id: BTreeMap<&str, &ReceivedSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let keyed_ids: BTreeSet<&str> = keyed.iter().map(|s| s.span_id.as_str()).collect();
+    for (trace, parent) in &parents {
+        let span = by_id[parent.as_str()];
+        // The batch of the internal topic whose watermark closed the window, or the `send`
+        // span of results a timer closed.
+        let closed_by = [format!("process {internal}"), format!("send {name}-out")];
+        assert!(closed_by.contains(&span.name), "a window result names the span that produced it: {span:?}");
+        assert_eq!(&span.trace_id, trace);
+    }
+    let sends: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == format!("send {name}-out")).collect();
+    assert!(!sends.is_empty(), "send spans: {spans:#?}");
+    for send in sends.iter().filter(|s| !s.parent_span_id.is_empty()) {
+        assert!(keyed_ids.contains(send.parent_span_id.as_str()), "a send span under the keyed stage: {send:?}");
+    }
     assert_eq!(runtime.terminate(), Some(0));
 }
 

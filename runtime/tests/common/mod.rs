@@ -90,6 +90,15 @@ spec:
     write_job_file(dir, name, &job)
 }
 
+/// The windowed job of [`job_file`] without `partitionedBy`: its source is not keyed by
+/// `user_id`, so it is repartitioned.
+pub fn unkeyed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
+    let job = job_file(dir, broker, name, extra);
+    let text = must(std::fs::read_to_string(&job), "reading the job").replace("      partitionedBy: [user_id]\n", "");
+    must(std::fs::write(&job, text), "writing the job");
+    job
+}
+
 /// Writes a job file `<dir>/<name>.yaml`; returns its path.
 pub fn write_job_file(dir: &Path, name: &str, job: &str) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.yaml"));
