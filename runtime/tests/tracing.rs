@@ -3,8 +3,8 @@
 //! and partition, produced records name spans the receiver got (a `create` span in the
 //! consumed record's trace, or the batch's `process` span), and SIGTERM flushes spans still
 //! queued; a repartitioned job traces both stages, and its window results name the keyed
-//! stage's spans. Without tracing nothing is exported and trace context travels
-//! as before.
+//! stage's spans. Without tracing nothing is exported and trace context travels as before;
+//! with `traceContext: off` spans are exported but no produced record carries a context.
 
 mod common;
 
@@ -57,6 +57,11 @@ fn topics_and_records(broker: &Broker, name: &str) {
 
 /// A stateless job `<name>-in` → `<name>-out` in batches of at most 10 records.
 fn copy_job(dir: &Path, broker: &Broker, name: &str) -> PathBuf {
+    copy_job_with(dir, broker, name, "")
+}
+
+/// [`copy_job`] with `sink_extra` (`key: value, …`) added to its sink's settings.
+fn copy_job_with(dir: &Path, broker: &Broker, name: &str, sink_extra: &str) -> PathBuf {
     let servers = broker.bootstrap();
     let job = format!(
         r#"apiVersion: weir.dev/v1alpha1
@@ -68,7 +73,7 @@ spec:
   pipeline:
     - filter: "n >= 0"
   sink:
-    kafka: {{bootstrapServers: "{servers}", topic: {name}-out}}
+    kafka: {{bootstrapServers: "{servers}", topic: {name}-out{sink_extra}}}
 "#
     );
     write_job_file(dir, name, &job)
@@ -292,6 +297,33 @@ fn without_tracing_nothing_is_exported_and_trace_context_travels_as_before() {
             assert_eq!(traceparent, None, "record {n}: propagate starts no trace");
         }
     }
+}
+
+#[test]
+fn trace_context_off_writes_no_traceparent_while_spans_are_still_exported() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "context-off";
+    topics_and_records(broker, name);
+    let receiver = must(OtlpReceiver::start(), "starting the OTLP receiver");
+    let env = env(&receiver, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
+    let job = copy_job_with(dir.path(), broker, name, ", traceContext: off");
+    let runtime = Runtime::start_with_env(&job, &[], &env);
+    let out = outputs(broker, name);
+    assert!(out.values().all(Option::is_none), "no produced record carries a traceparent: {out:?}");
+    let consumed = |spans: &[ReceivedSpan]| -> i64 {
+        process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum()
+    };
+    let spans = must(
+        receiver.wait_for(Duration::from_secs(60), "process spans of every record", |spans| consumed(spans) >= TOTAL),
+        "spans",
+    );
+    let linked: BTreeSet<(String, String)> =
+        process_spans(&spans, name).iter().flat_map(|s| s.links.iter().cloned()).collect();
+    let expected: BTreeSet<(String, String)> = (0..TRACED).map(|n| ids(&incoming(n))).collect();
+    assert_eq!(linked, expected, "the process spans still link the consumed records' traces");
+    assert!(!spans.iter().any(|s| s.name.starts_with("create ")), "no create span without a produced context");
+    assert_eq!(runtime.terminate(), Some(0));
 }
 
 #[test]
