@@ -307,6 +307,53 @@ mod tests {
         find(status, type_).unwrap()
     }
 
+    /// A Deployment asking for `replicas` at `generation`, whose controller saw
+    /// `observed_generation` and reports `ready` pods of `replicas`.
+    fn deployment(replicas: i32, generation: i64, observed_generation: i64, ready: i32) -> Deployment {
+        use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+        let mut deployment = Deployment {
+            spec: Some(DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed_generation),
+                replicas: Some(replicas),
+                updated_replicas: Some(replicas),
+                ready_replicas: Some(ready),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        };
+        deployment.metadata.generation = Some(generation);
+        deployment
+    }
+
+    #[test]
+    fn expected_pods_are_what_the_deployment_reports_right_after_the_apply() {
+        let applying = |replicas| {
+            let mut d = deployment(replicas, 0, 0, 0);
+            d.status = None;
+            d
+        };
+        assert_eq!(
+            Pods::expected(None, &applying(3), true),
+            Pods { desired: 3, existing: 0, updated: 0, ready: 0, observed: false },
+            "a first deploy: nothing yet, and not observed"
+        );
+        let running = deployment(2, 4, 4, 2);
+        assert_eq!(
+            Pods::expected(Some(&running), &applying(2), false),
+            Pods::of(&running),
+            "no spec change: as the Deployment reports now"
+        );
+        assert_eq!(
+            Pods::expected(Some(&running), &applying(3), true),
+            Pods { desired: 3, existing: 2, updated: 2, ready: 2, observed: false },
+            "a rescale: the new count asked for, the old pods counted, the change not observed"
+        );
+        assert!(!Pods::expected(Some(&running), &applying(2), true).settled(), "a changed spec never looks settled");
+        let behind = deployment(2, 5, 4, 2);
+        assert!(!Pods::expected(Some(&behind), &applying(2), false).observed, "not observed stays not observed");
+    }
+
     #[test]
     fn a_new_job_is_deploying_until_its_pods_are_ready() {
         let status = next_status(&job(None), &seen(Some(Change::Deploy), pods(2, 2, 2, 1)), &at(10));
