@@ -257,11 +257,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
             let rolled = roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change);
             // After a failed apply, the status waits for the retry's outcome, so a retry that
             // fails again does not clear the failure for a moment.
-            let retrying = job
-                .status
-                .as_ref()
-                .and_then(|s| status::find(s, status::DEGRADED))
-                .is_some_and(|c| c.reason == APPLY_FAILED);
+            let retrying = apply_failure(job).is_some();
             if retrying {
                 if let Err(error) = rolled.await {
                     return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await);
@@ -335,8 +331,8 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     // the pod count the server took.
     announce_phase(job, &reported.status, ctx);
     announce_failure(job, &reported.status, ctx);
-    let assigned = ctx.throttle.aside(assign_slots(ctx, &job_ref, reported.pods.desired, &reported.listed)).await;
-    let mut after = requeue(plan.step, reported.progressing, reported.pods, ctx.config.resync_interval);
+    let assigned = ctx.throttle.aside(assign_slots(ctx, &job_ref, report.pods.desired, &reported.listed)).await;
+    let mut after = requeue(plan.step, reported.progressing, report.pods, ctx.config.resync_interval);
     if assigned.is_some_and(|outcome| outcome.in_progress()) {
         after = after.min(REQUEUE_ASSIGNING);
     }
@@ -360,7 +356,6 @@ struct Report {
 /// What [`observe_and_report`] observed and wrote.
 struct Reported {
     progressing: bool,
-    pods: Pods,
     /// The job's pods.
     listed: Vec<Pod>,
     /// The status written.
@@ -406,7 +401,7 @@ async fn observe_and_report(
     }
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
     write_status(job, &next, ctx).await?;
-    Ok(Reported { progressing, pods, listed, status: next })
+    Ok(Reported { progressing, listed, status: next })
 }
 
 /// Gives the running job's pods their partition slots, one each of the Deployment's
@@ -482,8 +477,7 @@ async fn roll(
     // pod reads the old file. When there is no file yet (a first deploy), pods wait for it
     // to appear, as the kubelet retries a volume, so both go at once. The other children
     // wait for neither.
-    let file_name = run.config_map.metadata.name.as_deref().unwrap_or_default();
-    let no_file_yet = matches!(ctx.cached::<ConfigMap>(&job_ref.namespace, file_name), Lookup::Known(None));
+    let no_file_yet = job_file_missing(ctx, job_ref, &run);
     let pods = async {
         if !no_file_yet {
             apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
@@ -545,6 +539,12 @@ async fn give_up(
     Err(Error::Savepoint(message))
 }
 
+/// The message of the failed apply the job's status reports, if it reports one.
+fn apply_failure(job: &StreamJob) -> Option<&str> {
+    let degraded = status::find(job.status.as_ref()?, status::DEGRADED)?;
+    (degraded.reason == APPLY_FAILED).then_some(degraded.message.as_str())
+}
+
 /// Reports an apply the API server refused or failed (an admission policy, a quota, an
 /// outage) in status as `Degraded` with reason `ApplyFailed` (keeping a savepoint the step
 /// took), and in a Warning Event when the message is new; returns the error, so the
@@ -573,12 +573,7 @@ async fn report_failed_apply(
     if let Some(savepoint) = report.taken.clone() {
         record_savepoint(&mut next, savepoint);
     }
-    let reported_before = job
-        .status
-        .as_ref()
-        .and_then(|s| status::find(s, status::DEGRADED))
-        .is_some_and(|c| c.reason == APPLY_FAILED && c.message == message);
-    if !reported_before {
+    if apply_failure(job) != Some(message.as_str()) {
         ctx.publish(job, EventType::Warning, APPLY_FAILED, message);
     }
     if let Err(e) = write_status(job, &next, ctx).await {
@@ -620,13 +615,18 @@ async fn list_pods(ctx: &Context, job_ref: &JobRef) -> Result<Vec<Pod>, Error> {
     Ok(listed.items)
 }
 
+/// Whether the store knows the job file of `rendered` does not exist (yet).
+fn job_file_missing(ctx: &Context, job_ref: &JobRef, rendered: &Rendered) -> bool {
+    let name = rendered.config_map.metadata.name.as_deref().unwrap_or_default();
+    matches!(ctx.cached::<ConfigMap>(&job_ref.namespace, name), Lookup::Known(None))
+}
+
 /// The applies of a reconcile that holds the pods as they are: the children that do not
 /// replace pods, and the job file if it is missing (a first deploy whose job file failed
 /// while its Deployment went through: the pods wait for it).
 async fn apply_held(ctx: &Context, job_ref: &JobRef, rendered: &Rendered) -> Result<(), Error> {
-    let file_name = rendered.config_map.metadata.name.as_deref().unwrap_or_default();
     let file = async {
-        if matches!(ctx.cached::<ConfigMap>(&job_ref.namespace, file_name), Lookup::Known(None)) {
+        if job_file_missing(ctx, job_ref, rendered) {
             apply_object(ctx, &job_ref.namespace, &rendered.config_map).await?;
         }
         Ok(())

@@ -35,6 +35,20 @@ fn incoming(n: i64) -> String {
     format!("00-{:032x}-{:016x}-01", n + 1, n + 0x100)
 }
 
+/// The headers of record `n`: its traceparent when it is one of the first [`TRACED`].
+fn headers(n: i64) -> OwnedHeaders {
+    if n < TRACED {
+        OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&incoming(n)) })
+    } else {
+        OwnedHeaders::new()
+    }
+}
+
+/// The trace contexts the traced records carry.
+fn traced_contexts() -> BTreeSet<(String, String)> {
+    (0..TRACED).map(|n| ids(&incoming(n))).collect()
+}
+
 /// `<name>-in` with two partitions and `<name>-out`, then the records `0..TOTAL`.
 fn topics_and_records(broker: &Broker, name: &str) {
     create_topics(broker, name, 2);
@@ -43,13 +57,7 @@ fn topics_and_records(broker: &Broker, name: &str) {
     for n in 0..TOTAL {
         let payload = json!({"n": n}).to_string();
         let key = format!("k{n}");
-        let traceparent = incoming(n);
-        let headers = if n < TRACED {
-            OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) })
-        } else {
-            OwnedHeaders::new()
-        };
-        let record = BaseRecord::to(&topic).key(key.as_bytes()).payload(payload.as_bytes()).headers(headers);
+        let record = BaseRecord::to(&topic).key(key.as_bytes()).payload(payload.as_bytes()).headers(headers(n));
         must(kafka::send(&producer, record), "sending a record");
     }
     must(producer.flush(Duration::from_secs(30)), "flushing");
@@ -112,11 +120,21 @@ fn process_spans<'s>(spans: &'s [ReceivedSpan], name: &str) -> Vec<&'s ReceivedS
     spans.iter().filter(|s| s.name == format!("process {name}-in")).collect()
 }
 
+/// Records of `<name>-in` the `process` spans count.
+fn consumed(spans: &[ReceivedSpan], name: &str) -> i64 {
+    process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum()
+}
+
+/// The trace contexts the `process` spans of `<name>-in` link.
+fn linked(spans: &[ReceivedSpan], name: &str) -> BTreeSet<(String, String)> {
+    process_spans(spans, name).iter().flat_map(|s| s.links.iter().cloned()).collect()
+}
+
 /// Whether the spans account for every consumed record and every produced one.
 fn complete(spans: &[ReceivedSpan], name: &str, out: &BTreeMap<i64, Option<String>>) -> bool {
-    let consumed: i64 = process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum();
     let span_ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
-    consumed >= TOTAL && out.values().all(|t| t.as_deref().is_some_and(|t| span_ids.contains(ids(t).1.as_str())))
+    consumed(spans, name) >= TOTAL
+        && out.values().all(|t| t.as_deref().is_some_and(|t| span_ids.contains(ids(t).1.as_str())))
 }
 
 /// Checks what a traced run exported against what it produced.
@@ -135,9 +153,7 @@ fn check_traced_run(spans: &[ReceivedSpan], name: &str, out: &BTreeMap<i64, Opti
         assert_eq!(span.int("weir.links.dropped"), Some(0));
         assert!(span.parent_span_id.is_empty(), "a root span, linked to its records' traces");
     }
-    let linked: BTreeSet<(String, String)> = process.iter().flat_map(|s| s.links.iter().cloned()).collect();
-    let expected: BTreeSet<(String, String)> = (0..TRACED).map(|n| ids(&incoming(n))).collect();
-    assert_eq!(linked, expected, "links to exactly the consumed records' trace contexts");
+    assert_eq!(linked(spans, name), traced_contexts(), "links to exactly the consumed records' trace contexts");
     let by_id: BTreeMap<&str, &ReceivedSpan> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     for (n, traceparent) in out {
         let traceparent = traceparent.as_deref().unwrap_or_default();
@@ -183,17 +199,11 @@ fn traced_payments(broker: &Broker, name: &str, payments: &[Payment]) {
     let topic = format!("{name}-in");
     for (n, p) in (0..).zip(payments) {
         let payload = json!({"user_id": p.user, "amount": p.amount, "currency": "EUR", "ts": p.ts}).to_string();
-        let traceparent = incoming(n);
-        let headers = if n < TRACED {
-            OwnedHeaders::new().insert(Header { key: "traceparent", value: Some(&traceparent) })
-        } else {
-            OwnedHeaders::new()
-        };
         let record = BaseRecord::to(&topic)
             .key(p.user.as_bytes())
             .payload(payload.as_bytes())
             .partition(i32::try_from(n % 2).unwrap_or(0))
-            .headers(headers);
+            .headers(headers(n));
         must(kafka::send(&producer, record), "sending a payment");
     }
     must(producer.flush(Duration::from_secs(30)), "flushing");
@@ -222,16 +232,12 @@ fn a_repartitioned_job_traces_both_stages_and_its_results_name_the_keyed_stages_
     let spans = must(
         receiver.wait_for(Duration::from_secs(60), "spans of both stages and of every result", |spans| {
             let exported: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
-            let front: i64 =
-                process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum();
-            front >= input.len() as i64 + 2 && parents.iter().all(|(_, parent)| exported.contains(parent.as_str()))
+            consumed(spans, name) >= input.len() as i64 + 2
+                && parents.iter().all(|(_, parent)| exported.contains(parent.as_str()))
         }),
         "spans",
     );
-    let linked: BTreeSet<(String, String)> =
-        process_spans(&spans, name).iter().flat_map(|s| s.links.iter().cloned()).collect();
-    let traced: BTreeSet<(String, String)> = (0..TRACED).map(|n| ids(&incoming(n))).collect();
-    assert_eq!(linked, traced, "the front links exactly the consumed records' trace contexts");
+    assert_eq!(linked(&spans, name), traced_contexts(), "the front links exactly the consumed records' trace contexts");
     let keyed: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == format!("process {internal}")).collect();
     assert!(!keyed.is_empty(), "the keyed stage's process spans: {spans:#?}");
     for span in &keyed {
@@ -311,17 +317,12 @@ fn trace_context_off_writes_no_traceparent_while_spans_are_still_exported() {
     let runtime = Runtime::start_with_env(&job, &[], &env);
     let out = outputs(broker, name);
     assert!(out.values().all(Option::is_none), "no produced record carries a traceparent: {out:?}");
-    let consumed = |spans: &[ReceivedSpan]| -> i64 {
-        process_spans(spans, name).iter().filter_map(|s| s.int("messaging.batch.message_count")).sum()
-    };
     let spans = must(
-        receiver.wait_for(Duration::from_secs(60), "process spans of every record", |spans| consumed(spans) >= TOTAL),
+        receiver
+            .wait_for(Duration::from_secs(60), "process spans of every record", |spans| consumed(spans, name) >= TOTAL),
         "spans",
     );
-    let linked: BTreeSet<(String, String)> =
-        process_spans(&spans, name).iter().flat_map(|s| s.links.iter().cloned()).collect();
-    let expected: BTreeSet<(String, String)> = (0..TRACED).map(|n| ids(&incoming(n))).collect();
-    assert_eq!(linked, expected, "the process spans still link the consumed records' traces");
+    assert_eq!(linked(&spans, name), traced_contexts(), "the process spans still link the consumed records' traces");
     assert!(!spans.iter().any(|s| s.name.starts_with("create ")), "no create span without a produced context");
     assert_eq!(runtime.terminate(), Some(0));
 }
