@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops what e2e/up.sh started: operator, node agent (and its pods), API server, broker.
+# Stops what e2e/up.sh started: the payments generator, operator, node agent (and its
+# pods), API server, broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${WEIR_RUN:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/local}
@@ -14,8 +15,9 @@ stop() { # pid-file: SIGTERM, then wait up to 70 s (pods get 60 s to drain) befo
   fi
   rm -f "$1"
 }
+stop "$RUN/payments.pid"
 stop "$RUN/operator.pid"
 stop "$RUN/agent.pid"
 [ -d "$RUN/devcluster" ] && bash e2e/devcluster/stop.sh "$RUN/devcluster"
-stop "$RUN/broker/tansu.pid"
+stop "$RUN/kafka/kafka.pid"
 echo "Local stack stopped (state kept in $RUN; delete it for a fresh start)."

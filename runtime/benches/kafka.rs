@@ -151,7 +151,7 @@ fn main() {
         runtime(&broker, "bench-in", "bench-out-at-least-once", dir.path(), SCHEMA, "atLeastOnce");
     let rate = |t: Duration| RECORDS as f64 / t.as_secs_f64();
     let per_million = |cpu: f64| cpu * 1e6 / RECORDS as f64;
-    println!("through tansu (sqlite), {RECORDS} JSON records over 3 partitions, start-up included:");
+    println!("through Apache Kafka, {RECORDS} JSON records over 3 partitions, start-up included:");
     let line = |what: &str, t: Duration, cpu: f64| {
         let (records_per_second, cpu_per_million) = (rate(t), per_million(cpu));
         let ratio = rate(t) / rate(copy_time);

@@ -38,7 +38,7 @@ fn checkpoints(dir: &Path) -> String {
 /// 3 partitions, with a first batch of payments, each user's spread over all of them.
 struct Spread {
     name: String,
-    broker: Broker,
+    broker: &'static Broker,
     _dir: tempfile::TempDir,
     job: PathBuf,
     producer: BaseProducer,
@@ -48,14 +48,14 @@ struct Spread {
 impl Spread {
     fn start(name: &str) -> Self {
         let (broker, dir) = setup(name, 3);
-        let job = job_file(dir.path(), &broker, name, &checkpoints(dir.path()));
+        let job = job_file(dir.path(), broker, name, &checkpoints(dir.path()));
         // The source is quiet between batches for as long as the test takes: event time
         // must not move on with the clock meanwhile.
         let text = must(std::fs::read_to_string(&job), "reading the job")
             .replace("      partitionedBy: [user_id]\n", "")
             .replace("maxOutOfOrderness: 5s}", "maxOutOfOrderness: 5s, idleTimeout: 10m}");
         must(std::fs::write(&job, text), "writing the job");
-        let producer = producer(&broker);
+        let producer = producer(broker);
         let first = payments(2_000, 20, 0);
         must(produce_spread(&producer, &format!("{name}-in"), &first, 3), "producing");
         Self { name: name.to_owned(), broker, _dir: dir, job, producer, first }
@@ -83,7 +83,7 @@ impl Spread {
     fn assert_exact(self, second: Vec<Payment>, what: &str) {
         let all: Vec<Payment> = self.first.into_iter().chain(second).collect();
         let want = expected(&all);
-        let got = results(&read_records(&self.broker, &format!("{}-out", self.name), want.len()));
+        let got = results(&read_records(self.broker, &format!("{}-out", self.name), want.len()));
         assert_eq!(got, want, "{what}");
     }
 
@@ -102,8 +102,8 @@ fn slots_from_the_operator_move_partitions_between_instances_exactly() {
     let name = "slots";
     let (broker, dir) = setup(name, 4);
     let topic = format!("{name}-in");
-    let job = job_file(dir.path(), &broker, name, &checkpoints(dir.path()));
-    let producer = producer(&broker);
+    let job = job_file(dir.path(), broker, name, &checkpoints(dir.path()));
+    let producer = producer(broker);
     let first = payments(2_000, 16, 0);
     produce_payments(&producer, &topic, &first);
 
@@ -134,7 +134,7 @@ fn slots_from_the_operator_move_partitions_between_instances_exactly() {
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
     // `results` fails on a window emitted twice.
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_eq!(got, want, "every (user, window) once across the move");
 
     let (code, body) = a.post("/release");

@@ -42,8 +42,8 @@ fn json_of(body: &str, what: &str) -> Value {
 fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
     let name = "savepoint";
     let (broker, dir) = setup(name, 2);
-    let job = checkpointed_job(dir.path(), &broker, name, "");
-    let producer = producer(&broker);
+    let job = checkpointed_job(dir.path(), broker, name, "");
+    let producer = producer(broker);
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &format!("{name}-in"), &first);
 
@@ -76,7 +76,7 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
     produce_flush_markers(&producer, &format!("{name}-in"), 2);
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_eq!(got, want, "results before the savepoint ({out_before} records) and after it, each once");
     drop((two, three));
 }
@@ -86,8 +86,8 @@ fn stop_with_savepoint_then_resume_loses_and_repeats_nothing() {
     let name = "resume";
     let partitions: i32 = 3;
     let (broker, dir) = setup(name, partitions.unsigned_abs());
-    let job = checkpointed_job(dir.path(), &broker, name, "");
-    let producer = producer(&broker);
+    let job = checkpointed_job(dir.path(), broker, name, "");
+    let producer = producer(broker);
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &input, &first);
@@ -135,7 +135,7 @@ fn stop_with_savepoint_then_resume_loses_and_repeats_nothing() {
     produce_flush_markers(&producer, &input, partitions);
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
-    let got = results(&read_records(&broker, &output, want.len()));
+    let got = results(&read_records(broker, &output, want.len()));
     assert_eq!(got, want, "every window once, across the stop and the resume");
     must(
         wait_until(Duration::from_secs(60), "every record and marker to be consumed", || {
@@ -165,8 +165,8 @@ fn resume_after_partitions_moved_while_stopped_is_exact() {
     let name = "moved";
     let partitions: i32 = 2;
     let (broker, dir) = setup(name, partitions.unsigned_abs());
-    let job = checkpointed_job(dir.path(), &broker, name, "");
-    let producer = producer(&broker);
+    let job = checkpointed_job(dir.path(), broker, name, "");
+    let producer = producer(broker);
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &input, &first);
@@ -202,7 +202,7 @@ fn resume_after_partitions_moved_while_stopped_is_exact() {
     produce_flush_markers(&producer, &input, partitions);
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
-    assert_eq!(results(&read_records(&broker, &output, want.len())), want, "every window once");
+    assert_eq!(results(&read_records(broker, &output, want.len())), want, "every window once");
     must(
         wait_until(Duration::from_secs(60), "the lag to drain", || total_lag(&one) == 0.0 && total_lag(&two) == 0.0),
         "lag",
@@ -216,8 +216,8 @@ fn resume_after_partitions_moved_while_stopped_is_exact() {
 fn unwritable_checkpoint_storage_is_reported_and_the_job_recovers() {
     let name = "storage";
     let (broker, dir) = setup(name, 1);
-    let job = checkpointed_job(dir.path(), &broker, name, ", tolerableFailures: 2");
-    let producer = producer(&broker);
+    let job = checkpointed_job(dir.path(), broker, name, ", tolerableFailures: 2");
+    let producer = producer(broker);
     let input = payments(3_000, 10, 0);
     produce_payments(&producer, &format!("{name}-in"), &input[..1_000]);
     let runtime = Runtime::start(&job);
@@ -258,15 +258,15 @@ fn unwritable_checkpoint_storage_is_reported_and_the_job_recovers() {
     produce_payments(&producer, &format!("{name}-in"), &input[2_000..]);
     produce_flush_markers(&producer, &format!("{name}-in"), 1);
     let want = expected(&input);
-    assert_eq!(results(&read_records(&broker, &format!("{name}-out"), want.len())), want);
+    assert_eq!(results(&read_records(broker, &format!("{name}-out"), want.len())), want);
 }
 
 #[test]
 fn kill_9_at_several_points_loses_no_result() {
     let name = "kill";
     let (broker, dir) = setup(name, 2);
-    let job = checkpointed_job(dir.path(), &broker, name, "");
-    let producer = producer(&broker);
+    let job = checkpointed_job(dir.path(), broker, name, "");
+    let producer = producer(broker);
     let input = payments(8_000, 20, 0);
     let mut consumed_before = 0.0;
     for (round, chunk) in input.chunks(2_000).enumerate() {
@@ -284,7 +284,7 @@ fn kill_9_at_several_points_loses_no_result() {
     let _last = Runtime::start_alone(&job, "kill");
     produce_flush_markers(&producer, &format!("{name}-in"), 2);
     let want = expected(&input);
-    let records = read_records(&broker, &format!("{name}-out"), want.len());
+    let records = read_records(broker, &format!("{name}-out"), want.len());
     let mut got: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
     let mut duplicates = 0;
     for record in &records {

@@ -1,16 +1,14 @@
 //! Exactly-once under `kill -9`: the job is killed at several points of its transaction
 //! cycle and restarted each time; a read_committed reader then sees every window result
-//! once, with the right value. Read with `weir_e2e::kafka::committed`, which applies the
-//! transaction markers itself, because the broker with transactions (tansu) hands records of
-//! aborted transactions to read_committed consumers. Undecodable records go to a dead-letter
-//! topic on the same cluster, in the same transactions: each is committed there once too.
+//! once, with the right value. Undecodable records go to a dead-letter topic on the same
+//! cluster, in the same transactions: each is committed there once too.
 
 mod common;
 
 use std::{path::Path, time::Duration};
 
 use common::*;
-use weir_e2e::{broker::Broker, kafka::committed, wait_until};
+use weir_e2e::{broker::Broker, kafka, wait_until};
 
 const NAME: &str = "eoskill";
 
@@ -59,8 +57,8 @@ fn metric(runtime: &Runtime, name: &str) -> f64 {
 }
 
 /// Records of open (not yet committed or aborted) transactions in `topic`.
-fn open_in(broker: &Broker, topic: &str) -> usize {
-    committed::read(&broker.bootstrap(), topic).map(|r| r.open).unwrap_or(0)
+fn open_in(broker: &Broker, topic: &str) -> i64 {
+    kafka::open_transaction_records(&broker.bootstrap(), topic).unwrap_or(0)
 }
 
 fn wait_for(what: &str, condition: impl FnMut() -> bool) {
@@ -70,13 +68,13 @@ fn wait_for(what: &str, condition: impl FnMut() -> bool) {
 #[test]
 fn kill_9_at_several_points_commits_every_result_exactly_once() {
     let (input, output) = (format!("{NAME}-in"), format!("{NAME}-out"));
-    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
+    let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     must(broker.create_topic(&input, 2), "creating the input topic");
     must(broker.create_topic(&output, 2), "creating the output topic");
     let dead_letters = format!("{NAME}-dlq");
     must(broker.create_topic(&dead_letters, 1), "creating the dead-letter topic");
-    let producer = producer(&broker);
+    let producer = producer(broker);
     let payments = payments(8_000, 20, 0);
     let points = [
         KillPoint::WithResultsInAnOpenTransaction,
@@ -86,7 +84,7 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
     ];
 
     for (round, (chunk, point)) in payments.chunks(2_000).zip(points).enumerate() {
-        let job = write_job(dir.path(), &broker, point.interval());
+        let job = write_job(dir.path(), broker, point.interval());
         let (now, later) = match point {
             KillPoint::WithResultsAfterItsOwnCommits => chunk.split_at(chunk.len() / 2),
             _ => (chunk, &chunk[chunk.len()..]),
@@ -99,7 +97,7 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
         let commits = || metric(&runtime, "weir_source_commits_total");
         match point {
             KillPoint::WithResultsInAnOpenTransaction => {
-                wait_for("results in an open transaction", || records_in() > 0.0 && open_in(&broker, &output) > 0)
+                wait_for("results in an open transaction", || records_in() > 0.0 && open_in(broker, &output) > 0)
             }
             KillPoint::RightAfterACommit => wait_for("a commit", || records_in() > 0.0 && commits() >= 1.0),
             KillPoint::BeforeItsFirstCommit => {
@@ -107,10 +105,10 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
             }
             KillPoint::WithResultsAfterItsOwnCommits => {
                 wait_for("the first half consumed and committed", || {
-                    records_in() >= now.len() as f64 && commits() >= 1.0 && open_in(&broker, &output) == 0
+                    records_in() >= now.len() as f64 && commits() >= 1.0 && open_in(broker, &output) == 0
                 });
                 produce_payments(&producer, &input, later);
-                wait_for("results of the second half in an open transaction", || open_in(&broker, &output) > 0);
+                wait_for("results of the second half in an open transaction", || open_in(broker, &output) > 0);
             }
         }
         let (consumed, commits_at_kill) = (records_in(), commits());
@@ -124,30 +122,32 @@ fn kill_9_at_several_points_commits_every_result_exactly_once() {
         }
     }
 
-    let job = write_job(dir.path(), &broker, "2s");
+    let job = write_job(dir.path(), broker, "2s");
     let last = Runtime::start_alone(&job, "kill");
     produce_flush_markers(&producer, &input, 2);
     let want = expected(&payments);
-    let seen = must(
-        committed::read_at_least(&broker.bootstrap(), &output, want.len(), Duration::from_secs(240)),
-        "reading committed results",
-    );
-    assert!(seen.records.len() >= want.len(), "{} of {} results committed in time", seen.records.len(), want.len());
+    let committed = |topic: &str, count: usize| {
+        must(
+            kafka::read_committed_records(&broker.bootstrap(), topic, count, Duration::from_secs(240)),
+            "reading committed records",
+        )
+    };
+    let seen = committed(&output, want.len());
+    assert!(seen.len() >= want.len(), "{} of {} results committed in time", seen.len(), want.len());
     // A clean stop commits the open transaction, and the log is settled.
     assert_eq!(last.terminate(), Some(0), "SIGTERM commits and exits cleanly");
-    let log = must(committed::read(&broker.bootstrap(), &output), "reading the output");
-    println!(
-        "{} committed results; {} records of aborted transactions dropped ({} aborts, {} commits)",
-        log.records.len(),
-        log.aborted,
-        log.aborts,
-        log.commits
+    assert_eq!(open_in(broker, &output), 0, "no transaction left open after a clean stop");
+    let log = committed(&output, want.len());
+    let everything = must(
+        kafka::read_records(&broker.bootstrap(), &output, want.len(), Duration::from_secs(60)),
+        "reading the output uncommitted",
     );
-    assert_eq!(log.open, 0, "no transaction left open after a clean stop");
-    assert!(log.aborted > 0, "the kills left results in transactions that were then aborted");
-    assert_eq!(results(&log.records), want, "every window result committed exactly once, with the right value");
-    let dead = must(committed::read(&broker.bootstrap(), &dead_letters), "reading the dead letters");
-    let mut bad: Vec<String> = dead.records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
+    let aborted = everything.len() - log.len();
+    println!("{} committed results; {aborted} records of aborted transactions not read", log.len());
+    assert!(aborted > 0, "the kills left results in transactions that were then aborted");
+    assert_eq!(results(&log), want, "every window result committed exactly once, with the right value");
+    let dead = committed(&dead_letters, points.len());
+    let mut bad: Vec<String> = dead.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
     bad.sort();
     assert_eq!(bad.len(), points.len(), "each undecodable record dead-lettered once: {bad:?}");
     bad.dedup();

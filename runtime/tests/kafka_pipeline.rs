@@ -9,11 +9,11 @@ use std::{process::Command, time::Duration};
 use common::*;
 use rdkafka::producer::Producer;
 use serde_json::{Value, json};
-use weir_e2e::{broker::Broker, wait_until};
+use weir_e2e::wait_until;
 
 #[test]
 fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are_dead_lettered() {
-    let broker = must(Broker::start(), "starting the broker");
+    let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "spend";
     must(broker.create_topic(&format!("{name}-in"), 3), "creating the input topic");
@@ -21,13 +21,13 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     must(broker.create_topic(&format!("{name}-dlq"), 1), "creating the dead-letter topic");
 
     let input = payments(3_000, 25, 0);
-    let producer = producer(&broker);
+    let producer = producer(broker);
     produce_payments(&producer, &format!("{name}-in"), &input);
     for bad in ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#] {
         send(&producer, &format!("{name}-in"), "bad", bad);
     }
     let dead_letters = format!("  deadLetter: {{topic: {name}-dlq, lateRecords: true}}\n");
-    let runtime = Runtime::start(&job_file(dir.path(), &broker, name, &dead_letters));
+    let runtime = Runtime::start(&job_file(dir.path(), broker, name, &dead_letters));
 
     // Once everything above is consumed, the watermark is far past the first window: a record
     // for it now is late. It must be counted and dead-lettered, not aggregated.
@@ -41,12 +41,12 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     produce_flush_markers(&producer, &format!("{name}-in"), 3);
 
     let want = expected(&input);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_eq!(got.len(), want.len(), "number of window results");
     assert_eq!(got, want);
 
     // Two undecodable payloads, one without its event time, and the late record.
-    let dead = read_records(&broker, &format!("{name}-dlq"), 4);
+    let dead = read_records(broker, &format!("{name}-dlq"), 4);
     let reasons: Vec<&str> = dead
         .iter()
         .filter_map(|r| r.headers.iter().find(|(k, _)| k == "weir.error").map(|(_, v)| v.as_str()))
@@ -66,15 +66,15 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
 
 #[test]
 fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
-    let broker = must(Broker::start(), "starting the broker");
+    let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let name = "restart";
     must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
     must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
     // Progress is kept in the checkpoint folder (this broker does not return commit metadata).
     let checkpoints = format!("  checkpoint: {{storage: \"file://{}/checkpoints\"}}\n", dir.path().display());
-    let job = job_file(dir.path(), &broker, name, &checkpoints);
-    let producer = producer(&broker);
+    let job = job_file(dir.path(), broker, name, &checkpoints);
+    let producer = producer(broker);
 
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &format!("{name}-in"), &first);
@@ -93,7 +93,7 @@ fn sigterm_mid_stream_then_restart_loses_and_repeats_nothing() {
 
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
-    let records = read_records(&broker, &format!("{name}-out"), want.len());
+    let records = read_records(broker, &format!("{name}-out"), want.len());
     let got = results(&records);
     assert_eq!(got, want);
 }

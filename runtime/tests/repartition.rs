@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use common::*;
 use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
-use weir_e2e::{broker::Broker, kafka, payments::produce_spread, wait_until};
+use weir_e2e::{kafka, payments::produce_spread, wait_until};
 
 fn metric(runtime: &Runtime, family: &str, name: &str) -> f64 {
     runtime.metric(&format!("{family}{{streamjob=\"{name}\"}}"))
@@ -45,7 +45,7 @@ fn keys_spread_over_partitions_give_exact_results_and_a_lagging_partition_holds_
     let name = "spread";
     let (broker, dir) = setup(name, 3);
     let topic = format!("{name}-in");
-    let producer = producer(&broker);
+    let producer = producer(broker);
     let input = payments(3_000, 25, 0);
     // Every user's payments on partitions 0 and 1 first; partition 2's come later, with
     // event times far behind what the other two have reached by then.
@@ -53,7 +53,7 @@ fn keys_spread_over_partitions_give_exact_results_and_a_lagging_partition_holds_
     let ahead: Vec<Payment> = input.iter().enumerate().filter(|(i, _)| i % 3 != 2).map(|(_, p)| p.clone()).collect();
     must(produce_spread(&producer, &topic, &ahead, 2), "producing to partitions 0 and 1");
 
-    let runtime = Runtime::start(&unkeyed_job(dir.path(), &broker, name, ""));
+    let runtime = Runtime::start(&unkeyed_job(dir.path(), broker, name, ""));
     must(
         wait_until(Duration::from_secs(60), "partitions 0 and 1 to be consumed", || {
             metric(&runtime, "weir_records_in_total", name) >= ahead.len() as f64
@@ -73,7 +73,7 @@ fn keys_spread_over_partitions_give_exact_results_and_a_lagging_partition_holds_
     produce_flush_markers(&producer, &topic, 3);
 
     let want = expected(&input);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_same(&got, &want, "every (user, window) exactly, though each user's payments were spread");
     assert_eq!(metric(&runtime, "weir_records_late_total", name), 0.0, "nothing was late");
 
@@ -89,13 +89,13 @@ fn two_instances_then_a_sigterm_of_one_give_exact_results() {
     let name = "shared";
     let (broker, dir) = setup(name, 3);
     let topic = format!("{name}-in");
-    let job = unkeyed_job(dir.path(), &broker, name, &checkpoints(dir.path()));
+    let job = unkeyed_job(dir.path(), broker, name, &checkpoints(dir.path()));
     // The source is quiet between the two batches for as long as the instances take: its
     // event time must not move on with the clock meanwhile.
     let text = must(std::fs::read_to_string(&job), "reading the job")
         .replace("maxOutOfOrderness: 5s}", "maxOutOfOrderness: 5s, idleTimeout: 10m}");
     must(std::fs::write(&job, text), "writing the job");
-    let producer = producer(&broker);
+    let producer = producer(broker);
     let first = payments(3_000, 20, 0);
     must(produce_spread(&producer, &topic, &first, 3), "producing");
 
@@ -115,7 +115,7 @@ fn two_instances_then_a_sigterm_of_one_give_exact_results() {
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
     // `results` fails on a window emitted twice.
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_same(&got, &want, "every (user, window) once");
     drop(b);
 }
@@ -125,8 +125,8 @@ fn kill_9_of_a_repartitioning_instance_loses_no_result() {
     let name = "killed";
     let (broker, dir) = setup(name, 3);
     let topic = format!("{name}-in");
-    let job = unkeyed_job(dir.path(), &broker, name, &checkpoints(dir.path()));
-    let producer = producer(&broker);
+    let job = unkeyed_job(dir.path(), broker, name, &checkpoints(dir.path()));
+    let producer = producer(broker);
     let input = payments(6_000, 20, 0);
     for (round, chunk) in input.chunks(3_000).enumerate() {
         must(produce_spread(&producer, &topic, chunk, 3), "producing");
@@ -143,7 +143,7 @@ fn kill_9_of_a_repartitioning_instance_loses_no_result() {
     let _last = Runtime::start_alone(&job, "killed");
     produce_flush_markers(&producer, &topic, 3);
     let want = expected(&input);
-    let records = read_records(&broker, &format!("{name}-out"), want.len());
+    let records = read_records(broker, &format!("{name}-out"), want.len());
     // After a kill, windows closed since the last checkpoint are emitted again: with the
     // same values, since rows the front sends again are applied once.
     let mut got = Totals::new();
@@ -162,8 +162,8 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
     let name = "rescaled";
     let (broker, dir) = setup(name, 3);
     let topic = format!("{name}-in");
-    let job = unkeyed_job(dir.path(), &broker, name, &checkpoints(dir.path()));
-    let producer = producer(&broker);
+    let job = unkeyed_job(dir.path(), broker, name, &checkpoints(dir.path()));
+    let producer = producer(broker);
     let first = payments(3_000, 20, 0);
     must(produce_spread(&producer, &topic, &first, 3), "producing");
 
@@ -191,7 +191,7 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
     produce_flush_markers(&producer, &topic, 3);
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_same(&got, &want, "results before the savepoint and after it, each once");
     drop((two, three));
 }
@@ -199,16 +199,16 @@ fn stop_with_savepoint_then_restore_on_two_instances_is_exact() {
 #[test]
 fn exactly_once_through_the_internal_topic_commits_each_result_once_across_a_restart() {
     let name = "eosrep";
-    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
+    let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let topic = format!("{name}-in");
     must(broker.create_topic(&topic, 3), "creating the input topic");
     must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
-    let job = unkeyed_job(dir.path(), &broker, name, &checkpoints(dir.path()));
+    let job = unkeyed_job(dir.path(), broker, name, &checkpoints(dir.path()));
     let text = must(std::fs::read_to_string(&job), "reading the job")
         .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
     must(std::fs::write(&job, text), "writing the job");
-    let producer = producer(&broker);
+    let producer = producer(broker);
     let first = payments(3_000, 20, 0);
     must(produce_spread(&producer, &topic, &first, 3), "producing");
 

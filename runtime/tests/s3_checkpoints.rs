@@ -8,20 +8,20 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use weir_e2e::{broker::Broker, s3::S3Server, wait_until};
+use weir_e2e::{s3::S3Server, wait_until};
 
 #[test]
 fn a_savepoint_on_s3_restores_exactly() {
     let name = "s3job";
-    let broker = must(Broker::start(), "starting the broker");
+    let broker = shared_broker();
     let s3 = must(S3Server::start(), "starting the S3 server");
     must(s3.create_bucket("weir-state"), "creating the bucket");
     must(broker.create_topic(&format!("{name}-in"), 2), "creating the input topic");
     must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
     let dir = must(tempfile::tempdir(), "tempdir");
     let checkpoint = "  checkpoint: {storage: \"s3://weir-state/jobs\", interval: 500ms}\n";
-    let job = job_file(dir.path(), &broker, name, checkpoint);
-    let producer = producer(&broker);
+    let job = job_file(dir.path(), broker, name, checkpoint);
+    let producer = producer(broker);
     let first = payments(1_000, 10, 0);
     produce_payments(&producer, &format!("{name}-in"), &first);
 
@@ -44,6 +44,6 @@ fn a_savepoint_on_s3_restores_exactly() {
     produce_flush_markers(&producer, &format!("{name}-in"), 2);
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
-    let got = results(&read_records(&broker, &format!("{name}-out"), want.len()));
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
     assert_eq!(got, want, "results before and after the savepoint, each once");
 }

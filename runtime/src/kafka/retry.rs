@@ -73,6 +73,25 @@ pub fn classify(error: &KafkaError) -> Class {
     error.rdkafka_error_code().map_or(Class::Fatal, classify_code)
 }
 
+/// The class of an error librdkafka reports on its own (the client's error callback), with
+/// its reason. A broker that refuses the client's certificate closes the connection in
+/// the TLS handshake, which librdkafka reports as a transport failure; the reason tells
+/// it apart from a broker that is merely down, and retrying cannot help it.
+pub fn classify_client_error(error: &KafkaError, reason: &str) -> Class {
+    const TLS_REFUSALS: [&str; 5] = [
+        "alert bad certificate",
+        "alert unknown ca",
+        "certificate verify failed",
+        "certificate required",
+        "alert handshake failure",
+    ];
+    let lower = reason.to_ascii_lowercase();
+    if TLS_REFUSALS.iter().any(|refusal| lower.contains(refusal)) {
+        return Class::Fatal;
+    }
+    classify(error)
+}
+
 /// Exponential backoff with jitter: the n-th wait is drawn from the upper half of
 /// `min(initial · 2ⁿ, max)`, so restarted pods do not retry in step.
 #[derive(Debug, Clone)]
@@ -198,6 +217,20 @@ mod tests {
         });
         assert_eq!(result.unwrap(), 7);
         assert_eq!(retries.get(), 2);
+    }
+
+    #[test]
+    fn a_certificate_the_broker_refuses_is_fatal_though_reported_as_a_transport_failure() {
+        let transport = KafkaError::Global(Code::BrokerTransportFailure);
+        let refused =
+            "ssl://b:9093/bootstrap: Receive failed: error:0A000412:SSL routines::sslv3 alert bad certificate";
+        assert_eq!(classify_client_error(&transport, refused), Class::Fatal);
+        assert_eq!(
+            classify_client_error(&transport, "b:9092/bootstrap: Connect to ipv4#b:9092 failed"),
+            Class::Transient
+        );
+        let auth = KafkaError::Global(Code::Authentication);
+        assert_eq!(classify_client_error(&auth, "SASL authentication error"), Class::Fatal);
     }
 
     #[test]

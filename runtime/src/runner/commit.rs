@@ -12,6 +12,7 @@ use std::{
 use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext},
+    error::KafkaError,
     producer::Producer,
 };
 use tracing::{info, warn};
@@ -24,6 +25,7 @@ use super::{
 use crate::{
     checkpoint::{Checkpointer, CommittedCheckpoint, FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
     kafka::retry::retrying,
+    metrics::Metrics,
     progress::Progress,
 };
 
@@ -131,8 +133,8 @@ impl Committer {
             self.shared.metrics.source_commits.inc();
             self.sink.begin_transaction().map_err(kafka("beginning a transaction"))?;
             *lock(&self.transaction_started) = Instant::now();
-        } else {
-            self.commit_sync(consumer, &offsets)?;
+        } else if !self.commit_sync(consumer, &offsets)? {
+            return Ok(());
         }
         for snapshot in snapshots {
             if let Some(run) = table.runs.get_mut(&snapshot.header.partition) {
@@ -143,19 +145,14 @@ impl Committer {
         Ok(())
     }
 
-    /// Commits `offsets`, retrying transient errors (a coordinator moving, a broker restarting).
+    /// Commits `offsets` (see [`commit_unless_rebalancing`]).
     fn commit_sync<C: ConsumerContext>(
         &self,
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
-    ) -> Result<(), RunError> {
-        let metrics = &self.shared.metrics;
-        retrying(&self.retry, &metrics.retries.with_label_values(&["source"]), "committing offsets", || {
-            consumer.commit(offsets, CommitMode::Sync).inspect_err(|_| metrics.source_commit_failures.inc())
-        })
-        .map_err(kafka("committing offsets"))?;
-        metrics.source_commits.inc();
-        Ok(())
+    ) -> Result<bool, RunError> {
+        commit_unless_rebalancing(consumer, offsets, &self.retry, &self.shared.metrics)
+            .map_err(kafka("committing offsets"))
     }
 
     /// Without checkpoints: each partition's replay point, with its progress as metadata.
@@ -177,7 +174,9 @@ impl Committer {
         if offsets.count() == 0 {
             return Ok(());
         }
-        self.commit_sync(consumer, &offsets)?;
+        if !self.commit_sync(consumer, &offsets)? {
+            return Ok(());
+        }
         for element in offsets.elements() {
             if let (Some(run), Offset::Offset(o)) = (table.runs.get_mut(&element.partition()), element.offset()) {
                 run.committed = Some(o);
@@ -278,4 +277,52 @@ impl super::Run {
             committed: self.pipeline.min_open_offset().map_or(self.position, |o| o.min(self.position)),
         }
     }
+}
+
+/// Commits `offsets`, retrying transient errors (a coordinator moving, a broker
+/// restarting). Answers `false`, committing nothing, when the consumer group is
+/// rebalancing or has moved on without this member: the loop must poll for the rebalance
+/// to go on (a blocking retry holds the whole group up), and what was not committed is
+/// replayed by the partitions' next owner, or committed next time.
+pub(super) fn commit_unless_rebalancing<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: &TopicPartitionList,
+    retry: &Retry,
+    metrics: &Metrics,
+) -> Result<bool, KafkaError> {
+    let committed = retrying(retry, &metrics.retries.with_label_values(&["source"]), "committing offsets", || {
+        match consumer.commit(offsets, CommitMode::Sync) {
+            Ok(()) => Ok(true),
+            Err(error) if group_moved_on(&error) => {
+                metrics.source_commit_failures.inc();
+                warn!(%error, "offsets not committed: the consumer group is rebalancing");
+                Ok(false)
+            }
+            Err(error) => {
+                metrics.source_commit_failures.inc();
+                Err(error)
+            }
+        }
+    })?;
+    if committed {
+        metrics.source_commits.inc();
+    }
+    Ok(committed)
+}
+
+/// Whether a commit failed because the consumer group is rebalancing or has a newer
+/// generation (or member epoch) than this member's: not a failure of the job.
+fn group_moved_on(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::RebalanceInProgress
+                | Code::IllegalGeneration
+                | Code::UnknownMemberId
+                | Code::StaleMemberEpoch
+                | Code::FencedMemberEpoch
+                | Code::AssignmentLost
+        )
+    )
 }

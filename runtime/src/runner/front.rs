@@ -17,7 +17,7 @@ use std::{
 use rdkafka::{
     ClientContext, Offset, Statistics, TopicPartitionList,
     client::OAuthToken,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
     message::{BorrowedMessage, Header, OwnedHeaders},
     producer::{BaseRecord, Producer},
@@ -26,8 +26,10 @@ use tracing::{debug, error, info, warn};
 use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
 
 use super::{
-    Deliveries, Job, RunError, Settings, Sink, client, consumer_error, ensure_topic, export_lag, kafka, oauth_token,
-    partition_count, partition_list, records_by_partition, send,
+    Deliveries, Job, RunError, Settings, Sink, client,
+    commit::commit_unless_rebalancing,
+    consumer_error, ensure_topic, export_lag, kafka, oauth_token, partition_count, partition_list,
+    records_by_partition, send,
     shared::{Shared, lock},
 };
 use crate::{
@@ -236,14 +238,13 @@ fn commit<C: ConsumerContext>(
         }
         producer.commit_transaction(TIMEOUT).map_err(kafka("committing the internal topic's transaction"))?;
         producer.begin_transaction().map_err(kafka("beginning a transaction on the internal topic"))?;
-    } else if offsets.count() > 0 {
-        retrying(retry, &metrics.retries.with_label_values(&["source"]), "committing source offsets", || {
-            consumer.commit(&offsets, CommitMode::Sync).inspect_err(|_| metrics.source_commit_failures.inc())
-        })
-        .map_err(kafka("committing source offsets"))?;
-    }
-    if offsets.count() > 0 {
-        metrics.source_commits.inc();
+        if offsets.count() > 0 {
+            metrics.source_commits.inc();
+        }
+    } else if offsets.count() > 0
+        && !commit_unless_rebalancing(consumer, &offsets, retry, metrics).map_err(kafka("committing source offsets"))?
+    {
+        return Ok(());
     }
     for element in offsets.elements() {
         if let (Some(owned), Offset::Offset(o)) = (owners.owned.get_mut(&element.partition()), element.offset()) {

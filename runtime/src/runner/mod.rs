@@ -60,7 +60,7 @@ use crate::{
         config::{self, SecretMounts, Side},
         headers::HeaderPolicy,
         rate::RecordRate,
-        retry::{Class, classify, classify_code, retrying},
+        retry::{Class, classify, classify_client_error, classify_code, retrying},
     },
     metrics::Metrics,
     progress::Progress,
@@ -83,6 +83,17 @@ pub enum RunError {
     /// A topic the job needs does not exist and will not be created.
     #[error("{0}")]
     MissingTopic(String),
+    /// A Kafka client failed fatally; the reason is librdkafka's (it names the broker and,
+    /// for authentication, the mechanism).
+    #[error("kafka: {context}: {source}: {reason}")]
+    Client {
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        source: KafkaError,
+        /// librdkafka's words.
+        reason: String,
+    },
     /// A Kafka client could not be created or failed fatally.
     #[error("kafka: {context}: {source}")]
     Kafka {
@@ -212,7 +223,7 @@ impl ClientContext for Deliveries {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if classify(&error) == Class::Fatal {
+        if classify_client_error(&error, reason) == Class::Fatal {
             error!(%error, reason, component = self.component, "fatal producer error");
             lock(&self.failed).get_or_insert_with(|| format!("{}: {error}: {reason}", self.component));
         } else {
@@ -255,10 +266,49 @@ const DEAD_LETTER: usize = usize::MAX;
 #[derive(Debug)]
 struct AdminContext {
     token: Option<TokenSource>,
+    /// A fatal client error (authentication, TLS) and its reason: librdkafka reports those
+    /// here while the call that met them only times out.
+    failed: Mutex<Option<(KafkaError, String)>>,
+}
+
+impl AdminContext {
+    fn new(token: Option<TokenSource>) -> Self {
+        Self { token, failed: Mutex::default() }
+    }
+
+    /// `call`, unless a fatal client error was reported (then that error, which is not
+    /// retried) or the runtime is shutting down.
+    fn unless_failed<T>(&self, shared: &Shared, call: impl FnOnce() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
+        let fatal = || lock(&self.failed).as_ref().map(|(error, _)| error.clone());
+        if let Some(error) = fatal() {
+            return Err(error);
+        }
+        if shared.shutdown.load(Ordering::Relaxed) {
+            return Err(KafkaError::Canceled);
+        }
+        call().map_err(|error| fatal().unwrap_or(error))
+    }
+
+    /// `error` of `context`, with the reason of a fatal client error when there was one.
+    fn explain(&self, context: &'static str, error: KafkaError) -> RunError {
+        match lock(&self.failed).clone() {
+            Some((source, reason)) => RunError::Client { context, source, reason },
+            None => RunError::Kafka { context, source: error },
+        }
+    }
 }
 
 impl ClientContext for AdminContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if classify_client_error(&error, reason) == Class::Fatal {
+            error!(%error, reason, "fatal client error");
+            lock(&self.failed).get_or_insert((error, reason.to_owned()));
+        } else {
+            warn!(%error, reason, "client error; librdkafka retries");
+        }
+    }
 
     fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
         oauth_token(self.token.as_ref())
@@ -306,9 +356,9 @@ impl ClientContext for SourceContext {
 /// A consumer's client error: a fatal one is kept for the job loop to stop on, others are
 /// librdkafka's to retry.
 fn consumer_error(failed: &Mutex<Option<RunError>>, context: &'static str, error: KafkaError, reason: &str) {
-    if classify(&error) == Class::Fatal {
+    if classify_client_error(&error, reason) == Class::Fatal {
         error!(%error, reason, context, "fatal consumer error");
-        lock(failed).get_or_insert(RunError::Kafka { context, source: error });
+        lock(failed).get_or_insert(RunError::Client { context, source: error, reason: reason.to_owned() });
     } else {
         warn!(%error, reason, context, "consumer error; librdkafka retries");
     }
@@ -1382,12 +1432,25 @@ fn source_partition_count(
     shared: &Shared,
 ) -> Result<usize, RunError> {
     let source = &spec.source.kafka;
-    let properties = config::consumer(source, &settings.group_id, &settings.secrets)?;
+    let mut properties = config::consumer(source, &settings.group_id, &settings.secrets)?;
+    // Statistics would queue ahead of the errors it is polled for.
+    properties.remove("statistics.interval.ms");
     let probe: BaseConsumer<AdminContext> =
-        client(&properties, AdminContext { token }).map_err(kafka("creating the consumer"))?;
+        client(&properties, AdminContext::new(token)).map_err(kafka("creating the consumer"))?;
     let retries = shared.metrics.retries.with_label_values(&["source"]);
-    let count = retrying(&source.retry, &retries, "reading topic metadata", || partition_count(&probe, &source.topic))
-        .map_err(kafka("reading topic metadata"))?;
+    let count = retrying(&source.retry, &retries, "reading topic metadata", || {
+        probe.context().unless_failed(shared, || {
+            let count = partition_count(&probe, &source.topic);
+            // Serves the client's queued events: a consumer's errors come with its polls.
+            for _ in 0..64 {
+                if let Some(Err(error)) = probe.poll(Duration::ZERO) {
+                    probe.context().error(error, "polling the metadata client");
+                }
+            }
+            count
+        })
+    })
+    .map_err(|error| probe.context().explain("reading topic metadata", error))?;
     if count == 0 {
         return Err(RunError::MissingTopic(format!("the source topic {} does not exist", source.topic)));
     }
@@ -1396,7 +1459,7 @@ fn source_partition_count(
 
 /// A topic's partition count; 0 when the topic does not exist.
 fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<usize, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len()))
 }
 
@@ -1409,7 +1472,7 @@ fn ensure_topic(
 ) -> Result<(), RunError> {
     let Some(create) = create else { return Ok(()) };
     let admin: AdminClient<AdminContext> =
-        client(properties, AdminContext { token }).map_err(kafka("creating the admin client"))?;
+        client(properties, AdminContext::new(token)).map_err(kafka("creating the admin client"))?;
     let new_topic = NewTopic::new(topic, create.partitions, TopicReplication::Fixed(create.replication_factor));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results =

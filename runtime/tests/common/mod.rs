@@ -31,19 +31,19 @@ pub fn shared_broker() -> &'static Broker {
     BROKER.get_or_init(|| must(Broker::start(), "starting the broker"))
 }
 
-/// Creates `<name>-in` with `partitions` partitions and `<name>-out` with one (the broker
-/// does not create topics on use).
+/// Creates `<name>-in` with `partitions` partitions and `<name>-out` with one (the test
+/// broker, like most production clusters, does not create topics on use).
 pub fn create_topics(broker: &Broker, name: &str, partitions: u32) {
     must(broker.create_topic(&format!("{name}-in"), partitions), "creating the input topic");
     must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
 }
 
-/// A broker of the test's own with `<name>-in` (`partitions` partitions) and `<name>-out`,
-/// and a folder for the job file and checkpoints.
-pub fn setup(name: &str, partitions: u32) -> (Broker, tempfile::TempDir) {
-    let broker = must(Broker::start(), "starting the broker");
+/// The shared broker with `<name>-in` (`partitions` partitions) and `<name>-out`, and a
+/// folder for the job file and checkpoints.
+pub fn setup(name: &str, partitions: u32) -> (&'static Broker, tempfile::TempDir) {
+    let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
-    create_topics(&broker, name, partitions);
+    create_topics(broker, name, partitions);
     (broker, dir)
 }
 
@@ -241,23 +241,23 @@ pub fn results(records: &[Received]) -> BTreeMap<(String, i64), (i64, i64)> {
     weir_e2e::payments::results(records).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Exactly-once across a restart, on the broker with transactions: a windowed job with
+/// Exactly-once across a restart: a windowed job with
 /// checkpoints (started, ready to consume, by `start`) commits results and a checkpoint,
 /// exits on SIGTERM, and a second instance finishes the input. Every window result is
 /// committed once.
 pub fn exactly_once_across_a_restart(name: &str, start: impl Fn(&Path) -> Runtime) {
-    let broker = must(Broker::start_transactional(), "starting the broker with transactions");
+    let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
     must(broker.create_topic(&input, 2), "creating the input topic");
     must(broker.create_topic(&output, 1), "creating the output topic");
     let storage = format!("file://{}/checkpoints", dir.path().display());
     let extra = format!("  checkpoint: {{storage: \"{storage}\", interval: 1s}}\n");
-    let job = job_file(dir.path(), &broker, name, &extra);
+    let job = job_file(dir.path(), broker, name, &extra);
     let text = must(std::fs::read_to_string(&job), "reading the job")
         .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
     must(std::fs::write(&job, text), "writing the job");
-    let producer = producer(&broker);
+    let producer = producer(broker);
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &input, &first);
 
