@@ -81,6 +81,9 @@ transaction.state.log.num.partitions=8
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Test data carries event times from 2023 and window results are stamped with their event
+# time: the default 7-day time retention would delete them at the first cleanup, 30 s in.
+log.retention.ms=-1
 # Tests kill members and expect their partitions back soon.
 group.min.session.timeout.ms=1000
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512

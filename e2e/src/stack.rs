@@ -129,14 +129,19 @@ impl LocalStack {
     /// The pods with the end of each one's log, the operator's log and the node agent's log.
     pub fn diagnostics(&self) -> String {
         let pods = self.cluster.kubectl(["get", "pods", "-o", "wide"]).map(|o| o.stdout).unwrap_or_default();
-        let names = self.cluster.kubectl(["get", "pods", "-o", "name"]).map(|o| o.stdout).unwrap_or_default();
-        let logs: String = String::from_utf8_lossy(&names)
-            .lines()
-            .filter_map(|line| line.strip_prefix("pod/"))
-            .map(|pod| {
+        let listed = self.list("pods", "weir.dev/streamjob").unwrap_or_default();
+        let logs: String = listed
+            .iter()
+            .filter_map(|pod| Some((pod["metadata"]["name"].as_str()?, pod["status"]["podIP"].as_str())))
+            .map(|(pod, ip)| {
                 let log = self.pod_log(pod);
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                format!("--- {pod}:\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                // What the runtime says of itself: assignment, positions, watermarks.
+                let status = ip
+                    .and_then(|ip| crate::http_get(&format!("{ip}:9249"), "/status").ok())
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                format!("--- {pod}:\n{}\nstatus: {status}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             })
             .collect();
         format!(

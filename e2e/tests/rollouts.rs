@@ -123,7 +123,7 @@ impl Test {
             "reading the output",
         );
         let results = payments::results(&records).unwrap_or_else(|e| panic!("{e}\n{}", self.stack.diagnostics()));
-        assert_eq!(results.len(), expected.len(), "windows out vs expected");
+        assert_eq!(results.len(), expected.len(), "windows out vs expected\n{}", self.stack.diagnostics());
         assert_eq!(results, expected, "every window exactly once with the right totals");
         self.step(&format!("output exact: {} windows of {} payments", expected.len(), sent.len()));
     }
