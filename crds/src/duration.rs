@@ -9,6 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 /// `duration()` reads the same strings.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
+/// The longest duration a StreamJob may give, in the schema and when parsed: one year.
+/// Every timer and deadline built from a duration stays far from overflowing.
+pub const MAX_DURATION: &str = "8760h";
+const MAX_SECONDS: u64 = 8760 * 3600;
+
 /// A non-negative duration that keeps the text the user wrote, so that what the operator
 /// copies into a ConfigMap is byte-for-byte what was applied.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -19,9 +24,13 @@ pub struct Duration {
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {text:?}: expected a number with a unit ms, s, m or h, like 30s, 5m or 1h30m")]
-pub struct ParseDurationError {
-    text: String,
+pub enum ParseDurationError {
+    /// Not a duration at all.
+    #[error("invalid duration {0:?}: expected a number with a unit ms, s, m or h, like 30s, 5m or 1h30m")]
+    Syntax(String),
+    /// A duration, but longer than [`MAX_DURATION`].
+    #[error("duration {0:?} is longer than the most allowed, {MAX_DURATION}")]
+    TooLong(String),
 }
 
 impl Duration {
@@ -40,7 +49,8 @@ impl FromStr for Duration {
     type Err = ParseDurationError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || ParseDurationError { text: text.to_owned() };
+        let error = || ParseDurationError::Syntax(text.to_owned());
+        let too_long = || ParseDurationError::TooLong(text.to_owned());
         if text.is_empty() {
             return Err(error());
         }
@@ -59,7 +69,8 @@ impl FromStr for Duration {
                 "h" => 3600.0,
                 _ => return Err(error()),
             };
-            total += time::Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| error())?;
+            let part = time::Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| too_long())?;
+            total = total.checked_add(part).filter(|t| t.as_secs_f64() <= MAX_SECONDS as f64).ok_or_else(too_long)?;
             rest = tail;
         }
         Ok(Self { text: text.to_owned(), value: total })
@@ -109,6 +120,10 @@ impl JsonSchema for Duration {
             "type": "string",
             "pattern": DURATION_PATTERN,
             "maxLength": 32,
+            "x-kubernetes-validations": [{
+                "rule": format!("duration(self) <= duration('{MAX_DURATION}')"),
+                "message": format!("must be at most {MAX_DURATION}"),
+            }],
         })
     }
 
@@ -145,6 +160,15 @@ mod tests {
         for bad in ["", "30", "s", "5d", "-5s", "5 s", "1h-30m", "1..5s"] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn refuses_durations_past_the_bound_without_overflowing() {
+        assert_eq!(parse("8760h"), Ok(time::Duration::from_secs(MAX_SECONDS)));
+        for long in ["8760h1ms", "9000h", "99999999999999999999h", "2562047788015215h2562047788015215h", "1e400s"] {
+            assert!(parse(long).is_err(), "{long:?} should be refused");
+        }
+        assert!(matches!(parse("2562047788015215h2562047788015215h"), Err(ParseDurationError::TooLong(_))));
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub struct StreamJobSpec {
     pub source: Source,
     /// Steps applied in order to each record: `filter`, `select`, `keyBy`, `window`, `aggregate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub pipeline: Vec<Step>,
     /// Where results go.
     pub sink: Sink,
@@ -109,7 +110,7 @@ pub struct Checkpoint {
     pub retained: i32,
     /// Consecutive failed checkpoints after which a pod reports not ready.
     #[serde(default = "default_tolerable_failures")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000))]
     pub tolerable_failures: i32,
 }
 
@@ -149,18 +150,18 @@ pub enum UpgradeMode {
 pub struct Autoscaling {
     /// Fewest pods; `0` lets KEDA stop the job when there is no lag.
     #[serde(default = "one")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1024))]
     pub min_replicas: i32,
     /// Most pods. More pods than source partitions is clamped to the partition count.
     #[schemars(range(min = 1, max = 1024))]
     pub max_replicas: i32,
     /// Consumer lag (records) each pod is expected to handle; KEDA asks for
     /// `ceil(total lag / lagThreshold)` pods.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000_000_i64))]
     pub lag_threshold: i64,
     /// Lag above which a job scaled to zero is started again.
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1_000_000_000_000_i64))]
     pub activation_lag_threshold: i64,
     /// Where KEDA reads the lag: `prometheus` (the pods' `weir_consumer_lag`, through a
     /// Prometheus server) or `kafka` (KEDA's Kafka scaler asks the brokers for the consumer
@@ -191,12 +192,14 @@ pub enum LagTrigger {
 pub struct PodTemplateOverrides {
     /// Extra environment variables of the runtime container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub env: Vec<EnvVar>,
     /// Node labels the pods must be scheduled on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// Taints the pods tolerate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub tolerations: Vec<Toleration>,
     /// Service account of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -14,7 +14,7 @@ mod status;
 pub mod validation;
 
 pub use document::{JobDocument, LoadError};
-pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
+pub use duration::{DURATION_PATTERN, Duration, MAX_DURATION, ParseDurationError};
 pub use job::{Autoscaling, Checkpoint, LagTrigger, PodTemplateOverrides, StreamJob, StreamJobSpec, UpgradeMode};
 pub use kafka::{CreateTopic, Format, KafkaSecurity, Retry, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};

@@ -14,14 +14,14 @@ pub enum Step {
     Filter(String),
     /// Replace each record by these SQL expressions, e.g. `user_id`, `amount * 1.19 AS gross`.
     /// An expression other than a plain field needs `AS name`.
-    Select(Vec<String>),
+    Select(#[schemars(length(max = 256))] Vec<String>),
     /// Group records by these fields for the window and aggregate that follow.
-    KeyBy(Vec<String>),
+    KeyBy(#[schemars(length(max = 64))] Vec<String>),
     /// Assign records to event-time windows; an `aggregate` step must follow.
     Window(Window),
     /// Aggregate each key's records per window; emits one record per key and window when
     /// the window closes.
-    Aggregate(Vec<Aggregation>),
+    Aggregate(#[schemars(length(max = 64))] Vec<Aggregation>),
 }
 
 impl Step {

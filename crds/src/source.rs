@@ -66,7 +66,7 @@ pub struct KafkaSource {
     pub batch_timeout: Duration,
     /// Least data a fetch waits for (librdkafka `fetch.min.bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 100_000_000))]
     pub fetch_min_bytes: Option<u32>,
     /// Longest time a broker holds a fetch to gather `fetchMinBytes` (`fetch.wait.max.ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,11 +74,11 @@ pub struct KafkaSource {
     pub fetch_max_wait_ms: Option<u32>,
     /// Most data fetched per partition at once (`max.partition.fetch.bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub max_partition_fetch_bytes: Option<u32>,
     /// Most records each pod reads per second, smoothed by a token bucket. Unlimited when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub max_records_per_second: Option<u32>,
     /// Retries of transient errors (broker unavailable, leader change, timeouts).
     #[serde(default)]
@@ -95,10 +95,12 @@ pub struct KafkaSource {
     /// Declared fields of the records. Optional; when given, the pipeline's field references
     /// are checked against it before the job starts, and values are read with these types.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
     pub schema: Vec<FieldDecl>,
     /// Fields by which the topic is already partitioned. When they cover `keyBy`, the job
     /// aggregates each partition directly; otherwise it repartitions through an internal topic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub partitioned_by: Vec<String>,
     /// Event time of each record. Without it, the Kafka record timestamp is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -206,6 +206,26 @@ fn a_malformed_duration_is_rejected() {
 }
 
 #[test]
+fn durations_and_numbers_past_their_bounds_are_rejected() {
+    let ns = namespace("reject-bounds");
+    for timeout in ["9000h", "99999999999999h", "8760h1ms"] {
+        let mut job = minimal_job("bad");
+        job["spec"]["rolloutTimeout"] = json!(timeout);
+        assert_rejected(&ns, &job, "spec.rolloutTimeout", "");
+    }
+    let mut job = minimal_job("bad");
+    job["spec"]["rolloutTimeout"] = json!("9000h");
+    assert_rejected(&ns, &job, "spec.rolloutTimeout", "must be at most 8760h");
+    let mut job = minimal_job("bad");
+    job["spec"]["source"]["kafka"]["maxRecordsPerSecond"] = json!(5_000_000_000_u64);
+    assert_rejected(&ns, &job, "spec.source.kafka.maxRecordsPerSecond", "less than or equal to");
+    let mut at_the_bound = minimal_job("longest");
+    at_the_bound["spec"]["rolloutTimeout"] = json!("8760h");
+    let output = apply(&ns, &at_the_bound);
+    assert!(output.status.success(), "8760h is allowed: {}", stderr(&output));
+}
+
+#[test]
 fn a_plaintext_password_is_rejected() {
     let ns = namespace("reject-plain");
     let mut job = minimal_job("bad");
