@@ -215,6 +215,25 @@ pub const MANAGED_PROPERTIES: &[&str] = &[
     "queue.buffering.max.ms",
 ];
 
+/// Parts of a property name that mark it as carrying a secret (a password, a private key,
+/// a client secret, a JAAS line with credentials in it).
+const SECRET_MARKS: &[&str] =
+    &["password", "secret", "jaas", "keytab", "oauthbearer.config", "ssl.key", "ssl_key", "keystore"];
+
+/// For a raw property that would carry a secret in plain text (in the StreamJob and the
+/// ConfigMap rendered from it), the Secret-based field to use instead.
+pub fn secret_field(property: &str) -> Option<&'static str> {
+    let property = property.to_ascii_lowercase();
+    if !SECRET_MARKS.iter().any(|mark| property.contains(mark)) {
+        return None;
+    }
+    Some(if property.contains("ssl") || property.contains("keystore") {
+        "security.tlsSecret"
+    } else {
+        "security.credentialsSecret"
+    })
+}
+
 /// How transient Kafka errors (broker unavailable, leader change, request timeout, network)
 /// are retried: exponential backoff with jitter from `initialBackoff` up to `maxBackoff`,
 /// at most `maxRetries` times in a row before the error stops the pod.

@@ -9,7 +9,7 @@ use crate::{
     Aggregation, Checkpoint, Delivery, FieldType, KafkaSecurity, LagTrigger, Retry, SecurityProtocol, StartOffset,
     StreamJobSpec, UpgradeMode,
     expr::{self, SelectItem},
-    kafka::{Format, KafkaProperties, MANAGED_PROPERTIES, SaslMechanism},
+    kafka::{Format, KafkaProperties, MANAGED_PROPERTIES, SaslMechanism, secret_field},
     pipeline::{Step, WINDOW_END, WINDOW_START, Window},
 };
 
@@ -220,7 +220,15 @@ impl Checker {
     /// `typed` lists (property, field, whether the field is set).
     fn properties(&mut self, base: &str, properties: &KafkaProperties, typed: &[(&str, &str, bool)]) {
         for key in properties.keys() {
-            if MANAGED_PROPERTIES.contains(&key.as_str()) {
+            if let Some(field) = secret_field(key) {
+                self.report(
+                    format!("{base}.properties[{key}]"),
+                    format!(
+                        "secrets do not go in properties, where the StreamJob and its ConfigMap show them to anyone \
+                         who can read those: put it in a Secret and name it in {base}.{field}"
+                    ),
+                );
+            } else if MANAGED_PROPERTIES.contains(&key.as_str()) {
                 self.report(
                     format!("{base}.properties[{key}]"),
                     "this property is managed by Weir from the StreamJob's own fields; set those instead",

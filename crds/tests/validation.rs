@@ -344,6 +344,29 @@ fn plain_passwords_without_tls_need_allow_insecure() {
 }
 
 #[test]
+fn secret_bearing_properties_are_refused_naming_the_secret_field() {
+    for (property, field) in [
+        ("ssl.key.password", "security.tlsSecret"),
+        ("ssl.key.pem", "security.tlsSecret"),
+        ("ssl.keystore.password", "security.tlsSecret"),
+        ("sasl.password", "security.credentialsSecret"),
+        ("sasl.oauthbearer.client.secret", "security.credentialsSecret"),
+        ("sasl.jaas.config", "security.credentialsSecret"),
+        ("SASL.OAUTHBEARER.CONFIG", "security.credentialsSecret"),
+    ] {
+        let spec = spec_with(|v| set(v, &["sink", "kafka", "properties"], &format!("{{'{property}': hunter2}}")));
+        let expected = format!("spec.sink.kafka.{field}");
+        assert_single_problem(&spec, &format!("spec.sink.kafka.properties[{property}]"), &expected);
+    }
+    let harmless = spec_with(|v| {
+        let properties =
+            "{ssl.endpoint.identification.algorithm: none, sasl.oauthbearer.token.endpoint.url: 'https://idp'}";
+        set(v, &["sink", "kafka", "properties"], properties)
+    });
+    assert_eq!(problems(&harmless), []);
+}
+
+#[test]
 fn managed_librdkafka_properties_are_refused() {
     let spec = spec_with(|v| set(v, &["source", "kafka", "properties"], "{group.id: other, fetch.min.bytes: '1024'}"));
     assert_single_problem(&spec, "spec.source.kafka.properties[group.id]", "managed by Weir");
