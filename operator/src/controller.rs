@@ -10,6 +10,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource,
+    api::DynamicObject,
     runtime::{
         Controller, Predicate, PredicateConfig, WatchStreamExt, controller, predicates,
         reflector::{self, Store},
@@ -18,10 +19,11 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
-use weir_crds::{JOB_LABEL, StreamJob};
+use weir_crds::JOB_LABEL;
 
 use crate::{
     cache::{self, Cached, Children, Fingerprint, Writes},
+    decode,
     keda::ScaledObject,
     pod_watch,
     reconcile::{Context, error_policy, reconcile},
@@ -96,11 +98,19 @@ pub async fn run(
     let client = ctx.client.clone();
     let namespace = settings.namespace.as_deref();
     let (reader, writer) = reflector::store();
+    let resource = decode::api_resource();
+    let raw: Api<DynamicObject> = match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let (undecodable, reports) = decode::queue();
+    tokio::spawn(decode::report(reports, ctx.clone()));
+    let raw_events = watcher(raw, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|job| job.metadata.managed_fields = None);
     // Status writes do not change the generation, so they do not come back as work; the
     // finalizer's own patch and deletion marking do.
-    let jobs = watcher(api::<StreamJob>(&client, namespace), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|job| job.metadata.managed_fields = None)
+    let jobs = decode::decoded(raw_events, reader.clone(), undecodable)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());

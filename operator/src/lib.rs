@@ -11,6 +11,7 @@ pub mod assignment;
 pub mod cache;
 pub mod config;
 pub mod controller;
+pub mod decode;
 mod error;
 pub mod events;
 pub mod failure;

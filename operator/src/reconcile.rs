@@ -300,7 +300,16 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
                 let reason = rollout::savepoint_reason(change);
                 let id = savepoint::savepoint_id(&job_ref.name, generation, reason, Timestamp::now());
                 announce_savepoint(job, ctx, &id, running.len()).await?;
-                match ctx.throttle.aside(savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id)).await {
+                match ctx
+                    .throttle
+                    .aside(savepoint::stop_with_savepoint(
+                        &running,
+                        ctx.config.admin_port,
+                        &id,
+                        savepoint::SAVEPOINT_TIMEOUT,
+                    ))
+                    .await
+                {
                     Ok(savepoint) => {
                         let note = format!("savepoint {id} of {} pods at {}", running.len(), savepoint.path);
                         info!("{note}");
@@ -690,9 +699,8 @@ where
 async fn report_invalid(job: &StreamJob, invalid: &InvalidSpec, ctx: &Context) -> Result<Action, Error> {
     let next = status::invalid_status(job, invalid, &now());
     let message = status::invalid_message(invalid);
-    let already_reported = job.status.as_ref().and_then(|s| status::find(s, status::READY)).is_some_and(|c| {
-        c.reason == status::INVALID_SPEC && c.message == message && c.observed_generation == job.metadata.generation
-    });
+    let already_reported =
+        job.status.as_ref().is_some_and(|s| status::reports_invalid(s, &message, job.metadata.generation));
     if !already_reported {
         warn!(%message, "invalid spec");
         ctx.publish(job, EventType::Warning, status::INVALID_SPEC, message);
@@ -734,7 +742,11 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
     }
     let generation = job.metadata.generation.unwrap_or_default();
     let id = savepoint::savepoint_id(&job.name_any(), generation, "delete", Timestamp::now());
-    match ctx.throttle.aside(savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id)).await {
+    match ctx
+        .throttle
+        .aside(savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id, savepoint::SAVEPOINT_TIMEOUT))
+        .await
+    {
         Ok(taken) => {
             let note = format!("final savepoint {id} at {}: recreate the job with it to resume", taken.path);
             info!("{note}");
@@ -757,10 +769,10 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
 /// The StreamJob with only a status, for server-side apply of the status subresource.
 #[derive(Serialize, Debug)]
 #[serde(rename_all = "camelCase")]
-struct StatusPatch<'a> {
-    api_version: &'a str,
-    kind: &'a str,
-    status: &'a StreamJobStatus,
+pub(crate) struct StatusPatch<'a> {
+    pub(crate) api_version: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) status: &'a StreamJobStatus,
 }
 
 async fn write_status(job: &StreamJob, next: &StreamJobStatus, ctx: &Context) -> Result<(), Error> {
@@ -823,9 +835,7 @@ fn describe(change: Change, before: Option<&Deployment>, after: &Deployment) -> 
     }
 }
 
-fn now() -> Time {
-    Time(Timestamp::now())
-}
+use status::now;
 
 #[cfg(test)]
 mod tests {

@@ -49,7 +49,9 @@ pub struct Taken {
 pub struct Failed {
     /// What went wrong, pod by pod.
     pub message: String,
-    /// Pods that stopped and must be resumed.
+    /// Pods that may have stopped and must be resumed: every pod asked, since one whose
+    /// answer timed out may still stop after the operator gave up on it (resuming a pod
+    /// that did not stop changes nothing).
     pub stopped: Vec<SocketAddr>,
 }
 
@@ -68,8 +70,8 @@ pub fn running(pods: &[Pod]) -> Vec<&Pod> {
         .collect()
 }
 
-/// Takes savepoint `id` on every pod in `pods`, stopping them.
-pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str) -> Result<Taken, Failed> {
+/// Takes savepoint `id` on every pod in `pods`, stopping them, each given `timeout`.
+pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str, timeout: Duration) -> Result<Taken, Failed> {
     let path = format!("/savepoint?stop=true&id={id}");
     let calls = pods.iter().map(|pod| {
         let address = pod_http::admin_address(pod, admin_port);
@@ -77,7 +79,7 @@ pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str) -> Re
         let path = path.as_str();
         async move {
             let Some(address) = address else { return (name, None, Err("has no IP: not running".to_owned())) };
-            let answer = match pod_http::call(address, "POST", path, SAVEPOINT_TIMEOUT).await {
+            let answer = match pod_http::call(address, "POST", path, timeout).await {
                 Ok((200, body)) => serde_json::from_str::<Answer>(&body).map_err(|e| format!("bad answer: {e}")),
                 Ok((code, body)) => Err(format!("{code} {}", body.trim())),
                 Err(e) => Err(e),
@@ -90,11 +92,9 @@ pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str) -> Re
     let mut answers = Vec::new();
     let mut stopped = Vec::new();
     for (name, address, answer) in results {
+        stopped.extend(address);
         match answer {
-            Ok(answer) => {
-                stopped.extend(address);
-                answers.push(answer);
-            }
+            Ok(answer) => answers.push(answer),
             Err(e) => problems.push(format!("pod {name}: {e}")),
         }
     }
@@ -182,6 +182,35 @@ mod tests {
         let mut old = answer(&[], 3, "2026-11-22T10:00:01Z");
         old.partitions = None;
         assert!(combine(&[old]).is_ok());
+    }
+
+    /// A pod whose admin server takes savepoint requests and never answers them, as one
+    /// busy past the operator's timeout does.
+    async fn slow_pod() -> (Pod, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("slow".into());
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: Some(address.ip().to_string()),
+            ..Default::default()
+        });
+        (pod, address)
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_answer_timed_out_is_resumed_too() {
+        let (pod, address) = slow_pod().await;
+        let port = i32::from(address.port());
+        let failed = stop_with_savepoint(&[&pod], port, "sp", Duration::from_millis(200)).await.unwrap_err();
+        assert!(failed.message.contains("pod slow: no answer"), "{}", failed.message);
+        assert_eq!(failed.stopped, [address], "it may stop after the operator gave up on it");
     }
 
     #[test]

@@ -191,8 +191,17 @@ pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJob
 
 /// The status of a job whose spec is invalid: children are left as they are.
 pub fn invalid_status(job: &StreamJob, invalid: &InvalidSpec, now: &Time) -> StreamJobStatus {
-    let previous = job.status.clone().unwrap_or_default();
-    let generation = job.metadata.generation;
+    invalid_status_from(job.status.clone().unwrap_or_default(), invalid, job.metadata.generation, now)
+}
+
+/// [`invalid_status`] from a status and generation alone: for a job whose spec the operator
+/// cannot even decode.
+pub fn invalid_status_from(
+    previous: StreamJobStatus,
+    invalid: &InvalidSpec,
+    generation: Option<i64>,
+    now: &Time,
+) -> StreamJobStatus {
     let message = invalid_message(invalid);
     let mut conditions = previous.conditions.clone();
     set(&mut conditions, condition(READY, false, INVALID_SPEC, &message, generation, now));
@@ -227,6 +236,17 @@ fn set_kstatus(status: &mut StreamJobStatus, generation: Option<i64>, now: &Time
 pub fn set_progressing(status: &mut StreamJobStatus, reason: &str, message: &str, generation: Option<i64>, now: &Time) {
     set(&mut status.conditions, condition(PROGRESSING, true, reason, message, generation, now));
     set_kstatus(status, generation, now);
+}
+
+/// Whether `status` already reports this invalid spec of this generation.
+pub fn reports_invalid(status: &StreamJobStatus, message: &str, generation: Option<i64>) -> bool {
+    find(status, READY)
+        .is_some_and(|c| c.reason == INVALID_SPEC && c.message == message && c.observed_generation == generation)
+}
+
+/// The current time as the API's `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
 }
 
 /// Every problem of an invalid spec, each with its field path under `spec`.

@@ -90,6 +90,22 @@ impl Stack {
         }
         last
     }
+
+    /// Waits up to 30 s for a Warning Event with `reason` whose note contains `quote`.
+    fn wait_for_warning(&self, ns: &str, reason: &str, quote: &str) {
+        let events = wait_until(Duration::from_secs(30), "a Warning event", || {
+            let out = self.kubectl(["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
+            let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            events["items"].as_array().is_some_and(|items| {
+                items.iter().any(|e| {
+                    e["type"] == "Warning"
+                        && e["reason"] == reason
+                        && e["note"].as_str().is_some_and(|n| n.contains(quote))
+                })
+            })
+        });
+        assert!(events.is_ok(), "no {reason} Warning event containing {quote:?}");
+    }
 }
 
 fn kubectl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Output {
@@ -130,18 +146,8 @@ fn job(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": name}, "spec": full})
 }
 
-/// Waits up to 30 s for a Warning Event with `reason` whose note contains `quote`.
 fn wait_for_warning(ns: &str, reason: &str, quote: &str) {
-    let events = wait_until(Duration::from_secs(30), "a Warning event", || {
-        let out = kubectl(["get", "events.events.k8s.io", "-n", ns, "-o", "json"]);
-        let events: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        events["items"].as_array().is_some_and(|items| {
-            items.iter().any(|e| {
-                e["type"] == "Warning" && e["reason"] == reason && e["note"].as_str().is_some_and(|n| n.contains(quote))
-            })
-        })
-    });
-    assert!(events.is_ok(), "no {reason} Warning event containing {quote:?}");
+    stack().wait_for_warning(ns, reason, quote);
 }
 
 fn template_hash(deployment: &Value) -> String {
@@ -235,6 +241,69 @@ fn an_invalid_spec_is_reported_and_changes_nothing() {
     let after = get(&ns, "deployment", "orders").unwrap();
     assert_eq!(template_hash(&after), template_hash(&valid), "an invalid spec leaves the pods alone");
     assert_eq!(after["metadata"]["generation"], valid["metadata"]["generation"]);
+}
+
+#[test]
+fn a_job_the_operator_cannot_decode_is_reported_and_the_others_go_on() {
+    // A cluster of its own: the CRD is loosened as an older schema would be, so the API
+    // server stores a rolloutTimeout the operator's types refuse (longer than 8760h).
+    let stack = Stack::start("decode-operator", false, &[]);
+    let ns = stack.namespace("decode");
+    let loosen = r#"[{"op": "replace", "value": {"type": "string"},
+        "path": "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/rolloutTimeout"}]"#;
+    let patched = stack.kubectl(["patch", "crd", "streamjobs.weir.dev", "--type=json", "-p", loosen]);
+    assert!(patched.status.success(), "{}", String::from_utf8_lossy(&patched.stderr));
+    let bad = job("refunds", json!({"rolloutTimeout": "9000h"}));
+    // The API server serves the new schema a moment after the CRD changes.
+    must(
+        wait_until(Duration::from_secs(30), "the loosened schema to accept the job", || {
+            stack
+                .cluster
+                .kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &bad.to_string())
+                .is_ok_and(|o| o.status.success())
+        }),
+        "applying the undecodable job",
+    );
+    // Listed after the bad one, in the same watch: typed decoding of the whole list would
+    // fail both.
+    stack.apply(&ns, &job("orders", json!({})));
+    stack.wait_for(&ns, "deployment", "orders", "the good job's Deployment", |d| d.is_some());
+
+    let reported = stack
+        .wait_for(&ns, "streamjob", "refunds", "an InvalidSpec condition", |j| {
+            j.and_then(|j| condition(j, "Ready")).is_some_and(|c| c["reason"] == "InvalidSpec")
+        })
+        .unwrap();
+    let ready = condition(&reported, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.rolloutTimeout") && message.contains("8760h"), "{ready:#}");
+    assert_eq!(reported["status"]["phase"], "Failed");
+    assert_eq!(reported["status"]["observedGeneration"], 1);
+    stack.wait_for_warning(&ns, "InvalidSpec", "spec.rolloutTimeout");
+    assert!(stack.get(&ns, "deployment", "refunds").is_none(), "nothing is rendered from an unreadable spec");
+
+    // Fixed, it runs like any other; broken again, its pods are left as they are.
+    stack.apply(&ns, &job("refunds", json!({"rolloutTimeout": "5m"})));
+    let running = stack.wait_for(&ns, "deployment", "refunds", "the fixed job's Deployment", |d| d.is_some()).unwrap();
+    stack.wait_for(&ns, "streamjob", "refunds", "observedGeneration 2", |j| {
+        j.is_some_and(|j| j["status"]["observedGeneration"] == 2)
+    });
+    stack.apply(&ns, &job("refunds", json!({"rolloutTimeout": "9000h", "parallelism": 3})));
+    stack.wait_for(&ns, "streamjob", "refunds", "InvalidSpec of generation 3", |j| {
+        j.and_then(|j| condition(j, "Ready"))
+            .is_some_and(|c| c["reason"] == "InvalidSpec" && c["observedGeneration"] == 3)
+    });
+    let after = stack.get(&ns, "deployment", "refunds").unwrap();
+    assert_eq!(template_hash(&after), template_hash(&running), "an unreadable spec leaves the pods alone");
+    assert_eq!(after["spec"]["replicas"], running["spec"]["replicas"]);
+
+    // Deleted while unreadable: the finalizer still lets it go, and its pods with it.
+    let deleted = stack.kubectl(["delete", "-n", &ns, "streamjob", "refunds", "--wait=false"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    stack.wait_for(&ns, "streamjob", "refunds", "the StreamJob to go", |j| j.is_none());
+    stack.wait_for(&ns, "deployment", "refunds", "its Deployment to go", |d| d.is_none());
+    assert!(stack.get(&ns, "deployment", "orders").is_some(), "the other job keeps its pods");
 }
 
 #[test]
