@@ -79,19 +79,32 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 
 /// A plain HTTP/1.0 GET, returning the status code and body (for admin endpoints in tests).
 pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http("GET", address, path, Duration::from_secs(10))
+    http("GET", address, path, None, Duration::from_secs(10))
 }
 
-/// A plain HTTP/1.0 POST without a body, waiting up to 2 minutes (savepoints take a while).
-pub fn http_post(address: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http("POST", address, path, Duration::from_secs(120))
+/// [`http_get`] with `Authorization: Bearer <token>`, as a runtime's admin routes need.
+pub fn http_get_with(address: &str, path: &str, token: &str) -> std::io::Result<(u16, String)> {
+    http("GET", address, path, Some(token), Duration::from_secs(10))
 }
 
-pub(crate) fn http(method: &str, address: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+/// A plain HTTP/1.0 POST without a body, with a bearer `token` if given, waiting up to 2
+/// minutes (savepoints take a while).
+pub fn http_post(address: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    http("POST", address, path, token, Duration::from_secs(120))
+}
+
+pub(crate) fn http(
+    method: &str,
+    address: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n")?;
+    let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -52,7 +52,7 @@ impl S3Server {
 
     /// Creates a bucket.
     pub fn create_bucket(&self, bucket: &str) -> Result<(), Error> {
-        match http("PUT", &self.address(), &format!("/{bucket}"), Duration::from_secs(30)) {
+        match http("PUT", &self.address(), &format!("/{bucket}"), None, Duration::from_secs(30)) {
             Ok((200, _)) => Ok(()),
             Ok((status, body)) => Err(Error::Failed(format!("creating bucket {bucket}: {status} {body}"))),
             Err(e) => Err(Error::Failed(format!("creating bucket {bucket}: {e}"))),
@@ -62,7 +62,7 @@ impl S3Server {
     /// The keys under `prefix` in `bucket`.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, Error> {
         let path = format!("/{bucket}?list-type=2&prefix={prefix}&max-keys=1000");
-        let (status, body) = http("GET", &self.address(), &path, Duration::from_secs(30))
+        let (status, body) = http("GET", &self.address(), &path, None, Duration::from_secs(30))
             .map_err(|e| Error::Failed(format!("listing {bucket}: {e}")))?;
         if status != 200 {
             return Err(Error::Failed(format!("listing {bucket}: {status} {body}")));
@@ -84,7 +84,7 @@ impl S3Server {
     /// moto's recorded state of every service, as JSON (`/moto-api/data.json`): for example
     /// `sts.AssumedRole`, the credentials STS issued.
     pub fn state(&self) -> Result<String, Error> {
-        match http("GET", &self.address(), "/moto-api/data.json", Duration::from_secs(30)) {
+        match http("GET", &self.address(), "/moto-api/data.json", None, Duration::from_secs(30)) {
             Ok((200, body)) => Ok(body),
             Ok((status, body)) => Err(Error::Failed(format!("reading moto's state: {status} {body}"))),
             Err(e) => Err(Error::Failed(format!("reading moto's state: {e}"))),

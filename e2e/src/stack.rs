@@ -73,6 +73,14 @@ impl LocalStack {
         }
     }
 
+    /// The admin token of job `name`'s pods, from the Secret the operator wrote.
+    pub fn admin_token(&self, name: &str) -> Result<String, Error> {
+        let secret = format!("{name}-admin-token");
+        let template = "--template={{.data.token | base64decode}}";
+        let token = self.kubectl(["get", "secret", secret.as_str(), "-o", "go-template", template])?;
+        Ok(String::from_utf8_lossy(&token).trim().to_owned())
+    }
+
     /// `kubectl apply` of one object.
     pub fn apply(&self, object: &Value) -> Result<(), Error> {
         let output = self.cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
@@ -132,13 +140,17 @@ impl LocalStack {
         let listed = self.list("pods", "weir.dev/streamjob").unwrap_or_default();
         let logs: String = listed
             .iter()
-            .filter_map(|pod| Some((pod["metadata"]["name"].as_str()?, pod["status"]["podIP"].as_str())))
-            .map(|(pod, ip)| {
+            .filter_map(|pod| {
+                let job = pod["metadata"]["labels"]["weir.dev/streamjob"].as_str()?;
+                Some((pod["metadata"]["name"].as_str()?, job, pod["status"]["podIP"].as_str()))
+            })
+            .map(|(pod, job, ip)| {
                 let log = self.pod_log(pod);
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 // What the runtime says of itself: assignment, positions, watermarks.
+                let token = self.admin_token(job).unwrap_or_default();
                 let status = ip
-                    .and_then(|ip| crate::http_get(&format!("{ip}:9249"), "/status").ok())
+                    .and_then(|ip| crate::http_get_with(&format!("{ip}:9249"), "/status", &token).ok())
                     .map(|(_, body)| body)
                     .unwrap_or_default();
                 format!("--- {pod}:\n{}\nstatus: {status}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))

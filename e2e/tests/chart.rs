@@ -102,6 +102,7 @@ fn operator_needs() -> BTreeSet<(String, String, String)> {
         add(group, resource, &["get", "list", "watch", "create", "patch", "delete"]);
     }
     add("", "pods", &["get", "list", "watch"]);
+    add("", "secrets", &["get", "create"]);
     add("events.k8s.io", "events", &["create", "patch"]);
     needs
 }
@@ -130,9 +131,20 @@ fn default_values_render_two_operator_replicas_with_leader_election() {
     assert_eq!(pod["serviceAccountName"], "weir-operator");
     let pdb = find(&objects, "PodDisruptionBudget", "weir-operator");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
-    for optional in ["ServiceMonitor", "PodMonitor", "NetworkPolicy"] {
+    for optional in ["ServiceMonitor", "PodMonitor"] {
         assert!(!objects.iter().any(|o| o["kind"] == optional), "{optional} is opt-in: {:?}", kinds(&objects));
     }
+    // On by default: the release namespace's runtime pods take admin traffic from the
+    // operator and the default Prometheus only.
+    let policy = find(&objects, "NetworkPolicy", "weir-runtime-admin");
+    assert_eq!(policy["metadata"]["namespace"], RELEASE_NAMESPACE);
+    let from = &policy["spec"]["ingress"][0]["from"];
+    assert_eq!(from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], RELEASE_NAMESPACE);
+    assert_eq!(
+        from[1],
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}})
+    );
 }
 
 #[test]

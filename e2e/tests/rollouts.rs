@@ -238,7 +238,11 @@ fn a_test_playing_keda_scales_on_the_pods_lag_and_the_lag_falls() {
     // builds up exactly, then produce.
     let pods = must(test.stack.list("pods", "weir.dev/streamjob=clicks"), "listing pods");
     let ip = pods.first().and_then(|p| p["status"]["podIP"].as_str()).unwrap_or_default().to_owned();
-    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), "/savepoint?stop=true&id=hold"), "stop");
+    let hold = "/savepoint?stop=true&id=hold";
+    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), hold, None), "stop without the token");
+    assert_eq!((code, body.as_str()), (401, "the admin token is required"), "anyone who reaches the pod");
+    let token = must(test.stack.admin_token("clicks"), "the admin token");
+    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), hold, Some(&token)), "stop");
     assert_eq!(code, 200, "{body}");
     let sent = payments::payments(5000, USERS, 0);
     test.produce(&sent);
@@ -323,6 +327,7 @@ fn a_failed_savepoint_leaves_the_old_pods_running_and_is_retried() {
 /// Each pod's name and the slot its `/status` reports (slot, of how many), sorted by slot.
 fn slots(test: &Test) -> Vec<(String, Option<(i64, i64)>)> {
     let pods = must(test.stack.list("pods", &format!("weir.dev/streamjob={}", test.name)), "listing the pods");
+    let token = must(test.stack.admin_token(&test.name), "the admin token");
     let mut slots: Vec<(String, Option<(i64, i64)>)> = pods
         .iter()
         .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null())
@@ -330,7 +335,7 @@ fn slots(test: &Test) -> Vec<(String, Option<(i64, i64)>)> {
             let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             let status = pod["status"]["podIP"]
                 .as_str()
-                .and_then(|ip| http_get(&format!("{ip}:9249"), "/status").ok())
+                .and_then(|ip| weir_e2e::http_get_with(&format!("{ip}:9249"), "/status", &token).ok())
                 .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok());
             let assignment =
                 status.and_then(|s| Some((s["assignment"]["slot"].as_i64()?, s["assignment"]["slots"].as_i64()?)));

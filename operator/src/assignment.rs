@@ -8,19 +8,28 @@
 //! [`assign`] does the I/O around it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::SocketAddr,
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
     time::Duration,
 };
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::ResourceExt;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::pod_http;
+use crate::{admin_token::AdminToken, pod_http, render::CONTAINER_NAME};
+
+/// How to reach a job's pods' admin API: the port, and the job's token.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin<'a> {
+    /// The admin port.
+    pub port: i32,
+    /// The job's admin token.
+    pub token: &'a AdminToken,
+}
 
 /// How long a pod may take to answer `GET /status`.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,8 +73,10 @@ pub struct Observed {
     pub address: Option<SocketAddr>,
     /// Its deletion has started.
     pub terminating: bool,
-    /// Its Ready condition is true.
-    pub ready: bool,
+    /// Its runtime process cannot hold a slot: its container is not running, or it started
+    /// after this operator began giving slots and was sent none. Only then does silence
+    /// mean it holds nothing; readiness does not tell (a pod holding a slot can lose it).
+    pub fresh: bool,
     /// What its `/status` said.
     pub report: Report,
 }
@@ -123,8 +134,7 @@ fn holding(pod: &Observed) -> Holding {
         Report::Answered { assignment: Some(slot), .. } => Holding::Slot(slot),
         Report::Answered { assignment: None, .. } => Holding::Nothing,
         Report::GroupMode { stopped: false } => Holding::Unknown,
-        // A live pod that is not Ready has not been assigned since it started.
-        Report::Unreachable if !pod.terminating && !pod.ready => Holding::Nothing,
+        Report::Unreachable if !pod.terminating && pod.fresh => Holding::Nothing,
         Report::Unreachable => Holding::Unknown,
     }
 }
@@ -224,13 +234,20 @@ impl Outcome {
 }
 
 /// Asks every unfinished pod of the job what it holds, plans, and sends the orders.
-pub async fn assign(pods: &[Pod], slots: u32, admin_port: i32) -> Outcome {
-    let observed = observe(pods, admin_port).await;
+pub async fn assign(job: &str, pods: &[Pod], slots: u32, admin: &Admin<'_>, given: &Given) -> Outcome {
+    given.retain(job, pods);
+    let observed = observe(job, pods, admin, given).await;
     let plan = plan(slots, &observed);
+    // Remembered before sending: an order that times out may still be applied.
+    for command in plan.commands.iter().filter(|c| matches!(c.order, Order::Assign(_))) {
+        if let Some(process) = pods.iter().find(|pod| pod.name_any() == command.pod).and_then(process) {
+            given.remember(job, process);
+        }
+    }
     if !plan.unknown.is_empty() {
         info!(pods = ?plan.unknown, "no slot is given while these pods may hold partitions");
     }
-    let results = join_all(plan.commands.iter().map(send)).await;
+    let results = join_all(plan.commands.iter().map(|command| send(command, admin.token))).await;
     let failed = results.iter().filter(|ok| !**ok).count();
     let stuck = |pod: &&Observed| plan.waiting.contains(&pod.name) || plan.unknown.contains(&pod.name);
     let pending = observed.iter().filter(stuck).filter(|pod| pod.address.is_some()).count();
@@ -238,12 +255,12 @@ pub async fn assign(pods: &[Pod], slots: u32, admin_port: i32) -> Outcome {
 }
 
 /// `GET /status` on the job's pods that have not finished, all at once.
-async fn observe(pods: &[Pod], admin_port: i32) -> Vec<Observed> {
+async fn observe(job: &str, pods: &[Pod], admin: &Admin<'_>, given: &Given) -> Vec<Observed> {
     let unfinished = pods.iter().filter(|pod| !finished(pod));
     join_all(unfinished.map(|pod| async move {
-        let address = pod_http::admin_address(pod, admin_port);
+        let address = pod_http::admin_address(pod, admin.port);
         let report = match address {
-            Some(address) => match pod_http::call(address, "GET", "/status", STATUS_TIMEOUT).await {
+            Some(address) => match pod_http::call(address, "GET", "/status", Some(admin.token), STATUS_TIMEOUT).await {
                 Ok((200, body)) => parse_status(&body),
                 _ => Report::Unreachable,
             },
@@ -253,7 +270,7 @@ async fn observe(pods: &[Pod], admin_port: i32) -> Vec<Observed> {
             name: pod.name_any(),
             address,
             terminating: pod.metadata.deletion_timestamp.is_some(),
-            ready: ready(pod),
+            fresh: given.fresh(job, pod),
             report,
         }
     }))
@@ -261,12 +278,12 @@ async fn observe(pods: &[Pod], admin_port: i32) -> Vec<Observed> {
 }
 
 /// Sends one order; true when the pod applied it.
-async fn send(command: &Command) -> bool {
+async fn send(command: &Command, token: &AdminToken) -> bool {
     let path = match command.order {
         Order::Assign(Slot { slot, slots }) => format!("/assign?slot={slot}&slots={slots}"),
         Order::Release => "/release".to_owned(),
     };
-    match pod_http::call(command.address, "POST", &path, ORDER_TIMEOUT).await {
+    match pod_http::call(command.address, "POST", &path, Some(token), ORDER_TIMEOUT).await {
         Ok((200, _)) => {
             info!(pod = %command.pod, order = ?command.order, "partition assignment");
             true
@@ -313,6 +330,67 @@ fn finished(pod: &Pod) -> bool {
 fn ready(pod: &Pod) -> bool {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A runtime process: its pod's uid and when its runtime container started (a restarted
+/// container is a new process, which holds nothing).
+type Process = (String, Timestamp);
+
+/// The running runtime process of `pod`, if its container runs.
+fn process(pod: &Pod) -> Option<Process> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let runtime = statuses.iter().find(|c| c.name == CONTAINER_NAME)?;
+    let started = runtime.state.as_ref()?.running.as_ref()?.started_at.as_ref()?;
+    Some((pod.metadata.uid.clone().unwrap_or_default(), started.0))
+}
+
+/// The runtime processes this operator sent a slot to, per job, so that one that stops
+/// answering counts as holding nothing only when it never got one.
+#[derive(Debug, Default)]
+pub struct Given {
+    /// When this operator first gave slots (it leads by then): a process started earlier may
+    /// hold a slot another leader gave.
+    since: OnceLock<Timestamp>,
+    jobs: Mutex<HashMap<String, HashSet<Process>>>,
+}
+
+impl Given {
+    fn since(&self) -> Timestamp {
+        *self.since.get_or_init(Timestamp::now)
+    }
+
+    fn remember(&self, job: &str, process: Process) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.entry(job.to_owned()).or_default().insert(process);
+        }
+    }
+
+    /// Whether the runtime process of `pod` (of `job`) is known to hold nothing: not
+    /// running, or started since this operator gives slots and never sent one.
+    pub fn fresh(&self, job: &str, pod: &Pod) -> bool {
+        let since = self.since();
+        // No running container holds nothing; a Ready pod without one shown is not trusted.
+        let Some(process) = process(pod) else { return !ready(pod) };
+        let sent = self.jobs.lock().is_ok_and(|jobs| jobs.get(job).is_some_and(|p| p.contains(&process)));
+        process.1 > since && !sent
+    }
+
+    /// Keeps only the processes of `pods`, the job's pods now.
+    pub fn retain(&self, job: &str, pods: &[Pod]) {
+        let live: HashSet<Process> = pods.iter().filter_map(process).collect();
+        if let Ok(mut jobs) = self.jobs.lock()
+            && let Some(processes) = jobs.get_mut(job)
+        {
+            processes.retain(|p| live.contains(p));
+        }
+    }
+
+    /// Forgets a deleted job.
+    pub fn forget(&self, job: &str) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(job);
+        }
+    }
 }
 
 /// The pods (and slot count) each job last had a settled assignment with. When every pod of
@@ -368,7 +446,7 @@ mod tests {
             name: name.into(),
             address: Some(address(name)),
             terminating: false,
-            ready: assignment.is_some(),
+            fresh: assignment.is_none(),
             report: Report::Answered {
                 assignment: assignment.map(|(slot, slots)| Slot { slot, slots }),
                 stopped: false,
@@ -376,8 +454,8 @@ mod tests {
         }
     }
 
-    fn unreachable(name: &str, ready: bool, terminating: bool) -> Observed {
-        Observed { name: name.into(), address: None, terminating, ready, report: Report::Unreachable }
+    fn unreachable(name: &str, fresh: bool, terminating: bool) -> Observed {
+        Observed { name: name.into(), address: None, terminating, fresh, report: Report::Unreachable }
     }
 
     fn stopped(mut pod: Observed) -> Observed {
@@ -441,8 +519,8 @@ mod tests {
 
     #[test]
     fn a_terminating_pod_that_does_not_answer_blocks_every_slot() {
-        for ready in [true, false] {
-            let planned = plan(2, &[unreachable("a", ready, true), pod("b", None), pod("c", None)]);
+        for fresh in [true, false] {
+            let planned = plan(2, &[unreachable("a", fresh, true), pod("b", None), pod("c", None)]);
             assert!(planned.commands.is_empty(), "{planned:?}");
             assert_eq!(planned.unknown, ["a"]);
             assert_eq!(planned.waiting, ["b", "c"]);
@@ -450,14 +528,51 @@ mod tests {
     }
 
     #[test]
-    fn a_live_pod_that_does_not_answer_blocks_only_when_ready() {
-        let starting = plan(2, &[unreachable("a", false, false), pod("b", None)]);
+    fn a_live_pod_that_does_not_answer_blocks_unless_it_never_got_a_slot() {
+        let starting = plan(2, &[unreachable("a", true, false), pod("b", None)]);
         assert_eq!(starting.commands, [Command { pod: "b".into(), address: address("b"), order: assign(0, 2) }]);
         assert_eq!(starting.waiting, ["a"], "a gets slot 1 once it answers");
         assert_eq!(starting.free, [1]);
-        let silent = plan(2, &[unreachable("a", true, false), pod("b", None)]);
-        assert!(silent.commands.is_empty());
+        // It held slot 0 and went silent (not Ready, say): its slot stays with it.
+        let silent = plan(2, &[unreachable("a", false, false), pod("b", None)]);
+        assert!(silent.commands.is_empty(), "{silent:?}");
         assert_eq!(silent.unknown, ["a"]);
+    }
+
+    fn running_pod(name: &str, uid: &str, started: &str) -> Pod {
+        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut pod = k8s_pod(name, false);
+        pod.metadata.uid = Some(uid.into());
+        let running = ContainerStateRunning { started_at: Some(Time(started.parse().unwrap())) };
+        let container = ContainerStatus {
+            name: CONTAINER_NAME.into(),
+            state: Some(ContainerState { running: Some(running), ..Default::default() }),
+            ..Default::default()
+        };
+        if let Some(status) = pod.status.as_mut() {
+            status.container_statuses = Some(vec![container]);
+        }
+        pod
+    }
+
+    #[test]
+    fn a_process_is_fresh_until_it_is_sent_a_slot_and_again_once_it_restarts() {
+        let given = Given::default();
+        let now = given.since();
+        let at = |seconds: i64| (now + k8s_openapi::jiff::SignedDuration::from_secs(seconds)).to_string();
+        let pod = running_pod("a", "uid-a", &at(1));
+        assert!(given.fresh("ns/j", &pod), "started since, sent nothing");
+        given.remember("ns/j", process(&pod).unwrap());
+        assert!(!given.fresh("ns/j", &pod), "sent a slot: silence no longer means nothing held");
+        assert!(given.fresh("ns/other", &pod), "per job");
+        assert!(given.fresh("ns/j", &running_pod("a", "uid-a", &at(5))), "the container restarted");
+        let older = running_pod("b", "uid-b", &at(-1));
+        assert!(!given.fresh("ns/j", &older), "started before this operator gave slots: another leader may have");
+        assert!(given.fresh("ns/j", &k8s_pod("c", false)), "no running container holds nothing");
+        assert!(!given.fresh("ns/j", &k8s_pod("d", true)), "Ready, so something runs");
+        given.retain("ns/j", &[]);
+        assert!(given.fresh("ns/j", &pod), "forgotten once gone");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum Error {
     /// A savepoint before a rollout failed; the old pods go on running.
     #[error("{0}")]
     Savepoint(String),
+    /// The admin token Secret exists but holds no token.
+    #[error("Secret {0} has no `token` key: delete it and the operator writes a new one")]
+    AdminToken(String),
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -48,6 +51,7 @@ impl Error {
             Self::Api { .. } => "api",
             Self::Finalizer(_) => "finalizer",
             Self::Savepoint(_) => "savepoint",
+            Self::AdminToken(_) => "admin_token",
         }
     }
 

@@ -64,4 +64,14 @@ impl JobRef {
     pub fn config_map_name(&self) -> String {
         format!("{}-job", self.name)
     }
+
+    /// The job's uid: a job deleted and created again under its name is another job.
+    pub fn uid(&self) -> &str {
+        &self.owner.uid
+    }
+
+    /// Name of the Secret holding the token of the pods' admin API.
+    pub fn admin_token_name(&self) -> String {
+        format!("{}-admin-token", self.name)
+    }
 }

@@ -21,7 +21,7 @@ pub async fn consumer_lag(pods: &[Pod], admin_port: i32) -> Option<i64> {
 
 /// GETs `/metrics` from one pod, giving up after [`SCRAPE_TIMEOUT`].
 async fn scrape(address: std::net::SocketAddr) -> Option<String> {
-    match pod_http::call(address, "GET", "/metrics", SCRAPE_TIMEOUT).await {
+    match pod_http::call(address, "GET", "/metrics", None, SCRAPE_TIMEOUT).await {
         Ok((200, body)) => Some(body),
         _ => None,
     }

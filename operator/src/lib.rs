@@ -6,6 +6,7 @@
 //! [`status`] (pure, from what was observed).
 
 pub mod admin;
+pub mod admin_token;
 pub mod api_client;
 pub mod assignment;
 pub mod cache;

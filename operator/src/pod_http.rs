@@ -9,17 +9,27 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::admin_token::AdminToken;
+
 /// The admin address of a pod that has an IP.
 pub fn admin_address(pod: &Pod, admin_port: i32) -> Option<SocketAddr> {
     let ip: IpAddr = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
     Some(SocketAddr::new(ip, u16::try_from(admin_port).ok()?))
 }
 
-/// Sends `method path` to `address`; returns the status code and body, or why it failed.
-pub async fn call(address: SocketAddr, method: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+/// Sends `method path` to `address`, with the job's admin `token` when the route needs one;
+/// returns the status code and body, or why it failed.
+pub async fn call(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&AdminToken>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let request = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("connecting: {e}"))?;
-        let head = format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n");
+        let authorization = token.map(|t| format!("Authorization: Bearer {}\r\n", t.expose())).unwrap_or_default();
+        let head = format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\n\r\n");
         stream.write_all(head.as_bytes()).await.map_err(|e| format!("sending: {e}"))?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await.map_err(|e| format!("reading: {e}"))?;

@@ -27,7 +27,9 @@ use tracing::{info, instrument, warn};
 use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode};
 
 use crate::{
-    Error, assignment,
+    Error,
+    admin_token::{AdminToken, Tokens},
+    assignment::{self, Admin},
     cache::{self, Cached, Children, Lookup, Writes},
     config::OperatorConfig,
     events::Announcer,
@@ -82,6 +84,10 @@ pub struct Context {
     pub writes: Arc<Writes>,
     /// Jobs whose pods are known to hold one partition slot each.
     assignments: Arc<assignment::Settled>,
+    /// The runtime processes sent a slot.
+    slots_given: Arc<assignment::Given>,
+    /// The jobs' admin tokens.
+    tokens: Arc<Tokens>,
     /// Slots for reconciles, as many as the API server keeps up with.
     throttle: Arc<Throttle>,
 }
@@ -111,6 +117,8 @@ impl Context {
             children: None,
             writes: Arc::default(),
             assignments: Arc::default(),
+            slots_given: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -130,6 +138,16 @@ impl Context {
         <K as Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The job's admin token, written into its Secret on first use.
+    async fn admin_token(&self, job_ref: &JobRef) -> Result<AdminToken, Error> {
+        self.tokens.get(&self.client, job_ref).await
+    }
+
+    /// How to reach the job's pods' admin API.
+    fn admin<'a>(&self, token: &'a AdminToken) -> Admin<'a> {
+        Admin { port: self.config.admin_port, token }
     }
 
     /// Sends an Event about `job` without waiting for it.
@@ -300,11 +318,12 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
                 let reason = rollout::savepoint_reason(change);
                 let id = savepoint::savepoint_id(&job_ref.name, generation, reason, Timestamp::now());
                 announce_savepoint(job, ctx, &id, running.len()).await?;
+                let token = ctx.admin_token(&job_ref).await?;
                 match ctx
                     .throttle
                     .aside(savepoint::stop_with_savepoint(
                         &running,
-                        ctx.config.admin_port,
+                        ctx.admin(&token),
                         &id,
                         savepoint::SAVEPOINT_TIMEOUT,
                     ))
@@ -421,7 +440,14 @@ async fn assign_slots(ctx: &Context, job_ref: &JobRef, replicas: i32, pods: &[Po
     if ctx.assignments.holds(&key, slots, pods) {
         return None;
     }
-    let outcome = assignment::assign(pods, slots, ctx.config.admin_port).await;
+    let token = match ctx.admin_token(job_ref).await {
+        Ok(token) => token,
+        Err(e) => {
+            warn!("no partition slots given: {e}");
+            return None;
+        }
+    };
+    let outcome = assignment::assign(&key, pods, slots, &ctx.admin(&token), &ctx.slots_given).await;
     ctx.assignments.record(&key, slots, pods, &outcome);
     Some(outcome)
 }
@@ -488,6 +514,8 @@ async fn roll(
     // wait for neither.
     let no_file_yet = job_file_missing(ctx, job_ref, &run);
     let pods = async {
+        // The pods mount their admin token: it exists before them.
+        ctx.admin_token(job_ref).await?;
         if !no_file_yet {
             apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
             apply_object(ctx, &job_ref.namespace, &run.deployment).await
@@ -527,7 +555,8 @@ async fn give_up(
     before: Option<&Deployment>,
     failed: savepoint::Failed,
 ) -> Result<Action, Error> {
-    let unresumed = ctx.throttle.aside(savepoint::resume(&failed.stopped)).await;
+    let token = ctx.admin_token(job_ref).await?;
+    let unresumed = ctx.throttle.aside(savepoint::resume(&failed.stopped, &token)).await;
     let mut message = format!("savepoint failed, the old pods go on running: {}", failed.message);
     if !unresumed.is_empty() {
         message.push_str(&format!("; could not resume {}", unresumed.join(", ")));
@@ -722,6 +751,10 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     ctx.writes.deleted::<Deployment>(&namespace, &job.name_any());
     ctx.writes.forget_job(&namespace, &job.name_any());
     ctx.assignments.forget(&format!("{namespace}/{}", job.name_any()));
+    ctx.slots_given.forget(&format!("{namespace}/{}", job.name_any()));
+    if let Ok(job_ref) = JobRef::new(job) {
+        ctx.tokens.forget(&job_ref);
+    }
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -742,9 +775,10 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
     }
     let generation = job.metadata.generation.unwrap_or_default();
     let id = savepoint::savepoint_id(&job.name_any(), generation, "delete", Timestamp::now());
+    let token = ctx.admin_token(&job_ref).await?;
     match ctx
         .throttle
-        .aside(savepoint::stop_with_savepoint(&running, ctx.config.admin_port, &id, savepoint::SAVEPOINT_TIMEOUT))
+        .aside(savepoint::stop_with_savepoint(&running, ctx.admin(&token), &id, savepoint::SAVEPOINT_TIMEOUT))
         .await
     {
         Ok(taken) => {

@@ -11,7 +11,7 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use crate::pod_http;
+use crate::{admin_token::AdminToken, assignment::Admin, pod_http};
 
 /// Longest a pod may take to flush, snapshot and commit.
 pub const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -71,15 +71,20 @@ pub fn running(pods: &[Pod]) -> Vec<&Pod> {
 }
 
 /// Takes savepoint `id` on every pod in `pods`, stopping them, each given `timeout`.
-pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str, timeout: Duration) -> Result<Taken, Failed> {
+pub async fn stop_with_savepoint(
+    pods: &[&Pod],
+    admin: Admin<'_>,
+    id: &str,
+    timeout: Duration,
+) -> Result<Taken, Failed> {
     let path = format!("/savepoint?stop=true&id={id}");
     let calls = pods.iter().map(|pod| {
-        let address = pod_http::admin_address(pod, admin_port);
+        let address = pod_http::admin_address(pod, admin.port);
         let name = pod.name_any();
         let path = path.as_str();
         async move {
             let Some(address) = address else { return (name, None, Err("has no IP: not running".to_owned())) };
-            let answer = match pod_http::call(address, "POST", path, timeout).await {
+            let answer = match pod_http::call(address, "POST", path, Some(admin.token), timeout).await {
                 Ok((200, body)) => serde_json::from_str::<Answer>(&body).map_err(|e| format!("bad answer: {e}")),
                 Ok((code, body)) => Err(format!("{code} {}", body.trim())),
                 Err(e) => Err(e),
@@ -108,9 +113,9 @@ pub async fn stop_with_savepoint(pods: &[&Pod], admin_port: i32, id: &str, timeo
 }
 
 /// Resumes consuming on pods a failed savepoint stopped; returns the ones that did not answer.
-pub async fn resume(stopped: &[SocketAddr]) -> Vec<String> {
+pub async fn resume(stopped: &[SocketAddr], token: &AdminToken) -> Vec<String> {
     let calls = stopped.iter().map(|&address| async move {
-        match pod_http::call(address, "POST", "/resume", RESUME_TIMEOUT).await {
+        match pod_http::call(address, "POST", "/resume", Some(token), RESUME_TIMEOUT).await {
             Ok((200, _)) => None,
             Ok((code, body)) => Some(format!("{address}: {code} {}", body.trim())),
             Err(e) => Some(format!("{address}: {e}")),
@@ -207,8 +212,9 @@ mod tests {
     #[tokio::test]
     async fn a_pod_whose_answer_timed_out_is_resumed_too() {
         let (pod, address) = slow_pod().await;
-        let port = i32::from(address.port());
-        let failed = stop_with_savepoint(&[&pod], port, "sp", Duration::from_millis(200)).await.unwrap_err();
+        let token = AdminToken::generate();
+        let admin = Admin { port: i32::from(address.port()), token: &token };
+        let failed = stop_with_savepoint(&[&pod], admin, "sp", Duration::from_millis(200)).await.unwrap_err();
         assert!(failed.message.contains("pod slow: no answer"), "{}", failed.message);
         assert_eq!(failed.stopped, [address], "it may stop after the operator gave up on it");
     }

@@ -557,7 +557,8 @@ fn fake_admin(address: &str) -> std::sync::Arc<std::sync::Mutex<(Value, Vec<Stri
                     Ok(n) => request.extend_from_slice(&buffer[..n]),
                 }
             }
-            let request = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
+            // The request line, then its headers.
+            let request = String::from_utf8_lossy(&request).trim_end().to_owned();
             let Ok(mut state) = shared.lock() else { break };
             let body = if let Some(query) = request.strip_prefix("POST /assign?") {
                 let query = query.split_whitespace().next().unwrap_or_default();
@@ -605,4 +606,19 @@ fn a_starting_runtime_pod_is_given_a_partition_slot() {
     let given = requests.iter().position(|r| r.starts_with("POST /assign")).unwrap();
     assert!(asked < given, "what the pod holds is asked first: {requests:?}");
     assert_eq!(requests.iter().filter(|r| r.starts_with("POST /assign")).count(), 1, "given once: {requests:?}");
+
+    // Every call carries the job's admin token, which lives in a Secret the job owns.
+    let template = "--template={{.data.token | base64decode}}";
+    let token = kubectl(["get", "secret", "-n", &ns, "orders-admin-token", "-o", "go-template", template]);
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    assert_eq!(token.len(), 64, "{token:?}");
+    let bearer = format!("\r\nAuthorization: Bearer {token}\r\n");
+    assert!(requests.iter().all(|r| r.contains(&bearer)), "{requests:?}");
+    let secret = get(&ns, "secret", "orders-admin-token").unwrap();
+    let job = get(&ns, "streamjob", "orders").unwrap();
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], job["metadata"]["uid"]);
+    let deployment = get(&ns, "deployment", "orders").unwrap();
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "orders-admin-token"), "{volumes:?}");
 }

@@ -1,12 +1,15 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /savepoint`,
-//! `POST /resume`, and (operator mode) `POST /assign` and `POST /release`.
+//! `POST /resume`, and (operator mode) `POST /assign` and `POST /release`. With a token,
+//! every route but the metrics and health checks needs `Authorization: Bearer <token>`:
+//! whoever can reach a pod must not stop it, take its partitions or read its state.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
-    http::StatusCode,
+    extract::{Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -26,18 +29,60 @@ const RESUME_TIMEOUT: Duration = SAVEPOINT_TIMEOUT;
 /// How long an assignment may wait for the job loop: handing partitions over commits them.
 const ASSIGN_TIMEOUT: Duration = SAVEPOINT_TIMEOUT;
 
+/// Who may call the routes that read or change the job's state.
+#[derive(Clone)]
+pub enum Access {
+    /// Anyone (a runtime run by hand, without a token).
+    Open,
+    /// Callers presenting this bearer token (the operator's, from the job's Secret).
+    Token(Arc<str>),
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: it may end up in a log.
+        f.write_str(match self {
+            Self::Open => "Open",
+            Self::Token(_) => "Token(..)",
+        })
+    }
+}
+
 /// The admin routes over the runtime's shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+pub fn router(shared: Arc<Shared>, access: Access) -> Router {
+    let guarded = Router::new()
         .route("/status", get(status))
         .route("/savepoint", post(savepoint))
         .route("/resume", post(resume))
         .route("/assign", post(assign))
         .route("/release", post(release))
+        .route_layer(middleware::from_fn_with_state(access, require_token));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .merge(guarded)
         .with_state(shared)
+}
+
+/// Lets a request through when `access` allows it; else 401, before anything is done.
+async fn require_token(State(access): State<Access>, request: Request, next: Next) -> Response {
+    let Access::Token(token) = &access else { return next.run(request).await };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented.is_some_and(|presented| same_secret(presented.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "the admin token is required").into_response()
+}
+
+/// Compares without stopping at the first difference, so timing does not tell how much of
+/// a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -130,9 +175,9 @@ async fn reassign(shared: Arc<Shared>, slot: Option<Slot>) -> Response {
 }
 
 /// Binds `addr` and serves until the process ends.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, access: Access) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    axum::serve(listener, router(shared)).await
+    axum::serve(listener, router(shared, access)).await
 }
 
 #[cfg(test)]
@@ -147,15 +192,23 @@ mod tests {
 
     /// Serves the admin routes on a free port; returns its address.
     async fn serve_on_free_port(shared: Arc<Shared>) -> SocketAddr {
+        serve_with(shared, Access::Open).await
+    }
+
+    async fn serve_with(shared: Arc<Shared>, access: Access) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(shared)).await });
+        tokio::spawn(async move { axum::serve(listener, router(shared, access)).await });
         addr
     }
 
     async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+        request(addr, "POST", path, "").await
+    }
+
+    async fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n");
+        let request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
@@ -218,6 +271,34 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&body).unwrap(),
             serde_json::json!({"slot": null, "slots": null})
         );
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_metrics_and_health_are_open() {
+        let shared = Arc::new(Shared::new(Metrics::new("t").unwrap()));
+        shared.set_assignment_mode(AssignmentMode::Operator);
+        let addr = serve_with(shared.clone(), Access::Token("s3cret".into())).await;
+        for (method, path) in [("GET", "/metrics"), ("GET", "/healthz")] {
+            assert_eq!(request(addr, method, path, "").await.0, 200, "{path} stays open");
+        }
+        let wrong =
+            ["", "Authorization: Bearer s3cre\r\n", "Authorization: Bearer s3cret2\r\n", "Authorization: s3cret\r\n"];
+        for headers in wrong {
+            for (method, path) in [
+                ("GET", "/status"),
+                ("POST", "/savepoint?stop=true&id=x"),
+                ("POST", "/resume"),
+                ("POST", "/assign?slot=0&slots=1"),
+                ("POST", "/release"),
+            ] {
+                let (code, body) = request(addr, method, path, headers).await;
+                assert_eq!((code, body.as_str()), (401, "the admin token is required"), "{method} {path} {headers:?}");
+            }
+        }
+        assert!(shared.take_requests().is_empty(), "nothing reached the job loop");
+        let (code, body) = request(addr, "GET", "/status", "Authorization: Bearer s3cret\r\n").await;
+        assert_eq!(code, 200, "{body}");
+        assert!(format!("{:?}", Access::Token("s3cret".into())).contains(".."), "the token never shows in Debug");
     }
 
     #[tokio::test]

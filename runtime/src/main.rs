@@ -45,6 +45,11 @@ struct Args {
     /// the ConfigMap key `spec.source.kafka.protobuf.descriptorSet` and passes its path).
     #[arg(long, env = "WEIR_DESCRIPTOR_SET")]
     descriptor_set: Option<PathBuf>,
+    /// File holding the admin token (the operator mounts the job's `<job>-admin-token`
+    /// Secret): every admin request but metrics and health checks must present it. Without
+    /// it the admin routes are open to whoever reaches the port.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Time between offset commits, e.g. `1s`.
     #[arg(long, default_value = "1s")]
     commit_interval: weir_crds::Duration,
@@ -71,6 +76,13 @@ fn main() -> ExitCode {
         Ok(document) => document,
         Err(e) => {
             error!("{}: {e}", args.job.display());
+            return ExitCode::from(2);
+        }
+    };
+    let access = match admin_access(args.admin_token_file.as_deref()) {
+        Ok(access) => access,
+        Err(e) => {
+            error!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -111,7 +123,7 @@ fn main() -> ExitCode {
         spans,
         assignment: args.assignment,
     };
-    let result = serve_and_run(args.admin_addr, settings, shared);
+    let result = serve_and_run(args.admin_addr, settings, shared, access);
     // After a drain (SIGTERM) or a fatal error alike: export the spans still queued.
     if let Some(Err(e)) = telemetry.as_ref().map(Telemetry::shutdown) {
         error!("{e}");
@@ -139,14 +151,33 @@ fn write_termination_message(path: &std::path::Path, message: &str) {
     }
 }
 
-fn serve_and_run(admin_addr: SocketAddr, settings: Settings, shared: Arc<Shared>) -> Result<(), String> {
+/// Who may call the admin routes: holders of the token in `file`, or anyone without one.
+fn admin_access(file: Option<&std::path::Path>) -> Result<admin::Access, String> {
+    let Some(file) = file else {
+        warn!("no --admin-token-file: the admin routes (savepoints, assignment, status) are open to anyone");
+        return Ok(admin::Access::Open);
+    };
+    let token = std::fs::read_to_string(file).map_err(|e| format!("admin token {}: {e}", file.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("admin token {} is empty", file.display()));
+    }
+    Ok(admin::Access::Token(token.into()))
+}
+
+fn serve_and_run(
+    admin_addr: SocketAddr,
+    settings: Settings,
+    shared: Arc<Shared>,
+    access: admin::Access,
+) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async move {
-        let admin = tokio::spawn(admin::serve(admin_addr, shared.clone()));
+        let admin = tokio::spawn(admin::serve(admin_addr, shared.clone(), access));
         let on_signal = shared.clone();
         tokio::spawn(async move {
             wait_for_signal().await;

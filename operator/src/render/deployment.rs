@@ -32,6 +32,12 @@ pub const ADMIN_PORT_NAME: &str = "admin";
 pub const JOB_MOUNT: &str = "/etc/weir";
 /// Where Kafka and schema registry credentials are mounted (`weir-runtime --secrets-dir`).
 pub const SECRETS_MOUNT: &str = "/var/run/secrets/weir";
+/// Where the admin token Secret is mounted; the token is its [`ADMIN_TOKEN_KEY`].
+pub const ADMIN_TOKEN_MOUNT: &str = "/var/run/secrets/weir-admin";
+/// The admin token's key in its Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Name of the admin token's volume.
+const ADMIN_TOKEN_VOLUME: &str = "admin-token";
 /// Where a Protobuf source's descriptor set is mounted, as [`DESCRIPTOR_SET_FILE`].
 pub const PROTOBUF_MOUNT: &str = "/etc/weir-protobuf";
 /// The descriptor set's file name (`weir-runtime --descriptor-set`), whatever its ConfigMap key.
@@ -101,6 +107,15 @@ fn pod_template(job: &StreamJob, job_ref: &JobRef, config: &OperatorConfig, job_
             ..Volume::default()
         },
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
+        Volume {
+            name: ADMIN_TOKEN_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(job_ref.admin_token_name()),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
     ];
     volumes.extend(secrets.iter().map(|(name, secret)| Volume {
         name: name.clone(),
@@ -119,6 +134,12 @@ fn pod_template(job: &StreamJob, job_ref: &JobRef, config: &OperatorConfig, job_
             ..VolumeMount::default()
         },
         VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+        VolumeMount {
+            name: ADMIN_TOKEN_VOLUME.into(),
+            mount_path: ADMIN_TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
     ];
     mounts.extend(secrets.keys().map(|name| VolumeMount {
         name: name.clone(),
@@ -192,6 +213,7 @@ fn container(
         format!("--name={}", job_ref.name),
         format!("--namespace={}", job_ref.namespace),
         format!("--secrets-dir={SECRETS_MOUNT}"),
+        format!("--admin-token-file={ADMIN_TOKEN_MOUNT}/{ADMIN_TOKEN_KEY}"),
         // The operator gives each pod its partitions (`crate::assignment`): no consumer group
         // rebalances on a rescale.
         "--assignment=operator".to_owned(),

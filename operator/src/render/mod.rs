@@ -12,7 +12,7 @@ use weir_crds::StreamJob;
 
 pub use configmap::{CHECKSUM_ANNOTATION, JOB_FILE, config_map, job_file};
 pub use deployment::{
-    ADMIN_PORT_NAME, CONTAINER_NAME, DESCRIPTOR_SET_FILE, JOB_MOUNT, PROTOBUF_MOUNT, RESTORE_FROM_ENV,
+    ADMIN_PORT_NAME, ADMIN_TOKEN_KEY, CONTAINER_NAME, DESCRIPTOR_SET_FILE, JOB_MOUNT, PROTOBUF_MOUNT, RESTORE_FROM_ENV,
     ROLLOUT_ANNOTATION, SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH, deployment,
     restore_from,
 };
@@ -161,7 +161,7 @@ mod tests {
                 "schemaRegistry": {"url": "http://registry:8081", "credentialsSecret": "registry-creds"}}}}));
         let pod = render(&job, &OperatorConfig::default()).unwrap().deployment.spec.unwrap().template.spec.unwrap();
         let names: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
-        assert_eq!(names, ["job", "tmp"]);
+        assert_eq!(names, ["job", "tmp", "admin-token"]);
         assert!(pod.containers[0].args.iter().flatten().all(|a| !a.starts_with("--descriptor-set")));
     }
 

@@ -196,7 +196,7 @@ impl Runtime {
 
     /// `POST path` on the admin server: status and body.
     pub fn post(&self, path: &str) -> (u16, String) {
-        weir_e2e::http_post(&self.admin, path).unwrap_or((0, String::new()))
+        weir_e2e::http_post(&self.admin, path, None).unwrap_or((0, String::new()))
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
