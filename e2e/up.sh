@@ -102,7 +102,7 @@ Weir is running locally, and sample payments flow into it (50 a second).
   kubectl get sj spend-per-user -o jsonpath='{.status.lastSavepoint}'
   Results, one per user and minute once the minute closes:
   bash e2e/kafka/tool.sh console-consumer --bootstrap-server $BOOTSTRAP --topic spend-per-minute \\
-    --from-beginning --property print.key=true
+    --from-beginning --formatter-property print.key=true
   Kafka: $BOOTSTRAP (topics payments -> spend-per-minute; other listeners in $RUN/kafka.env)
   Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $RUN/agent, $RUN/kafka/kafka.log
 Stop it with: bash e2e/down.sh

@@ -245,6 +245,7 @@ pub struct Retry {
     /// Retries in a row before the error is treated as fatal.
     #[serde(default = "default_max_retries")]
     #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub max_retries: u32,
     /// Wait before the first retry.
     #[serde(default = "default_initial_backoff")]

@@ -1,6 +1,9 @@
 //! The `StreamJob` API of Weir (`weir.dev/v1alpha1`): the custom resource types with their
 //! schema, CEL rules and documentation, and the semantic validation that operator and runtime
 //! share. Types and validation only: no client, no async runtime.
+//!
+//! Unsigned fields carry `format: int64` in the schema: the API server knows the formats
+//! int32 and int64, not schemars' uint32 (kubectl warns of it), and each has a maximum.
 
 pub mod document;
 mod duration;

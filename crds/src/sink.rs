@@ -81,6 +81,7 @@ pub struct KafkaSink {
     /// Most bytes in one produced batch (librdkafka `batch.size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 2_147_483_647))]
+    #[schemars(extend("format" = "int64"))]
     pub batch_size_bytes: Option<u32>,
     /// How long the producer waits for a broker to answer one request, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

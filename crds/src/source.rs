@@ -60,6 +60,7 @@ pub struct KafkaSource {
     /// Most records decoded and processed as one batch.
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub batch_size: u32,
     /// Longest wait to fill a batch; a partial batch is processed when it runs out, e.g. `50ms`.
     #[serde(default = "default_batch_timeout")]
@@ -67,18 +68,22 @@ pub struct KafkaSource {
     /// Least data a fetch waits for (librdkafka `fetch.min.bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub fetch_min_bytes: Option<u32>,
     /// Longest time a broker holds a fetch to gather `fetchMinBytes` (`fetch.wait.max.ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 300_000))]
+    #[schemars(extend("format" = "int64"))]
     pub fetch_max_wait_ms: Option<u32>,
     /// Most data fetched per partition at once (`max.partition.fetch.bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub max_partition_fetch_bytes: Option<u32>,
     /// Most records each pod reads per second, smoothed by a token bucket. Unlimited when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000_000))]
+    #[schemars(extend("format" = "int64"))]
     pub max_records_per_second: Option<u32>,
     /// Retries of transient errors (broker unavailable, leader change, timeouts).
     #[serde(default)]

@@ -69,3 +69,12 @@ fn the_crd_has_the_scale_and_status_subresources() {
     assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
     assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["sj".to_owned()][..]));
 }
+
+#[test]
+fn the_crd_uses_only_formats_the_api_server_knows() {
+    let generated = serde_yaml::to_string(&StreamJob::crd()).unwrap();
+    let formats: std::collections::BTreeSet<&str> =
+        generated.lines().filter_map(|l| l.trim().strip_prefix("format: ")).collect();
+    let known = ["int32", "int64", "double", "date-time"];
+    assert!(formats.iter().all(|f| known.contains(f)), "kubectl warns of unknown formats: {formats:?}");
+}
