@@ -64,13 +64,22 @@ impl Tokens {
         if let Some(token) = self.known.lock().ok().and_then(|known| known.get(job_ref.uid()).cloned()) {
             return Ok(token);
         }
+        self.ensure(client, job_ref).await
+    }
+
+    /// The job's token from its Secret, which is written again if it went missing: before
+    /// new pods, which cannot start without it.
+    pub async fn ensure(&self, client: &Client, job_ref: &JobRef) -> Result<AdminToken, Error> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &job_ref.namespace);
         let name = job_ref.admin_token_name();
         let existing = secrets.get_opt(&name).await.map_err(Error::api("reading the admin token"))?;
         let token = match existing {
             Some(secret) => token_of(&secret).ok_or_else(|| Error::AdminToken(name.clone()))?,
             None => {
-                let token = AdminToken::generate();
+                // Running pods hold the token they mounted: a Secret deleted under them is
+                // written again with it.
+                let known = self.known.lock().ok().and_then(|known| known.get(job_ref.uid()).cloned());
+                let token = known.unwrap_or_else(AdminToken::generate);
                 match secrets.create(&PostParams::default(), &secret(job_ref, &token)).await {
                     Ok(_) => token,
                     // Written by another reconcile a moment ago: that one counts.

@@ -515,7 +515,7 @@ async fn roll(
     let no_file_yet = job_file_missing(ctx, job_ref, &run);
     let pods = async {
         // The pods mount their admin token: it exists before them.
-        ctx.admin_token(job_ref).await?;
+        ctx.tokens.ensure(&ctx.client, job_ref).await?;
         if !no_file_yet {
             apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
             apply_object(ctx, &job_ref.namespace, &run.deployment).await

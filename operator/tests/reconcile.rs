@@ -616,9 +616,17 @@ fn a_starting_runtime_pod_is_given_a_partition_slot() {
     let bearer = format!("\r\nAuthorization: Bearer {token}\r\n");
     assert!(requests.iter().all(|r| r.contains(&bearer)), "{requests:?}");
     let secret = get(&ns, "secret", "orders-admin-token").unwrap();
-    let job = get(&ns, "streamjob", "orders").unwrap();
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], job["metadata"]["uid"]);
+    let owner = get(&ns, "streamjob", "orders").unwrap();
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], owner["metadata"]["uid"]);
     let deployment = get(&ns, "deployment", "orders").unwrap();
     let volumes = deployment["spec"]["template"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
     assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "orders-admin-token"), "{volumes:?}");
+
+    // Deleted under running pods, it comes back with the token they hold, before new pods.
+    let deleted = kubectl(["delete", "secret", "-n", &ns, "orders-admin-token"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    apply(&ns, &job("orders", json!({"parallelism": 2, "pipeline": [{"filter": "amount > 1"}]})));
+    wait_for(&ns, "secret", "orders-admin-token", "the admin token Secret again", |s| s.is_some());
+    let again = kubectl(["get", "secret", "-n", &ns, "orders-admin-token", "-o", "go-template", template]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), token, "the same token");
 }
