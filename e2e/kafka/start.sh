@@ -99,9 +99,15 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$DIR/tls/ca.crt
 listener.name.ssl.ssl.client.auth=required
 PROPS
-  # What `kafka-storage.sh random-uuid` prints: a random UUID, base64url without padding.
-  CLUSTER_ID=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-  "${JAVA[@]}" kafka.tools.StorageTool format --standalone -t "$CLUSTER_ID" -c "$DIR/server.properties" \
+  # What `kafka-storage.sh random-uuid` prints: a random UUID, base64url without padding,
+  # drawn again when it starts with "-" (as Kafka's Uuid.randomUuid does): the tool's
+  # argument parser would take such an id for an option, one start in 64.
+  CLUSTER_ID=$(python3 -c '
+import base64, uuid
+while (id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+    pass
+print(id)')
+  "${JAVA[@]}" kafka.tools.StorageTool format --standalone --cluster-id="$CLUSTER_ID" -c "$DIR/server.properties" \
     --add-scram "SCRAM-SHA-256=[name=weir,password=$PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=weir,password=$PASSWORD]" >"$DIR/format.log" 2>&1 \
     || { cat "$DIR/format.log" >&2; exit 1; }

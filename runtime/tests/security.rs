@@ -185,3 +185,34 @@ fn an_untrusted_client_certificate_stops_the_pod_naming_the_tls_failure() {
     let lower = message.to_lowercase();
     assert!(lower.contains("ssl") || lower.contains("authentication"), "the cause names the TLS failure: {message}");
 }
+
+#[test]
+fn the_admin_routes_answer_only_with_the_token_of_the_admin_token_file() {
+    let (broker, dir) = setup("admin-token", 1);
+    let job = job_file(dir.path(), broker, "admin-token", "");
+    let token_file = dir.path().join("token");
+    must(std::fs::write(&token_file, "0123456789abcdef\n"), "writing the token");
+    let token_arg = token_file.display().to_string();
+    let runtime = Runtime::launch(&job, &["--assignment", "operator", "--admin-token-file", &token_arg]);
+    must(wait_until(Duration::from_secs(60), "the admin server", || runtime.get("/healthz").0 == 200), "starting");
+    assert_eq!(runtime.get("/metrics").0, 200, "metrics stay open for Prometheus");
+    assert_eq!(runtime.get("/status").0, 401);
+    assert_eq!(runtime.post("/assign?slot=0&slots=1").0, 401);
+    let (code, body) = must(weir_e2e::http_get_with(&runtime.admin, "/status", "0123456789abcdef"), "status");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) =
+        must(weir_e2e::http_post(&runtime.admin, "/assign?slot=0&slots=1", Some("0123456789abcdef")), "assign");
+    assert_eq!(code, 200, "{body}");
+    runtime.kill();
+
+    // A token file that cannot be read stops the runtime before it serves anything.
+    let missing = dir.path().join("missing").display().to_string();
+    let mut refused = Runtime::launch(&job, &["--admin-token-file", &missing]);
+    let mut code = None;
+    let exited = wait_until(Duration::from_secs(30), "the runtime to exit", || {
+        code = refused.child.try_wait().ok().flatten().map(|status| status.code());
+        code.is_some()
+    });
+    must(exited, "exiting");
+    assert_eq!(code, Some(Some(2)), "a configuration error");
+}
