@@ -21,6 +21,8 @@ pub struct Metrics {
     pub records_dead_lettered: IntCounter,
     /// Records that could not be decoded.
     pub decode_errors: IntCounter,
+    /// Records, or window results, a pipeline step could not evaluate.
+    pub pipeline_errors: IntCounter,
     /// High watermark minus committed offset, per source partition.
     pub consumer_lag: IntGaugeVec,
     /// Wall clock minus the slowest owned partition's watermark.
@@ -119,6 +121,10 @@ impl Metrics {
             records_late: counter("records_late_total", "Records that arrived after their window closed.")?,
             records_dead_lettered: counter("records_dead_lettered_total", "Records sent to the dead-letter topic.")?,
             decode_errors: counter("decode_errors_total", "Records whose payload could not be decoded.")?,
+            pipeline_errors: counter(
+                "pipeline_errors_total",
+                "Records, or window results, a pipeline step could not evaluate (each dead-lettered alone).",
+            )?,
             consumer_lag,
             watermark_lag_seconds,
             checkpoint_duration: histogram(

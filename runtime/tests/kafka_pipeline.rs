@@ -23,7 +23,15 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     let input = payments(3_000, 25, 0);
     let producer = producer(broker);
     produce_payments(&producer, &format!("{name}-in"), &input);
-    for bad in ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#] {
+    // Undecodable, no event time, and two whose `amount` is of another type than every
+    // other record's: each must fail alone, and none may take good records with it.
+    let last_ts = input.last().map_or(BASE_TS, |p| p.ts);
+    let odd_types = [
+        json!({"user_id": "y", "amount": "lots", "currency": "EUR", "ts": last_ts}).to_string(),
+        json!({"user_id": "z", "amount": {"cents": 5}, "currency": "EUR", "ts": last_ts}).to_string(),
+    ];
+    let bad = ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#];
+    for bad in bad.iter().copied().chain(odd_types.iter().map(String::as_str)) {
         send(&producer, &format!("{name}-in"), "bad", bad);
     }
     let dead_letters = format!("  deadLetter: {{topic: {name}-dlq, lateRecords: true}}\n");
@@ -32,7 +40,7 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     // Once everything above is consumed, the watermark is far past the first window: a record
     // for it now is late. It must be counted and dead-lettered, not aggregated.
     wait_until(Duration::from_secs(60), "the input to be consumed", || {
-        runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_003.0
+        runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_005.0
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let late = json!({"user_id": input[0].user, "amount": 5, "currency": "EUR", "ts": BASE_TS}).to_string();
@@ -45,20 +53,32 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     assert_eq!(got.len(), want.len(), "number of window results");
     assert_eq!(got, want);
 
-    // Two undecodable payloads, one without its event time, and the late record.
-    let dead = read_records(broker, &format!("{name}-dlq"), 4);
+    // Two undecodable payloads, one without its event time, the two of odd types (found at
+    // decoding, or by the pipeline when one is polled alone) and the late record.
+    let dead = read_records(broker, &format!("{name}-dlq"), 6);
     let reasons: Vec<&str> = dead
         .iter()
         .filter_map(|r| r.headers.iter().find(|(k, _)| k == "weir.error").map(|(_, v)| v.as_str()))
         .collect();
-    assert_eq!(reasons.iter().filter(|r| r.starts_with("decode")).count(), 3, "{reasons:?}");
+    assert!(reasons.iter().filter(|r| r.starts_with("decode")).count() >= 3, "{reasons:?}");
+    assert_eq!(
+        reasons.iter().filter(|r| r.starts_with("decode") || r.starts_with("pipeline")).count(),
+        5,
+        "{reasons:?}"
+    );
     assert_eq!(reasons.iter().filter(|r| r.starts_with("late")).count(), 1, "{reasons:?}");
+    let payloads: Vec<String> = dead.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
+    for odd in &odd_types {
+        assert!(payloads.contains(odd), "{odd} is dead-lettered as it was consumed: {payloads:?}");
+    }
     assert_eq!(runtime.metric("weir_records_late_total{streamjob=\"spend\"}"), 1.0);
-    wait_until(Duration::from_secs(10), "the decode error counter", || {
-        runtime.metric("weir_decode_errors_total{streamjob=\"spend\"}") == 3.0
+    wait_until(Duration::from_secs(10), "the error counters", || {
+        runtime.metric("weir_decode_errors_total{streamjob=\"spend\"}")
+            + runtime.metric("weir_pipeline_errors_total{streamjob=\"spend\"}")
+            == 5.0
     })
     .unwrap_or_else(|e| panic!("{e}: metrics were {}", runtime.get("/metrics").1));
-    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_007.0);
+    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_009.0);
     assert!(runtime.get("/metrics").1.contains("weir_consumer_lag{"), "the lag gauge is exported");
     let status: Value = must(serde_json::from_str(&runtime.get("/status").1), "status is JSON");
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(3), "{status}");

@@ -1,7 +1,10 @@
 //! JSON payloads: one object per record, read with arrow-json, against the declared schema
 //! or a schema inferred from the batch.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use arrow::{
     array::{Array, RecordBatch, StructArray},
@@ -53,7 +56,9 @@ impl JsonDecoder {
                         Err(e) => errors.push((i, e)),
                     }
                 }
-                decode_inferred(&parsed, &mut good, &mut errors)
+                let decoded = decode_inferred(&parsed, &mut good, &mut errors);
+                errors.sort_by_key(|(i, _)| *i);
+                decoded
             }
         };
         self.extras.finish(decoded, records, &good, errors)
@@ -105,27 +110,45 @@ impl JsonDecoder {
     }
 }
 
-/// Decodes parsed objects with a schema inferred from all of them; when their types
-/// disagree, with the first one's schema, and the records that do not fit it fail alone.
+/// Decodes parsed objects with a schema inferred from all of them. When their types
+/// disagree, each top-level field takes the kind (number, string, boolean, object or array)
+/// most records give it: a record that gives a field another kind fails alone, naming the
+/// field, and the schema is inferred from the rest. One odd record, first or not, never
+/// types the batch.
 fn decode_inferred(
     parsed: &[(usize, serde_json::Value)],
     good: &mut Vec<usize>,
     errors: &mut Vec<(usize, String)>,
 ) -> Result<Option<RecordBatch>, ArrowError> {
-    let Some((_, first)) = parsed.first() else { return Ok(None) };
+    if parsed.is_empty() {
+        return Ok(None);
+    }
     let values = || parsed.iter().map(|(_, v)| v);
-    if let Ok(schema) = arrow::json::reader::infer_json_schema_from_iterator(values().map(Ok)) {
-        let mut decoder = ReaderBuilder::new(Arc::new(schema)).with_batch_size(parsed.len()).build_decoder()?;
-        if decoder.serialize(&values().collect::<Vec<_>>()).is_ok()
+    let majority = majority_kinds(values());
+    let mut fitting: Vec<&(usize, serde_json::Value)> = Vec::with_capacity(parsed.len());
+    for entry in parsed {
+        match odd_field(&entry.1, &majority) {
+            None => fitting.push(entry),
+            Some((field, kind, usual)) => errors
+                .push((entry.0, format!("field `{field}` is {kind} where the batch's other records have {usual}"))),
+        }
+    }
+    let Some((_, first)) = fitting.first() else { return Ok(None) };
+    let fitting_values = || fitting.iter().map(|(_, v)| v);
+    if let Ok(schema) = arrow::json::reader::infer_json_schema_from_iterator(fitting_values().map(Ok)) {
+        let mut decoder = ReaderBuilder::new(Arc::new(schema)).with_batch_size(fitting.len()).build_decoder()?;
+        if decoder.serialize(&fitting_values().collect::<Vec<_>>()).is_ok()
             && let Ok(batch) = decoder.flush()
         {
-            good.extend(parsed.iter().map(|(i, _)| *i));
+            good.extend(fitting.iter().map(|(i, _)| *i));
             return Ok(batch);
         }
     }
+    // Nested fields disagree: the first fitting record's schema, and records that do not
+    // fit it fail alone.
     let schema = Arc::new(arrow::json::reader::infer_json_schema_from_iterator(std::iter::once(Ok(first)))?);
-    let mut decoder = ReaderBuilder::new(schema.clone()).with_batch_size(parsed.len()).build_decoder()?;
-    for (i, value) in parsed {
+    let mut decoder = ReaderBuilder::new(schema.clone()).with_batch_size(fitting.len()).build_decoder()?;
+    for (i, value) in fitting {
         let mut probe = ReaderBuilder::new(schema.clone()).build_decoder()?;
         let fits = probe.serialize(std::slice::from_ref(value)).and_then(|()| probe.flush());
         match fits {
@@ -137,6 +160,74 @@ fn decode_inferred(
         }
     }
     decoder.flush()
+}
+
+/// The kind of a JSON value, as far as the type inferred for its field is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Boolean,
+    Number,
+    String,
+    Object,
+    Array,
+}
+
+impl Kind {
+    /// `None` for NULL, which fits any kind.
+    fn of(value: &serde_json::Value) -> Option<Self> {
+        use serde_json::Value;
+        match value {
+            Value::Null => None,
+            Value::Bool(_) => Some(Self::Boolean),
+            Value::Number(_) => Some(Self::Number),
+            Value::String(_) => Some(Self::String),
+            Value::Object(_) => Some(Self::Object),
+            Value::Array(_) => Some(Self::Array),
+        }
+    }
+
+    fn described(self) -> &'static str {
+        match self {
+            Self::Boolean => "a boolean",
+            Self::Number => "a number",
+            Self::String => "a string",
+            Self::Object => "an object",
+            Self::Array => "an array",
+        }
+    }
+}
+
+/// For each top-level field, the kind most of `values` give it (the first seen on a tie).
+fn majority_kinds<'a>(values: impl Iterator<Item = &'a serde_json::Value>) -> HashMap<&'a str, Kind> {
+    let mut counts: HashMap<&str, Vec<(Kind, usize)>> = HashMap::new();
+    for object in values.filter_map(serde_json::Value::as_object) {
+        for (field, value) in object {
+            let Some(kind) = Kind::of(value) else { continue };
+            let seen = counts.entry(field.as_str()).or_default();
+            match seen.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((kind, 1)),
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(field, kinds)| {
+            let best = kinds.iter().map(|(_, n)| *n).max()?;
+            kinds.into_iter().find(|(_, n)| *n == best).map(|(kind, _)| (field, kind))
+        })
+        .collect()
+}
+
+/// The first field of `value` whose kind is not the batch's, with both kinds described.
+fn odd_field<'a>(
+    value: &'a serde_json::Value,
+    majority: &HashMap<&str, Kind>,
+) -> Option<(&'a str, &'static str, &'static str)> {
+    value.as_object()?.iter().find_map(|(field, v)| {
+        let (kind, usual) = (Kind::of(v)?, majority.get(field.as_str())?);
+        (kind != *usual).then(|| (field.as_str(), kind.described(), usual.described()))
+    })
 }
 
 fn decode_one_object(decoder: &mut arrow::json::reader::Decoder, payload: &[u8]) -> Result<(), ArrowError> {
@@ -267,6 +358,28 @@ mod tests {
         let decoded = decoder.decode(&raw(&[r#"{"n":1}"#, r#"{"n":{"nested":true}}"#, r#"{"n":3}"#]));
         assert_eq!(decoded.batch.unwrap().num_rows(), 2);
         assert_eq!(decoded.errors.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn a_record_of_other_types_fails_alone_even_when_it_comes_first() {
+        let decoder = JsonDecoder::new(&source(""), &BTreeSet::new());
+        let decoded = decoder.decode(&raw(&[
+            r#"{"user":"a","amount":{"nested":true}}"#,
+            r#"{"user":"b","amount":2}"#,
+            r#"{"user":"c","amount":"lots"}"#,
+            r#"{"user":"d","amount":4.5}"#,
+            r#"{"user":"e","amount":null}"#,
+        ]));
+        let batch = decoded.batch.unwrap();
+        assert_eq!(batch.num_rows(), 3, "b, d and e decode");
+        assert_eq!(batch.column_by_name("amount").unwrap().data_type(), &DataType::Float64, "numbers, not text");
+        assert_eq!(
+            decoded.errors,
+            [
+                (0, "field `amount` is an object where the batch's other records have a number".to_owned()),
+                (2, "field `amount` is a string where the batch's other records have a number".to_owned()),
+            ]
+        );
     }
 
     #[test]

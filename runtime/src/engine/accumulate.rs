@@ -118,7 +118,22 @@ impl Column {
     }
 }
 
+/// The inputs of one update, brought to the accumulators' types ([`Accumulators::prepare`]).
+#[derive(Debug)]
+pub struct Prepared(Vec<PreparedInput>);
+
+#[derive(Debug)]
+enum PreparedInput {
+    /// `count(*)`: every row counts.
+    Rows,
+    /// `count(field)`: rows where the field is not NULL count.
+    Validity(ArrayRef),
+    /// Values to fold in.
+    Values(Input),
+}
+
 /// What an input column holds, once brought to a type the accumulators use.
+#[derive(Debug)]
 enum Input {
     Int(Int64Array, DataType),
     Float(Float64Array),
@@ -191,33 +206,63 @@ impl Accumulators {
     }
 
     /// Applies `updates` with the field values of `inputs` (one per aggregate, `None` for a
-    /// count of rows).
+    /// count of rows). On error nothing has changed.
     pub fn update(&mut self, inputs: &[Option<ArrayRef>], updates: &Updates) -> Result<(), ArrowError> {
-        for ((column, spec), input) in self.columns.iter_mut().zip(&self.specs).zip(inputs) {
-            let Some(array) = input else {
-                if let Column::Count(counts) = column {
+        let prepared = self.prepare(inputs)?;
+        self.apply(&prepared, updates);
+        Ok(())
+    }
+
+    /// Brings `inputs` to the types the accumulators use. This is the part of an update that
+    /// can fail, done before any state changes so a failed batch leaves none behind.
+    pub fn prepare(&self, inputs: &[Option<ArrayRef>]) -> Result<Prepared, ArrowError> {
+        let inputs = self
+            .columns
+            .iter()
+            .zip(&self.specs)
+            .zip(inputs)
+            .map(|((column, spec), input)| {
+                Ok(match (input, column) {
+                    (None, _) => PreparedInput::Rows,
+                    (Some(array), Column::Count(_)) => PreparedInput::Validity(array.clone()),
+                    (Some(array), _) => {
+                        let numeric_only = matches!(spec.function, AggregateFn::Sum | AggregateFn::Avg);
+                        PreparedInput::Values(prepare(array, numeric_only)?)
+                    }
+                })
+            })
+            .collect::<Result<_, ArrowError>>()?;
+        Ok(Prepared(inputs))
+    }
+
+    /// Applies `updates` with inputs from [`Self::prepare`]; cannot fail.
+    pub fn apply(&mut self, prepared: &Prepared, updates: &Updates) {
+        for (column, input) in self.columns.iter_mut().zip(&prepared.0) {
+            match (input, &mut *column) {
+                (PreparedInput::Rows, Column::Count(counts)) => {
                     for &slot in &updates.slots {
                         counts[slot as usize] += 1;
                     }
                 }
-                continue;
-            };
-            let numeric_only = matches!(spec.function, AggregateFn::Sum | AggregateFn::Avg);
-            if let Column::Count(counts) = column {
-                for (&row, &slot) in updates.rows.iter().zip(&updates.slots) {
-                    counts[slot as usize] += i64::from(array.is_valid(row as usize));
+                (PreparedInput::Rows, _) => {}
+                (PreparedInput::Validity(array), Column::Count(counts)) => {
+                    for (&row, &slot) in updates.rows.iter().zip(&updates.slots) {
+                        counts[slot as usize] += i64::from(array.is_valid(row as usize));
+                    }
                 }
-                continue;
+                (PreparedInput::Validity(_), _) => {}
+                (PreparedInput::Values(input), _) => {
+                    match (input, &*column) {
+                        (Input::Float(_), Column::SumInt(_) | Column::ExtremeInt { .. }) => column.widen_to_float(),
+                        (Input::Str(_), Column::ExtremeInt { .. } | Column::ExtremeFloat { .. }) => {
+                            column.widen_to_string();
+                        }
+                        _ => {}
+                    }
+                    apply(column, input, updates);
+                }
             }
-            let input = prepare(array, numeric_only)?;
-            match (&input, &*column) {
-                (Input::Float(_), Column::SumInt(_) | Column::ExtremeInt { .. }) => column.widen_to_float(),
-                (Input::Str(_), Column::ExtremeInt { .. } | Column::ExtremeFloat { .. }) => column.widen_to_string(),
-                _ => {}
-            }
-            apply(column, &input, updates);
         }
-        Ok(())
     }
 
     /// Folds slot `from` into slot `into` (session windows merging) and releases `from`.

@@ -116,9 +116,11 @@ impl KeyedWindows {
         if batch.num_rows() == 0 {
             return Ok(applied);
         }
-        let rows = self.key_rows(batch)?;
+        // Everything that can fail comes first: a failed batch leaves no state behind.
+        let prepared = self.accumulators.prepare(&self.aggregate_inputs(batch))?;
         let times = int_column(batch, EVENT_TIME)?;
         let offsets = int_column(batch, OFFSET)?;
+        let rows = self.key_rows(batch)?;
         let (times, offsets) = (times.values(), offsets.values());
         let mut updates = std::mem::take(&mut self.updates);
         updates.clear();
@@ -180,10 +182,8 @@ impl KeyedWindows {
                 self.buckets = buckets;
             }
         }
-        let inputs = self.aggregate_inputs(batch)?;
-        let result = self.accumulators.update(&inputs, &updates);
+        self.accumulators.apply(&prepared, &updates);
         self.updates = updates;
-        result?;
         Ok(applied)
     }
 
@@ -272,33 +272,36 @@ impl KeyedWindows {
         }
         // The first batch fixes the key types; later batches are cast to them, so a key
         // inferred as integer in one batch and string in another still groups together.
-        let types = self.key_types.get_or_insert_with(|| {
-            columns
-                .iter()
-                .map(|c| if c.data_type() == &DataType::Null { DataType::Utf8 } else { c.data_type().clone() })
-                .collect()
-        });
-        for (column, data_type) in columns.iter_mut().zip(types.iter()) {
+        if let (Some(types), Some(converter)) = (&self.key_types, &self.converter) {
+            for (column, data_type) in columns.iter_mut().zip(types) {
+                if column.data_type() != data_type {
+                    *column = cast(column, data_type)?;
+                }
+            }
+            return Ok(converter.convert_columns(&columns)?);
+        }
+        // The first batch that is applied fixes the types.
+        let types: Vec<DataType> = columns
+            .iter()
+            .map(|c| if c.data_type() == &DataType::Null { DataType::Utf8 } else { c.data_type().clone() })
+            .collect();
+        for (column, data_type) in columns.iter_mut().zip(&types) {
             if column.data_type() != data_type {
                 *column = cast(column, data_type)?;
             }
         }
-        if self.converter.is_none() {
-            self.converter = Some(RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?);
-        }
-        let converter =
-            self.converter.as_ref().ok_or_else(|| ArrowError::InvalidArgumentError("no converter".into()))?;
-        Ok(converter.convert_columns(&columns)?)
+        let converter = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let rows = converter.convert_columns(&columns)?;
+        self.key_types = Some(types);
+        self.converter = Some(converter);
+        Ok(rows)
     }
 
-    fn aggregate_inputs(&self, batch: &RecordBatch) -> Result<Vec<Option<ArrayRef>>, KeyedError> {
+    fn aggregate_inputs(&self, batch: &RecordBatch) -> Vec<Option<ArrayRef>> {
         self.accumulators
             .specs()
             .iter()
-            .map(|spec| match &spec.field {
-                None => Ok(None),
-                Some(name) => Ok(Some(column_or_nulls(batch, name))),
-            })
+            .map(|spec| spec.field.as_ref().map(|name| column_or_nulls(batch, name)))
             .collect()
     }
 

@@ -7,6 +7,7 @@
 
 pub mod accumulate;
 pub mod expr;
+pub mod isolate;
 pub mod keyed;
 pub mod window;
 
@@ -17,15 +18,17 @@ use std::{
 
 use arrow::{
     array::{Array, ArrayRef, AsArray, UInt32Array},
-    compute::{filter_record_batch, take_record_batch},
+    compute::{concat_batches, filter_record_batch, take_record_batch},
     datatypes::{Field, Int64Type, Schema},
     error::ArrowError,
     record_batch::RecordBatch,
 };
 use weir_crds::{Step, StreamJobSpec, expr::SelectItem};
 
+pub use self::isolate::Rejected;
 use self::{
     expr::{ExprError, PhysicalExpr},
+    isolate::isolate,
     keyed::{KeyedError, KeyedWindows},
     window::WindowKind,
 };
@@ -213,12 +216,10 @@ impl Plan {
         (front, keyed)
     }
 
-    /// The stateless steps before the window, applied to one batch.
-    pub fn apply_front(&self, mut batch: RecordBatch) -> Result<RecordBatch, EngineError> {
-        for step in &self.before_window {
-            batch = step.apply(batch)?;
-        }
-        Ok(batch)
+    /// The stateless steps before the window, applied to one batch: the rows that pass (in
+    /// one batch, `None` when none did) and the rows the steps fail on, rejected alone.
+    pub fn apply_front(&self, batch: RecordBatch) -> Result<(Option<RecordBatch>, Vec<Rejected>), EngineError> {
+        run_stateless(&self.before_window, batch)
     }
 
     /// A fresh event-time tracker for one source partition of this plan.
@@ -331,6 +332,19 @@ pub struct Processed {
     pub output: Vec<RecordBatch>,
     /// Records that arrived after their windows closed (not replays).
     pub late: Option<RecordBatch>,
+    /// Input rows a step could not evaluate: they changed no state and are not in the results.
+    pub rejected: Vec<Rejected>,
+    /// Result rows the steps after the window could not evaluate.
+    pub rejected_results: Vec<Rejected>,
+}
+
+/// What closing windows produced.
+#[derive(Debug, Default)]
+pub struct Closed {
+    /// Result records for the sink.
+    pub output: Vec<RecordBatch>,
+    /// Result rows the steps after the window could not evaluate.
+    pub rejected: Vec<Rejected>,
 }
 
 /// The pipeline state of one source partition.
@@ -389,64 +403,75 @@ impl PartitionPipeline {
         self.windows.as_ref().map_or(0, KeyedWindows::open_aggregates)
     }
 
-    /// Runs a decoded batch (with hidden columns) through the pipeline.
+    /// Runs a decoded batch (with hidden columns) through the pipeline. Rows a step cannot
+    /// evaluate are rejected one by one (see [`isolate`]); the rest go on.
     pub fn process(&mut self, batch: RecordBatch, now: Instant) -> Result<Processed, EngineError> {
-        let newest = newest_event_time(&batch).filter(|_| !self.plan.external_watermark);
-        let mut batch = batch;
-        for step in &self.plan.before_window {
-            batch = step.apply(batch)?;
-        }
         let mut processed = Processed::default();
-        let (Some(windows), Some(plan)) = (self.windows.as_mut(), self.plan.window.as_ref()) else {
-            if let Some(newest) = newest {
-                self.watermark.observe(newest, now);
-            }
-            processed.output.push(batch);
+        let (rows, rejected) = run_stateless(&self.plan.before_window, batch.clone())?;
+        processed.rejected = rejected;
+        let (Some(windows), Some(plan), Some(rows)) = (self.windows.as_mut(), self.plan.window.as_ref(), rows.clone())
+        else {
+            self.observe_newest(&batch, &processed.rejected, now);
+            processed.output.extend(rows);
             return Ok(processed);
         };
         let watermark = self.watermark.current();
-        let applied = windows
-            .apply(&batch, watermark)
-            .map_err(|source| EngineError::Keyed { step: plan.step.clone(), source })?;
-        if !applied.late_rows.is_empty() {
-            processed.late = self.late_records(&batch, &applied.late_rows)?;
+        let applied = isolate(rows, |part| {
+            let applied = windows.apply(&part, watermark);
+            applied.map(|a| (part, a)).map_err(|source| EngineError::Keyed { step: plan.step.clone(), source })
+        });
+        processed.rejected.extend(applied.rejected);
+        let mut late = Vec::new();
+        for (part, applied) in &applied.done {
+            if !applied.late_rows.is_empty() {
+                late.extend(self.late_records(part, &applied.late_rows)?);
+            }
         }
-        if let Some(newest) = newest {
-            self.watermark.observe(newest, now);
-        }
-        processed.output = self.close_windows()?;
+        processed.late = concat(late)?;
+        self.observe_newest(&batch, &processed.rejected, now);
+        let closed = self.close_windows()?;
+        processed.output = closed.output;
+        processed.rejected_results = closed.rejected;
         Ok(processed)
     }
 
+    /// Moves the watermark with the newest event time of `batch`, less its rejected rows.
+    fn observe_newest(&mut self, batch: &RecordBatch, rejected: &[Rejected], now: Instant) {
+        if self.plan.external_watermark {
+            return;
+        }
+        if let Some(newest) = newest_event_time_except(batch, rejected) {
+            self.watermark.observe(newest, now);
+        }
+    }
+
     /// Moves an idle partition's watermark with the clock and emits what that closes.
-    pub fn tick(&mut self, now: Instant) -> Result<Vec<RecordBatch>, EngineError> {
+    pub fn tick(&mut self, now: Instant) -> Result<Closed, EngineError> {
         if self.windows.is_none() || self.plan.external_watermark || !self.watermark.advance_if_idle(now) {
-            return Ok(Vec::new());
+            return Ok(Closed::default());
         }
         self.close_windows()
     }
 
     /// Moves an externally driven watermark (see [`Plan::split_at_key`]) forward and emits
     /// what that closes.
-    pub fn advance_watermark(&mut self, watermark: i64) -> Result<Vec<RecordBatch>, EngineError> {
+    pub fn advance_watermark(&mut self, watermark: i64) -> Result<Closed, EngineError> {
         if !self.watermark.advance_to(watermark) {
-            return Ok(Vec::new());
+            return Ok(Closed::default());
         }
         self.close_windows()
     }
 
-    fn close_windows(&mut self) -> Result<Vec<RecordBatch>, EngineError> {
+    fn close_windows(&mut self) -> Result<Closed, EngineError> {
         let (Some(windows), Some(plan)) = (self.windows.as_mut(), self.plan.window.as_ref()) else {
-            return Ok(Vec::new());
+            return Ok(Closed::default());
         };
         let closed = windows
             .close_until(self.watermark.current())
             .map_err(|source| EngineError::Keyed { step: plan.step.clone(), source })?;
-        let Some(mut results) = closed else { return Ok(Vec::new()) };
-        for step in &self.plan.after_window {
-            results = step.apply(results)?;
-        }
-        Ok(vec![results])
+        let Some(results) = closed else { return Ok(Closed::default()) };
+        let (output, rejected) = run_stateless(&self.plan.after_window, results)?;
+        Ok(Closed { output: output.into_iter().collect(), rejected })
     }
 
     /// Late rows, less the replayed ones (already counted before the restart).
@@ -461,6 +486,44 @@ impl PartitionPipeline {
         }
         Ok(Some(take_record_batch(batch, &UInt32Array::from(fresh))?))
     }
+}
+
+/// Runs stateless `steps` on `batch`: the rows that pass, in one batch (`None` when every
+/// row was rejected), and the rows the steps fail on, each rejected alone.
+fn run_stateless(steps: &[Stateless], batch: RecordBatch) -> Result<(Option<RecordBatch>, Vec<Rejected>), EngineError> {
+    let isolated = isolate(batch, |mut part| {
+        for step in steps {
+            part = step.apply(part)?;
+        }
+        Ok::<_, EngineError>(part)
+    });
+    Ok((concat(isolated.done)?, isolated.rejected))
+}
+
+/// The batches as one, `None` when there are none.
+fn concat(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>, ArrowError> {
+    match batches.len() {
+        0 => Ok(None),
+        1 => Ok(batches.into_iter().next()),
+        _ => Ok(Some(concat_batches(&batches[0].schema(), &batches)?)),
+    }
+}
+
+/// The newest event time in `batch` among the rows not `rejected` (found by source offset).
+pub fn newest_event_time_except(batch: &RecordBatch, rejected: &[Rejected]) -> Option<i64> {
+    if rejected.is_empty() {
+        return newest_event_time(batch);
+    }
+    let offsets_of = |b: &RecordBatch| {
+        b.column_by_name(OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>()).map(|o| o.values().to_vec())
+    };
+    let gone: std::collections::HashSet<i64> = rejected.iter().filter_map(|r| offsets_of(&r.rows)).flatten().collect();
+    let (Some(offsets), Some(times)) =
+        (offsets_of(batch), batch.column_by_name(EVENT_TIME).and_then(|c| c.as_primitive_opt::<Int64Type>()))
+    else {
+        return newest_event_time(batch);
+    };
+    (0..batch.num_rows()).filter(|&i| times.is_valid(i) && !gone.contains(&offsets[i])).map(|i| times.value(i)).max()
 }
 
 /// The newest event time in a decoded batch.

@@ -84,10 +84,10 @@ fn an_idle_partition_closes_its_windows_with_the_clock() {
     let start = Instant::now();
     let mut partition = PartitionPipeline::new(plan, Resume::default(), start);
     partition.process(payments(&["a"], &[1.0], &["EUR"], &[5_000]), start).unwrap();
-    assert!(partition.tick(start + Duration::from_secs(1)).unwrap().is_empty(), "not idle yet");
+    assert!(partition.tick(start + Duration::from_secs(1)).unwrap().output.is_empty(), "not idle yet");
     // Idle for the default 30s: event time is assumed to have moved 30s on.
     let closed = partition.tick(start + Duration::from_secs(31)).unwrap();
-    assert_eq!(closed[0].num_rows(), 1);
+    assert_eq!(closed.output[0].num_rows(), 1);
 }
 
 /// Feeds `batches` through a pipeline, checkpointing and restoring it after each batch when
@@ -160,10 +160,12 @@ fn a_split_plan_gives_the_results_of_the_whole_when_fed_the_watermark() {
     for batch in [batch, later] {
         want.extend(straight.process(batch.clone(), now).unwrap().output);
         watermark.observe(newest_event_time(&batch).unwrap(), now);
-        let rows = front.apply_front(batch).unwrap();
+        let (rows, rejected) = front.apply_front(batch).unwrap();
+        assert!(rejected.is_empty());
+        let rows = rows.unwrap();
         let processed = split.process(rows, now).unwrap();
         assert!(processed.output.is_empty(), "rows alone never move an external watermark");
-        got.extend(split.advance_watermark(watermark.current()).unwrap());
+        got.extend(split.advance_watermark(watermark.current()).unwrap().output);
     }
     let text = |batches: &[RecordBatch]| -> Vec<String> {
         let mut rows: Vec<String> = batches
@@ -176,5 +178,63 @@ fn a_split_plan_gives_the_results_of_the_whole_when_fed_the_watermark() {
     };
     assert_eq!(text(&got), text(&want));
     assert_eq!(text(&got).len(), 2, "a and b of the first window");
-    assert!(split.advance_watermark(watermark.current()).unwrap().is_empty(), "the same watermark closes nothing");
+    assert!(
+        split.advance_watermark(watermark.current()).unwrap().output.is_empty(),
+        "the same watermark closes nothing"
+    );
+}
+
+/// A batch whose `amount` holds JSON objects, as an inferred schema gives them.
+fn object_amounts(users: &[&str], times: &[i64]) -> RecordBatch {
+    let lines: Vec<String> =
+        users.iter().map(|u| format!(r#"{{"user_id":"{u}","amount":{{"value":1}},"currency":"EUR"}}"#)).collect();
+    let values: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let schema = arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok)).unwrap();
+    let mut decoder = arrow::json::ReaderBuilder::new(Arc::new(schema)).build_decoder().unwrap();
+    decoder.serialize(&values).unwrap();
+    let batch = decoder.flush().unwrap().unwrap();
+    let mut fields: Vec<_> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = batch.columns().to_vec();
+    fields.push(arrow::datatypes::Field::new(EVENT_TIME, arrow::datatypes::DataType::Int64, false));
+    columns.push(Arc::new(Int64Array::from(times.to_vec())));
+    fields.push(arrow::datatypes::Field::new(OFFSET, arrow::datatypes::DataType::Int64, false));
+    columns.push(Arc::new(Int64Array::from_iter_values(100..100 + users.len() as i64)));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+#[test]
+fn a_batch_the_aggregate_cannot_fold_leaves_no_window_state_and_does_not_move_the_watermark() {
+    let plan = plan(
+        "  - keyBy: [user_id]\n  - window: {tumbling: {size: 10s}}\n  - aggregate: [{fn: sum, field: amount, as: total}, {fn: count}]\n",
+    );
+    let mut partition = PartitionPipeline::new(plan, Resume::default(), Instant::now());
+    let bad = partition.process(object_amounts(&["ghost"], &[50_000]), Instant::now()).unwrap();
+    assert_eq!(bad.rejected.len(), 1, "the record is rejected: {bad:?}");
+    assert!(bad.rejected[0].reason.contains("pipeline[2].aggregate"), "{}", bad.rejected[0].reason);
+    assert_eq!(partition.open_aggregates(), 0, "no group was left behind for the rejected record");
+    assert_eq!(partition.watermark().max_event_time(), None, "a rejected record does not move event time");
+    let good = payments(&["a"], &[5.0], &["EUR"], &[1_000]);
+    assert!(partition.process(good, Instant::now()).unwrap().rejected.is_empty());
+    let flush = payments(&["a"], &[1.0], &["EUR"], &[30_000]);
+    let out = partition.process(flush, Instant::now()).unwrap().output;
+    let users: Vec<&str> =
+        out.iter().flat_map(|b| b.column_by_name("user_id").unwrap().as_string::<i32>().iter().flatten()).collect();
+    assert_eq!(users, ["a"], "only the good record's window closes, and nothing for the ghost");
+}
+
+#[test]
+fn rows_a_step_fails_on_are_rejected_alone_and_the_rest_are_processed() {
+    let plan = plan("  - select: [user_id, \"amount * 2 AS doubled\"]\n");
+    let mut partition = PartitionPipeline::new(plan, Resume::default(), Instant::now());
+    // `amount * 2` cannot multiply an object: the step fails on these rows.
+    let bad = object_amounts(&["x", "y"], &[1_000, 2_000]);
+    let processed = partition.process(bad, Instant::now()).unwrap();
+    assert!(processed.output.is_empty());
+    assert_eq!(processed.rejected.len(), 2, "each row alone");
+    let offsets: Vec<i64> = processed
+        .rejected
+        .iter()
+        .flat_map(|r| r.rows.column_by_name(OFFSET).unwrap().as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(offsets, [100, 101]);
 }

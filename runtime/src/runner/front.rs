@@ -553,11 +553,19 @@ impl Job {
             let decoded = self.decoder.decode(&records);
             self.dead_letter_undecoded(&records, &decoded.errors)?;
             if let Some(batch) = decoded.batch {
-                let newest = crate::engine::newest_event_time(&batch);
-                match self.route(front, partition, batch) {
-                    Ok(()) => {}
-                    Err(RouteError::Send(e)) => return Err(e),
-                    Err(e) => self.dead_letter_failed_batch(&records, &e)?,
+                let (rows, rejected) = match front.plan.apply_front(batch.clone()) {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        self.dead_letter_failed_batch(&records, &e)?;
+                        (None, Vec::new())
+                    }
+                };
+                self.dead_letter_rejected(&records, &rejected)?;
+                let newest = crate::engine::newest_event_time_except(&batch, &rejected);
+                match rows.map(|rows| self.route(front, partition, rows)) {
+                    None | Some(Ok(())) => {}
+                    Some(Err(RouteError::Send(e))) => return Err(e),
+                    Some(Err(e)) => self.dead_letter_failed_batch(&records, &e)?,
                 }
                 if let (Some(newest), Some(owned)) = (newest, lock(&front.owners).owned.get_mut(&partition)) {
                     owned.watermark.observe(newest, now);
@@ -570,10 +578,10 @@ impl Job {
         Ok(())
     }
 
-    /// Runs the steps before the `keyBy` on one partition's batch and produces the rows to
-    /// the internal partitions of their keys.
-    fn route(&self, front: &Front, partition: i32, batch: arrow::record_batch::RecordBatch) -> Result<(), RouteError> {
-        let rows = repartition::with_upstream_offsets(front.plan.apply_front(batch)?)?;
+    /// Produces one partition's rows, through the steps before the `keyBy`, to the internal
+    /// partitions of their keys.
+    fn route(&self, front: &Front, partition: i32, rows: arrow::record_batch::RecordBatch) -> Result<(), RouteError> {
+        let rows = repartition::with_upstream_offsets(rows)?;
         if rows.num_rows() == 0 {
             return Ok(());
         }

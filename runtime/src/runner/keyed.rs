@@ -93,11 +93,10 @@ impl Job {
                     match run.pipeline.process(batch.clone(), Instant::now()) {
                         Ok(processed) => {
                             outputs.extend(processed.output);
+                            self.dead_letter_rejected_results(&processed.rejected, upstream)?;
+                            self.dead_letter_rejected_results(&processed.rejected_results, upstream)?;
                             if let Some(late) = processed.late {
-                                metrics.records_late.inc_by(late.num_rows() as u64);
-                                if self.settings.spec.dead_letter.as_ref().is_some_and(|d| d.late_records) {
-                                    self.dead_letter_rows(&late, "late: its window had closed", upstream)?;
-                                }
+                                self.dead_letter_late(&late, upstream)?;
                             }
                         }
                         Err(e) => {
@@ -110,7 +109,9 @@ impl Job {
                 Ok(Internal::Marks(marks)) => {
                     repartition::merge(&mut run.marks, &marks);
                     if let Some(watermark) = repartition::combined(&run.marks, front.source_partitions) {
-                        outputs.extend(run.pipeline.advance_watermark(watermark)?);
+                        let closed = run.pipeline.advance_watermark(watermark)?;
+                        outputs.extend(closed.output);
+                        self.dead_letter_rejected_results(&closed.rejected, partition)?;
                     }
                 }
                 Err(e) => {

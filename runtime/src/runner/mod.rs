@@ -54,7 +54,7 @@ use crate::{
     assignment::{self, AssignmentMode, Slot},
     checkpoint::{self, CheckpointStore, Checkpointer, PartitionSnapshot},
     codec::{self, CodecError, Decoder, Encoder, FormatFiles, Layout, RawRecord},
-    engine::{PartitionPipeline, Plan, Resume},
+    engine::{PartitionPipeline, Plan, Rejected, Resume},
     kafka::{
         auth::{TokenError, TokenSource},
         config::{self, SecretMounts, Side},
@@ -1202,17 +1202,16 @@ impl Job {
             if let Some(batch) = decoded.batch {
                 match run.pipeline.process(batch, Instant::now()) {
                     Ok(processed) => {
+                        self.dead_letter_rejected(&records, &processed.rejected)?;
+                        self.dead_letter_rejected_results(&processed.rejected_results, partition)?;
                         self.produce_from(&processed.output, span.as_ref().map(|s| s.span_context()))?;
                         if let Some(late) = processed.late {
-                            self.shared.metrics.records_late.inc_by(late.num_rows() as u64);
-                            if self.settings.spec.dead_letter.as_ref().is_some_and(|d| d.late_records) {
-                                self.dead_letter_rows(&late, "late: its window had closed", partition)?;
-                            }
+                            self.dead_letter_late(&late, partition)?;
                         }
                     }
                     Err(e) => {
-                        // Data the pipeline cannot evaluate (e.g. a string where a number is
-                        // needed) is treated like undecodable input, not as a crash.
+                        // Not a record's fault (the engine's own columns are missing): the
+                        // batch is dead-lettered rather than crash the job.
                         self.dead_letter_failed_batch(&records, &e)?;
                     }
                 }
@@ -1229,14 +1228,20 @@ impl Job {
         let mut table = lock(&self.table);
         let mut outputs = Vec::new();
         let mut slowest: Option<i64> = None;
-        for run in table.runs.values_mut() {
-            outputs.extend(run.pipeline.tick(now)?);
+        let mut rejected = Vec::new();
+        for (&partition, run) in &mut table.runs {
+            let closed = run.pipeline.tick(now)?;
+            outputs.extend(closed.output);
+            rejected.extend(closed.rejected.into_iter().map(|r| (partition, r)));
             if run.pipeline.watermark().max_event_time().is_some() {
                 let wm = run.pipeline.watermark().current();
                 slowest = Some(slowest.map_or(wm, |s| s.min(wm)));
             }
         }
         drop(table);
+        for (partition, rejected) in rejected {
+            self.dead_letter_rejected_results(std::slice::from_ref(&rejected), partition)?;
+        }
         if let Some(wm) = slowest {
             self.shared.metrics.watermark_lag_seconds.set((now_ms() - wm) as f64 / 1000.0);
         }
@@ -1339,8 +1344,54 @@ impl Job {
         Ok(())
     }
 
-    /// Data the pipeline cannot evaluate (e.g. a string where a number is needed) is
-    /// treated like undecodable input, not as a crash: the batch's records are dead-lettered.
+    /// Counts and dead-letters, as they were consumed, the records a pipeline step could not
+    /// evaluate (`rejected` rows, found in `records` by their source offset).
+    fn dead_letter_rejected(&self, records: &[RawRecord<'_>], rejected: &[Rejected]) -> Result<(), RunError> {
+        if let Some(first) = rejected.first() {
+            warn!(records = rejected.len(), reason = %first.reason, "a pipeline step failed on records; dead-lettering them");
+        }
+        let producer = self.source_dead_letters();
+        for rejected in rejected {
+            let Some(offsets) =
+                rejected.rows.column_by_name(crate::engine::OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>())
+            else {
+                continue;
+            };
+            let reason = format!("pipeline: {}", rejected.reason);
+            for &offset in offsets.values() {
+                let Some(record) = records.iter().find(|r| r.offset == offset) else { continue };
+                self.shared.metrics.pipeline_errors.inc();
+                let payload = record.payload.unwrap_or_default();
+                self.dead_letter(producer, payload, &reason, record.partition, record.offset, record.key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts and dead-letters, as JSON, rows (window results, or rows read back from the
+    /// internal topic) a pipeline step could not evaluate.
+    fn dead_letter_rejected_results(&self, rejected: &[Rejected], partition: i32) -> Result<(), RunError> {
+        if let Some(first) = rejected.first() {
+            warn!(partition, rows = rejected.len(), reason = %first.reason, "a pipeline step failed on rows; dead-lettering them");
+        }
+        for rejected in rejected {
+            self.shared.metrics.pipeline_errors.inc_by(rejected.rows.num_rows() as u64);
+            self.dead_letter_rows(&rejected.rows, &format!("pipeline: {}", rejected.reason), partition)?;
+        }
+        Ok(())
+    }
+
+    /// Counts late rows and dead-letters them when the job asks for it.
+    fn dead_letter_late(&self, late: &RecordBatch, partition: i32) -> Result<(), RunError> {
+        self.shared.metrics.records_late.inc_by(late.num_rows() as u64);
+        if self.settings.spec.dead_letter.as_ref().is_some_and(|d| d.late_records) {
+            self.dead_letter_rows(late, "late: its window had closed", partition)?;
+        }
+        Ok(())
+    }
+
+    /// What the pipeline fails on as a whole (not a record's fault) is treated like
+    /// undecodable input, not as a crash: the batch's records are dead-lettered.
     fn dead_letter_failed_batch(
         &self,
         records: &[RawRecord<'_>],
