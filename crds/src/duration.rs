@@ -79,8 +79,16 @@ impl FromStr for Duration {
 
 impl From<time::Duration> for Duration {
     fn from(value: time::Duration) -> Self {
+        // The largest unit that writes it whole: 1h, not 3600s.
         let millis = value.as_millis();
-        let text = if millis.is_multiple_of(1000) { format!("{}s", millis / 1000) } else { format!("{millis}ms") };
+        let text = match [(3_600_000, "h"), (60_000, "m"), (1000, "s")]
+            .into_iter()
+            .find(|(unit, _)| millis > 0 && millis.is_multiple_of(*unit))
+        {
+            _ if millis == 0 => "0s".to_owned(),
+            Some((unit, name)) => format!("{}{name}", millis / unit),
+            None => format!("{millis}ms"),
+        };
         Self { text, value }
     }
 }

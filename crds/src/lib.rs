@@ -21,7 +21,7 @@ pub use duration::{DURATION_PATTERN, Duration, MAX_DURATION, ParseDurationError}
 pub use job::{Autoscaling, Checkpoint, LagTrigger, PodTemplateOverrides, StreamJob, StreamJobSpec, UpgradeMode};
 pub use kafka::{CreateTopic, Format, KafkaSecurity, Retry, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};
-pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, Sink, TraceContext};
+pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, OversizeRecords, Sink, TraceContext};
 pub use source::{EventTime, FieldDecl, FieldType, IsolationLevel, KafkaSource, Source, StartOffset};
 pub use status::{Phase, SavepointInfo, StreamJobStatus};
 pub use validation::{InvalidSpec, Problem, validate};

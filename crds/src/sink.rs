@@ -68,6 +68,10 @@ pub struct KafkaSink {
     /// transactions committed with each checkpoint; needs `checkpoint`).
     #[serde(default)]
     pub delivery: Delivery,
+    /// What to do with a result larger than the sink accepts (the producer's
+    /// `message.max.bytes`, or the topic's `max.message.bytes` when smaller).
+    #[serde(default)]
+    pub oversize_records: OversizeRecords,
     /// Acknowledgements the producer waits for: `"0"`, `"1"` or `all`. Defaults to `0` for
     /// `fireAndForget`, `1` for `atLeastOnce` and `all` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +123,18 @@ pub enum Delivery {
     /// Every result is committed exactly once, atomically with the source offsets, per checkpoint.
     /// Readers must use `isolation.level=read_committed`.
     ExactlyOnce,
+}
+
+/// What happens to a result record larger than the sink accepts.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OversizeRecords {
+    /// Counted and sent to the dead-letter topic (its first 64 KiB, with the reason); the job
+    /// goes on. Without a `deadLetter` topic it is only counted.
+    #[default]
+    DeadLetter,
+    /// The pod stops with an error naming the size and the limit, and the job shows it.
+    Fail,
 }
 
 /// Producer acknowledgements.

@@ -166,6 +166,28 @@ pub struct EventTime {
     /// A partition that has produced nothing for this long stops holding the watermark back.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// How far ahead of the wall clock an event time may be. A record beyond it (a clock gone
+    /// wrong, a typo'd year) is dead-lettered with the reason and does not move the
+    /// watermark, which would otherwise make every later record late.
+    #[serde(default = "default_max_ahead")]
+    pub max_ahead: Duration,
+}
+
+impl Default for EventTime {
+    fn default() -> Self {
+        Self {
+            field: None,
+            max_out_of_orderness: zero_duration(),
+            idle_timeout: default_idle_timeout(),
+            max_ahead: default_max_ahead(),
+        }
+    }
+}
+
+/// Clocks of producers may run somewhat ahead; an hour is far more than NTP-kept clocks
+/// drift and far less than the window sizes a bad timestamp would wreck.
+fn default_max_ahead() -> Duration {
+    std::time::Duration::from_secs(3600).into()
 }
 
 fn zero_duration() -> Duration {

@@ -15,7 +15,7 @@ use crate::kafka::{self, Received};
 /// Size of the fixture job's tumbling window.
 pub const WINDOW_MS: i64 = 10_000;
 /// Far beyond every test event: a record at this time closes all earlier windows.
-pub const FLUSH_TS: i64 = 4_000_000_000_000;
+pub const FLUSH_TS: i64 = 1_750_000_000_000;
 /// Event time of the first payment.
 pub const BASE_TS: i64 = 1_700_000_000_000;
 

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     /// Records, or window results, a pipeline step could not evaluate.
     pub pipeline_errors: IntCounter,
+    /// Results larger than the sink takes, dead-lettered instead.
+    pub records_oversize: IntCounter,
     /// High watermark minus committed offset, per source partition.
     pub consumer_lag: IntGaugeVec,
     /// Wall clock minus the slowest owned partition's watermark.
@@ -124,6 +126,10 @@ impl Metrics {
             pipeline_errors: counter(
                 "pipeline_errors_total",
                 "Records, or window results, a pipeline step could not evaluate (each dead-lettered alone).",
+            )?,
+            records_oversize: counter(
+                "records_oversize_total",
+                "Results larger than the sink topic takes, dead-lettered instead of produced.",
             )?,
             consumer_lag,
             watermark_lag_seconds,

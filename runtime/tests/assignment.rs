@@ -185,3 +185,61 @@ fn exactly_once_without_a_group_commits_each_result_once_across_a_restart() {
         runtime
     });
 }
+
+#[test]
+fn exactly_once_a_hand_over_whose_checkpoint_fails_releases_nothing_and_stops_the_instance() {
+    let name = "eos-handover";
+    let (broker, dir) = setup(name, 2);
+    let storage = dir.path().join("checkpoints");
+    // Checkpoints only when partitions move: the one of the hand-over is the one that fails.
+    let extra = format!("  checkpoint: {{storage: \"file://{}\", interval: 10m}}\n", storage.display());
+    let job = job_file(dir.path(), broker, name, &extra);
+    let text = must(std::fs::read_to_string(&job), "reading the job")
+        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
+    must(std::fs::write(&job, text), "writing the job");
+    let producer = producer(broker);
+    let first = payments(2_000, 10, 0);
+    produce_payments(&producer, &format!("{name}-in"), &first);
+
+    let a = Runtime::operated(&job, "a");
+    a.assign(0, 1);
+    must(wait_until(Duration::from_secs(90), "results", || records_out(&[&a], name) > 0.0), "processing");
+    // The storage breaks: where the checkpoint folder was is now a file.
+    let away = dir.path().join("checkpoints.away");
+    must(std::fs::rename(&storage, &away), "moving the checkpoint folder away");
+    must(std::fs::write(&storage, "not a folder"), "putting a file in its place");
+    // Results of both partitions sit in the open transaction: partition 1 must not leave.
+    let (code, body) = a.post("/assign?slot=0&slots=2");
+    assert_ne!(code, 200, "the hand-over is refused: {body}");
+    assert!(body.contains("hand-over"), "{body}");
+    let mut a = a;
+    must(
+        wait_until(Duration::from_secs(60), "the instance to stop", || matches!(a.child.try_wait(), Ok(Some(_)))),
+        "stopping",
+    );
+    assert_eq!(must(a.child.wait(), "exit status").code(), Some(1));
+
+    must(std::fs::remove_file(&storage), "removing the file");
+    must(std::fs::rename(&away, &storage), "restoring the checkpoint folder");
+    let second = payments(2_000, 10, 2_000);
+    produce_payments(&producer, &format!("{name}-in"), &second);
+    produce_flush_markers(&producer, &format!("{name}-in"), 2);
+    // The pod's container restarts: the same instance, whose transactional id aborts the
+    // transaction left open. It checkpoints, and so commits, every second.
+    let every_second = dir.path().join("every-second.yaml");
+    let text = must(std::fs::read_to_string(&job), "reading the job").replace("interval: 10m", "interval: 1s");
+    must(std::fs::write(&every_second, text), "writing the replacement's job");
+    let _restarted = Runtime::start_alone(&every_second, "a");
+    let all: Vec<Payment> = first.into_iter().chain(second).collect();
+    let want = expected(&all);
+    let records = must(
+        weir_e2e::kafka::read_committed_records(
+            &broker.bootstrap(),
+            &format!("{name}-out"),
+            want.len(),
+            Duration::from_secs(120),
+        ),
+        "reading committed results",
+    );
+    assert_eq!(results(&records), want, "each window result committed once");
+}

@@ -296,3 +296,66 @@ fn a_fatal_producer_error_stops_the_pod_non_zero() {
     let message = must(std::fs::read_to_string(&termination_log), "reading the termination message");
     assert!(message.contains("producing") && message.to_lowercase().contains("too large"), "{message}");
 }
+
+/// `count` small records `{"n": i}` and, after the `big`-th, one with a field of `size` bytes.
+fn produce_with_one_big(producer: &BaseProducer, topic: &str, count: i64, big: i64, size: usize) -> String {
+    let mut big_payload = String::new();
+    for n in 0..count {
+        send(producer, topic, &format!("k{n}"), &json!({"n": n}).to_string());
+        if n == big {
+            big_payload = json!({"n": n, "blob": "x".repeat(size)}).to_string();
+            send(producer, topic, "big", &big_payload);
+        }
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+    big_payload
+}
+
+#[test]
+fn a_result_larger_than_the_sink_topic_takes_is_dead_lettered_and_the_job_goes_on() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "oversize";
+    must(broker.create_topic(&format!("{name}-in"), 1), "creating the input topic");
+    // The topic takes records of at most 4000 bytes; the producer's limit is 1 MB.
+    must(broker.create_topic_with(&format!("{name}-out"), 1, &[("max.message.bytes", "4000")]), "output topic");
+    must(broker.create_topic(&format!("{name}-dlq"), 1), "creating the dead-letter topic");
+    let producer = producer(broker);
+    produce_with_one_big(&producer, &format!("{name}-in"), 50, 20, 10_000);
+    let job = copy_job(dir.path(), broker, name, "", "", &format!("  deadLetter: {{topic: {name}-dlq}}"));
+    let runtime = Runtime::start(&job);
+    let out = read_records(broker, &format!("{name}-out"), 50);
+    let numbers: Vec<i64> = out.iter().map(|r| json(r)["n"].as_i64().unwrap_or(-1)).collect();
+    assert_eq!(numbers, (0..50).collect::<Vec<_>>(), "every small result, once, in order");
+    let dead = read_records(broker, &format!("{name}-dlq"), 1);
+    let reason = dead[0].headers.iter().find(|(k, _)| k == "weir.error").map(|(_, v)| v.clone()).unwrap_or_default();
+    assert!(reason.starts_with("sink: a result of 100"), "{reason}");
+    assert!(reason.contains("larger than the sink topic oversize-out takes (4000 bytes)"), "{reason}");
+    assert!(dead[0].payload.starts_with(br#"{"n":20,"blob":"xxx"#), "the dead letter keeps the result's start");
+    assert_eq!(runtime.metric("weir_records_oversize_total{streamjob=\"oversize\"}"), 1.0);
+    assert!(matches!(runtime.get("/readyz").0, 200), "the job goes on");
+}
+
+#[test]
+fn with_oversize_records_fail_a_result_too_large_stops_the_pod_naming_the_size_and_the_limit() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "oversize-fail";
+    must(broker.create_topic(&format!("{name}-in"), 1), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    let producer = producer(broker);
+    // Beyond the producer's own limit, on a topic of the broker's default.
+    produce_with_one_big(&producer, &format!("{name}-in"), 3, 1, 10_000);
+    let termination_log = dir.path().join("termination-log");
+    let sink = "      oversizeRecords: fail\n      properties: {message.max.bytes: \"5000\"}";
+    let job = copy_job(dir.path(), broker, name, "", sink, "");
+    let mut runtime = Runtime::launch(&job, &["--termination-log", &termination_log.display().to_string()]);
+    must(
+        wait_until(Duration::from_secs(60), "the runtime to exit", || matches!(runtime.child.try_wait(), Ok(Some(_)))),
+        "exit",
+    );
+    assert_eq!(must(runtime.child.wait(), "exit status").code(), Some(1));
+    let message = must(std::fs::read_to_string(&termination_log), "reading the termination message");
+    assert!(message.contains("a result of 100") && message.contains("takes (5000 bytes)"), "{message}");
+    assert!(message.contains("(spec.sink.kafka.oversizeRecords: fail)"), "{message}");
+}

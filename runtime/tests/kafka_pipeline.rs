@@ -30,7 +30,9 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
         json!({"user_id": "y", "amount": "lots", "currency": "EUR", "ts": last_ts}).to_string(),
         json!({"user_id": "z", "amount": {"cents": 5}, "currency": "EUR", "ts": last_ts}).to_string(),
     ];
-    let bad = ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#];
+    // And one from the year 2100: it must not move the watermark and make the rest late.
+    let future = json!({"user_id": "w", "amount": 1, "currency": "EUR", "ts": 4_102_444_800_000_i64}).to_string();
+    let bad = ["{not json", "[1, 2, 3]", r#"{"user_id": "x", "amount": 1, "currency": "EUR"}"#, future.as_str()];
     for bad in bad.iter().copied().chain(odd_types.iter().map(String::as_str)) {
         send(&producer, &format!("{name}-in"), "bad", bad);
     }
@@ -40,7 +42,7 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     // Once everything above is consumed, the watermark is far past the first window: a record
     // for it now is late. It must be counted and dead-lettered, not aggregated.
     wait_until(Duration::from_secs(60), "the input to be consumed", || {
-        runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_005.0
+        runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_006.0
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let late = json!({"user_id": input[0].user, "amount": 5, "currency": "EUR", "ts": BASE_TS}).to_string();
@@ -53,19 +55,23 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     assert_eq!(got.len(), want.len(), "number of window results");
     assert_eq!(got, want);
 
-    // Two undecodable payloads, one without its event time, the two of odd types (found at
-    // decoding, or by the pipeline when one is polled alone) and the late record.
-    let dead = read_records(broker, &format!("{name}-dlq"), 6);
+    // Two undecodable payloads, one without its event time, one from the future, the two of
+    // odd types (found at decoding, or by the pipeline when one is polled alone) and the late
+    // record.
+    let dead = read_records(broker, &format!("{name}-dlq"), 7);
     let reasons: Vec<&str> = dead
         .iter()
         .filter_map(|r| r.headers.iter().find(|(k, _)| k == "weir.error").map(|(_, v)| v.as_str()))
         .collect();
-    assert!(reasons.iter().filter(|r| r.starts_with("decode")).count() >= 3, "{reasons:?}");
+    assert!(reasons.iter().filter(|r| r.starts_with("decode")).count() >= 4, "{reasons:?}");
     assert_eq!(
         reasons.iter().filter(|r| r.starts_with("decode") || r.starts_with("pipeline")).count(),
-        5,
+        6,
         "{reasons:?}"
     );
+    let beyond = "decode: event time 2100-01-01T00:00:00+00:00 is more than 1h ahead of the clock \
+                  (source.kafka.eventTime.maxAhead)";
+    assert!(reasons.contains(&beyond), "{reasons:?}");
     assert_eq!(reasons.iter().filter(|r| r.starts_with("late")).count(), 1, "{reasons:?}");
     let payloads: Vec<String> = dead.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
     for odd in &odd_types {
@@ -75,10 +81,10 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     wait_until(Duration::from_secs(10), "the error counters", || {
         runtime.metric("weir_decode_errors_total{streamjob=\"spend\"}")
             + runtime.metric("weir_pipeline_errors_total{streamjob=\"spend\"}")
-            == 5.0
+            == 6.0
     })
     .unwrap_or_else(|e| panic!("{e}: metrics were {}", runtime.get("/metrics").1));
-    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_009.0);
+    assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_010.0);
     assert!(runtime.get("/metrics").1.contains("weir_consumer_lag{"), "the lag gauge is exported");
     let status: Value = must(serde_json::from_str(&runtime.get("/status").1), "status is JSON");
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(3), "{status}");

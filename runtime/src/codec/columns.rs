@@ -6,8 +6,8 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use arrow::{
     array::{
-        Array, ArrayRef, AsArray, Int32Array, Int64Array, MapBuilder, RecordBatch, StringArray, StringBuilder,
-        TimestampMillisecondArray, new_null_array,
+        Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, MapBuilder, RecordBatch, StringArray,
+        StringBuilder, TimestampMillisecondArray, new_null_array,
     },
     compute::{CastOptions, cast_with_options, concat_batches, kernels::cast::cast},
     datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit},
@@ -31,6 +31,8 @@ enum EventTimeSource {
 pub(super) struct Extras {
     topic: String,
     event_time: EventTimeSource,
+    /// How far ahead of the wall clock an event time may be, ms, and as the job wrote it.
+    max_ahead: (i64, String),
     metadata: BTreeSet<&'static str>,
     carry: HeaderCarry,
 }
@@ -43,7 +45,14 @@ impl Extras {
             None => EventTimeSource::KafkaTimestamp,
         };
         let metadata = METADATA_FIELDS.iter().copied().filter(|f| referenced.contains(*f)).collect();
-        Self { topic: source.topic.clone(), event_time, metadata, carry: HeaderCarry::Nothing }
+        let max_ahead = source.event_time.clone().unwrap_or_default().max_ahead;
+        Self {
+            topic: source.topic.clone(),
+            event_time,
+            max_ahead: (i64::try_from(max_ahead.get().as_millis()).unwrap_or(i64::MAX), max_ahead.to_string()),
+            metadata,
+            carry: HeaderCarry::Nothing,
+        }
     }
 
     /// Also carries these headers of each record, in a hidden column, to the sink.
@@ -73,9 +82,9 @@ impl Extras {
                 return Decoded { batch: None, errors };
             }
         };
-        match self.append(batch, records, good) {
+        match self.append(batch, records, good, wall_clock_ms()) {
             Ok((batch, bad_times)) => {
-                errors.extend(bad_times.into_iter().map(|row| (good[row], "missing or invalid event time".to_owned())));
+                errors.extend(bad_times.into_iter().map(|(row, reason)| (good[row], reason)));
                 errors.sort_by_key(|(i, _)| *i);
                 Decoded { batch: Some(batch), errors }
             }
@@ -88,13 +97,14 @@ impl Extras {
     }
 
     /// Appends event time, offset and metadata columns. Returns the rows whose event time
-    /// is missing, which are removed.
+    /// is missing or more than `max_ahead` past `now` (epoch ms), with why; they are removed.
     fn append(
         &self,
         batch: RecordBatch,
         records: &[RawRecord<'_>],
         good: &[usize],
-    ) -> Result<(RecordBatch, Vec<usize>), ArrowError> {
+        now: i64,
+    ) -> Result<(RecordBatch, Vec<(usize, String)>), ArrowError> {
         let picked = || good.iter().map(|&i| &records[i]);
         let event_time: Int64Array = match &self.event_time {
             EventTimeSource::KafkaTimestamp => picked().map(|r| r.timestamp).collect(),
@@ -127,16 +137,37 @@ impl Extras {
             HeaderCarry::TraceParent => add(HEADERS, headers_column(picked(), |key| key == TRACEPARENT)?),
             HeaderCarry::All => add(HEADERS, headers_column(picked(), |_| true)?),
         }
-        let missing: Vec<usize> = (0..event_time.len()).filter(|&i| event_time.is_null(i)).collect();
-        let has_time = arrow::compute::is_not_null(&event_time)?;
+        let limit = now.saturating_add(self.max_ahead.0);
+        let unusable: Vec<(usize, String)> = (0..event_time.len())
+            .filter_map(|i| {
+                if event_time.is_null(i) {
+                    return Some((i, "missing or invalid event time".to_owned()));
+                }
+                let ts = event_time.value(i);
+                (ts > limit).then(|| (i, too_far_ahead(ts, &self.max_ahead.1)))
+            })
+            .collect();
+        let usable: BooleanArray =
+            (0..event_time.len()).map(|i| Some(event_time.is_valid(i) && event_time.value(i) <= limit)).collect();
         add(EVENT_TIME, Arc::new(event_time));
         add(OFFSET, Arc::new(picked().map(|r| r.offset).collect::<Int64Array>()));
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        if missing.is_empty() {
-            return Ok((batch, missing));
+        if unusable.is_empty() {
+            return Ok((batch, unusable));
         }
-        Ok((arrow::compute::filter_record_batch(&batch, &has_time)?, missing))
+        Ok((arrow::compute::filter_record_batch(&batch, &usable)?, unusable))
     }
+}
+
+/// Epoch milliseconds now.
+fn wall_clock_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Why an event time `ts` (epoch ms) more than `max_ahead` ahead of the clock is refused.
+fn too_far_ahead(ts: i64, max_ahead: &str) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(ts).map_or_else(|| format!("{ts} ms"), |t| t.to_rfc3339());
+    format!("event time {at} is more than {max_ahead} ahead of the clock (source.kafka.eventTime.maxAhead)")
 }
 
 /// The headers of each record, those `keep` accepts, as a map from name to value (text).

@@ -353,6 +353,35 @@ mod tests {
     }
 
     #[test]
+    fn an_event_time_too_far_ahead_of_the_clock_is_refused_with_the_bound() {
+        let now = chrono::Utc::now().timestamp_millis();
+        let decoder = JsonDecoder::new(&source(", eventTime: {field: ts, maxAhead: 10m}"), &BTreeSet::new());
+        let near = format!(r#"{{"ts":{}}}"#, now + 60_000);
+        let far = format!(r#"{{"ts":{}}}"#, now + 3_700_000);
+        let payloads = [near.as_str(), far.as_str(), r#"{"ts":4102444800000}"#];
+        let records: Vec<RawRecord<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RawRecord { payload: Some(p.as_bytes()), offset: i as i64, ..raw(&["{}"])[0] })
+            .collect();
+        let decoded = decoder.decode(&records);
+        assert_eq!(event_times(&decoded), [now + 60_000], "a minute ahead is within 10m");
+        assert_eq!(decoded.errors.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            decoded.errors[1].1,
+            "event time 2100-01-01T00:00:00+00:00 is more than 10m ahead of the clock (source.kafka.eventTime.maxAhead)"
+        );
+        let default = JsonDecoder::new(&source(", eventTime: {field: ts}"), &BTreeSet::new());
+        let errors = default.decode(&records).errors;
+        assert_eq!(errors.len(), 2, "the default bound is an hour: {errors:?}");
+        assert!(errors[0].1.contains("more than 1h ahead"), "{errors:?}");
+        let kafka_time = JsonDecoder::new(&source(""), &BTreeSet::new());
+        let stamped: Vec<RawRecord<'_>> =
+            records.iter().map(|r| RawRecord { timestamp: Some(now + 7_200_000), ..*r }).collect();
+        assert_eq!(kafka_time.decode(&stamped).errors.len(), 3, "Kafka timestamps are bounded too");
+    }
+
+    #[test]
     fn a_record_whose_types_disagree_with_the_batch_fails_alone() {
         let decoder = JsonDecoder::new(&source(""), &BTreeSet::new());
         let decoded = decoder.decode(&raw(&[r#"{"n":1}"#, r#"{"n":{"nested":true}}"#, r#"{"n":3}"#]));

@@ -65,6 +65,19 @@ impl Committer {
     /// an offset commit. A failed checkpoint is counted and retried at the next interval; the
     /// job goes on (exactly-once: until its transaction would time out).
     pub fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, table: &mut Table) -> Result<(), RunError> {
+        self.make_durable(consumer, table, false)
+    }
+
+    /// [`Self::commit`]; `handing_over` partitions in exactly-once, a failed checkpoint is
+    /// an error, not a retry at the next interval: the open transaction holds the leaving
+    /// partitions' results, and committing it later, once their next owner replays them,
+    /// would commit them twice. The job stops instead, and its transaction is aborted.
+    fn make_durable<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        table: &mut Table,
+        handing_over: bool,
+    ) -> Result<(), RunError> {
         self.flush()?;
         let Some(checkpointer) = &self.checkpointer else {
             return self.commit_offsets(consumer, table);
@@ -79,6 +92,12 @@ impl Committer {
             let health = checkpointer.record(Err(e.to_string()));
             warn!(error = %e, failures = health.consecutive_failures, "checkpoint failed; retrying at the next interval");
             *lock(&self.shared.degraded) = checkpointer.readiness().err();
+            if self.exactly_once && handing_over {
+                return Err(RunError::Checkpoint(format!(
+                    "the checkpoint of a partition hand-over failed; stopping so that the open transaction is \
+                     aborted and the partitions' next owner replays their results once: {e}"
+                )));
+            }
             let open_for = lock(&self.transaction_started).elapsed();
             if self.exactly_once && open_for + self.transaction_timeout / 4 >= self.transaction_timeout {
                 return Err(RunError::Checkpoint(format!(
@@ -206,9 +225,9 @@ impl Committer {
             self.release(&mut leaving, revoked);
             return result;
         }
-        let result = self.commit(consumer, table);
+        self.make_durable(consumer, table, true)?;
         self.release(table, revoked);
-        result
+        Ok(())
     }
 
     fn release(&self, table: &mut Table, revoked: &[i32]) {

@@ -30,7 +30,7 @@ use opentelemetry::trace::{Span as _, SpanContext};
 use opentelemetry_sdk::trace::Span;
 use rdkafka::{
     ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
     client::OAuthToken,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::{KafkaError, RDKafkaErrorCode},
@@ -38,7 +38,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
 };
 use tracing::{debug, error, info, warn};
-use weir_crds::{CreateTopic, Delivery, StartOffset, Step, StreamJobSpec};
+use weir_crds::{CreateTopic, Delivery, OversizeRecords, StartOffset, Step, StreamJobSpec};
 
 pub(crate) use self::shared::AdminRequest;
 pub use self::shared::{
@@ -120,6 +120,9 @@ pub enum RunError {
     /// The job needs something this runtime does not do yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A result was larger than the sink accepts and `oversizeRecords` is `fail`.
+    #[error("{0} (spec.sink.kafka.oversizeRecords: fail)")]
+    Oversize(String),
 }
 
 fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> RunError {
@@ -475,6 +478,8 @@ struct Job {
     consumer: BaseConsumer<SourceContext>,
     committer: Arc<Committer>,
     dead_letter_topic: Option<String>,
+    /// The largest record the sink takes, bytes (see [`sink_record_limit`]).
+    sink_limit: usize,
     table: Arc<Mutex<Table>>,
     topic: String,
     partition_count: usize,
@@ -555,6 +560,7 @@ impl Job {
         let sink_token = TokenSource::for_connection(sink_security, Side::Sink, &settings.secrets)?;
         let sink_topic = &spec.sink.kafka.topic;
         ensure_topic(&sink_properties, sink_token.clone(), sink_topic, spec.sink.kafka.create_topic.as_ref())?;
+        let sink_limit = sink_record_limit(&mut sink_properties, sink_token.clone(), sink_topic);
         let deliveries = Deliveries::new("sink", metrics.clone(), sink_token);
         let sink: Arc<Sink> =
             Arc::new(client(&sink_properties, deliveries).map_err(kafka("creating the sink producer"))?);
@@ -657,6 +663,7 @@ impl Job {
             consumer,
             committer,
             dead_letter_topic,
+            sink_limit,
             table,
             topic,
             partition_count,
@@ -1303,7 +1310,22 @@ impl Job {
                     base = base.headers(owned);
                 }
                 let bytes = record.payload.len() + record.key.as_ref().map_or(0, Vec::len);
-                send(producer, base)?;
+                let size =
+                    bytes + headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len)).sum::<usize>();
+                if size + RECORD_OVERHEAD > self.sink_limit {
+                    self.oversize(&record, size)?;
+                    continue;
+                }
+                match send(producer, base) {
+                    Err(RunError::Kafka {
+                        source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        ..
+                    }) => {
+                        self.oversize(&record, size)?;
+                        continue;
+                    }
+                    sent => sent?,
+                }
                 metrics.sink_sends.inc();
                 metrics.sink_bytes.inc_by(bytes as u64);
                 metrics.records_out.inc();
@@ -1379,6 +1401,23 @@ impl Job {
             self.dead_letter_rows(&rejected.rows, &format!("pipeline: {}", rejected.reason), partition)?;
         }
         Ok(())
+    }
+
+    /// A result too large for the sink, as `oversizeRecords` says: counted and dead-lettered
+    /// (its first [`OVERSIZE_KEPT`] bytes), or the job fails.
+    fn oversize(&self, record: &codec::Encoded, size: usize) -> Result<(), RunError> {
+        let reason = format!(
+            "sink: a result of {size} bytes is larger than the sink topic {} takes ({} bytes)",
+            self.settings.spec.sink.kafka.topic, self.sink_limit
+        );
+        if self.settings.spec.sink.kafka.oversize_records == OversizeRecords::Fail {
+            return Err(RunError::Oversize(reason));
+        }
+        warn!(size, limit = self.sink_limit, "a result is larger than the sink takes; dead-lettering its start");
+        self.shared.metrics.records_oversize.inc();
+        let kept = &record.payload[..record.payload.len().min(OVERSIZE_KEPT)];
+        let reason = format!("{reason}; the first {} bytes are kept", kept.len());
+        self.dead_letter(self.result_dead_letters(), kept, &reason, -1, -1, record.key.as_deref())
     }
 
     /// Counts late rows and dead-letters them when the job asks for it.
@@ -1512,6 +1551,57 @@ fn source_partition_count(
 fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<usize, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len()))
+}
+
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// Room for the record batch and record framing a broker counts besides key, value and
+/// headers (61 bytes of batch header and at most a few dozen of varints).
+const RECORD_OVERHEAD: usize = 128;
+/// How much of an oversize result its dead letter keeps.
+const OVERSIZE_KEPT: usize = 64 * 1024;
+
+/// The largest record the sink takes: the producer's `message.max.bytes`, lowered (in
+/// `properties` too, so batches of small records stay under it) to the topic's
+/// `max.message.bytes` when the broker says that is smaller. Not lowered when the broker
+/// does not say (no DescribeConfigs right, say): then the broker's refusal is what tells.
+fn sink_record_limit(properties: &mut config::Properties, token: Option<TokenSource>, topic: &str) -> usize {
+    let configured =
+        properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(LIBRDKAFKA_MAX_MESSAGE_BYTES);
+    let topic_limit = match topic_max_message_bytes(properties, token, topic) {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!(topic, error = %e, "cannot read the sink topic's max.message.bytes; keeping the producer's limit");
+            None
+        }
+    };
+    match topic_limit {
+        Some(limit) if limit < configured => {
+            info!(topic, limit, "the sink topic takes smaller records than the producer; lowering message.max.bytes");
+            properties.insert("message.max.bytes".into(), limit.to_string());
+            let batch = properties.get("batch.size").and_then(|v| v.parse::<usize>().ok());
+            if batch.is_none_or(|b| b > limit) {
+                properties.insert("batch.size".into(), limit.to_string());
+            }
+            limit
+        }
+        _ => configured,
+    }
+}
+
+/// The topic's `max.message.bytes`, as the broker reports it.
+fn topic_max_message_bytes(
+    properties: &config::Properties,
+    token: Option<TokenSource>,
+    topic: &str,
+) -> Result<Option<usize>, KafkaError> {
+    let admin: AdminClient<AdminContext> = client(properties, AdminContext::new(token))?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = futures::executor::block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options))?;
+    Ok(described
+        .into_iter()
+        .filter_map(Result::ok)
+        .find_map(|resource| resource.get("max.message.bytes")?.value.as_ref()?.parse().ok()))
 }
 
 /// Creates `topic` as `create` says when it is set and the topic does not exist yet.
