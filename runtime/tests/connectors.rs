@@ -2,8 +2,9 @@
 //! headers, trace context and timestamps land on produced records, the rate limit holds,
 //! fire-and-forget delivers, a start timestamp skips older records, topics are created on
 //! request, a missing topic stops the pod with its cause, the job rides out a broker
-//! restart, the isolation level decides whether an open transaction's records are read, and
-//! every security protocol and SASL mechanism of the broker authenticates (or is refused).
+//! restart, the isolation level decides whether an open transaction's records are read,
+//! every security protocol and SASL mechanism of the broker authenticates (or is refused),
+//! and a result too large for the sink is dead-lettered or, as asked, stops the pod.
 
 mod common;
 
@@ -270,33 +271,6 @@ fn read_uncommitted_sees_records_of_an_open_transaction() {
     drop((dirty, clean));
 }
 
-/// A record the producer refuses as too large is a fatal error: the pod exits non-zero (so
-/// Kubernetes restarts it and the record is retried from the last commit) with the cause
-/// as its termination message.
-#[test]
-fn a_fatal_producer_error_stops_the_pod_non_zero() {
-    let broker = shared_broker();
-    let dir = must(tempfile::tempdir(), "tempdir");
-    let name = "oversized";
-    create_topics(broker, name, 1);
-    let producer = producer(broker);
-    for n in 0..3 {
-        send(&producer, &format!("{name}-in"), "k", &json!({"n": n, "pad": "x".repeat(4_000)}).to_string());
-    }
-    must(producer.flush(Duration::from_secs(30)), "flushing");
-    let termination_log = dir.path().join("termination-log");
-    let sink = "      properties: {message.max.bytes: '2000'}";
-    let job = copy_job(dir.path(), broker, name, "", sink, "");
-    let mut runtime = Runtime::launch(&job, &["--termination-log", &termination_log.display().to_string()]);
-    must(
-        wait_until(Duration::from_secs(60), "the runtime to exit", || matches!(runtime.child.try_wait(), Ok(Some(_)))),
-        "exit",
-    );
-    assert_eq!(must(runtime.child.wait(), "exit status").code(), Some(1));
-    let message = must(std::fs::read_to_string(&termination_log), "reading the termination message");
-    assert!(message.contains("producing") && message.to_lowercase().contains("too large"), "{message}");
-}
-
 /// `count` small records `{"n": i}` and, after the `big`-th, one with a field of `size` bytes.
 fn produce_with_one_big(producer: &BaseProducer, topic: &str, count: i64, big: i64, size: usize) -> String {
     let mut big_payload = String::new();
@@ -336,6 +310,8 @@ fn a_result_larger_than_the_sink_topic_takes_is_dead_lettered_and_the_job_goes_o
     assert!(matches!(runtime.get("/readyz").0, 200), "the job goes on");
 }
 
+/// A fatal error: the pod exits non-zero (Kubernetes restarts it and the record is retried
+/// from the last commit) with the cause as its termination message.
 #[test]
 fn with_oversize_records_fail_a_result_too_large_stops_the_pod_naming_the_size_and_the_limit() {
     let broker = shared_broker();
