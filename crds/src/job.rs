@@ -86,6 +86,49 @@ pub struct StreamJobSpec {
     /// Overrides of the runtime pods' template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+    /// Most window state one pod may hold, as a quantity (`256Mi`, `2Gi`). Past it the pod
+    /// stops with an error naming the budget, shown on the job, rather than being killed
+    /// for memory with nothing said. Defaults to half the memory limit in `resources`;
+    /// without either, state is not bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,15}(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub state_budget: Option<String>,
+}
+
+impl StreamJobSpec {
+    /// The state budget in bytes: `stateBudget`, else half the memory limit.
+    pub fn state_budget_bytes(&self) -> Option<u64> {
+        if let Some(budget) = &self.state_budget {
+            return quantity_bytes(budget);
+        }
+        let limit = self.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+        quantity_bytes(&limit.0).map(|bytes| bytes / 2)
+    }
+}
+
+/// Bytes of a Kubernetes quantity written as digits and an optional binary or decimal
+/// suffix (`512Mi`, `1G`); `None` for other forms (exponents, fractions, milli).
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits.parse().ok()?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(unit)
 }
 
 fn one() -> i32 {

@@ -37,13 +37,18 @@ impl Step {
     }
 }
 
+/// The most sliding windows one record may belong to: each costs an update per record, and
+/// a `size / slide` in the millions would make one record cost seconds.
+pub const MAX_WINDOWS_PER_RECORD: u128 = 1000;
+
 /// An event-time window. Exactly one of `tumbling`, `sliding` or `session`.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub enum Window {
     /// Fixed, non-overlapping windows of `size`, aligned to the epoch.
     Tumbling(TumblingWindow),
-    /// Windows of `size` starting every `slide`; a record belongs to `size / slide` windows.
+    /// Windows of `size` starting every `slide`; a record belongs to `size / slide` windows,
+    /// at most [`MAX_WINDOWS_PER_RECORD`].
     Sliding(SlidingWindow),
     /// Per-key windows that close after `gap` without records.
     Session(SessionWindow),
@@ -62,6 +67,9 @@ pub struct TumblingWindow {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.slide) <= duration(self.size)")
     .message("slide must not be longer than size").field_path(".slide"))]
+#[x_kube(validation = Rule::new(
+    "duration(self.size).getMilliseconds() <= 1000 * duration(self.slide).getMilliseconds()"
+).message("a record belongs to size / slide windows, at most 1000: make slide longer").field_path(".slide"))]
 pub struct SlidingWindow {
     /// Window length, e.g. `5m`.
     pub size: Duration,

@@ -349,6 +349,12 @@ impl Checker {
                     self.report(format!("{path}.sliding.slide"), "must be longer than 0s");
                 } else if w.slide.get() > w.size.get() {
                     self.report(format!("{path}.sliding.slide"), "slide must not be longer than size");
+                } else if w.size.get().as_millis() > crate::pipeline::MAX_WINDOWS_PER_RECORD * w.slide.get().as_millis()
+                {
+                    self.report(
+                        format!("{path}.sliding.slide"),
+                        "a record belongs to size / slide windows, at most 1000: make slide longer",
+                    );
                 }
             }
             Window::Session(w) if !positive(&w.gap) => {

@@ -220,6 +220,14 @@ fn a_sliding_window_slide_may_not_exceed_its_size() {
 }
 
 #[test]
+fn a_sliding_window_puts_a_record_in_at_most_1000_windows() {
+    let spec = spec_with(|v| set(v, &["pipeline", "3", "window"], "{sliding: {size: 8760h, slide: 1ms}}"));
+    assert_single_problem(&spec, "spec.pipeline[3].window.sliding.slide", "at most 1000");
+    let spec = spec_with(|v| set(v, &["pipeline", "3", "window"], "{sliding: {size: 1000s, slide: 1s}}"));
+    assert_eq!(problems(&spec), []);
+}
+
+#[test]
 fn a_zero_length_window_is_reported() {
     let spec = spec_with(|v| set(v, &["pipeline", "3", "window"], "{tumbling: {size: 0s}}"));
     assert_single_problem(&spec, "spec.pipeline[3].window.tumbling.size", "longer than 0s");
@@ -541,4 +549,17 @@ fn headers_metadata_is_a_known_field() {
         set(v, &["sink", "kafka", "keyField"], "user_id");
     });
     assert_eq!(problems(&spec), []);
+}
+
+#[test]
+fn the_state_budget_is_a_quantity_and_defaults_to_half_the_memory_limit() {
+    assert_eq!(weir_crds::quantity_bytes("256Mi"), Some(256 << 20));
+    assert_eq!(weir_crds::quantity_bytes("2G"), Some(2_000_000_000));
+    assert_eq!(weir_crds::quantity_bytes("1.5Gi"), None, "fractions are not taken");
+    assert_eq!(weir_crds::quantity_bytes("99999999999999999999"), None);
+    let spec = spec_with(|v| set(v, &["stateBudget"], "64Ki"));
+    assert_eq!(spec.state_budget_bytes(), Some(65_536));
+    let spec = spec_with(|v| set(v, &["resources"], "{limits: {memory: 1Gi}}"));
+    assert_eq!(spec.state_budget_bytes(), Some(512 << 20));
+    assert_eq!(spec_with(|_| {}).state_budget_bytes(), None, "no limit, no budget");
 }

@@ -198,6 +198,21 @@ fn a_slide_longer_than_the_window_is_rejected() {
 }
 
 #[test]
+fn a_sliding_window_that_puts_a_record_in_more_than_1000_windows_is_rejected() {
+    let ns = namespace("reject-slide-ratio");
+    let mut job = minimal_job("bad");
+    job["spec"]["pipeline"] = json!([
+        {"keyBy": ["k"]},
+        {"window": {"sliding": {"size": "8760h", "slide": "1ms"}}},
+        {"aggregate": [{"fn": "count"}]}
+    ]);
+    assert_rejected(&ns, &job, "spec.pipeline[1].window.sliding.slide", "at most 1000");
+    job["spec"]["pipeline"][1] = json!({"window": {"sliding": {"size": "1000s", "slide": "1s"}}});
+    let output = apply(&ns, &job);
+    assert!(output.status.success(), "1000 windows per record is allowed: {}", stderr(&output));
+}
+
+#[test]
 fn a_malformed_duration_is_rejected() {
     let ns = namespace("reject-duration");
     let mut job = minimal_job("bad");

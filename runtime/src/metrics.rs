@@ -27,6 +27,10 @@ pub struct Metrics {
     pub records_oversize: IntCounter,
     /// High watermark minus committed offset, per source partition.
     pub consumer_lag: IntGaugeVec,
+    /// Bytes of window state, per owned partition.
+    pub state_bytes: IntGaugeVec,
+    /// (key, window) aggregates held, per owned partition.
+    pub state_aggregates: IntGaugeVec,
     /// Wall clock minus the slowest owned partition's watermark.
     pub watermark_lag_seconds: prometheus::Gauge,
     /// Time to take a checkpoint.
@@ -105,6 +109,14 @@ impl Metrics {
             &["topic", "partition"],
         )?;
         register(Box::new(consumer_lag.clone()))?;
+        let state_bytes =
+            IntGaugeVec::new(opts("state_bytes", "Bytes of window state of an owned partition."), &["partition"])?;
+        register(Box::new(state_bytes.clone()))?;
+        let state_aggregates = IntGaugeVec::new(
+            opts("state_aggregates", "(key, window) aggregates held for an owned partition."),
+            &["partition"],
+        )?;
+        register(Box::new(state_aggregates.clone()))?;
         let watermark_lag_seconds = prometheus::Gauge::with_opts(opts(
             "watermark_lag_seconds",
             "Wall clock minus the event-time watermark of the slowest owned partition.",
@@ -132,6 +144,8 @@ impl Metrics {
                 "Results larger than the sink topic takes, dead-lettered instead of produced.",
             )?,
             consumer_lag,
+            state_bytes,
+            state_aggregates,
             watermark_lag_seconds,
             checkpoint_duration: histogram(
                 "checkpoint_duration_seconds",

@@ -213,17 +213,10 @@ fn create_topic_creates_a_missing_sink_topic() {
 fn a_missing_source_topic_stops_the_pod_with_its_cause() {
     let broker = shared_broker();
     let dir = must(tempfile::tempdir(), "tempdir");
-    let termination_log = dir.path().join("termination-log");
     must(broker.create_topic("absent-out", 1), "creating the output topic");
     let job = copy_job(dir.path(), broker, "absent", "", "", "");
-    let mut runtime = Runtime::launch(&job, &["--termination-log", &termination_log.display().to_string()]);
-    must(
-        wait_until(Duration::from_secs(60), "the runtime to exit", || matches!(runtime.child.try_wait(), Ok(Some(_)))),
-        "exit",
-    );
-    let code = must(runtime.child.wait(), "exit status").code();
+    let (code, message) = Runtime::until_it_stops(&job, dir.path(), &[]);
     assert_eq!(code, Some(1), "a fatal error exits non-zero so Kubernetes restarts the pod");
-    let message = must(std::fs::read_to_string(&termination_log), "reading the termination message");
     assert!(message.contains("absent-in does not exist"), "{message}");
 }
 
@@ -322,16 +315,10 @@ fn with_oversize_records_fail_a_result_too_large_stops_the_pod_naming_the_size_a
     let producer = producer(broker);
     // Beyond the producer's own limit, on a topic of the broker's default.
     produce_with_one_big(&producer, &format!("{name}-in"), 3, 1, 10_000);
-    let termination_log = dir.path().join("termination-log");
     let sink = "      oversizeRecords: fail\n      properties: {message.max.bytes: \"5000\"}";
     let job = copy_job(dir.path(), broker, name, "", sink, "");
-    let mut runtime = Runtime::launch(&job, &["--termination-log", &termination_log.display().to_string()]);
-    must(
-        wait_until(Duration::from_secs(60), "the runtime to exit", || matches!(runtime.child.try_wait(), Ok(Some(_)))),
-        "exit",
-    );
-    assert_eq!(must(runtime.child.wait(), "exit status").code(), Some(1));
-    let message = must(std::fs::read_to_string(&termination_log), "reading the termination message");
+    let (code, message) = Runtime::until_it_stops(&job, dir.path(), &[]);
+    assert_eq!(code, Some(1));
     assert!(message.contains("a result of 100") && message.contains("takes (5000 bytes)"), "{message}");
     assert!(message.contains("(spec.sink.kafka.oversizeRecords: fail)"), "{message}");
 }

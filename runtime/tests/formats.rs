@@ -340,17 +340,7 @@ fn a_protobuf_source_without_its_descriptor_set_stops_with_the_reason() {
     let source =
         "      format: protobuf\n      protobuf: {descriptorSet: {name: x, key: y}, messageType: shop.v1.Payment}";
     let job = windowed_job(dir.path(), broker, name, source, "");
-    let termination = dir.path().join("termination-log");
-    let mut runtime = Runtime::launch(&job, &["--termination-log", &termination.display().to_string()]);
-    let mut exit = None;
-    must(
-        wait_until(Duration::from_secs(30), "the runtime to exit", || {
-            exit = runtime.child.try_wait().ok().flatten();
-            exit.is_some()
-        }),
-        "exit",
-    );
-    assert_eq!(exit.and_then(|s| s.code()), Some(1));
-    let message = must(std::fs::read_to_string(&termination), "reading the termination message");
+    let (code, message) = Runtime::until_it_stops(&job, dir.path(), &[]);
+    assert_eq!(code, Some(1));
     assert!(message.contains("--descriptor-set"), "{message}");
 }

@@ -85,7 +85,10 @@ fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are
     })
     .unwrap_or_else(|e| panic!("{e}: metrics were {}", runtime.get("/metrics").1));
     assert!(runtime.metric("weir_records_in_total{streamjob=\"spend\"}") >= 3_010.0);
-    assert!(runtime.get("/metrics").1.contains("weir_consumer_lag{"), "the lag gauge is exported");
+    let metrics = runtime.get("/metrics").1;
+    assert!(metrics.contains("weir_consumer_lag{"), "the lag gauge is exported");
+    assert!(metrics.contains("weir_state_bytes{partition=\"0\""), "state sizes are exported: {metrics}");
+    assert!(metrics.contains("weir_state_aggregates{partition=\"2\""), "per partition: {metrics}");
     let status: Value = must(serde_json::from_str(&runtime.get("/status").1), "status is JSON");
     assert_eq!(status["partitions"].as_array().map(Vec::len), Some(3), "{status}");
 }
@@ -141,4 +144,19 @@ fn an_invalid_job_file_is_refused_with_the_field_path() {
     assert_eq!(output.status.code(), Some(2));
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("spec.pipeline[0].filter"), "{log}");
+}
+
+#[test]
+fn window_state_past_its_budget_stops_the_pod_naming_the_budget() {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let name = "budget";
+    must(broker.create_topic(&format!("{name}-in"), 1), "creating the input topic");
+    must(broker.create_topic(&format!("{name}-out"), 1), "creating the output topic");
+    // 2000 users in one window: far more than 64 KiB of keys and aggregates.
+    produce_payments(&producer(broker), &format!("{name}-in"), &payments(2_000, 2_000, 0));
+    let job = job_file(dir.path(), broker, name, "  stateBudget: 64Ki\n");
+    let (code, message) = Runtime::until_it_stops(&job, dir.path(), &[]);
+    assert_eq!(code, Some(1));
+    assert!(message.contains("exceeds the state budget of 65536 bytes"), "{message}");
 }

@@ -122,17 +122,7 @@ fn a_job_consumes_and_produces_through_every_secured_listener() {
 
 /// Starts the runtime and waits for it to exit; its exit code and termination message.
 fn run_until_it_exits(job: &Path, secrets: &Path, dir: &Path) -> (Option<i32>, String) {
-    let termination_log = dir.join("termination-log");
-    let _ = std::fs::remove_file(&termination_log);
-    let args =
-        ["--secrets-dir", &secrets.display().to_string(), "--termination-log", &termination_log.display().to_string()];
-    let mut runtime = Runtime::launch(job, &args);
-    must(
-        wait_until(Duration::from_secs(90), "the runtime to exit", || matches!(runtime.child.try_wait(), Ok(Some(_)))),
-        "exit",
-    );
-    let code = must(runtime.child.wait(), "exit status").code();
-    (code, std::fs::read_to_string(&termination_log).unwrap_or_default())
+    Runtime::until_it_stops(job, dir, &["--secrets-dir", &secrets.display().to_string()])
 }
 
 #[test]

@@ -144,11 +144,15 @@ impl Extras {
                     return Some((i, "missing or invalid event time".to_owned()));
                 }
                 let ts = event_time.value(i);
+                if ts < MIN_EVENT_TIME {
+                    return Some((i, format!("event time {ts} ms is before the year 1")));
+                }
                 (ts > limit).then(|| (i, too_far_ahead(ts, &self.max_ahead.1)))
             })
             .collect();
-        let usable: BooleanArray =
-            (0..event_time.len()).map(|i| Some(event_time.is_valid(i) && event_time.value(i) <= limit)).collect();
+        let usable: BooleanArray = (0..event_time.len())
+            .map(|i| Some(event_time.is_valid(i) && (MIN_EVENT_TIME..=limit).contains(&event_time.value(i))))
+            .collect();
         add(EVENT_TIME, Arc::new(event_time));
         add(OFFSET, Arc::new(picked().map(|r| r.offset).collect::<Int64Array>()));
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
@@ -158,6 +162,10 @@ impl Extras {
         Ok((arrow::compute::filter_record_batch(&batch, &usable)?, unusable))
     }
 }
+
+/// The earliest event time taken, 0001-01-01T00:00:00Z: window arithmetic on times near
+/// `i64::MIN` would overflow.
+const MIN_EVENT_TIME: i64 = -62_135_596_800_000;
 
 /// Epoch milliseconds now.
 fn wall_clock_ms() -> i64 {

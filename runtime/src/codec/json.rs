@@ -375,6 +375,9 @@ mod tests {
         let errors = default.decode(&records).errors;
         assert_eq!(errors.len(), 2, "the default bound is an hour: {errors:?}");
         assert!(errors[0].1.contains("more than 1h ahead"), "{errors:?}");
+        let ancient = [RawRecord { payload: Some(br#"{"ts":-9223372036854775808}"#), ..records[0] }];
+        let errors = decoder.decode(&ancient).errors;
+        assert_eq!(errors, [(0, "event time -9223372036854775808 ms is before the year 1".to_owned())]);
         let kafka_time = JsonDecoder::new(&source(""), &BTreeSet::new());
         let stamped: Vec<RawRecord<'_>> =
             records.iter().map(|r| RawRecord { timestamp: Some(now + 7_200_000), ..*r }).collect();

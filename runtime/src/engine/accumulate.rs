@@ -93,6 +93,21 @@ impl Column {
         }
     }
 
+    fn heap_bytes(&self) -> usize {
+        fn bytes<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        match self {
+            Self::Count(v) => bytes(v),
+            Self::SumInt(v) | Self::ExtremeInt { values: v, .. } => bytes(v),
+            Self::SumFloat(v) | Self::ExtremeFloat { values: v, .. } => bytes(v),
+            Self::Avg { sum, count } => bytes(sum) + bytes(count),
+            Self::ExtremeStr { values, .. } => {
+                bytes(values) + values.iter().flatten().map(String::capacity).sum::<usize>()
+            }
+        }
+    }
+
     /// Switches an integer column to floating point when a float input arrives.
     fn widen_to_float(&mut self) {
         match self {
@@ -178,6 +193,11 @@ impl Accumulators {
     /// The aggregates, in output order.
     pub fn specs(&self) -> &[Aggregation] {
         &self.specs
+    }
+
+    /// Bytes the aggregates hold: their vectors, and the text of string minima and maxima.
+    pub fn heap_bytes(&self) -> usize {
+        self.columns.iter().map(Column::heap_bytes).sum::<usize>() + self.free.capacity() * size_of::<u32>()
     }
 
     /// Slots in use.

@@ -102,6 +102,21 @@ impl KeyedWindows {
         self.accumulators.live_slots()
     }
 
+    /// Bytes the state holds, from its containers' sizes: keys, windows, sessions and
+    /// aggregates. What the state budget is measured against.
+    pub fn state_bytes(&self) -> usize {
+        let boxed = size_of::<Box<[u8]>>();
+        let keys: usize = self.slot_keys.iter().map(|k| k.len() + boxed).sum();
+        let windows: usize = self
+            .windows
+            .values()
+            .map(|w| size_of::<OpenWindow>() + w.groups.capacity() * (size_of::<u32>() + 1) + w.slots.capacity() * 4)
+            .sum();
+        let sessions: usize =
+            self.sessions.iter().map(|(k, v)| k.len() + boxed + v.capacity() * size_of::<Session>()).sum();
+        keys + windows + sessions + self.accumulators.heap_bytes()
+    }
+
     /// The oldest source offset an open window still needs, if any window is open.
     pub fn min_open_offset(&self) -> Option<i64> {
         let fixed = self.windows.values().map(|w| w.min_offset);

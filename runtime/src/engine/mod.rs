@@ -398,6 +398,11 @@ impl PartitionPipeline {
         self.windows.as_ref().and_then(KeyedWindows::min_open_offset)
     }
 
+    /// Bytes the window state holds (see [`KeyedWindows::state_bytes`]).
+    pub fn state_bytes(&self) -> usize {
+        self.windows.as_ref().map_or(0, KeyedWindows::state_bytes)
+    }
+
     /// Number of (key, window) aggregates held.
     pub fn open_aggregates(&self) -> usize {
         self.windows.as_ref().map_or(0, KeyedWindows::open_aggregates)

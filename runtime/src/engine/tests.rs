@@ -238,3 +238,21 @@ fn rows_a_step_fails_on_are_rejected_alone_and_the_rest_are_processed() {
         .collect();
     assert_eq!(offsets, [100, 101]);
 }
+
+#[test]
+fn state_bytes_grow_with_keys_and_fall_when_their_windows_close() {
+    let plan =
+        plan("  - keyBy: [user_id]\n  - window: {tumbling: {size: 10s}}\n  - aggregate: [{fn: max, field: user_id}]\n");
+    let mut partition = PartitionPipeline::new(plan, Resume::default(), Instant::now());
+    let empty = partition.state_bytes();
+    let users: Vec<String> = (0..1_000).map(|i| format!("a-rather-long-user-name-{i:06}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let batch = payments(&names, &vec![1.0; names.len()], &vec!["EUR"; names.len()], &vec![1_000; names.len()]);
+    partition.process(batch, Instant::now()).unwrap();
+    let held = partition.state_bytes();
+    assert!(held >= empty + 1_000 * 60, "1000 keys of ~30 bytes, twice (key and max): {held} bytes");
+    let flush = payments(&["z"], &[1.0], &["EUR"], &[60_000]);
+    let closed = partition.process(flush, Instant::now()).unwrap();
+    assert_eq!(closed.output.iter().map(RecordBatch::num_rows).sum::<usize>(), 1_000);
+    assert_eq!(partition.open_aggregates(), 1, "only the flush record's window is open");
+}

@@ -12,7 +12,7 @@ mod keyed;
 mod shared;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     num::NonZeroU32,
     sync::{
         Arc, Mutex,
@@ -120,6 +120,17 @@ pub enum RunError {
     /// The job needs something this runtime does not do yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The window state outgrew `spec.stateBudget`.
+    #[error(
+        "window state of {held} bytes exceeds the state budget of {budget} bytes (spec.stateBudget, or half the \
+         memory limit): raise it with the memory, add pods, or shorten windows and gaps"
+    )]
+    StateBudget {
+        /// Bytes held.
+        held: usize,
+        /// The budget.
+        budget: u64,
+    },
     /// A result was larger than the sink accepts and `oversizeRecords` is `fail`.
     #[error("{0} (spec.sink.kafka.oversizeRecords: fail)")]
     Oversize(String),
@@ -480,6 +491,10 @@ struct Job {
     dead_letter_topic: Option<String>,
     /// The largest record the sink takes, bytes (see [`sink_record_limit`]).
     sink_limit: usize,
+    /// Most bytes of window state this pod may hold.
+    state_budget: Option<u64>,
+    /// The partitions whose state sizes are exported.
+    state_shown: Mutex<BTreeSet<i32>>,
     table: Arc<Mutex<Table>>,
     topic: String,
     partition_count: usize,
@@ -561,6 +576,7 @@ impl Job {
         let sink_topic = &spec.sink.kafka.topic;
         ensure_topic(&sink_properties, sink_token.clone(), sink_topic, spec.sink.kafka.create_topic.as_ref())?;
         let sink_limit = sink_record_limit(&mut sink_properties, sink_token.clone(), sink_topic);
+        let state_budget = spec.state_budget_bytes();
         let deliveries = Deliveries::new("sink", metrics.clone(), sink_token);
         let sink: Arc<Sink> =
             Arc::new(client(&sink_properties, deliveries).map_err(kafka("creating the sink producer"))?);
@@ -664,6 +680,8 @@ impl Job {
             committer,
             dead_letter_topic,
             sink_limit,
+            state_budget,
+            state_shown: Mutex::default(),
             table,
             topic,
             partition_count,
@@ -681,6 +699,7 @@ impl Job {
         let interval =
             self.settings.spec.checkpoint.as_ref().map_or(self.settings.commit_interval, |c| c.interval.get());
         let mut last_commit = Instant::now();
+        let mut last_state_check = Instant::now();
         let mut last_status = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             if let Some(front) = self.front.as_ref().filter(|_| !self.stopped.load(Ordering::Relaxed)) {
@@ -705,6 +724,10 @@ impl Job {
             drop(messages);
             if !self.stopped.load(Ordering::Relaxed) {
                 self.tick()?;
+            }
+            if last_state_check.elapsed() >= STATE_CHECK_INTERVAL {
+                self.check_state()?;
+                last_state_check = Instant::now();
             }
             self.committer.sink.poll(Duration::ZERO);
             if let Some(dlq) = &self.committer.dead_letters {
@@ -1255,6 +1278,31 @@ impl Job {
         self.produce(&outputs)
     }
 
+    /// Exports each owned partition's state size and holds the pod to its state budget.
+    fn check_state(&self) -> Result<(), RunError> {
+        let table = lock(&self.table);
+        let metrics = &self.shared.metrics;
+        let mut held = 0;
+        for (partition, run) in &table.runs {
+            let (bytes, aggregates) = (run.pipeline.state_bytes(), run.pipeline.open_aggregates());
+            held += bytes;
+            let label = [partition.to_string()];
+            metrics.state_bytes.with_label_values(&label).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            metrics.state_aggregates.with_label_values(&label).set(i64::try_from(aggregates).unwrap_or(i64::MAX));
+        }
+        let mut shown = lock(&self.state_shown);
+        for gone in shown.iter().filter(|p| !table.runs.contains_key(p)) {
+            let label = [gone.to_string()];
+            let _ = metrics.state_bytes.remove_label_values(&label);
+            let _ = metrics.state_aggregates.remove_label_values(&label);
+        }
+        *shown = table.runs.keys().copied().collect();
+        match self.state_budget {
+            Some(budget) if held as u64 > budget => Err(RunError::StateBudget { held, budget }),
+            _ => Ok(()),
+        }
+    }
+
     /// The `process` span of a batch of one partition's records, when tracing is on.
     fn process_span(&self, topic: &str, partition: i32, records: &[RawRecord<'_>]) -> Option<Span> {
         let spans = self.settings.spans.as_ref()?;
@@ -1552,6 +1600,9 @@ fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) 
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len()))
 }
+
+/// How often state sizes are exported and held to the budget: summing them walks every key.
+const STATE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// librdkafka's default `message.max.bytes`.
 const LIBRDKAFKA_MAX_MESSAGE_BYTES: usize = 1_000_000;

@@ -188,6 +188,24 @@ impl Runtime {
         Self { child, admin }
     }
 
+    /// Starts the runtime with `args` and waits up to 90 s for it to stop on its own: its
+    /// exit code and the termination message it left in `dir`.
+    pub fn until_it_stops(job: &Path, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+        let termination_log = dir.join("termination-log");
+        let _ = std::fs::remove_file(&termination_log);
+        let log = termination_log.display().to_string();
+        let args: Vec<&str> = args.iter().copied().chain(["--termination-log", log.as_str()]).collect();
+        let mut runtime = Self::launch(job, &args);
+        must(
+            wait_until(Duration::from_secs(90), "the runtime to stop", || {
+                matches!(runtime.child.try_wait(), Ok(Some(_)))
+            }),
+            "stopping",
+        );
+        let code = must(runtime.child.wait(), "exit status").code();
+        (code, std::fs::read_to_string(&termination_log).unwrap_or_default())
+    }
+
     /// SIGKILL: no drain, no final checkpoint.
     pub fn kill(mut self) {
         let _ = self.child.kill();
