@@ -147,7 +147,7 @@ impl KeyedWindows {
                         applied.late_rows.push(row as u32);
                         continue;
                     }
-                    let slot = self.session_slot(rows.row(row).as_ref(), ts, offset, gap);
+                    let slot = self.session_slot(rows.row(row).as_ref(), ts, offset, gap, &mut updates);
                     updates.push(row, slot);
                 }
             }
@@ -321,7 +321,9 @@ impl KeyedWindows {
     }
 
     /// The session a record at `ts` joins, merging sessions it bridges.
-    fn session_slot(&mut self, key: &[u8], ts: i64, offset: i64, gap: i64) -> u32 {
+    /// Updates of this batch still pending (`updates`) that name a session merged away are
+    /// moved to the session it merged into: its slot is released, and may be reused.
+    fn session_slot(&mut self, key: &[u8], ts: i64, offset: i64, gap: i64, updates: &mut Updates) -> u32 {
         let sessions = self.sessions.entry_ref(key).or_default();
         // Sessions the record touches: it falls within `gap` of their span.
         let touching: Vec<usize> =
@@ -336,6 +338,7 @@ impl KeyedWindows {
         for &i in rest.iter().rev() {
             let other = sessions.remove(i);
             self.accumulators.merge(merged.slot, other.slot);
+            updates.slots.iter_mut().filter(|s| **s == other.slot).for_each(|s| *s = merged.slot);
             merged.start = merged.start.min(other.start);
             merged.last = merged.last.max(other.last);
             merged.min_offset = merged.min_offset.min(other.min_offset);
@@ -580,6 +583,24 @@ mod tests {
         assert_eq!(
             rows(&closed),
             [("a".into(), "1970-01-01T00:00:00.000Z".into(), "1970-01-01T00:00:00.025Z".into(), 7.0, 3)]
+        );
+    }
+
+    #[test]
+    fn sessions_bridged_within_one_batch_keep_every_record() {
+        // Found by the engine's property test: 15 opens a second session, 8 then merges it
+        // into the first in the same batch; 15's pending update must follow the merge, or
+        // it lands on the released slot (and on whatever session reuses it).
+        let kind = WindowKind::Session { gap: 10 };
+        let mut state = KeyedWindows::new(kind, vec!["user".into()], &sum_and_count());
+        state.apply(&batch(&["a", "a", "a", "b"], &[1.0, 2.0, 4.0, 8.0], &[0, 15, 8, 40]), i64::MIN).unwrap();
+        let closed = state.close_until(i64::MAX).unwrap().unwrap();
+        assert_eq!(
+            rows(&closed),
+            [
+                ("a".into(), "1970-01-01T00:00:00.000Z".into(), "1970-01-01T00:00:00.025Z".into(), 7.0, 3),
+                ("b".into(), "1970-01-01T00:00:00.040Z".into(), "1970-01-01T00:00:00.050Z".into(), 8.0, 1),
+            ]
         );
     }
 

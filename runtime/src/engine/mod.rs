@@ -538,4 +538,6 @@ pub fn newest_event_time(batch: &RecordBatch) -> Option<i64> {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,206 @@
+//! Property tests of the engine: for random inputs, arriving out of order within the
+//! allowed lateness, cut into random batches, checkpointed and restored at random points,
+//! every window kind's results equal a naive model's, computed record by record.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use arrow::{
+    array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray},
+    datatypes::{Float64Type, Int64Type},
+};
+use proptest::prelude::*;
+use weir_crds::{
+    JobDocument,
+    pipeline::{WINDOW_END, WINDOW_START},
+};
+
+use super::{EVENT_TIME, OFFSET, PartitionPipeline, Plan, Resume};
+
+/// How far out of order records arrive; the plan allows exactly this much.
+const DISORDER_MS: i64 = 3_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Tumbling { size: i64 },
+    Sliding { size: i64, slide: i64 },
+    Session { gap: i64 },
+}
+
+impl Kind {
+    fn yaml(self) -> String {
+        match self {
+            Self::Tumbling { size } => format!("{{tumbling: {{size: {size}ms}}}}"),
+            Self::Sliding { size, slide } => format!("{{sliding: {{size: {size}ms, slide: {slide}ms}}}}"),
+            Self::Session { gap } => format!("{{session: {{gap: {gap}ms}}}}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    key: String,
+    ts: i64,
+    amount: i64,
+}
+
+/// (key, window start, window end) → (sum, count).
+type Results = BTreeMap<(String, i64, i64), (i64, i64)>;
+
+fn plan(kind: Kind) -> Arc<Plan> {
+    let spec = format!(
+        "source: {{kafka: {{bootstrapServers: k:9092, topic: in, eventTime: {{maxOutOfOrderness: {DISORDER_MS}ms}}}}}}\n\
+         sink: {{kafka: {{bootstrapServers: k:9092, topic: out}}}}\npipeline:\n  - keyBy: [k]\n  - window: {}\n  \
+         - aggregate: [{{fn: sum, field: amount, as: total}}, {{fn: count, as: n}}]\n",
+        kind.yaml()
+    );
+    Arc::new(Plan::new(&JobDocument::parse(&spec).expect("a valid spec").spec).expect("a plan"))
+}
+
+/// What the windows hold, computed directly from every record at once.
+fn naive(kind: Kind, records: &[Record]) -> Results {
+    let mut out = Results::new();
+    let mut add = |key: &str, start: i64, end: i64, amount: i64| {
+        let entry = out.entry((key.to_owned(), start, end)).or_insert((0, 0));
+        entry.0 += amount;
+        entry.1 += 1;
+    };
+    match kind {
+        Kind::Tumbling { size } => {
+            for r in records {
+                let start = r.ts.div_euclid(size) * size;
+                add(&r.key, start, start + size, r.amount);
+            }
+        }
+        Kind::Sliding { size, slide } => {
+            for r in records {
+                let mut start = r.ts.div_euclid(slide) * slide;
+                while start > r.ts - size {
+                    add(&r.key, start, start + size, r.amount);
+                    start -= slide;
+                }
+            }
+        }
+        Kind::Session { gap } => {
+            let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+            for r in records {
+                by_key.entry(&r.key).or_default().push(r);
+            }
+            for (key, mut rs) in by_key {
+                rs.sort_by_key(|r| r.ts);
+                let mut session: Option<(i64, i64, i64, i64)> = None; // start, last, sum, count
+                for r in rs {
+                    session = match session {
+                        Some((start, last, sum, n)) if r.ts < last + gap => Some((start, r.ts, sum + r.amount, n + 1)),
+                        Some((start, last, sum, n)) => {
+                            out.insert((key.to_owned(), start, last + gap), (sum, n));
+                            Some((r.ts, r.ts, r.amount, 1))
+                        }
+                        None => Some((r.ts, r.ts, r.amount, 1)),
+                    };
+                }
+                if let Some((start, last, sum, n)) = session {
+                    out.insert((key.to_owned(), start, last + gap), (sum, n));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn batch(records: &[Record], first_offset: i64) -> RecordBatch {
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let offsets: Vec<i64> = (first_offset..first_offset + records.len() as i64).collect();
+    RecordBatch::try_from_iter([
+        ("k", Arc::new(StringArray::from(keys)) as ArrayRef),
+        ("amount", Arc::new(Float64Array::from_iter_values(records.iter().map(|r| r.amount as f64))) as ArrayRef),
+        (EVENT_TIME, Arc::new(Int64Array::from_iter_values(records.iter().map(|r| r.ts))) as ArrayRef),
+        (OFFSET, Arc::new(Int64Array::from(offsets)) as ArrayRef),
+    ])
+    .expect("a batch")
+}
+
+/// The engine's results for `records` cut at `cuts`, restored from a checkpoint after the
+/// batches in `restores`, then flushed by one record far ahead.
+fn engine(kind: Kind, records: &[Record], cuts: &[usize], restores: &[bool]) -> Results {
+    let plan = plan(kind);
+    let now = Instant::now();
+    let mut partition = PartitionPipeline::new(plan.clone(), Resume::default(), now);
+    let mut out = Results::new();
+    let collect = |batches: Vec<RecordBatch>, out: &mut Results| {
+        for b in batches {
+            let key = b.column_by_name("k").expect("key").as_string::<i32>();
+            let millis = |name: &str, row: usize| {
+                let text = b.column_by_name(name).expect("window bound").as_string::<i32>().value(row);
+                chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339").timestamp_millis()
+            };
+            let total = b.column_by_name("total").expect("total").as_primitive::<Float64Type>();
+            let n = b.column_by_name("n").expect("n").as_primitive::<Int64Type>();
+            for row in 0..b.num_rows() {
+                let window = (key.value(row).to_owned(), millis(WINDOW_START, row), millis(WINDOW_END, row));
+                let previous = out.insert(window.clone(), (total.value(row) as i64, n.value(row)));
+                assert!(previous.is_none(), "window {window:?} emitted twice");
+            }
+        }
+    };
+    let mut bounds: Vec<usize> = cuts.iter().map(|&c| c % (records.len() + 1)).collect();
+    bounds.extend([0, records.len()]);
+    bounds.sort_unstable();
+    bounds.dedup();
+    for (i, pair) in bounds.windows(2).enumerate() {
+        let processed = partition.process(batch(&records[pair[0]..pair[1]], pair[0] as i64), now).expect("process");
+        assert!(processed.late.is_none(), "disorder within the allowance makes nothing late");
+        assert!(processed.rejected.is_empty());
+        collect(processed.output, &mut out);
+        if restores.get(i).copied().unwrap_or(false) {
+            let state = partition.window_state().expect("snapshot");
+            let max_event_time = partition.watermark().max_event_time();
+            partition = PartitionPipeline::restore(plan.clone(), max_event_time, state.as_ref(), now).expect("restore");
+        }
+    }
+    let last = records.iter().map(|r| r.ts).max().unwrap_or(0);
+    let flush = Record { key: "~flush".into(), ts: last + 10_000_000, amount: 0 };
+    collect(partition.process(batch(&[flush], records.len() as i64), now).expect("flush").output, &mut out);
+    out
+}
+
+fn kinds() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        (1_000..20_000i64).prop_map(|size| Kind::Tumbling { size }),
+        (1..6i64, 1_000..10_000i64).prop_map(|(k, slide)| Kind::Sliding { size: slide * k, slide }),
+        (500..10_000i64).prop_map(|gap| Kind::Session { gap }),
+    ]
+}
+
+/// Records of a few keys with rising event times, each up to [`DISORDER_MS`] early.
+fn records() -> impl Strategy<Value = Vec<Record>> {
+    proptest::collection::vec((0..5u8, 0..2_000i64, 0..DISORDER_MS, 1..100i64), 1..200).prop_map(|raw| {
+        let mut clock = 1_700_000_000_000i64;
+        let mut newest = clock;
+        raw.into_iter()
+            .map(|(key, step, early, amount)| {
+                clock += step;
+                newest = newest.max(clock);
+                // Never further behind the newest so far than the allowance.
+                let ts = (clock - early).max(newest - DISORDER_MS + 1);
+                Record { key: format!("key-{key}"), ts, amount }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn windowed_results_equal_the_naive_model_for_any_batching_and_restores(
+        kind in kinds(),
+        records in records(),
+        cuts in proptest::collection::vec(0..1_000usize, 0..10),
+        restores in proptest::collection::vec(any::<bool>(), 0..12),
+    ) {
+        let (got, want) = (engine(kind, &records, &cuts, &restores), naive(kind, &records));
+        let extra: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(v)).collect();
+        let missing: Vec<_> = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).collect();
+        prop_assert!(extra.is_empty() && missing.is_empty(), "engine only: {:?}\nmodel only: {:?}", extra, missing);
+    }
+}
