@@ -50,6 +50,9 @@ struct Args {
     /// it the admin routes are open to whoever reaches the port.
     #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// How often the source topic is checked for added partitions, e.g. `30s`.
+    #[arg(long, default_value = "30s")]
+    partition_discovery_interval: weir_crds::Duration,
     /// Time between offset commits, e.g. `1s`.
     #[arg(long, default_value = "1s")]
     commit_interval: weir_crds::Duration,
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         secrets: SecretMounts::new(&args.secrets_dir),
         descriptor_set: args.descriptor_set.clone(),
         commit_interval: args.commit_interval.get(),
+        partition_discovery: args.partition_discovery_interval.get(),
         spans,
         assignment: args.assignment,
     };

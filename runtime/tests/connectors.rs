@@ -322,3 +322,63 @@ fn with_oversize_records_fail_a_result_too_large_stops_the_pod_naming_the_size_a
     assert!(message.contains("a result of 100") && message.contains("takes (5000 bytes)"), "{message}");
     assert!(message.contains("(spec.sink.kafka.oversizeRecords: fail)"), "{message}");
 }
+
+/// Partitions added to the source while `runtime` runs are found and read from their
+/// beginning, and their lag is exported.
+fn added_partitions_are_consumed(name: &str, start: impl FnOnce(&Path) -> Runtime) {
+    let broker = shared_broker();
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    must(broker.create_topic(&input, 2), "creating the input topic");
+    must(broker.create_topic(&output, 1), "creating the output topic");
+    let job = copy_job(dir.path(), broker, name, "", "", "");
+    let runtime = start(&job);
+    let producer = producer(broker);
+    produce_numbered(&producer, &input, 0..40, &[]);
+    assert_eq!(numbers(&read_records(broker, &output, 40)), (0..40).collect(), "the first partitions");
+
+    must(broker.add_partitions(&input, 4), "adding partitions");
+    let producer = self::producer(broker);
+    must(
+        wait_until(Duration::from_secs(30), "the producer to see the added partitions", || {
+            producer
+                .client()
+                .fetch_metadata(Some(&input), Duration::from_secs(5))
+                .is_ok_and(|m| m.topics().first().is_some_and(|t| t.partitions().len() == 4))
+        }),
+        "metadata",
+    );
+    for n in 40..80 {
+        let payload = json!({"n": n}).to_string();
+        let record = BaseRecord::to(&input).key(&b"k"[..]).payload(payload.as_bytes()).partition(2 + (n % 2));
+        must(kafka::send(&producer, record), "sending to an added partition");
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+    assert_eq!(
+        numbers(&read_records(broker, &output, 80)),
+        (0..80).collect(),
+        "the added partitions, from their start"
+    );
+    let status: serde_json::Value = must(serde_json::from_str(&runtime.get("/status").1), "status is JSON");
+    assert_eq!(status["partitionCount"], 4, "{status}");
+    let lag = format!("weir_consumer_lag{{partition=\"3\",streamjob=\"{name}\",topic=\"{input}\"}}");
+    must(wait_until(Duration::from_secs(30), "the added partition's lag", || runtime.metric(&lag) >= 0.0), "lag");
+}
+
+#[test]
+fn partitions_added_to_the_source_are_consumed_under_the_operator() {
+    added_partitions_are_consumed("grown-slots", |job| {
+        let args = ["--instance", "a", "--assignment", "operator", "--partition-discovery-interval", "1s"];
+        let runtime = Runtime::launch(job, &args);
+        must(wait_until(Duration::from_secs(60), "the admin server", || runtime.get("/healthz").0 == 200), "start");
+        runtime.assign(0, 1);
+        runtime
+    });
+}
+
+#[test]
+fn partitions_added_to_the_source_are_consumed_in_a_consumer_group() {
+    added_partitions_are_consumed("grown-group", |job| {
+        Runtime::start_with(job, &["--partition-discovery-interval", "1s"])
+    });
+}

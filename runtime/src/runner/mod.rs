@@ -16,7 +16,7 @@ use std::{
     num::NonZeroU32,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -163,6 +163,8 @@ pub struct Settings {
     pub spans: Option<Spans>,
     /// Who assigns partitions.
     pub assignment: AssignmentMode,
+    /// How often the source topic is checked for added partitions.
+    pub partition_discovery: Duration,
 }
 
 /// The pipeline state of an owned partition.
@@ -497,7 +499,12 @@ struct Job {
     state_shown: Mutex<BTreeSet<i32>>,
     table: Arc<Mutex<Table>>,
     topic: String,
-    partition_count: usize,
+    /// The source topic's partition count (the internal topic's for a repartitioned job):
+    /// it grows when partitions are added to the topic (see [`Job::discover_partitions`]).
+    partition_count: AtomicUsize,
+    /// Partitions added to the source topic while the job ran: with no committed offset,
+    /// they are read from their beginning, whatever `startOffset` says.
+    discovered: Mutex<BTreeSet<i32>>,
     /// Set by a stop-with-savepoint, cleared by `/resume`: consuming is paused meanwhile.
     stopped: Arc<AtomicBool>,
     /// While stopped: per partition, the first offset fetched but not processed (see
@@ -644,7 +651,14 @@ impl Job {
                 &front::keyed_group(&settings.group_id),
                 &settings.secrets,
             )?,
-            None => config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?,
+            None => {
+                let mut properties = config::consumer(&spec.source.kafka, &settings.group_id, &settings.secrets)?;
+                // A group notices added partitions at its metadata refresh: as often as discovery.
+                properties
+                    .entry("topic.metadata.refresh.interval.ms".into())
+                    .or_insert_with(|| settings.partition_discovery.as_millis().to_string());
+                properties
+            }
         };
         let consumer: BaseConsumer<SourceContext> =
             client(&consumer_properties, context).map_err(kafka("creating the consumer"))?;
@@ -684,7 +698,8 @@ impl Job {
             state_shown: Mutex::default(),
             table,
             topic,
-            partition_count,
+            partition_count: AtomicUsize::new(partition_count),
+            discovered: Mutex::default(),
             stopped,
             held_back: Mutex::default(),
             stopped_with: Mutex::default(),
@@ -700,6 +715,7 @@ impl Job {
             self.settings.spec.checkpoint.as_ref().map_or(self.settings.commit_interval, |c| c.interval.get());
         let mut last_commit = Instant::now();
         let mut last_state_check = Instant::now();
+        let mut last_discovery = Instant::now();
         let mut last_status = Instant::now();
         while !self.shared.shutdown.load(Ordering::Relaxed) {
             if let Some(front) = self.front.as_ref().filter(|_| !self.stopped.load(Ordering::Relaxed)) {
@@ -724,6 +740,10 @@ impl Job {
             drop(messages);
             if !self.stopped.load(Ordering::Relaxed) {
                 self.tick()?;
+            }
+            if last_discovery.elapsed() >= self.settings.partition_discovery {
+                self.discover_partitions()?;
+                last_discovery = Instant::now();
             }
             if last_state_check.elapsed() >= STATE_CHECK_INTERVAL {
                 self.check_state()?;
@@ -803,7 +823,7 @@ impl Job {
         }
         let owned = self.consumer.assignment().map_err(kafka("reading the assignment"))?;
         let owned: Vec<i32> = owned.elements().iter().map(|e| e.partition()).collect();
-        let moves = assignment::moves(&owned, slot, self.partition_count);
+        let moves = assignment::moves(&owned, slot, self.partition_count());
         if !moves.revoke.is_empty() {
             for partition in &moves.revoke {
                 let _ = self.shared.metrics.consumer_lag.remove_label_values(&[&self.topic, &partition.to_string()]);
@@ -874,7 +894,7 @@ impl Job {
             topic: self.topic.clone(),
             // The table's runs are ordered by partition, and so are the snapshots.
             partitions: snapshots.iter().map(|s| s.header.partition).collect(),
-            partition_count: self.partition_count,
+            partition_count: self.partition_count(),
         };
         info!(id = savepoint.id, path = savepoint.path, stop, partitions = snapshots.len(), "savepoint taken");
         let mut status = lock(&self.shared.status);
@@ -898,7 +918,7 @@ impl Job {
             stopped: true,
             topic: self.topic.clone(),
             partitions: snapshots.iter().map(|s| s.header.partition).collect(),
-            partition_count: self.partition_count,
+            partition_count: self.partition_count(),
         };
         lock(&self.shared.status).last_savepoint = Some(savepoint.clone());
         Ok(savepoint)
@@ -1071,7 +1091,7 @@ impl Job {
         let mut partitions: std::collections::BTreeSet<i32> = assigned.iter().copied().collect();
         if self.committer.checkpointer.is_some() {
             // Exactly-once restore compares the offsets of every partition a checkpoint covered.
-            partitions.extend(0..i32::try_from(self.partition_count).unwrap_or(i32::MAX));
+            partitions.extend(0..i32::try_from(self.partition_count()).unwrap_or(i32::MAX));
         }
         let mut wanted = TopicPartitionList::new();
         for &partition in &partitions {
@@ -1155,6 +1175,7 @@ impl Job {
                     let position = committed.get(&partition).copied().unwrap_or(0);
                     let start = match committed.get(&partition) {
                         Some(&offset) => Some(Offset::Offset(offset)),
+                        None if lock(&self.discovered).contains(&partition) => Some(Offset::Beginning),
                         None => self.start_from_timestamp(partition)?,
                     };
                     if let Some(start) = start {
@@ -1276,6 +1297,45 @@ impl Job {
             self.shared.metrics.watermark_lag_seconds.set((now_ms() - wm) as f64 / 1000.0);
         }
         self.produce(&outputs)
+    }
+
+    /// The partition count of the topic this job consumes.
+    fn partition_count(&self) -> usize {
+        self.partition_count.load(Ordering::Relaxed)
+    }
+
+    /// Notices partitions added to the source topic. Under the operator, the slot held takes
+    /// those it owns, from their beginning; in a consumer group, librdkafka rebalances onto
+    /// them (its metadata refresh runs as often as this) and they start from their beginning
+    /// too when this instance saw them first. A repartitioned job keeps the partitions it
+    /// started with: its internal topic and watermarks are sized by them.
+    fn discover_partitions(&self) -> Result<(), RunError> {
+        if self.front.is_some() {
+            return Ok(());
+        }
+        let known = self.partition_count();
+        let count = match partition_count(&self.consumer, &self.topic) {
+            Ok(count) if count > known => count,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                debug!(error = %e, "reading the source topic's partitions failed; trying again later");
+                return Ok(());
+            }
+        };
+        info!(topic = self.topic, from = known, to = count, "partitions were added to the source topic");
+        let added: Vec<i32> =
+            (i32::try_from(known).unwrap_or(i32::MAX)..i32::try_from(count).unwrap_or(i32::MAX)).collect();
+        lock(&self.discovered).extend(added.iter().copied());
+        self.partition_count.store(count, Ordering::Relaxed);
+        lock(&self.shared.status).partition_count = count;
+        let slot = lock(&self.shared.status).assignment;
+        if self.settings.assignment == AssignmentMode::Operator
+            && slot.is_some()
+            && !self.stopped.load(Ordering::Relaxed)
+        {
+            self.assign(slot)?;
+        }
+        Ok(())
     }
 
     /// Exports each owned partition's state size and holds the pod to its state budget.
