@@ -193,10 +193,7 @@ fn exactly_once_a_hand_over_whose_checkpoint_fails_releases_nothing_and_stops_th
     let storage = dir.path().join("checkpoints");
     // Checkpoints only when partitions move: the one of the hand-over is the one that fails.
     let extra = format!("  checkpoint: {{storage: \"file://{}\", interval: 10m}}\n", storage.display());
-    let job = job_file(dir.path(), broker, name, &extra);
-    let text = must(std::fs::read_to_string(&job), "reading the job")
-        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
-    must(std::fs::write(&job, text), "writing the job");
+    let job = exactly_once_job_file(dir.path(), broker, name, &extra);
     let producer = producer(broker);
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &format!("{name}-in"), &first);

@@ -90,6 +90,15 @@ spec:
     write_job_file(dir, name, &job)
 }
 
+/// The windowed job of [`job_file`] with `delivery: exactlyOnce`.
+pub fn exactly_once_job_file(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
+    let job = job_file(dir, broker, name, extra);
+    let text = must(std::fs::read_to_string(&job), "reading the job")
+        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
+    must(std::fs::write(&job, text), "writing the job");
+    job
+}
+
 /// The windowed job of [`job_file`] without `partitionedBy`: its source is not keyed by
 /// `user_id`, so it is repartitioned.
 pub fn unkeyed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
@@ -271,10 +280,7 @@ pub fn exactly_once_across_a_restart(name: &str, start: impl Fn(&Path) -> Runtim
     must(broker.create_topic(&output, 1), "creating the output topic");
     let storage = format!("file://{}/checkpoints", dir.path().display());
     let extra = format!("  checkpoint: {{storage: \"{storage}\", interval: 1s}}\n");
-    let job = job_file(dir.path(), broker, name, &extra);
-    let text = must(std::fs::read_to_string(&job), "reading the job")
-        .replace("keyField: user_id}", "keyField: user_id, delivery: exactlyOnce}");
-    must(std::fs::write(&job, text), "writing the job");
+    let job = exactly_once_job_file(dir.path(), broker, name, &extra);
     let producer = producer(broker);
     let first = payments(2_000, 10, 0);
     produce_payments(&producer, &input, &first);
