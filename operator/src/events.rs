@@ -14,6 +14,9 @@ use tracing::warn;
 const QUEUE: usize = 4096;
 /// Events sent at once.
 const SENDERS: usize = 8;
+/// The longest note the API server accepts (bytes); an apply error naming several invalid
+/// fields of several children is longer.
+const MAX_NOTE: usize = 1024;
 
 /// Hands Events to a background sender.
 #[derive(Clone, Debug)]
@@ -41,7 +44,8 @@ impl Announcer {
 
     /// Queues `event` about `reference`; when the queue is full (or the sender has stopped),
     /// drops it and counts it.
-    pub fn announce(&self, event: Event, reference: ObjectReference) {
+    pub fn announce(&self, mut event: Event, reference: ObjectReference) {
+        event.note = event.note.map(fit_note);
         let why = match self.queue.try_send((event, reference)) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full((event, _))) => (event, "the event queue is full"),
@@ -49,5 +53,34 @@ impl Announcer {
         };
         warn!(reason = %why.0.reason, "{}: dropped an event", why.1);
         self.dropped.inc();
+    }
+}
+
+/// `note` cut at a character boundary to at most [`MAX_NOTE`] bytes, ending in `…` when cut
+/// (the whole text stays in the condition and the operator's log).
+fn fit_note(note: String) -> String {
+    if note.len() <= MAX_NOTE {
+        return note;
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = MAX_NOTE - ELLIPSIS.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &note[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_server_accepts() {
+        assert_eq!(fit_note("short".into()), "short");
+        let exact = "x".repeat(MAX_NOTE);
+        assert_eq!(fit_note(exact.clone()), exact);
+        let cut = fit_note("é".repeat(MAX_NOTE));
+        assert!(cut.len() <= MAX_NOTE && cut.ends_with('…'), "{} bytes", cut.len());
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
     }
 }

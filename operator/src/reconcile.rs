@@ -59,6 +59,8 @@ const REQUEUE_ASSIGNING: Duration = Duration::from_millis(500);
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// Reason of `Degraded` when the API server refused or failed an apply of a child.
 pub const APPLY_FAILED: &str = "ApplyFailed";
+/// The Event action of what the finalizer does.
+const DELETE: &str = "Delete";
 /// Savepoints kept in `status.savepointHistory`.
 const SAVEPOINT_HISTORY: usize = 10;
 /// Longest back-off after repeated failures.
@@ -152,8 +154,14 @@ impl Context {
 
     /// Sends an Event about `job` without waiting for it.
     fn publish(&self, job: &StreamJob, type_: EventType, reason: &str, note: String) {
-        let event =
-            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        self.publish_for("Reconcile", job, type_, reason, note);
+    }
+
+    /// An Event of `action`: the recorder folds Events of one action and reason into one
+    /// series that keeps the first note, so the deletion's own notes (the final savepoint)
+    /// get an action of their own.
+    fn publish_for(&self, action: &str, job: &StreamJob, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         self.announcer.announce(event, job.object_ref(&()));
     }
 }
@@ -760,7 +768,7 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(source) => return Err(Error::Api { what: "deleting the Deployment".into(), source }),
     }
-    ctx.publish(job, EventType::Normal, "Deleted", "runtime pods stopped; the StreamJob can go".into());
+    ctx.publish_for(DELETE, job, EventType::Normal, "Deleted", "runtime pods stopped; the StreamJob can go".into());
     Ok(Action::await_change())
 }
 
@@ -784,7 +792,7 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
         Ok(taken) => {
             let note = format!("final savepoint {id} at {}: recreate the job with it to resume", taken.path);
             info!("{note}");
-            ctx.publish(job, EventType::Normal, "SavepointTaken", note);
+            ctx.publish_for(DELETE, job, EventType::Normal, "SavepointTaken", note);
             let mut next = job.status.clone().unwrap_or_default();
             let info =
                 SavepointInfo { id, path: taken.path, completed_at: Time(taken.completed_at), reason: "delete".into() };
@@ -794,7 +802,7 @@ async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
         Err(failed) => {
             let note = format!("final savepoint failed, deleting without it: {}", failed.message);
             warn!("{note}");
-            ctx.publish(job, EventType::Warning, "SavepointFailed", note);
+            ctx.publish_for(DELETE, job, EventType::Warning, "SavepointFailed", note);
             Ok(())
         }
     }
