@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (system packages, the devcluster API
-# server, Apache Kafka's jars, Helm's engine for the chart tests and moto's S3 server, all
-# cached under ~/.cache/weir), then runs every test of the workspace.
+# The test command: installs what the tests need (system packages, the Kubernetes control
+# plane and kubectl built from source, Apache Kafka's jars, Helm's engine for the chart
+# tests and moto's S3 server, all cached under ~/.cache/weir), then runs every test of the
+# workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash e2e/setup-debian.sh
-bash e2e/devcluster/install.sh >/dev/null
+bash e2e/kubernetes/install.sh >/dev/null
 bash e2e/kafka/install.sh >/dev/null
 bash e2e/chart/install-helm-sdk.sh >/dev/null
 bash e2e/s3/install-moto.sh >/dev/null

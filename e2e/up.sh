@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local quickstart: the whole Weir stack on this machine, no cluster needed.
-# Starts Apache Kafka, the local API server, the StreamJob CRD, the node agent (runs pods
-# as local processes), the operator, applies an example job and starts a generator of
-# sample payments for it. Stop it with e2e/down.sh.
+# Starts Apache Kafka, a local Kubernetes control plane (kube-apiserver, controller-manager,
+# scheduler), the StreamJob CRD, the node agent (the kubelet: runs pods as local
+# processes), the operator, applies an example job and starts a generator of sample
+# payments for it. Stop it with e2e/down.sh.
 #   up.sh            runs the operator as a local process
 #   up.sh --chart    installs it from the Helm chart instead (rendered with Helm's engine,
 #                    applied as `helm install` would); the node agent runs its two replicas
@@ -23,7 +24,9 @@ RUNTIME_IMAGE=ghcr.io/weir-dev/weir-runtime
 OPERATOR_IMAGE=ghcr.io/weir-dev/weir-operator
 
 bash e2e/setup-debian.sh
-bash e2e/devcluster/install.sh >/dev/null
+KUBE_BIN=$(bash e2e/kubernetes/install.sh | tail -1)/bin
+# kubectl of the cluster's own release.
+kubectl() { "$KUBE_BIN/kubectl" "$@"; }
 bash e2e/kafka/install.sh >/dev/null
 echo "Building weir-operator, weir-runtime and weir-node-agent..."
 cargo build --workspace --bins --locked
@@ -36,8 +39,8 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # Apache Kafka, PLAINTEXT on $KAFKA_PORT (its SASL and TLS listeners on free ports).
 KAFKA_PORT=$KAFKA_PORT bash e2e/kafka/start.sh "$RUN/kafka" > "$RUN/kafka.env"
 BOOTSTRAP=$(sed -n 's/.* bootstrap=\([^ ]*\).*/\1/p' "$RUN/kafka.env")
-API_PORT=$API_PORT ETCD_PORT=${ETCD_PORT:-2379} bash e2e/devcluster/start.sh "$RUN/devcluster"
-export KUBECONFIG="$RUN/devcluster/kubeconfig"
+API_PORT=$API_PORT ETCD_PORT=${ETCD_PORT:-2379} bash e2e/kubernetes/start.sh "$RUN/kubernetes"
+export KUBECONFIG="$RUN/kubernetes/kubeconfig"
 if $FROM_CHART; then
   # What `helm install weir charts/weir -n weir-system` does: the chart's CRD, then the
   # rendered templates. Pods share this host's network, so the operator listens on its
@@ -48,16 +51,14 @@ if $FROM_CHART; then
   "$PYTHON" e2e/chart/render.py charts/weir --name weir --namespace weir-system \
     --set 'metrics.listenHost=$(POD_IP)' --set logFormat=text --set resyncInterval=10s \
     | kubectl apply --server-side --field-manager=helm -f -
-  SELECTOR='app.kubernetes.io/name in (weir-operator,weir-runtime)'
 else
   kubectl apply -f crds/streamjob.yaml
-  SELECTOR=weir.dev/streamjob
 fi
 kubectl wait --for=condition=Established --timeout=30s crd/streamjobs.weir.dev
 
 if ! running "$RUN/agent.pid"; then
-  "$BIN/weir-node-agent" --kubeconfig "$KUBECONFIG" --state-dir "$RUN/agent" --log-format text \
-    --selector "$SELECTOR" --image "$RUNTIME_IMAGE=$BIN/weir-runtime" --image "$OPERATOR_IMAGE=$BIN/weir-operator" \
+  "$BIN/weir-node-agent" --kubeconfig "$RUN/kubernetes/node.kubeconfig" --state-dir "$RUN/agent" --log-format text \
+    --image "$RUNTIME_IMAGE=$BIN/weir-runtime" --image "$OPERATOR_IMAGE=$BIN/weir-operator" \
     > "$RUN/agent.log" 2>&1 &
   echo $! > "$RUN/agent.pid"
 fi
@@ -96,7 +97,7 @@ fi
 cat <<MSG
 
 Weir is running locally, and sample payments flow into it (50 a second).
-  export KUBECONFIG=$KUBECONFIG
+  export KUBECONFIG=$KUBECONFIG PATH=$KUBE_BIN:\$PATH   # kubectl of the cluster's release
   kubectl get sj                     # jobs, phase, parallelism, lag
   kubectl scale sj/spend-per-user --replicas=1   # a rescale through a savepoint
   kubectl get sj spend-per-user -o jsonpath='{.status.lastSavepoint}'

@@ -1,4 +1,4 @@
-//! A `weir-node-agent` process for tests: started against a devcluster's kubeconfig with a
+//! A `weir-node-agent` process for tests: started with a cluster's node kubeconfig with a
 //! temporary state folder, tied to the test process (`--watch-pid`), stopped when dropped.
 
 use std::{
@@ -9,39 +9,23 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{Error, agent::READY_FILE, devcluster::DevCluster, wait_until};
+use crate::{Error, agent::READY_FILE, cluster::LocalCluster, wait_until};
 
 /// Set this variable to keep agents' state folders (pod logs, volumes) after a test run;
 /// by default an agent deletes its own when it exits.
 pub const KEEP_STATE_ENV: &str = "WEIR_KEEP_AGENT_STATE";
 
-/// What the agent runs and watches.
+/// What the agent runs.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
     /// `--image NAME=PATH` entries.
     pub images: Vec<(String, PathBuf)>,
-    /// `--selector` (default: the agent's, `weir.dev/streamjob`).
-    pub selector: Option<String>,
-    /// `--namespace` (default: all).
-    pub namespace: Option<String>,
 }
 
 impl AgentOptions {
     /// Adds an image mapping (image name without tag → program path or PATH name).
     pub fn image(mut self, name: &str, program: impl Into<PathBuf>) -> Self {
         self.images.push((name.to_owned(), program.into()));
-        self
-    }
-
-    /// Sets the Deployment label selector.
-    pub fn selector(mut self, selector: &str) -> Self {
-        self.selector = Some(selector.to_owned());
-        self
-    }
-
-    /// Restricts the agent to one namespace.
-    pub fn namespace(mut self, namespace: &str) -> Self {
-        self.namespace = Some(namespace.to_owned());
         self
     }
 }
@@ -88,12 +72,6 @@ impl NodeAgent {
         for (name, program) in &options.images {
             command.arg("--image").arg(format!("{name}={}", program.display()));
         }
-        if let Some(selector) = &options.selector {
-            command.arg("--selector").arg(selector);
-        }
-        if let Some(namespace) = &options.namespace {
-            command.arg("--namespace").arg(namespace);
-        }
         let child = command.spawn().map_err(|source| Error::Spawn { what: binary.display().to_string(), source })?;
         let mut agent = Self { child, state_dir };
         let ready = agent.state_dir.path().join(READY_FILE);
@@ -110,9 +88,13 @@ impl NodeAgent {
         Ok(agent)
     }
 
-    /// Starts `binary` against `cluster` (see [`NodeAgent::start`]).
-    pub fn for_cluster(binary: impl AsRef<Path>, cluster: &DevCluster, options: &AgentOptions) -> Result<Self, Error> {
-        Self::start(binary, cluster.kubeconfig(), options)
+    /// Starts `binary` as `cluster`'s node (see [`NodeAgent::start`]).
+    pub fn for_cluster(
+        binary: impl AsRef<Path>,
+        cluster: &LocalCluster,
+        options: &AgentOptions,
+    ) -> Result<Self, Error> {
+        Self::start(binary, &cluster.node_kubeconfig(), options)
     }
 
     /// The agent's state folder.

@@ -61,3 +61,21 @@ pub fn render(values: &Value, args: &[&str]) -> Result<String, Error> {
         Err(Error::Failed(format!("render.py: {}", String::from_utf8_lossy(&output.stderr))))
     }
 }
+
+/// The chart's ServiceAccount and RBAC objects (ClusterRole or Role and their bindings)
+/// rendered with `values`: what the operator may do once installed.
+pub fn operator_access(values: &Value) -> Result<Vec<Value>, Error> {
+    const KINDS: [&str; 5] = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+    let rendered = render(values, &["--format", "json"])?;
+    let objects: Vec<Value> =
+        serde_json::from_str(&rendered).map_err(|e| Error::Failed(format!("render.py --format json: {e}")))?;
+    Ok(objects.into_iter().filter(|o| o["kind"].as_str().is_some_and(|kind| KINDS.contains(&kind))).collect())
+}
+
+/// `objects` as one `List` manifest for `kubectl apply`.
+pub fn manifest_list(objects: &[Value]) -> String {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string()
+}
+
+/// The operator's ServiceAccount name with the chart's default values.
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "weir-operator";

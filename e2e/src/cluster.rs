@@ -1,5 +1,7 @@
-//! A running devcluster: etcd and the devcluster API server on 127.0.0.1, started by
-//! `e2e/devcluster/start.sh` and stopped when dropped (or when the owning process exits).
+//! A running local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager
+//! and kube-scheduler on 127.0.0.1, started by `e2e/kubernetes/start.sh` and stopped when
+//! dropped (or when the owning process exits). Pods run once a node agent joins
+//! ([`crate::agent_process::NodeAgent::for_cluster`]).
 
 use std::{
     ffi::OsStr,
@@ -12,22 +14,23 @@ use tempfile::TempDir;
 
 use crate::{Error, free_port, repo_root, wait_until};
 
-/// A local API server with its own etcd, certificates and kubeconfig.
+/// A local control plane with its own etcd, certificates and kubeconfigs.
 #[derive(Debug)]
-pub struct DevCluster {
+pub struct LocalCluster {
     run_dir: TempDir,
     kubeconfig: PathBuf,
+    kubectl: PathBuf,
 }
 
-impl DevCluster {
-    /// Builds the server if needed (cached) and starts it on free ports.
+impl LocalCluster {
+    /// Builds the control plane if needed (cached) and starts it on free ports.
     pub fn start() -> Result<Self, Error> {
         let run_dir = tempfile::Builder::new()
-            .prefix("weir-devcluster-")
+            .prefix("weir-kubernetes-")
             .tempdir()
             .map_err(|source| Error::Spawn { what: "mkdtemp".into(), source })?;
         let port = |what: &str| free_port().map_err(|source| Error::Spawn { what: what.into(), source });
-        let script = repo_root().join("e2e/devcluster/start.sh");
+        let script = repo_root().join("e2e/kubernetes/start.sh");
         let output = Command::new("bash")
             .arg(&script)
             .arg(run_dir.path())
@@ -45,12 +48,23 @@ impl DevCluster {
             )));
         }
         let kubeconfig = run_dir.path().join("kubeconfig");
-        Ok(Self { run_dir, kubeconfig })
+        let kubectl = binaries()?.join("kubectl");
+        Ok(Self { run_dir, kubeconfig, kubectl })
     }
 
-    /// The kubeconfig of the admin user.
+    /// The kubeconfig of the admin user (group `system:masters`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The kubeconfig of the node agent (`system:node:local`, Node-authorized).
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        self.run_dir.path().join("node.kubeconfig")
+    }
+
+    /// kubectl of the cluster's own release.
+    pub fn kubectl_binary(&self) -> &Path {
+        &self.kubectl
     }
 
     /// Runs kubectl against this cluster and returns its output, whatever its exit status.
@@ -59,7 +73,7 @@ impl DevCluster {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Command::new("kubectl")
+        Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
@@ -70,7 +84,7 @@ impl DevCluster {
     /// Runs kubectl with `stdin` as its standard input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<Output, Error> {
         use std::io::Write;
-        let mut child = Command::new("kubectl")
+        let mut child = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
@@ -87,6 +101,51 @@ impl DevCluster {
         child.wait_with_output().map_err(|source| Error::Spawn { what: "kubectl".into(), source })
     }
 
+    /// Applies `manifests` (YAML or JSON) with kubectl; an error with its reasons otherwise.
+    pub fn apply(&self, manifests: &str) -> Result<(), Error> {
+        let output = self.kubectl_stdin(&["apply", "-f", "-"], manifests)?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!("kubectl apply: {}", String::from_utf8_lossy(&output.stderr))))
+        }
+    }
+
+    /// A kubeconfig acting as ServiceAccount `namespace/name`, with a day-long token from the
+    /// TokenRequest API: a process outside the cluster then has exactly that account's
+    /// permissions, as it would in a pod.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf, Error> {
+        let created = self.kubectl(["create", "token", name, "-n", namespace, "--duration=24h"])?;
+        if !created.status.success() {
+            return Err(Error::Failed(format!(
+                "kubectl create token {namespace}/{name}: {}",
+                String::from_utf8_lossy(&created.stderr)
+            )));
+        }
+        let io = |source| Error::Spawn { what: format!("writing the kubeconfig of {namespace}/{name}"), source };
+        let token_file = self.run_dir.path().join(format!("{namespace}-{name}.token"));
+        std::fs::write(&token_file, String::from_utf8_lossy(&created.stdout).trim()).map_err(io)?;
+        let ca = self.run_dir.path().join("pki/ca.crt");
+        let admin = std::fs::read_to_string(&self.kubeconfig).map_err(io)?;
+        let server = admin
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("server: "))
+            .ok_or_else(|| Error::Failed(format!("no server in {}", self.kubeconfig.display())))?;
+        // JSON is YAML: kubectl and kube read it as a kubeconfig.
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": ca}}],
+            "users": [{"name": name, "user": {"tokenFile": token_file}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": name, "namespace": namespace}}],
+            "current-context": "local",
+        })
+        .to_string();
+        let path = self.run_dir.path().join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, kubeconfig).map_err(io)?;
+        Ok(path)
+    }
+
     /// Applies the StreamJob CRD and waits until the API server serves it.
     pub fn install_crds(&self) -> Result<(), Error> {
         let crd = repo_root().join("crds/streamjob.yaml");
@@ -100,8 +159,22 @@ impl DevCluster {
     }
 }
 
-impl Drop for DevCluster {
+impl Drop for LocalCluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo_root().join("e2e/devcluster/stop.sh")).arg(self.run_dir.path()).output();
+        let _ = Command::new("bash").arg(repo_root().join("e2e/kubernetes/stop.sh")).arg(self.run_dir.path()).output();
+    }
+}
+
+/// The folder of the built control plane and kubectl (`e2e/kubernetes/install.sh`, cached).
+pub fn binaries() -> Result<PathBuf, Error> {
+    let script = repo_root().join("e2e/kubernetes/install.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|source| Error::Spawn { what: script.display().to_string(), source })?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    match printed.lines().last() {
+        Some(dir) if output.status.success() => Ok(PathBuf::from(dir).join("bin")),
+        _ => Err(Error::Start(format!("{printed}{}", String::from_utf8_lossy(&output.stderr)))),
     }
 }

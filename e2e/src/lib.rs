@@ -1,14 +1,15 @@
-//! Test infrastructure for Weir, owned by the project: a local Kubernetes control plane
-//! ([`devcluster`]) built from Debian's packaged Kubernetes libraries, the node agent that
-//! runs its pods as local processes ([`agent`], binary `weir-node-agent`, started from tests
-//! with [`agent_process::NodeAgent`]), a Kafka-protocol broker ([`broker`]), a schema registry
-//! stand-in ([`registry`]), an OpenTelemetry collector stand-in ([`otlp`]), and helpers.
+//! Test infrastructure for Weir, owned by the project: the real Kubernetes control plane
+//! ([`cluster`]: kube-apiserver, kube-controller-manager and kube-scheduler built from
+//! `k8s.io/kubernetes`), the node agent that is its kubelet and runs pods as local processes
+//! ([`agent`], binary `weir-node-agent`, started from tests with
+//! [`agent_process::NodeAgent`]), Apache Kafka ([`broker`]), a schema registry stand-in
+//! ([`registry`]), an OpenTelemetry collector stand-in ([`otlp`]), and helpers.
 
 pub mod agent;
 pub mod agent_process;
 pub mod broker;
 pub mod chart;
-pub mod devcluster;
+pub mod cluster;
 pub mod gitops;
 pub mod kafka;
 pub mod operator_process;

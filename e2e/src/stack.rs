@@ -1,16 +1,17 @@
-//! The whole local stack in one value: a Kafka-protocol broker, the API server with the
+//! The whole local stack in one value: Apache Kafka, the Kubernetes control plane with the
 //! CRDs, the node agent running runtime pods as local processes, and the operator. Fields
 //! drop in order: the operator and the pods stop before the cluster and the broker.
 
 use std::{ffi::OsStr, time::Duration};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     Error,
     agent_process::{AgentOptions, NodeAgent},
     broker::Broker,
-    devcluster::DevCluster,
+    chart,
+    cluster::LocalCluster,
     operator_process::OperatorProcess,
     wait_until, workspace_binary,
 };
@@ -25,7 +26,7 @@ pub struct LocalStack {
     /// The node agent.
     pub agent: NodeAgent,
     /// The API server.
-    pub cluster: DevCluster,
+    pub cluster: LocalCluster,
     /// The broker.
     pub broker: Broker,
     /// A folder for checkpoints and savepoints, removed with the stack.
@@ -42,15 +43,27 @@ impl LocalStack {
     /// Starts everything; `operator_args` are added to the operator's command line.
     pub fn start(operator_args: &[&str]) -> Result<Self, Error> {
         let broker = Broker::start()?;
-        let cluster = DevCluster::start()?;
+        let cluster = LocalCluster::start()?;
         cluster.install_crds()?;
+        // Jobs run in `default`, held to the restricted Pod Security Standard.
+        let restricted = json!({"pod-security.kubernetes.io/enforce": "restricted"});
+        let namespace = |name: &str, labels: &Value| {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}).to_string()
+        };
+        cluster.apply(&namespace("default", &restricted))?;
+        cluster.apply(&namespace(chart::RELEASE_NAMESPACE, &restricted))?;
+        // The operator runs with exactly the chart's permissions, as the API server enforces them.
+        cluster.apply(&chart::manifest_list(&chart::operator_access(&json!({}))?))?;
+        let operator_kubeconfig =
+            cluster.service_account_kubeconfig(chart::RELEASE_NAMESPACE, chart::OPERATOR_SERVICE_ACCOUNT)?;
         let options = AgentOptions::default().image(RUNTIME_IMAGE, workspace_binary("weir-runtime")?);
-        let agent = NodeAgent::start(workspace_binary("weir-node-agent")?, cluster.kubeconfig(), &options)?;
+        let agent = NodeAgent::for_cluster(workspace_binary("weir-node-agent")?, &cluster, &options)?;
         let log = agent.state_dir().join("operator.log");
         let image = format!("{RUNTIME_IMAGE}:test");
         let mut args = vec!["--runtime-image", image.as_str(), "--identity", "local-stack", "--resync-interval", "3s"];
+        args.extend_from_slice(&["--lease-namespace", chart::RELEASE_NAMESPACE]);
         args.extend_from_slice(operator_args);
-        let operator = OperatorProcess::start(&workspace_binary("weir-operator")?, cluster.kubeconfig(), log, &args)?;
+        let operator = OperatorProcess::start(&workspace_binary("weir-operator")?, &operator_kubeconfig, log, &args)?;
         let storage = tempfile::Builder::new()
             .prefix("weir-checkpoints-")
             .tempdir()

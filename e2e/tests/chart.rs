@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, process::Output, sync::OnceLock, time::Duration
 use serde_json::{Value, json};
 use weir_e2e::{
     chart::{self, RELEASE_NAMESPACE},
-    devcluster::DevCluster,
+    cluster::LocalCluster,
     repo_root, wait_until,
 };
 
@@ -308,10 +308,10 @@ fn a_service_monitor_without_its_service_is_refused() {
 
 /// One API server for the dry runs, with the Prometheus Operator's monitor kinds served
 /// (a minimal stand-in for their CRDs: see `e2e/fixtures/prometheus-operator`).
-fn cluster() -> &'static DevCluster {
-    static CLUSTER: OnceLock<DevCluster> = OnceLock::new();
+fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let cluster = must(DevCluster::start(), "starting the devcluster");
+        let cluster = must(LocalCluster::start(), "starting the local cluster");
         let fixture = repo_root().join("e2e/fixtures/prometheus-operator/monitoring.coreos.com.yaml");
         let applied = must(cluster.kubectl(["apply".as_ref(), "-f".as_ref(), fixture.as_os_str()]), "kubectl apply");
         assert!(applied.status.success(), "{}", text(&applied.stderr));

@@ -12,14 +12,12 @@ use weir_e2e::{
     agent_process::{AgentOptions, NodeAgent},
     broker::Broker,
     chart::{self, RELEASE_NAMESPACE},
-    devcluster::DevCluster,
+    cluster::LocalCluster,
     gitops, kafka, repo_root, wait_until, workspace_binary,
 };
 
 const OPERATOR_IMAGE: &str = "ghcr.io/weir-dev/weir-operator";
 const RUNTIME_IMAGE: &str = "ghcr.io/weir-dev/weir-runtime";
-/// What the agent runs: the operator's Deployment and the runtime Deployments it renders.
-const SELECTOR: &str = "app.kubernetes.io/name in (weir-operator,weir-runtime)";
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -33,14 +31,14 @@ fn text(bytes: &[u8]) -> String {
 /// cluster and the broker go.
 struct Stack {
     agent: NodeAgent,
-    cluster: DevCluster,
+    cluster: LocalCluster,
     broker: Broker,
 }
 
 impl Stack {
     fn start() -> Self {
         let broker = must(Broker::start(), "starting the broker");
-        let cluster = must(DevCluster::start(), "starting the devcluster");
+        let cluster = must(LocalCluster::start(), "starting the local cluster");
         // As `helm install`: the chart's crds/ first, then the rendered templates.
         let crd = repo_root().join("charts/weir/crds/streamjob.yaml");
         let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), crd.as_os_str()]), "kubectl apply");
@@ -68,7 +66,6 @@ impl Stack {
         );
         assert!(installed.status.success(), "{}", text(&installed.stderr));
         let options = AgentOptions::default()
-            .selector(SELECTOR)
             .image(OPERATOR_IMAGE, must(workspace_binary("weir-operator"), "weir-operator"))
             .image(RUNTIME_IMAGE, must(workspace_binary("weir-runtime"), "weir-runtime"));
         let agent_binary = must(workspace_binary("weir-node-agent"), "weir-node-agent");

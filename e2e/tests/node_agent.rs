@@ -1,14 +1,14 @@
-//! The node agent against a real API server: Deployments labelled `weir.dev/streamjob`
-//! become Pod objects and local processes on their own loopback addresses, reachable over
-//! HTTP; scaling, template changes, volumes, crashes, deletions and probes behave as a
-//! Deployment controller and kubelet would make them.
+//! The node agent as the kubelet of the real control plane: the pods that Deployments'
+//! ReplicaSets make and the scheduler binds to node `local` become local processes on
+//! their own loopback addresses, reachable over HTTP; scaling, template changes, volumes,
+//! service-account tokens, crashes, deletions and probes behave as a kubelet makes them.
 
 use std::{collections::BTreeSet, path::Path, process::Output, sync::OnceLock, time::Duration};
 
 use serde_json::{Value, json};
 use weir_e2e::{
     agent_process::{AgentOptions, NodeAgent},
-    devcluster::DevCluster,
+    cluster::LocalCluster,
     http_get, wait_until,
 };
 
@@ -62,10 +62,10 @@ fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
 }
 
 /// One cluster and one agent for this test binary; both stop when the binary exits.
-fn cluster() -> &'static (DevCluster, NodeAgent) {
-    static CLUSTER: OnceLock<(DevCluster, NodeAgent)> = OnceLock::new();
+fn cluster() -> &'static (LocalCluster, NodeAgent) {
+    static CLUSTER: OnceLock<(LocalCluster, NodeAgent)> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let cluster = must(DevCluster::start(), "starting the devcluster");
+        let cluster = must(LocalCluster::start(), "starting the local cluster");
         let options = AgentOptions::default().image("example.com/http-echo", "python3");
         let agent = must(
             NodeAgent::for_cluster(env!("CARGO_BIN_EXE_weir-node-agent"), &cluster, &options),
@@ -103,7 +103,7 @@ fn patch(ns: &str, deployment: &str, patch: &Value) {
     succeed(kubectl(["patch", "deployment", deployment, "-n", ns, "--type=merge", "-p", &patch.to_string()]));
 }
 
-/// A Deployment the agent runs: labelled, with `app: <name>` pods of one `web` container.
+/// A Deployment with `app: <name>` pods of one `web` container.
 fn deployment(name: &str, replicas: u32, container: Value) -> Value {
     let mut container = container;
     container["name"] = json!("web");
@@ -111,7 +111,7 @@ fn deployment(name: &str, replicas: u32, container: Value) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"weir.dev/streamjob": name}},
+        "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
@@ -236,7 +236,7 @@ fn replicas_run_as_processes_on_their_own_addresses() {
         assert!(alive(pid_of(&ns, pod)));
         assert_eq!(pod["spec"]["nodeName"], "local");
         assert_eq!(pod["status"]["phase"], "Running");
-        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
         assert!(name(pod).starts_with(&format!("echo-{}-", hash(pod))), "{}", name(pod));
         let container = &pod["status"]["containerStatuses"][0];
         assert_eq!((container["ready"].clone(), container["restartCount"].clone()), (json!(true), json!(0)));
@@ -353,7 +353,7 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     );
     d["spec"]["template"]["spec"]["volumes"] = json!([
         {"name": "site", "configMap": {"name": "site", "items": [{"key": "index.html", "path": "pages/index.html"}]}},
-        {"name": "secret", "secret": {"secretName": "token"}},
+        {"name": "secret", "secret": {"secretName": "token", "defaultMode": 0o400}},
         {"name": "scratch", "emptyDir": {}}
     ]);
     d["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = json!([
@@ -379,8 +379,9 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     assert!(!volumes.join("site/other").exists(), "items select keys");
     assert!(volumes.join("scratch").is_dir());
     use std::os::unix::fs::PermissionsExt;
-    let mode = must(std::fs::metadata(volumes.join("secret/token")), "secret file").permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    let mode = |path: &str| must(std::fs::metadata(volumes.join(path)), path).permissions().mode() & 0o777;
+    assert_eq!(mode("secret/token"), 0o400, "defaultMode is honoured");
+    assert_eq!(mode("site/pages/index.html"), 0o644, "the API server's default mode");
 }
 
 #[test]
@@ -472,16 +473,86 @@ fn deleting_the_deployment_stops_its_pods() {
 }
 
 #[test]
-fn deployments_without_the_label_are_left_alone() {
-    let ns = namespace("unlabelled");
-    let mut d = deployment("ignored", 1, http_server());
-    d["metadata"]["labels"] = json!({"app": "ignored"});
+fn pods_bound_to_another_node_are_left_alone() {
+    let ns = namespace("elsewhere");
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "elsewhere", "labels": {"app": "elsewhere"}},
+        "spec": {"nodeName": "another-node", "containers": [http_server()]}
+    });
+    pod["spec"]["containers"][0]["name"] = json!("web");
+    pod["spec"]["containers"][0]["image"] = json!("example.com/http-echo:1.0");
+    apply(&ns, &pod);
+    apply(&ns, &deployment("here", 1, http_server()));
+    wait_ready(&ns, "here", 1);
+    let elsewhere = pods(&ns, "elsewhere").remove(0);
+    assert!(elsewhere["status"]["podIP"].is_null(), "{elsewhere:#}");
+    assert!(!agent().pod_dir(&ns, "elsewhere").exists());
+}
+
+#[test]
+fn a_pod_acts_as_its_service_account_with_a_token_bound_to_it() {
+    let ns = namespace("identity");
+    // Asks the API server for the namespace's pods with what the agent gave the pod.
+    let script = r#"
+import json, os, ssl, sys, urllib.request, urllib.error, http.server
+config = json.load(open(os.environ["KUBECONFIG"]))
+cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        token = open(user["tokenFile"]).read()
+        request = urllib.request.Request(cluster["server"] + self.path, headers={"Authorization": "Bearer " + token})
+        context = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        try:
+            status, body = 200, urllib.request.urlopen(request, context=context).read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], 8080), Handler).serve_forever()
+"#;
+    let container = json!({
+        "args": ["-c", script, "$(POD_IP)"],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    });
+    apply(&ns, &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}));
+    let mut d = deployment("reader", 1, container);
+    d["spec"]["template"]["spec"]["serviceAccountName"] = json!("reader");
     apply(&ns, &d);
-    let mut labelled = deployment("watched", 1, http_server());
-    labelled["spec"]["template"]["metadata"]["labels"]["app"] = json!("watched");
-    apply(&ns, &labelled);
-    wait_ready(&ns, "watched", 1);
-    assert!(pods(&ns, "ignored").is_empty());
+    let pod = wait_ready(&ns, "reader", 1).remove(0);
+    let ip = ip(&pod);
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    let (status, body) = must(get(&ip, &path).ok_or("no answer"), "listing pods as the pod");
+    assert_eq!(status, 403, "RBAC denies an unbound ServiceAccount: {body}");
+    assert!(body.contains(&format!("system:serviceaccount:{ns}:reader")), "{body}");
+    succeed(kubectl([
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        &ns,
+        "--clusterrole=view",
+        &format!("--serviceaccount={ns}:reader"),
+    ]));
+    eventually("the granted role to let the pod list pods", || {
+        get(&ip, &path).is_some_and(|(status, body)| status == 200 && body.contains(&name(&pod)))
+    });
+    // The token is bound to the pod: the API server names the pod in its claims.
+    let volume = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["projected"].is_object()).unwrap();
+    let token_file =
+        agent().pod_dir(&ns, &name(&pod)).join("volumes").join(volume["name"].as_str().unwrap()).join("token");
+    let token = must(std::fs::read_to_string(&token_file), "reading the token");
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}});
+    let reviewed =
+        must(cluster().0.kubectl_stdin(&["create", "-f", "-", "-o", "json"], &review.to_string()), "TokenReview");
+    let reviewed: Value = must(serde_json::from_str(&succeed(reviewed)), "TokenReview JSON");
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed:#}");
+    assert_eq!(reviewed["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], json!(name(&pod)));
 }
 
 #[test]
@@ -491,23 +562,39 @@ fn other_crates_find_the_built_agent() {
 }
 
 #[test]
-fn a_stopped_agent_stops_its_processes_and_deletes_its_pods() {
-    let ns = namespace("shutdown");
-    let options =
-        AgentOptions::default().image("example.com/http-echo", "python3").selector("test/own-agent").namespace(&ns);
+fn a_stopped_agent_stops_its_processes_deletes_its_pods_and_reports_its_node_not_ready() {
+    // A cluster of its own: one node agent per cluster.
+    let own_cluster = must(LocalCluster::start(), "starting a second cluster");
+    let options = AgentOptions::default().image("example.com/http-echo", "python3");
     let mut own = must(
-        NodeAgent::start(env!("CARGO_BIN_EXE_weir-node-agent"), cluster().0.kubeconfig(), &options),
-        "starting a second agent",
+        NodeAgent::for_cluster(env!("CARGO_BIN_EXE_weir-node-agent"), &own_cluster, &options),
+        "starting its node agent",
     );
-    let mut d = deployment("owned", 2, http_server());
-    d["metadata"]["labels"] = json!({"test/own-agent": "yes"});
-    apply(&ns, &d);
-    let pods_before = wait_ready(&ns, "owned", 2);
+    let own_kubectl = |args: &[&str]| succeed(must(own_cluster.kubectl(args), "kubectl"));
+    let applied = must(
+        own_cluster.kubectl_stdin(&["apply", "-f", "-"], &deployment("owned", 2, http_server()).to_string()),
+        "apply",
+    );
+    succeed(applied);
+    let mut before: Vec<String> = Vec::new();
+    eventually("two ready pods on the second cluster", || {
+        let list: Value =
+            serde_json::from_str(&own_kubectl(&["get", "pods", "-l", "app=owned", "-o", "json"])).unwrap_or_default();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        before = items.iter().map(name).collect();
+        items.len() == 2 && items.iter().all(is_ready)
+    });
     let pids: Vec<u32> =
-        pods_before.iter().map(|p| must(own.pid(&ns, &name(p), "web").ok_or("no pid file"), "pid")).collect();
+        before.iter().map(|p| must(own.pid("default", p, "web").ok_or("no pid file"), "pid")).collect();
     own.stop();
     assert!(pids.iter().all(|pid| !alive(*pid)), "processes outlived their agent");
-    eventually("the agent's Pod objects to be deleted", || pods(&ns, "owned").is_empty());
+    let ready =
+        own_kubectl(&["get", "node", "local", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"]);
+    assert_eq!(ready, "False", "the Node is reported not ready");
+    eventually("the agent's Pod objects to be deleted", || {
+        let names = own_kubectl(&["get", "pods", "-o", "name"]);
+        before.iter().all(|p| !names.contains(p.as_str()))
+    });
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::{process::Output, sync::OnceLock};
 
 use serde_json::{Value, json};
-use weir_e2e::{devcluster::DevCluster, repo_root};
+use weir_e2e::{cluster::LocalCluster, repo_root};
 
 /// Unwraps in the helpers below, with what failed in the panic message.
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
@@ -13,10 +13,10 @@ fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
 }
 
 /// One cluster for this test binary; it stops when the binary exits.
-fn cluster() -> &'static DevCluster {
-    static CLUSTER: OnceLock<DevCluster> = OnceLock::new();
+fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let cluster = must(DevCluster::start(), "starting the devcluster");
+        let cluster = must(LocalCluster::start(), "starting the local cluster");
         must(cluster.install_crds(), "installing the CRDs");
         cluster
     })
@@ -64,7 +64,7 @@ fn assert_rejected(ns: &str, object: &Value, field: &str, why: &str) {
 }
 
 #[test]
-fn the_devcluster_serves_namespaces() {
+fn the_cluster_serves_namespaces() {
     let output = cluster().kubectl(["get", "namespaces", "-o", "name"]).unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stdout(&output).contains("namespace/default"), "{}", stdout(&output));

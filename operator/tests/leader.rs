@@ -4,20 +4,20 @@
 use std::{path::Path, time::Duration};
 
 use serde_json::{Value, json};
-use weir_e2e::{devcluster::DevCluster, metric_value, operator_process::OperatorProcess, wait_until};
+use weir_e2e::{cluster::LocalCluster, metric_value, operator_process::OperatorProcess, wait_until};
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-fn operator(cluster: &DevCluster, identity: &str) -> OperatorProcess {
+fn operator(cluster: &LocalCluster, identity: &str) -> OperatorProcess {
     let log = std::env::temp_dir().join(format!("weir-operator-{identity}-{}.log", std::process::id()));
     let binary = Path::new(env!("CARGO_BIN_EXE_weir-operator"));
     let args = ["--identity", identity, "--lease-duration", "3s", "--runtime-image", "weir-runtime:test"];
     must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &args), "starting weir-operator")
 }
 
-fn holder(cluster: &DevCluster) -> Option<String> {
+fn holder(cluster: &LocalCluster) -> Option<String> {
     let output = cluster.kubectl(["get", "lease", "weir-operator", "-n", "default", "-o", "json"]).ok()?;
     let lease: Value = serde_json::from_slice(&output.stdout).ok()?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
@@ -28,7 +28,7 @@ fn leads(operator: &OperatorProcess) -> bool {
         .is_ok_and(|(_, body)| metric_value(&body, "weir_operator_leader") == Some(1.0))
 }
 
-fn reconciled(cluster: &DevCluster, name: &str) -> bool {
+fn reconciled(cluster: &LocalCluster, name: &str) -> bool {
     let job = json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": name}, "spec": {
         "source": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "in"}},
         "sink": {"kafka": {"bootstrapServers": "kafka:9092", "topic": "out"}}}});
@@ -44,7 +44,7 @@ fn reconciled(cluster: &DevCluster, name: &str) -> bool {
 
 #[test]
 fn one_operator_leads_and_the_other_takes_over_when_it_dies() {
-    let cluster = must(DevCluster::start(), "starting the devcluster");
+    let cluster = must(LocalCluster::start(), "starting the local cluster");
     must(cluster.install_crds(), "installing the CRDs");
     let mut a = operator(&cluster, "operator-a");
     let mut b = operator(&cluster, "operator-b");

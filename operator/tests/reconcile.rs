@@ -1,4 +1,4 @@
-//! The operator against a real API server (the project's devcluster): children appear with
+//! The operator against a real API server (the project's local control plane): children appear with
 //! owner references, spec changes roll through, invalid specs are reported and left alone,
 //! a runtime pod's fatal error shows on the job, a starting runtime pod is given a partition
 //! slot, children the API server refuses are reported, suspension scales to zero, deletion runs
@@ -8,14 +8,14 @@
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
 
 use serde_json::{Value, json};
-use weir_e2e::{devcluster::DevCluster, keda_crd, operator_process::OperatorProcess, wait_until};
+use weir_e2e::{cluster::LocalCluster, keda_crd, operator_process::OperatorProcess, wait_until};
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 struct Stack {
-    cluster: DevCluster,
+    cluster: LocalCluster,
     operator: OperatorProcess,
 }
 
@@ -26,10 +26,10 @@ fn stack() -> &'static Stack {
 }
 
 impl Stack {
-    /// A devcluster of its own with the StreamJob CRD (and KEDA's, with `keda`, when the
+    /// A cluster of its own with the StreamJob CRD (and KEDA's, with `keda`, when the
     /// fixture is there) and one operator named `identity`, started with `args` added.
     fn start(identity: &str, keda: bool, args: &[&str]) -> Self {
-        let cluster = must(DevCluster::start(), "starting the devcluster");
+        let cluster = must(LocalCluster::start(), "starting the local cluster");
         must(cluster.install_crds(), "installing the CRDs");
         if let Some(keda) = keda_crd().filter(|_| keda) {
             let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), keda.as_os_str()]), "kubectl");
@@ -178,8 +178,14 @@ fn applying_a_job_creates_its_children_with_owner_references() {
         assert_eq!((owner["kind"].as_str(), owner["uid"].clone()), (Some("StreamJob"), uid.clone()), "{kind}");
         assert_eq!(owner["controller"], true, "{kind}");
         assert_eq!(child["metadata"]["labels"]["weir.dev/streamjob"], "orders", "{kind}");
-        let managers: Vec<_> =
-            child["metadata"]["managedFields"].as_array().unwrap().iter().map(|m| m["manager"].clone()).collect();
+        // Of the object itself: controllers own the status they write (the Deployment's).
+        let managers: Vec<_> = child["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["subresource"].is_null())
+            .map(|m| m["manager"].clone())
+            .collect();
         assert_eq!(managers, vec![json!("weir-operator")], "{kind}: one field manager");
     }
     let deployment = get(&ns, "deployment", "orders").unwrap();
@@ -482,7 +488,7 @@ fn writers(object: &Value) -> Vec<String> {
 
 #[test]
 fn an_operator_given_a_namespace_leaves_the_others_alone() {
-    // This test has a devcluster of its own, with one operator, started with `--namespace
+    // This test has a cluster of its own, with one operator, started with `--namespace
     // watched`. The shared operator of the other tests watches every namespace: on the shared
     // cluster it would reconcile the job in `unwatched` too, and as both operators write with
     // the same field manager, finalizer and event reporter name, nothing on that job or its
@@ -607,14 +613,16 @@ fn a_starting_runtime_pod_is_given_a_partition_slot() {
     assert!(asked < given, "what the pod holds is asked first: {requests:?}");
     assert_eq!(requests.iter().filter(|r| r.starts_with("POST /assign")).count(), 1, "given once: {requests:?}");
 
-    // Every call carries the job's admin token, which lives in a Secret the job owns.
+    // Every admin call carries the job's admin token, which lives in a Secret the job owns
+    // (`/metrics` is open to Prometheus).
     let template = "--template={{.data.token | base64decode}}";
     let token = kubectl(["get", "secret", "-n", &ns, "orders-admin-token", "-o", "go-template", template]);
     assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
     let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
     assert_eq!(token.len(), 64, "{token:?}");
     let bearer = format!("\r\nAuthorization: Bearer {token}\r\n");
-    assert!(requests.iter().all(|r| r.contains(&bearer)), "{requests:?}");
+    let admin_calls: Vec<&String> = requests.iter().filter(|r| !r.starts_with("GET /metrics ")).collect();
+    assert!(admin_calls.iter().all(|r| r.contains(&bearer)), "{requests:?}");
     let secret = get(&ns, "secret", "orders-admin-token").unwrap();
     let owner = get(&ns, "streamjob", "orders").unwrap();
     assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], owner["metadata"]["uid"]);

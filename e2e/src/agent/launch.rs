@@ -15,9 +15,9 @@ use k8s_openapi::{
 use kube::{Api, Client};
 
 use super::{
+    NODE_NAME,
     env::{self, Value},
     images::{ImageTable, ResolveError},
-    pods::NODE_NAME,
     volumes::Mounts,
 };
 
@@ -40,9 +40,9 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// The pod's local folder (working directory, logs, volumes).
     pub dir: PathBuf,
-    /// The kubeconfig its containers get as `KUBECONFIG`, standing in for the
-    /// service-account token a kubelet would mount; `None` when the pod opts out
-    /// (`automountServiceAccountToken: false`) or the agent has no kubeconfig file.
+    /// The kubeconfig its containers get as `KUBECONFIG`, with the pod's own
+    /// service-account token (see [`super::api_access`]); `None` when no container mounts
+    /// one (`automountServiceAccountToken: false`).
     pub kubeconfig: Option<PathBuf>,
 }
 
@@ -157,9 +157,9 @@ pub async fn prepare(
 }
 
 /// What every container's environment starts with: PATH and HOME from the agent (there is
-/// no image to provide them), HOSTNAME as the kubelet sets it, and KUBECONFIG in place of a
-/// mounted service-account token, so in-cluster programs (`kube`'s `Config::infer`, the
-/// operator) reach the API server.
+/// no image to provide them), HOSTNAME as the kubelet sets it, and KUBECONFIG for a pod with
+/// a service-account token, so in-cluster programs (`kube`'s `Config::infer`, the operator)
+/// reach the API server.
 pub fn base_env(pod: &PodInfo) -> Vec<(String, Value)> {
     let mut entries: Vec<(String, Value)> = ["PATH", "HOME"]
         .into_iter()

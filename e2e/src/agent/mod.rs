@@ -1,36 +1,38 @@
-//! The local node agent: the devcluster has no controllers and no kubelet, so this plays
-//! the Deployment/ReplicaSet controller and the kubelet for labelled Deployments, running
-//! each pod's containers as local processes on a loopback address of their own.
+//! The local node agent: the kubelet of a local Kubernetes control plane that has no
+//! container runtime. It registers the Node [`NODE_NAME`], and runs the pods the scheduler
+//! binds to it as local processes, each on a loopback address of its own, with the
+//! downward API, ConfigMap, Secret, emptyDir and projected service-account-token volumes,
+//! probes and restarts; it reports their status and removes their objects once they stop.
+//! The real controllers (Deployment, ReplicaSet, garbage collector) make and delete pods.
 //!
-//! Pure parts (planning, expansion, address pool, status) are separate from the I/O
+//! Pure parts (expansion, address pool, status, the Node object) are separate from the I/O
 //! (processes, probes, API writes) so they are unit-tested without a cluster.
 //!
-//! Service-account tokens are not minted: a pod that would get one is given the agent's
-//! kubeconfig as `KUBECONFIG` instead (see [`node::Node::with_pod_kubeconfig`]), so programs
-//! that infer their cluster configuration, such as the operator, run as pods too.
+//! A pod that mounts a service-account token gets a kubeconfig with that token as
+//! `KUBECONFIG` (see [`api_access`]), so programs that infer their cluster configuration,
+//! such as the operator, run as pods under their own ServiceAccount.
 //!
 //! Not modelled: init and ephemeral containers, resource limits and `resourceFieldRef`,
 //! security contexts (processes run as the agent's user), image pulls, Services and
-//! Endpoints, updates of ConfigMap/Secret volumes after a pod started, and volume kinds
-//! other than ConfigMap, Secret and emptyDir (they get an empty folder). Pods are owned by
-//! the Deployment directly: there are no ReplicaSet objects.
+//! Endpoints, and volume kinds without a local meaning (hostPath, PVCs: an empty folder).
 
+pub mod api_access;
 pub mod container;
 pub mod env;
 pub mod images;
 pub mod ip;
+pub mod kubelet;
 pub mod launch;
-pub mod node;
-pub mod pods;
 pub mod probes;
 pub mod process;
+pub mod registration;
 pub mod status;
 pub mod volumes;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
     config::{KubeConfigOptions, Kubeconfig},
@@ -38,10 +40,15 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use self::{images::ImageTable, ip::LoopbackAddresses, node::Node, process::Spawner};
+use self::{
+    images::ImageTable,
+    ip::LoopbackAddresses,
+    kubelet::{Kubelet, KubeletConfig},
+    process::Spawner,
+};
 
-/// The label selector watched by default: Deployments rendered by the operator.
-pub const DEFAULT_SELECTOR: &str = "weir.dev/streamjob";
+/// The node's name; its client certificate must be `system:node:local` (Node authorization).
+pub const NODE_NAME: &str = "local";
 
 /// The file the agent writes in its state dir once it watches and acts.
 pub const READY_FILE: &str = "agent.ready";
@@ -55,10 +62,6 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Image → program table.
     pub images: ImageTable,
-    /// Label selector for Deployments.
-    pub selector: String,
-    /// Watch one namespace instead of all.
-    pub namespace: Option<String>,
     /// Exit when this process is gone.
     pub watch_pid: Option<u32>,
     /// Where per-address locks are shared with other agents on this machine.
@@ -94,15 +97,19 @@ pub enum AgentError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The Node could not be registered.
+    #[error("registering node {NODE_NAME}: {0}")]
+    Register(kube::Error),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
 }
 
 /// Runs the agent until SIGTERM/SIGINT or until the watched PID exits, then stops every
-/// pod and deletes their Pod objects. Run it on a current-thread runtime (see [`Spawner`]).
+/// pod, deletes their Pod objects and reports the Node not ready. Run it on a current-thread runtime (see
+/// [`Spawner`]).
 pub async fn run(config: Config) -> Result<(), AgentError> {
-    let client = client(&config).await?;
+    let (client, server) = client(&config).await?;
     std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::Io {
         what: "creating",
         path: config.state_dir.clone(),
@@ -118,16 +125,16 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         tracing::warn!("setpriv --pdeathsig is unavailable: children outlive the agent if it is killed with SIGKILL");
     }
     let changed = Arc::new(Notify::new());
-    let (deployment_api, pod_api): (Api<Deployment>, Api<Pod>) = match &config.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let deployments = watch(deployment_api, watcher::Config::default().labels(&config.selector), changed.clone());
-    // Pods are watched unfiltered: their labels come from templates and need not carry the selector.
-    let pods = watch(pod_api, watcher::Config::default(), changed.clone());
     let mut shutdown = shutdown_signal(config.watch_pid)?;
     tokio::select! {
-        _ = async { tokio::join!(deployments.wait_until_ready(), pods.wait_until_ready()) } => {}
+        registered = registration::register(&client, NODE_NAME) => registered.map_err(AgentError::Register)?,
+        _ = &mut shutdown => return Ok(()),
+    }
+    tokio::spawn(keep_alive(client.clone()));
+    let bound = watcher::Config::default().fields(&format!("spec.nodeName={NODE_NAME}"));
+    let pods = watch(Api::<Pod>::all(client.clone()), bound, changed.clone());
+    tokio::select! {
+        _ = pods.wait_until_ready() => {}
         _ = &mut shutdown => return Ok(()),
     }
     let state_dir = config.state_dir.clone();
@@ -137,13 +144,18 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         path: ready_file.clone(),
         source,
     })?;
-    tracing::info!(selector = %config.selector, namespace = ?config.namespace, "watching Deployments");
-    let pod_kubeconfig = pod_kubeconfig(&config);
-    let mut node =
-        Node::new(client, config.images, spawner, state_dir.clone(), addresses, deployments, pods, changed.clone())
-            .with_pod_kubeconfig(pod_kubeconfig);
+    tracing::info!(node = NODE_NAME, "running the pods bound to this node");
+    let kubelet_config = KubeletConfig {
+        client: client.clone(),
+        images: config.images,
+        spawner,
+        state_dir: state_dir.clone(),
+        addresses,
+        server,
+    };
+    let mut kubelet = Kubelet::new(kubelet_config, pods, changed.clone());
     loop {
-        node.reconcile().await;
+        kubelet.reconcile().await;
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -151,7 +163,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     }
     tracing::info!("shutting down");
-    node.shutdown().await;
+    // Not ready first, so the scheduler stops binding replacements here.
+    let _ = tokio::time::timeout(Duration::from_secs(5), registration::mark_stopped(&client, NODE_NAME)).await;
+    kubelet.shutdown().await;
     let _ = std::fs::remove_file(&ready_file);
     if config.remove_state_dir {
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -159,7 +173,19 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     Ok(())
 }
 
-async fn client(config: &Config) -> Result<Client, AgentError> {
+/// Renews the node's Lease for as long as the agent runs.
+async fn keep_alive(client: Client) {
+    let mut every = tokio::time::interval(registration::RENEW_EVERY);
+    loop {
+        every.tick().await;
+        if let Err(e) = registration::renew(&client, NODE_NAME).await {
+            tracing::warn!(node = NODE_NAME, "renewing the node's Lease: {e}");
+        }
+    }
+}
+
+/// The API client and the server's URL (for pods' kubeconfigs).
+async fn client(config: &Config) -> Result<(Client, String), AgentError> {
     let kube_config = match &config.kubeconfig {
         Some(path) => {
             let error = |source| AgentError::Kubeconfig { path: path.clone(), source };
@@ -168,17 +194,8 @@ async fn client(config: &Config) -> Result<Client, AgentError> {
         }
         None => kube::Config::infer().await?,
     };
-    Ok(Client::try_from(kube_config)?)
-}
-
-/// The agent's own kubeconfig file (`--kubeconfig`, else `KUBECONFIG` when it names one
-/// file), as an absolute path, for pods' API access.
-fn pod_kubeconfig(config: &Config) -> Option<PathBuf> {
-    let path = config
-        .kubeconfig
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from).filter(|p| !p.to_string_lossy().contains(':')))?;
-    std::fs::canonicalize(path).ok()
+    let server = kube_config.cluster_url.to_string().trim_end_matches('/').to_owned();
+    Ok((Client::try_from(kube_config)?, server))
 }
 
 /// A watch cache of `api`, kept up to date in the background; every event wakes `changed`.

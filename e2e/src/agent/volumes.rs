@@ -1,4 +1,5 @@
-//! Volumes as local folders: ConfigMap, Secret and emptyDir volumes are written under
+//! Volumes as local folders: ConfigMap, Secret, downward API, emptyDir and projected
+//! volumes (with service-account tokens from the TokenRequest API) are written under
 //! `<pod-dir>/volumes/<name>/`, and since a local process cannot see a `mountPath`,
 //! arguments and env values that point into a mount are rewritten to the folder.
 
@@ -6,21 +7,33 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Container, KeyToPath, Secret, Volume},
+    api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        core::v1::{
+            ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Secret, ServiceAccount,
+            ServiceAccountTokenProjection, Volume,
+        },
+    },
 };
-use kube::{Api, Client};
+use kube::{Api, Client, api::PostParams};
+
+use super::launch::{self, PodInfo};
+
+/// A token's lifetime when its projection names none, as the API defaults it.
+const DEFAULT_TOKEN_LIFETIME: i64 = 3600;
 
 /// Why a pod's volumes could not be set up (the pod waits and retries, as a kubelet would).
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    /// Reading a ConfigMap or Secret failed.
+    /// Reading a ConfigMap or Secret, or requesting a token, failed.
     #[error("reading {kind} {name}: {source}")]
     Api {
-        /// ConfigMap or Secret.
+        /// ConfigMap, Secret or ServiceAccount token.
         kind: &'static str,
         /// Its name.
         name: String,
@@ -35,6 +48,14 @@ pub enum VolumeError {
         /// What is missing.
         name: String,
     },
+    /// A downward API file names a field the agent does not know.
+    #[error("downward API file {path}: unsupported fieldRef {field:?}")]
+    Field {
+        /// The file's path in the volume.
+        path: String,
+        /// The field it names.
+        field: String,
+    },
     /// Writing a file failed.
     #[error("writing {path}: {source}")]
     Io {
@@ -48,45 +69,121 @@ pub enum VolumeError {
 /// The folder that stands for each volume, by volume name.
 pub type VolumeDirs = BTreeMap<String, PathBuf>;
 
-/// Writes the pod's volumes under `pod_dir/volumes/` and returns their folders. Volume
-/// kinds without a local meaning (hostPath, PVCs, projected, …) get an empty folder.
-pub async fn materialize(
-    client: &Client,
-    namespace: &str,
-    volumes: &[Volume],
-    pod_dir: &Path,
-) -> Result<VolumeDirs, VolumeError> {
-    let mut dirs = VolumeDirs::new();
+/// A pod's volumes as written, and when they must be written again.
+#[derive(Debug, Clone)]
+pub struct Materialized {
+    /// Each volume's folder.
+    pub dirs: VolumeDirs,
+    /// When the shortest-lived token reaches 80% of its life, as a kubelet refreshes it.
+    pub token_refresh: Option<SystemTime>,
+}
+
+/// Writes the pod's volumes under `pod.dir/volumes/` and returns their folders. Volume
+/// kinds without a local meaning (hostPath, PVCs, …) get an empty folder. Writing again
+/// replaces each file atomically, so a process never reads half a token.
+pub async fn materialize(client: &Client, pod: &PodInfo, volumes: &[Volume]) -> Result<Materialized, VolumeError> {
+    let mut written = Materialized { dirs: VolumeDirs::new(), token_refresh: None };
+    let sources = Sources { client, pod };
     for volume in volumes {
-        let dir = pod_dir.join("volumes").join(&volume.name);
+        let dir = pod.dir.join("volumes").join(&volume.name);
         create_dir(&dir)?;
         if let Some(source) = &volume.config_map {
             let optional = source.optional.unwrap_or(false);
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-            let found = get(&api, "ConfigMap", &source.name, optional).await?;
-            let files: BTreeMap<String, Vec<u8>> = found
-                .map(|cm| {
-                    let text = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes()));
-                    let binary = cm.binary_data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v));
-                    text.chain(binary).collect()
-                })
-                .unwrap_or_default();
-            write_files(&dir, files, source.items.as_deref(), optional, 0o644)?;
+            let files = sources.config_map(&source.name, optional).await?;
+            write_files(&dir, files, source.items.as_deref(), optional, mode(source.default_mode, 0o644))?;
         } else if let Some(source) = &volume.secret {
             let optional = source.optional.unwrap_or(false);
             let name = source.secret_name.clone().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let found = get(&api, "Secret", &name, optional).await?;
-            let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-            if let Some(secret) = found {
-                files.extend(secret.data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)));
-                files.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+            let files = sources.secret(&name, optional).await?;
+            write_files(&dir, files, source.items.as_deref(), optional, mode(source.default_mode, 0o600))?;
+        } else if let Some(source) = &volume.downward_api {
+            let default_mode = mode(source.default_mode, 0o644);
+            write_downward_api(&dir, pod, source.items.as_deref().unwrap_or_default(), default_mode)?;
+        } else if let Some(projected) = &volume.projected {
+            let default_mode = mode(projected.default_mode, 0o644);
+            for projection in projected.sources.iter().flatten() {
+                if let Some(source) = &projection.config_map {
+                    let optional = source.optional.unwrap_or(false);
+                    let files = sources.config_map(&source.name, optional).await?;
+                    write_files(&dir, files, source.items.as_deref(), optional, default_mode)?;
+                } else if let Some(source) = &projection.secret {
+                    let optional = source.optional.unwrap_or(false);
+                    let files = sources.secret(&source.name, optional).await?;
+                    write_files(&dir, files, source.items.as_deref(), optional, default_mode)?;
+                } else if let Some(source) = &projection.downward_api {
+                    write_downward_api(&dir, pod, source.items.as_deref().unwrap_or_default(), default_mode)?;
+                } else if let Some(source) = &projection.service_account_token {
+                    let (token, refresh) = sources.token(source).await?;
+                    write_file(&dir.join(&source.path), token.as_bytes(), 0o600)?;
+                    written.token_refresh = Some(written.token_refresh.map_or(refresh, |t| t.min(refresh)));
+                }
             }
-            write_files(&dir, files, source.items.as_deref(), optional, 0o600)?;
         }
-        dirs.insert(volume.name.clone(), dir);
+        written.dirs.insert(volume.name.clone(), dir);
     }
-    Ok(dirs)
+    Ok(written)
+}
+
+fn mode(mode: Option<i32>, default: u32) -> u32 {
+    mode.and_then(|m| u32::try_from(m).ok()).unwrap_or(default)
+}
+
+/// Where the API objects behind a pod's volumes are read.
+struct Sources<'a> {
+    client: &'a Client,
+    pod: &'a PodInfo,
+}
+
+impl Sources<'_> {
+    async fn config_map(&self, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.pod.namespace);
+        Ok(get(&api, "ConfigMap", name, optional)
+            .await?
+            .map(|cm| {
+                let text = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes()));
+                let binary = cm.binary_data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v));
+                text.chain(binary).collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn secret(&self, name: &str, optional: bool) -> Result<BTreeMap<String, Vec<u8>>, VolumeError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.pod.namespace);
+        let mut files = BTreeMap::new();
+        if let Some(secret) = get(&api, "Secret", name, optional).await? {
+            files.extend(secret.data.unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)));
+            files.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+        }
+        Ok(files)
+    }
+
+    /// A token for the pod's service account, bound to the pod (it stops working when the
+    /// pod is deleted), and when to refresh it.
+    async fn token(&self, source: &ServiceAccountTokenProjection) -> Result<(String, SystemTime), VolumeError> {
+        let lifetime = source.expiration_seconds.unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: source.audience.iter().cloned().collect(),
+                expiration_seconds: Some(lifetime),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(self.pod.name.clone()),
+                    uid: Some(self.pod.uid.clone()),
+                }),
+            },
+            ..TokenRequest::default()
+        };
+        let account = &self.pod.service_account;
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.pod.namespace);
+        let error = |source| VolumeError::Api { kind: "ServiceAccount token", name: account.clone(), source };
+        let response = api.create_token_request(account, &PostParams::default(), &request).await.map_err(error)?;
+        let token = response.status.map(|s| s.token).unwrap_or_default();
+        // The server may shorten the lifetime; refresh at 80% of what was asked for, at most.
+        let granted = response.spec.expiration_seconds.unwrap_or(lifetime).max(1);
+        let refresh = SystemTime::now() + Duration::from_secs(granted.unsigned_abs() * 4 / 5);
+        Ok((token, refresh))
+    }
 }
 
 async fn get<K>(api: &Api<K>, kind: &'static str, name: &str, optional: bool) -> Result<Option<K>, VolumeError>
@@ -99,6 +196,29 @@ where
         Ok(None) => Err(VolumeError::Missing { kind, name: name.to_owned() }),
         Err(source) => Err(VolumeError::Api { kind, name: name.to_owned(), source }),
     }
+}
+
+/// Writes each downward API file: a field's value, or all labels / annotations as
+/// `key="value"` lines, as the kubelet formats them.
+fn write_downward_api(
+    dir: &Path,
+    pod: &PodInfo,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: u32,
+) -> Result<(), VolumeError> {
+    for item in items {
+        let Some(field) = &item.field_ref else { continue };
+        let lines =
+            |map: &BTreeMap<String, String>| map.iter().map(|(k, v)| format!("{k}={v:?}\n")).collect::<String>();
+        let value = match field.field_path.as_str() {
+            "metadata.labels" => lines(&pod.labels),
+            "metadata.annotations" => lines(&pod.annotations),
+            path => launch::field_value(path, pod)
+                .map_err(|_| VolumeError::Field { path: item.path.clone(), field: path.to_owned() })?,
+        };
+        write_file(&dir.join(&item.path), value.as_bytes(), mode(item.mode, default_mode))?;
+    }
+    Ok(())
 }
 
 /// Writes every key (or only `items`, key → path) as a file with `mode`.
@@ -114,7 +234,7 @@ fn write_files(
             let mut selected = Vec::new();
             for item in items {
                 match files.get(&item.key) {
-                    Some(bytes) => selected.push((item.path.clone(), bytes, item.mode.map_or(mode, |m| m as u32))),
+                    Some(bytes) => selected.push((item.path.clone(), bytes, self::mode(item.mode, mode))),
                     None if optional => {}
                     None => return Err(VolumeError::Missing { kind: "key", name: item.key.clone() }),
                 }
@@ -124,17 +244,25 @@ fn write_files(
         None => files.iter().map(|(k, v)| (k.clone(), v, mode)).collect(),
     };
     for (relative, bytes, mode) in selected {
-        let path = dir.join(relative);
-        if let Some(parent) = path.parent() {
-            create_dir(parent)?;
-        }
-        let io = |source| VolumeError::Io { path: path.clone(), source };
-        // A read-only file from an earlier attempt would refuse the write.
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, bytes).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        write_file(&dir.join(relative), bytes, mode)?;
     }
     Ok(())
+}
+
+/// Replaces `path` atomically: a temporary file beside it, renamed over it.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), VolumeError> {
+    if let Some(parent) = path.parent() {
+        create_dir(parent)?;
+    }
+    let temporary = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let io = |source| VolumeError::Io { path: path.to_path_buf(), source };
+    let _ = std::fs::remove_file(&temporary);
+    std::fs::write(&temporary, bytes).map_err(io)?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)
 }
 
 fn create_dir(dir: &Path) -> Result<(), VolumeError> {

@@ -1,16 +1,17 @@
-//! `weir-node-agent`: runs the pods of labelled Deployments as local processes against a
-//! devcluster, standing in for the controllers and kubelet it does not have.
+//! `weir-node-agent`: the kubelet of a local control plane without a container runtime. It
+//! registers node `local` and runs the pods bound to it as local processes.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use weir_e2e::agent::{self, Config, DEFAULT_SELECTOR, images::ImageMapping, images::ImageTable};
+use weir_e2e::agent::{self, Config, images::ImageMapping, images::ImageTable};
 
-/// Plays the Deployment controller and kubelet for Deployments matching a label selector.
+/// Registers node `local` and runs the pods the scheduler binds to it as local processes.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Kubeconfig file (default: KUBECONFIG, then in-cluster).
+    /// Kubeconfig file with the node's identity, `system:node:local` (default: KUBECONFIG,
+    /// then in-cluster).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Folder for pods' working directories, logs, pid files and volumes.
@@ -19,12 +20,6 @@ struct Args {
     /// Image (without tag) or command basename mapped to a local program: NAME=PATH. Repeatable.
     #[arg(long = "image", value_name = "NAME=PATH")]
     images: Vec<ImageMapping>,
-    /// Label selector of the Deployments to run.
-    #[arg(long, default_value = DEFAULT_SELECTOR)]
-    selector: String,
-    /// Only this namespace (default: all).
-    #[arg(long)]
-    namespace: Option<String>,
     /// Exit (stopping every pod) when this process is gone.
     #[arg(long)]
     watch_pid: Option<u32>,
@@ -68,8 +63,6 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig,
         state_dir: args.state_dir,
         images: ImageTable::new(args.images),
-        selector: args.selector,
-        namespace: args.namespace,
         watch_pid: args.watch_pid,
         remove_state_dir: args.remove_state_dir,
         ip_lock_dir: args.ip_lock_dir.unwrap_or_else(|| std::env::temp_dir().join("weir-node-agent-ips")),
