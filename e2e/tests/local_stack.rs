@@ -56,6 +56,14 @@ fn a_stream_job_runs_and_rescales_on_the_local_stack() {
     let rescaled = |j: &serde_json::Value| running(j, 1) && j["status"]["observedGeneration"] == 2;
     must(stack.wait_for_job("clicks", "1 ready pod after the rescale", WAIT, rescaled), "");
     step("rescaled");
+    // A new note is a new Event, not a repeat of the old one's: "2 of 2" does not stand for "1 of 1".
+    let running_events = || {
+        let selector = "involvedObject.name=clicks,reason=Running";
+        text(stack.kubectl(["get", "events", "--field-selector", selector, "-o", "json"]).unwrap_or_default())
+    };
+    let told =
+        wait_until(Duration::from_secs(30), "a Running Event for one pod", || running_events().contains("1 of 1"));
+    assert!(told.is_ok(), "{}", running_events());
     must(kafka::produce_clicks(&bootstrap, "clicks", 100..120), "producing clicks");
     let output = must(kafka::read_click_numbers(&bootstrap, "big-clicks", 110), "reading");
     assert_eq!(output, (10..120).collect::<Vec<_>>(), "nothing lost or repeated across the rescale");

@@ -2,9 +2,17 @@
 //! hands its notice over and goes on. An Event tells a user what happened; no step of a
 //! reconcile depends on it, so none should wait on the API server for it.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, Recorder};
+use kube::{
+    Client,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -28,11 +36,12 @@ pub struct Announcer {
 impl Announcer {
     /// Starts the sender on the current runtime. It runs until every `Announcer` is gone and
     /// the queue is drained.
-    pub fn start(recorder: Recorder, dropped: IntCounter) -> Self {
+    pub fn start(client: Client, reporter: Reporter, dropped: IntCounter) -> Self {
         let (queue, mut pending) = mpsc::channel::<(Event, ObjectReference)>(QUEUE);
         let events = futures::stream::poll_fn(move |cx| pending.poll_recv(cx));
+        let recorders = Arc::new(Recorders::new(client, reporter));
         tokio::spawn(events.for_each_concurrent(SENDERS, move |(event, reference)| {
-            let recorder = recorder.clone();
+            let recorder = recorders.for_event(&event, &reference);
             async move {
                 if let Err(e) = recorder.publish(&event, &reference).await {
                     warn!(reason = %event.reason, "publishing an event: {e}");
@@ -53,6 +62,46 @@ impl Announcer {
         };
         warn!(reason = %why.0.reason, "{}: dropped an event", why.1);
         self.dropped.inc();
+    }
+}
+
+/// Where one object's Events of one type, action and reason go.
+type SeriesKey = (Option<String>, EventType, String, String);
+
+/// kube's recorder folds every Event with the same type, action, reason and object into one
+/// series that keeps its first note, so "2 of 2 pods consuming" would stand for a later "1
+/// of 1". An Event whose note differs from the last one of its kind gets a recorder of its
+/// own and so starts a new series; repeats of one note still fold, as client-go folds them.
+struct Recorders {
+    client: Client,
+    reporter: Reporter,
+    last: Mutex<HashMap<SeriesKey, (Option<String>, Recorder)>>,
+}
+
+impl Recorders {
+    /// Kinds of Events remembered before the oldest notes are forgotten (a new recorder
+    /// then starts a new series, which costs one Event object more).
+    const REMEMBERED: usize = 16_384;
+
+    fn new(client: Client, reporter: Reporter) -> Self {
+        Self { client, reporter, last: Mutex::new(HashMap::new()) }
+    }
+
+    fn for_event(&self, event: &Event, reference: &ObjectReference) -> Recorder {
+        let key = (reference.uid.clone(), event.type_, event.action.clone(), event.reason.clone());
+        let fresh = || Recorder::new(self.client.clone(), self.reporter.clone());
+        let Ok(mut last) = self.last.lock() else { return fresh() };
+        if let Some((note, recorder)) = last.get(&key)
+            && *note == event.note
+        {
+            return recorder.clone();
+        }
+        if last.len() >= Self::REMEMBERED {
+            last.clear();
+        }
+        let recorder = fresh();
+        last.insert(key, (event.note.clone(), recorder.clone()));
+        recorder
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use tracing::{error, info};
 use weir_operator::{
     admin, api_client,
@@ -124,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         info!("KEDA's ScaledObject API is not served: autoscaling settings will not be rendered");
     }
     let reporter = Reporter { controller: "weir-operator".into(), instance: Some(identity) };
-    let announcer = Announcer::start(Recorder::new(client.clone(), reporter), metrics.events_dropped.clone());
+    let announcer = Announcer::start(client.clone(), reporter, metrics.events_dropped.clone());
     let ctx = Arc::new(Context::new(client, announcer, throttle, metrics.clone(), config));
     let settings = ControllerSettings { namespace: args.namespace.clone(), concurrency: args.concurrency };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

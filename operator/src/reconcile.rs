@@ -157,9 +157,8 @@ impl Context {
         self.publish_for("Reconcile", job, type_, reason, note);
     }
 
-    /// An Event of `action`: the recorder folds Events of one action and reason into one
-    /// series that keeps the first note, so the deletion's own notes (the final savepoint)
-    /// get an action of their own.
+    /// An Event of `action`: what the finalizer does (the final savepoint) is `Delete`, not
+    /// `Reconcile`.
     fn publish_for(&self, action: &str, job: &StreamJob, type_: EventType, reason: &str, note: String) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         self.announcer.announce(event, job.object_ref(&()));
