@@ -14,6 +14,9 @@ use crate::{Error, repo_root};
 /// The namespace charts are rendered for unless `--namespace` says otherwise.
 pub const RELEASE_NAMESPACE: &str = "weir-system";
 
+/// The operator's ServiceAccount name with the chart's default values.
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "weir-operator";
+
 /// The virtualenv python that has helm-python-sdk, installing it on first use.
 pub fn helm_python() -> Result<&'static Path, Error> {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
@@ -76,6 +79,3 @@ pub fn operator_access(values: &Value) -> Result<Vec<Value>, Error> {
 pub fn manifest_list(objects: &[Value]) -> String {
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string()
 }
-
-/// The operator's ServiceAccount name with the chart's default values.
-pub const OPERATOR_SERVICE_ACCOUNT: &str = "weir-operator";

@@ -20,6 +20,8 @@ pub struct LocalCluster {
     run_dir: TempDir,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
+    /// The API server's URL.
+    server: String,
 }
 
 impl LocalCluster {
@@ -30,11 +32,12 @@ impl LocalCluster {
             .tempdir()
             .map_err(|source| Error::Spawn { what: "mkdtemp".into(), source })?;
         let port = |what: &str| free_port().map_err(|source| Error::Spawn { what: what.into(), source });
+        let api_port = port("api port")?;
         let script = repo_root().join("e2e/kubernetes/start.sh");
         let output = Command::new("bash")
             .arg(&script)
             .arg(run_dir.path())
-            .env("API_PORT", port("api port")?.to_string())
+            .env("API_PORT", api_port.to_string())
             .env("ETCD_PORT", port("etcd port")?.to_string())
             .env("ETCD_PEER_PORT", port("etcd peer port")?.to_string())
             .env("WATCH_PID", std::process::id().to_string())
@@ -49,7 +52,7 @@ impl LocalCluster {
         }
         let kubeconfig = run_dir.path().join("kubeconfig");
         let kubectl = binaries()?.join("kubectl");
-        Ok(Self { run_dir, kubeconfig, kubectl })
+        Ok(Self { run_dir, kubeconfig, kubectl, server: format!("https://127.0.0.1:{api_port}") })
     }
 
     /// The kubeconfig of the admin user (group `system:masters`).
@@ -60,11 +63,6 @@ impl LocalCluster {
     /// The kubeconfig of the node agent (`system:node:local`, Node-authorized).
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.run_dir.path().join("node.kubeconfig")
-    }
-
-    /// kubectl of the cluster's own release.
-    pub fn kubectl_binary(&self) -> &Path {
-        &self.kubectl
     }
 
     /// Runs kubectl against this cluster and returns its output, whatever its exit status.
@@ -126,16 +124,11 @@ impl LocalCluster {
         let token_file = self.run_dir.path().join(format!("{namespace}-{name}.token"));
         std::fs::write(&token_file, String::from_utf8_lossy(&created.stdout).trim()).map_err(io)?;
         let ca = self.run_dir.path().join("pki/ca.crt");
-        let admin = std::fs::read_to_string(&self.kubeconfig).map_err(io)?;
-        let server = admin
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("server: "))
-            .ok_or_else(|| Error::Failed(format!("no server in {}", self.kubeconfig.display())))?;
         // JSON is YAML: kubectl and kube read it as a kubeconfig.
         let kubeconfig = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": ca}}],
+            "clusters": [{"name": "local", "cluster": {"server": self.server, "certificate-authority": ca}}],
             "users": [{"name": name, "user": {"tokenFile": token_file}}],
             "contexts": [{"name": "local", "context": {"cluster": "local", "user": name, "namespace": namespace}}],
             "current-context": "local",

@@ -96,12 +96,7 @@ impl LocalStack {
 
     /// `kubectl apply` of one object.
     pub fn apply(&self, object: &Value) -> Result<(), Error> {
-        let output = self.cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Failed(format!("kubectl apply: {}", String::from_utf8_lossy(&output.stderr))))
-        }
+        self.cluster.apply(&object.to_string())
     }
 
     /// `kubectl scale streamjob/<name> --replicas=<n>`: a write of the `/scale` subresource.

@@ -72,8 +72,8 @@ impl LocalPod {
 pub struct KubeletConfig {
     /// The agent's API client (the node's identity).
     pub client: Client,
-    /// Image → program table.
-    pub images: ImageTable,
+    /// Image → program table, shared with every pod's task.
+    pub images: Arc<ImageTable>,
     /// How processes are spawned.
     pub spawner: Spawner,
     /// Where pods' folders go.
@@ -96,7 +96,6 @@ impl std::fmt::Debug for KubeletConfig {
 /// The node's pods and what it last wrote about them.
 pub struct Kubelet {
     config: KubeletConfig,
-    images: Arc<ImageTable>,
     api_pods: Store<Pod>,
     changed: Arc<Notify>,
     pods: BTreeMap<PodKey, LocalPod>,
@@ -112,8 +111,7 @@ impl Kubelet {
     /// A kubelet over the watch cache of the pods bound to this node; `changed` is woken by
     /// the watch and by containers.
     pub fn new(config: KubeletConfig, api_pods: Store<Pod>, changed: Arc<Notify>) -> Self {
-        let images = Arc::new(config.images.clone());
-        Self { config, images, api_pods, changed, pods: BTreeMap::new() }
+        Self { config, api_pods, changed, pods: BTreeMap::new() }
     }
 
     /// One pass: stop what was deleted, remove the objects of pods that stopped, start what
@@ -203,7 +201,7 @@ impl Kubelet {
         let (stop, stopped) = watch::channel(false);
         let run = PodRun {
             client: self.config.client.clone(),
-            images: self.images.clone(),
+            images: self.config.images.clone(),
             spawner: self.config.spawner,
             server: self.config.server.clone(),
             info: info.clone(),

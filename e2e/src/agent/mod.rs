@@ -126,11 +126,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     }
     let changed = Arc::new(Notify::new());
     let mut shutdown = shutdown_signal(config.watch_pid)?;
-    tokio::select! {
+    let node_uid = tokio::select! {
         registered = registration::register(&client, NODE_NAME) => registered.map_err(AgentError::Register)?,
         _ = &mut shutdown => return Ok(()),
-    }
-    tokio::spawn(keep_alive(client.clone()));
+    };
+    tokio::spawn(keep_alive(client.clone(), node_uid));
     let bound = watcher::Config::default().fields(&format!("spec.nodeName={NODE_NAME}"));
     let pods = watch(Api::<Pod>::all(client.clone()), bound, changed.clone());
     tokio::select! {
@@ -147,7 +147,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     tracing::info!(node = NODE_NAME, "running the pods bound to this node");
     let kubelet_config = KubeletConfig {
         client: client.clone(),
-        images: config.images,
+        images: Arc::new(config.images),
         spawner,
         state_dir: state_dir.clone(),
         addresses,
@@ -174,11 +174,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 }
 
 /// Renews the node's Lease for as long as the agent runs.
-async fn keep_alive(client: Client) {
+async fn keep_alive(client: Client, node_uid: String) {
     let mut every = tokio::time::interval(registration::RENEW_EVERY);
     loop {
         every.tick().await;
-        if let Err(e) = registration::renew(&client, NODE_NAME).await {
+        if let Err(e) = registration::renew(&client, NODE_NAME, &node_uid).await {
             tracing::warn!(node = NODE_NAME, "renewing the node's Lease: {e}");
         }
     }

@@ -85,8 +85,9 @@ pub fn node_status(name: &str, now: std::time::SystemTime) -> NodeStatus {
     }
 }
 
-/// Creates the Node (or keeps the one an earlier run left) and writes its status.
-pub async fn register(client: &Client, name: &str) -> Result<(), kube::Error> {
+/// Creates the Node (or keeps the one an earlier run left), writes its status and returns
+/// its uid (the Lease's owner).
+pub async fn register(client: &Client, name: &str) -> Result<String, kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     match api.create(&PostParams::default(), &node_object(name)).await {
         Ok(_) => tracing::info!(node = name, "registered"),
@@ -94,8 +95,8 @@ pub async fn register(client: &Client, name: &str) -> Result<(), kube::Error> {
         Err(e) => return Err(e),
     }
     let status = node_status(name, std::time::SystemTime::now());
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
-    Ok(())
+    let node = api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    Ok(node.metadata.uid.unwrap_or_default())
 }
 
 /// The node's Lease as renewed at `now`, owned by the Node so it goes with it.
@@ -123,10 +124,9 @@ pub fn lease(name: &str, node_uid: &str, now: std::time::SystemTime) -> Lease {
 }
 
 /// Renews the node's Lease (server-side apply creates it the first time).
-pub async fn renew(client: &Client, name: &str) -> Result<(), kube::Error> {
-    let node_uid = Api::<Node>::all(client.clone()).get(name).await?.metadata.uid.unwrap_or_default();
+pub async fn renew(client: &Client, name: &str, node_uid: &str) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let lease = lease(name, &node_uid, std::time::SystemTime::now());
+    let lease = lease(name, node_uid, std::time::SystemTime::now());
     api.patch(name, &PatchParams::apply("weir-node-agent").force(), &Patch::Apply(&lease)).await?;
     Ok(())
 }
