@@ -2,7 +2,12 @@
 //! the job owns (`<job>-admin-token`), mounted into its pods, and presented by the operator
 //! on every call that reads or changes a pod's state. Never logged, never in status.
 
-use std::{collections::HashMap, fmt, sync::Mutex};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, Client, api::PostParams};
@@ -51,38 +56,72 @@ fn token_of(secret: &Secret) -> Option<AdminToken> {
     (!text.is_empty()).then(|| AdminToken(text.to_owned()))
 }
 
-/// The tokens known so far, by job uid: one read or write of the Secret per job and
-/// operator process.
+/// How long a Secret seen is trusted to be still there while nothing about the job's pods
+/// changes. The operator may not watch Secrets (its role only gets and creates them), so a
+/// Secret deleted under running pods is written again within this time, before a pod that
+/// restarts waits long for its volume.
+pub const RECHECK: Duration = Duration::from_secs(300);
+
+/// What a reconcile expects of the job's Secret, which decides how it is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The job has no Deployment yet, so most likely no Secret: it is created first, and
+    /// read only when it exists already.
+    Absent,
+    /// New pods are coming: the Secret is read now.
+    Needed,
+    /// Nothing changes for the pods: a Secret seen within [`RECHECK`] is not read again.
+    Steady,
+}
+
+/// The tokens known so far, by job uid, with when their Secret was last seen: a steady job
+/// costs one read of its Secret per [`RECHECK`], not one per reconcile.
 #[derive(Debug, Default)]
 pub struct Tokens {
-    known: Mutex<HashMap<String, AdminToken>>,
+    known: Mutex<HashMap<String, (AdminToken, Instant)>>,
 }
 
 impl Tokens {
     /// The job's token: known, read from its Secret, or generated into a new Secret.
     pub async fn get(&self, client: &Client, job_ref: &JobRef) -> Result<AdminToken, Error> {
-        if let Some(token) = self.known.lock().ok().and_then(|known| known.get(job_ref.uid()).cloned()) {
-            return Ok(token);
+        match self.known(job_ref) {
+            Some((token, _)) => Ok(token),
+            None => self.ensure(client, job_ref, Expect::Needed).await,
         }
-        self.ensure(client, job_ref).await
+    }
+
+    fn known(&self, job_ref: &JobRef) -> Option<(AdminToken, Instant)> {
+        self.known.lock().ok()?.get(job_ref.uid()).cloned()
     }
 
     /// The job's token from its Secret, which is written again if it went missing: before
     /// new pods, which cannot start without it.
-    pub async fn ensure(&self, client: &Client, job_ref: &JobRef) -> Result<AdminToken, Error> {
+    pub async fn ensure(&self, client: &Client, job_ref: &JobRef, expect: Expect) -> Result<AdminToken, Error> {
+        let known = self.known(job_ref);
+        if let Some((token, seen)) = &known
+            && expect == Expect::Steady
+            && seen.elapsed() < RECHECK
+        {
+            return Ok(token.clone());
+        }
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &job_ref.namespace);
         let name = job_ref.admin_token_name();
-        let existing = secrets.get_opt(&name).await.map_err(Error::api("reading the admin token"))?;
+        let existing = if expect == Expect::Absent && known.is_none() {
+            None
+        } else {
+            secrets.get_opt(&name).await.map_err(Error::api("reading the admin token"))?
+        };
         let token = match existing {
             Some(secret) => token_of(&secret).ok_or_else(|| Error::AdminToken(name.clone()))?,
             None => {
                 // Running pods hold the token they mounted: a Secret deleted under them is
                 // written again with it.
-                let known = self.known.lock().ok().and_then(|known| known.get(job_ref.uid()).cloned());
+                let known = self.known(job_ref).map(|(token, _)| token);
                 let token = known.unwrap_or_else(AdminToken::generate);
                 match secrets.create(&PostParams::default(), &secret(job_ref, &token)).await {
                     Ok(_) => token,
-                    // Written by another reconcile a moment ago: that one counts.
+                    // There already, or written by another reconcile a moment ago: that one
+                    // counts.
                     Err(kube::Error::Api(status)) if status.code == 409 => {
                         let written = secrets.get(&name).await.map_err(Error::api("reading the admin token"))?;
                         token_of(&written).ok_or_else(|| Error::AdminToken(name.clone()))?
@@ -92,7 +131,7 @@ impl Tokens {
             }
         };
         if let Ok(mut known) = self.known.lock() {
-            known.insert(job_ref.uid().to_owned(), token.clone());
+            known.insert(job_ref.uid().to_owned(), (token.clone(), Instant::now()));
         }
         Ok(token)
     }

@@ -28,7 +28,7 @@ use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus, U
 
 use crate::{
     Error,
-    admin_token::{AdminToken, Tokens},
+    admin_token::{AdminToken, Expect, Tokens},
     assignment::{self, Admin},
     cache::{self, Cached, Children, Lookup, Writes},
     config::OperatorConfig,
@@ -521,8 +521,14 @@ async fn roll(
     // wait for neither.
     let no_file_yet = job_file_missing(ctx, job_ref, &run);
     let pods = async {
-        // The pods mount their admin token: it exists before them.
-        ctx.tokens.ensure(&ctx.client, job_ref).await?;
+        // The pods mount their admin token: it exists before them. A first Deployment or a
+        // change makes new pods, so the Secret is looked at then; a steady job's now and then.
+        let expect = match (before, change) {
+            (None, _) => Expect::Absent,
+            (Some(_), Some(_)) => Expect::Needed,
+            (Some(_), None) => Expect::Steady,
+        };
+        ctx.tokens.ensure(&ctx.client, job_ref, expect).await?;
         if !no_file_yet {
             apply_object(ctx, &job_ref.namespace, &run.config_map).await?;
             apply_object(ctx, &job_ref.namespace, &run.deployment).await
