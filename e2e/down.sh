@@ -20,4 +20,5 @@ stop "$RUN/operator.pid"
 stop "$RUN/agent.pid"
 [ -d "$RUN/kubernetes" ] && bash e2e/kubernetes/stop.sh "$RUN/kubernetes"
 stop "$RUN/kafka/kafka.pid"
-echo "Local stack stopped (state kept in $RUN; delete it for a fresh start)."
+PODS=${WEIR_PODS:-/var/tmp/weir-local-$(id -u)}
+echo "Local stack stopped (state kept in $RUN and $PODS; delete both for a fresh start)."

@@ -7,7 +7,8 @@
 #   up.sh            runs the operator as a local process
 #   up.sh --chart    installs it from the Helm chart instead (rendered with Helm's engine,
 #                    applied as `helm install` would); the node agent runs its two replicas
-#   env: WEIR_RUN (state folder, default ~/.cache/weir/local), API_PORT (6443), KAFKA_PORT (9092)
+#   env: WEIR_RUN (state folder, default ~/.cache/weir/local), WEIR_PODS (the pods' folders
+#        and checkpoints, default /var/tmp/weir-local-$UID), API_PORT (6443), KAFKA_PORT (9092)
 set -euo pipefail
 FROM_CHART=false
 case "${1:-}" in
@@ -33,6 +34,12 @@ cargo build --workspace --bins --locked
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
+# The pods run as the users their securityContext names (the runtime as 65532), so what
+# they read and write sits where other users may enter, not under a home folder. The
+# checkpoint folder stands for a shared volume: any pod user may write it.
+PODS=${WEIR_PODS:-/var/tmp/weir-local-$(id -u)}
+install -d -m 0755 "$PODS"
+install -d -m 1777 "$PODS/checkpoints"
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -57,13 +64,13 @@ fi
 kubectl wait --for=condition=Established --timeout=30s crd/streamjobs.weir.dev
 
 if ! running "$RUN/agent.pid"; then
-  "$BIN/weir-node-agent" --kubeconfig "$RUN/kubernetes/node.kubeconfig" --state-dir "$RUN/agent" --log-format text \
+  "$BIN/weir-node-agent" --kubeconfig "$RUN/kubernetes/node.kubeconfig" --state-dir "$PODS/agent" --log-format text \
     --image "$RUNTIME_IMAGE=$BIN/weir-runtime" --image "$OPERATOR_IMAGE=$BIN/weir-operator" \
     > "$RUN/agent.log" 2>&1 &
   echo $! > "$RUN/agent.pid"
 fi
 if $FROM_CHART; then
-  OPERATOR_LOGS="$RUN/agent/pods/weir-system/weir-operator-*/operator.log"
+  OPERATOR_LOGS="$PODS/agent/pods/weir-system/weir-operator-*/operator.log"
   kubectl -n weir-system rollout status deployment/weir-operator --timeout=60s
 elif ! running "$RUN/operator.pid"; then
   KUBECONFIG=$KUBECONFIG "$BIN/weir-operator" --runtime-image "$RUNTIME_IMAGE:0.1.0" --log-format text \
@@ -83,8 +90,8 @@ if ! running "$RUN/payments.pid"; then
     > "$RUN/payments.log" 2>&1 &
   echo $! > "$RUN/payments.pid"
 fi
-# Checkpoints go to the state folder here, not to a pod volume.
-sed -e "s|127.0.0.1:9092|$BOOTSTRAP|g" -e "s|file:///var/lib/weir/checkpoints|file://$RUN/checkpoints|" \
+# Checkpoints go to a folder of this machine here, not to a pod volume.
+sed -e "s|127.0.0.1:9092|$BOOTSTRAP|g" -e "s|file:///var/lib/weir/checkpoints|file://$PODS/checkpoints|" \
   examples/spend-per-user.yaml | kubectl apply -f -
 if kubectl wait --for=jsonpath='{.status.phase}'=Running --timeout=120s streamjob/spend-per-user >/dev/null; then
   kubectl get streamjobs
@@ -105,6 +112,6 @@ Weir is running locally, and sample payments flow into it (50 a second).
   bash e2e/kafka/tool.sh console-consumer --bootstrap-server $BOOTSTRAP --topic spend-per-minute \\
     --from-beginning --formatter-property print.key=true
   Kafka: $BOOTSTRAP (topics payments -> spend-per-minute; other listeners in $RUN/kafka.env)
-  Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $RUN/agent, $RUN/kafka/kafka.log
+  Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $PODS/agent, $RUN/kafka/kafka.log
 Stop it with: bash e2e/down.sh
 MSG

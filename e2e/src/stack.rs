@@ -68,6 +68,9 @@ impl LocalStack {
             .prefix("weir-checkpoints-")
             .tempdir()
             .map_err(|source| Error::Spawn { what: "mkdtemp".into(), source })?;
+        // A shared volume for the pods, which run as their own users.
+        std::fs::set_permissions(storage.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .map_err(|source| Error::Spawn { what: "chmod".into(), source })?;
         Ok(Self { operator, agent, cluster, broker, storage })
     }
 

@@ -100,6 +100,17 @@ fn what_kubectl_shows(stack: &LocalStack) {
         rows.iter().all(|r| r[1] == "1/1" && r[2] == "Running" && r[5].starts_with("127.0.0.") && r[6] == "local"),
         "{pods}"
     );
+    // Each runtime process runs as the user the rendered securityContext names.
+    for row in &rows {
+        let pid = must(stack.agent.pid("default", row[0], "runtime").ok_or("no pid file"), row[0]);
+        let status = must(std::fs::read_to_string(format!("/proc/{pid}/status")), "the runtime's status");
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
+        assert_eq!(
+            uid.split_whitespace().collect::<Vec<_>>(),
+            ["Uid:", "65532", "65532", "65532", "65532"],
+            "{status}"
+        );
+    }
     let deployment = text(must(stack.kubectl(["get", "deploy", "clicks"]), "get deploy"));
     let header: Vec<&str> = deployment.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "{deployment}");

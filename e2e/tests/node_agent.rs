@@ -16,8 +16,9 @@ use weir_e2e::{
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A small HTTP server: `/env/NAME` answers an env var, `/file/N` the Nth file argument,
-/// `/secrets/PATH` a file under `$SECRETS_DIR`, `/pid` its pid, `/healthz` 200 until `/sick`
-/// is requested, anything else `ok`. With `IGNORE_TERM` set it ignores SIGTERM.
+/// `/secrets/PATH` a file under `$SECRETS_DIR`, `/write/N` writes the Nth file argument, `/id`
+/// its user, group and supplementary groups, `/pid` its pid, `/healthz` 200 until `/sick` is
+/// requested, anything else `ok`. With `IGNORE_TERM` set it ignores SIGTERM.
 const SERVER: &str = r#"
 import http.server, os, signal, sys
 ip, port, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -40,6 +41,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 body = open(os.path.join(os.environ["SECRETS_DIR"], self.path[9:])).read()
             except Exception as e:
                 status, body = 404, str(e)
+        elif self.path.startswith("/write/"):
+            try:
+                open(files[int(self.path[7:])], "w").write("written")
+                body = "written"
+            except Exception as e:
+                status, body = 403, str(e)
+        elif self.path == "/id":
+            body = "%d %d %s" % (os.getuid(), os.getgid(), ",".join(map(str, sorted(os.getgroups()))))
         elif self.path == "/pid":
             body = str(os.getpid())
         elif self.path == "/sick":
@@ -66,7 +75,11 @@ fn cluster() -> &'static (LocalCluster, NodeAgent) {
     static CLUSTER: OnceLock<(LocalCluster, NodeAgent)> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let cluster = must(LocalCluster::start(), "starting the local cluster");
-        let options = AgentOptions::default().image("example.com/http-echo", "python3");
+        // The Python on PATH may sit under a home folder other users cannot enter; the
+        // system's is what a pod of another user runs.
+        let options = AgentOptions::default()
+            .image("example.com/http-echo", "python3")
+            .image("example.com/system-python", "/usr/bin/python3");
         let agent = must(
             NodeAgent::for_cluster(env!("CARGO_BIN_EXE_weir-node-agent"), &cluster, &options),
             "starting the node agent",
@@ -382,6 +395,52 @@ fn config_map_and_secret_volumes_are_files_at_rewritten_mount_paths() {
     let mode = |path: &str| must(std::fs::metadata(volumes.join(path)), path).permissions().mode() & 0o777;
     assert_eq!(mode("secret/token"), 0o400, "defaultMode is honoured");
     assert_eq!(mode("site/pages/index.html"), 0o644, "the API server's default mode");
+}
+
+#[test]
+fn processes_run_as_the_security_context_user_with_fs_group_volumes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ns = namespace("run-as");
+    apply(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "key"}, "data": {"key": "czNjcmV0"}}),
+    );
+    let mut d = deployment("as-user", 1, script_server(&["/etc/key/key", "/scratch/out", "/etc/key/new"], json!([])));
+    let spec = &mut d["spec"]["template"]["spec"];
+    spec["containers"][0]["image"] = json!("example.com/system-python:3");
+    spec["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 5000});
+    spec["volumes"] = json!([
+        {"name": "key", "secret": {"secretName": "key", "defaultMode": 0o400}},
+        {"name": "scratch", "emptyDir": {}}
+    ]);
+    spec["containers"][0]["volumeMounts"] =
+        json!([{"name": "key", "mountPath": "/etc/key"}, {"name": "scratch", "mountPath": "/scratch"}]);
+    apply(&ns, &d);
+    let pod = wait_ready(&ns, "as-user", 1).remove(0);
+    let ip = ip(&pod);
+    assert_eq!(get(&ip, "/id").map(|r| r.1), Some("4242 4343 5000".into()), "user, group, fsGroup");
+    let status = must(std::fs::read_to_string(format!("/proc/{}/status", pid_of(&ns, &pod))), "process status");
+    assert!(status.lines().any(|l| l.split_whitespace().eq(["Uid:", "4242", "4242", "4242", "4242"])), "{status}");
+    assert_eq!(get(&ip, "/file/0"), Some((200, "s3cret".into())), "a 0400 Secret file is the fsGroup's to read");
+    assert_eq!(get(&ip, "/write/1").map(|r| r.1), Some("written".into()), "an emptyDir is writable");
+    assert_eq!(get(&ip, "/write/2").map(|r| r.0), Some(403), "a Secret volume is not writable");
+    let volumes = agent().pod_dir(&ns, &name(&pod)).join("volumes");
+    let key = must(std::fs::metadata(volumes.join("key/key")), "the key file");
+    assert_eq!((key.permissions().mode() & 0o777, key.gid()), (0o440, 5000));
+    let written = must(std::fs::metadata(volumes.join("scratch/out")), "the written file");
+    assert_eq!((written.uid(), written.gid()), (4242, 5000), "setgid folder: new files are the fsGroup's");
+
+    // runAsNonRoot with no user to run as: the container does not start, and says why.
+    let mut rootful = deployment("would-be-root", 1, http_server());
+    rootful["spec"]["template"]["spec"]["securityContext"] = json!({"runAsNonRoot": true});
+    apply(&ns, &rootful);
+    eventually("a runAsNonRoot pod refused", || {
+        pods(&ns, "would-be-root").first().is_some_and(|pod| {
+            let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+            waiting["reason"] == "CreateContainerConfigError"
+                && waiting["message"].as_str().is_some_and(|m| m.contains("runAsNonRoot"))
+        })
+    });
 }
 
 #[test]

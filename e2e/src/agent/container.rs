@@ -128,6 +128,12 @@ fn take_message(path: &Path) -> Option<String> {
     Some(text[..end].trim().to_owned()).filter(|m| !m.is_empty())
 }
 
+/// Creates the (empty) termination-message file, writable by any user.
+fn message_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+}
+
 /// How one run ended.
 enum Ended {
     Exited(Termination),
@@ -158,6 +164,11 @@ impl Supervisor {
                         continue;
                     }
                 };
+            // The kubelet creates the termination-message file for the container to write,
+            // whoever it runs as.
+            if let Err(e) = message_file(&self.termination_message) {
+                tracing::warn!(pod = %self.pod.name, container = %self.container.name, "termination message file: {e}");
+            }
             let mut child = match self.spawner.spawn(&launch, &log) {
                 Ok(child) => child,
                 Err(e) => {
@@ -229,7 +240,8 @@ impl Supervisor {
         started_at: SystemTime,
         stop: &mut watch::Receiver<bool>,
     ) -> Ended {
-        let exec = ExecContext { env: launch.env.clone(), cwd: launch.cwd.clone() };
+        let user = launch.identity.as_ref().map(|i| (i.uid, i.gid));
+        let exec = ExecContext { env: launch.env.clone(), cwd: launch.cwd.clone(), user };
         let now = Instant::now();
         let mut startup = self.probe(self.container.startup_probe.as_ref(), now, false);
         let mut readiness = self.probe(self.container.readiness_probe.as_ref(), now, false);

@@ -25,6 +25,7 @@ use tokio::{
 use super::{
     NODE_NAME, api_access,
     container::{ContainerState, Supervisor},
+    identity::VolumeOwnership,
     images::ImageTable,
     ip::LoopbackAddresses,
     launch::PodInfo,
@@ -193,6 +194,12 @@ impl Kubelet {
             annotations: api.metadata.annotations.clone().unwrap_or_default(),
             kubeconfig: api_access::service_account_volume(&spec).map(|_| dir.join(api_access::KUBECONFIG_FILE)),
             dir,
+            programs: self.config.state_dir.join("bin"),
+            ownership: VolumeOwnership::of(
+                spec.security_context.as_ref(),
+                &spec.containers.iter().map(|c| c.security_context.as_ref()).collect::<Vec<_>>(),
+            ),
+            security: spec.security_context.clone(),
         });
         let grace =
             spec.termination_grace_period_seconds.map_or(GRACE, |s| Duration::from_secs(s.max(0).unsigned_abs()));

@@ -10,13 +10,14 @@ use std::{
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{ConfigMap, Container, EnvVarSource, Secret},
+    api::core::v1::{ConfigMap, Container, EnvVarSource, PodSecurityContext, Secret},
 };
 use kube::{Api, Client};
 
 use super::{
     NODE_NAME,
     env::{self, Value},
+    identity::{self, Identity, IdentityError, VolumeOwnership},
     images::{ImageTable, ResolveError},
     volumes::Mounts,
 };
@@ -40,6 +41,12 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// The pod's local folder (working directory, logs, volumes).
     pub dir: PathBuf,
+    /// Where programs run as another user are linked (see [`identity::reachable`]).
+    pub programs: PathBuf,
+    /// The pod's securityContext.
+    pub security: Option<PodSecurityContext>,
+    /// How its volume files are owned.
+    pub ownership: VolumeOwnership,
     /// The kubeconfig its containers get as `KUBECONFIG`, with the pod's own
     /// service-account token (see [`super::api_access`]); `None` when no container mounts
     /// one (`automountServiceAccountToken: false`).
@@ -57,6 +64,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
+    /// Who runs it, when not the agent's user (see [`identity`]).
+    pub identity: Option<Identity>,
 }
 
 /// Why a container cannot be started yet (shown as its waiting reason; retried).
@@ -89,6 +98,17 @@ pub enum LaunchError {
     /// A `fieldRef` the agent does not know.
     #[error("unsupported fieldRef {0:?}")]
     FieldRef(String),
+    /// The securityContext asks for a user the container cannot run as.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The program or the container's folder could not be made the user's.
+    #[error("preparing {path} for the container's user: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 impl LaunchError {
@@ -153,7 +173,22 @@ pub async fn prepare(
         .map(|dir| PathBuf::from(mounts.rewrite(dir)))
         .filter(|dir| dir.is_dir())
         .unwrap_or_else(|| pod.dir.clone());
-    Ok(Launch { program, args: resolved.args, env, cwd })
+    let agent = Identity::of_agent().map_err(|source| LaunchError::Io { path: "/proc/self".into(), source })?;
+    let identity = identity::resolve(pod.security.as_ref(), container.security_context.as_ref(), &agent)?;
+    let program = match &identity {
+        Some(user) if user.uid != agent.uid => {
+            if let Some(closed) = identity::closed_on_the_way(&pod.dir, user) {
+                return Err(IdentityError::Unreachable { uid: user.uid, closed }.into());
+            }
+            match program.parent().and_then(|folder| identity::closed_on_the_way(folder, user)) {
+                Some(_) => identity::reachable(&program, &pod.programs)
+                    .map_err(|source| LaunchError::Io { path: program.clone(), source })?,
+                None => program,
+            }
+        }
+        _ => program,
+    };
+    Ok(Launch { program, args: resolved.args, env, cwd, identity })
 }
 
 /// What every container's environment starts with: PATH and HOME from the agent (there is
@@ -313,6 +348,9 @@ mod tests {
             labels: BTreeMap::from([("app".into(), "x".into())]),
             annotations: BTreeMap::new(),
             dir: PathBuf::from("/tmp"),
+            programs: PathBuf::from("/tmp/bin"),
+            security: None,
+            ownership: VolumeOwnership::default(),
             kubeconfig: None,
         }
     }

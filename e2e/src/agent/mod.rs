@@ -12,13 +12,19 @@
 //! `KUBECONFIG` (see [`api_access`]), so programs that infer their cluster configuration,
 //! such as the operator, run as pods under their own ServiceAccount.
 //!
+//! Processes run as the user and groups their securityContext names (see [`identity`]),
+//! and volume files are owned as the kubelet owns them (`fsGroup`).
+//!
 //! Not modelled: init and ephemeral containers, resource limits and `resourceFieldRef`,
-//! security contexts (processes run as the agent's user), image pulls, Services and
-//! Endpoints, and volume kinds without a local meaning (hostPath, PVCs: an empty folder).
+//! the rest of the securityContext (capabilities, seccomp, read-only root filesystem,
+//! privilege escalation: a local process has the user's rights, no fewer), image pulls,
+//! Services and Endpoints, and volume kinds without a local meaning (hostPath, PVCs: an
+//! empty folder).
 
 pub mod api_access;
 pub mod container;
 pub mod env;
+pub mod identity;
 pub mod images;
 pub mod ip;
 pub mod kubelet;
@@ -115,6 +121,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         path: config.state_dir.clone(),
         source,
     })?;
+    // Pods that run as another user reach their folders through it.
+    std::fs::set_permissions(&config.state_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|source| AgentError::Io { what: "opening up", path: config.state_dir.clone(), source })?;
     let addresses = LoopbackAddresses::new(config.ip_lock_dir.clone()).map_err(|source| AgentError::Io {
         what: "creating",
         path: config.ip_lock_dir.clone(),

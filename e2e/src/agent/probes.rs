@@ -132,6 +132,9 @@ pub struct ExecContext {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
+    /// The user and group the container runs as, if not the agent's (supplementary groups
+    /// are dropped for a check).
+    pub user: Option<(u32, u32)>,
 }
 
 /// Runs one check; false on failure or timeout.
@@ -147,7 +150,11 @@ async fn run(action: &Action, exec: &ExecContext) -> bool {
         }
         Action::Exec { argv } => {
             let Some((program, args)) = argv.split_first() else { return false };
-            tokio::process::Command::new(program)
+            let mut command = tokio::process::Command::new(program);
+            if let Some((uid, gid)) = exec.user {
+                command.uid(uid).gid(gid);
+            }
+            command
                 .args(args)
                 .env_clear()
                 .envs(exec.env.iter().map(|(k, v)| (k, v)))

@@ -40,10 +40,19 @@ impl Spawner {
         let err = out.try_clone()?;
         let mut command = if self.pdeathsig {
             let mut c = Command::new("setpriv");
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&launch.program);
+            c.args(["--pdeathsig", "KILL"]);
+            if let Some(identity) = &launch.identity {
+                c.args(identity.setpriv_args());
+            }
+            c.arg("--").arg(&launch.program);
             c
         } else {
-            Command::new(&launch.program)
+            let mut c = Command::new(&launch.program);
+            // Without setpriv, the supplementary groups are dropped rather than set.
+            if let Some(identity) = &launch.identity {
+                c.uid(identity.uid).gid(identity.gid);
+            }
+            c
         };
         command
             .args(&launch.args)

@@ -95,7 +95,7 @@ pub async fn materialize(client: &Client, pod: &PodInfo, volumes: &[Volume]) -> 
             let optional = source.optional.unwrap_or(false);
             let name = source.secret_name.clone().unwrap_or_default();
             let files = sources.secret(&name, optional).await?;
-            write_files(&dir, files, source.items.as_deref(), optional, mode(source.default_mode, 0o600))?;
+            write_files(&dir, files, source.items.as_deref(), optional, mode(source.default_mode, 0o644))?;
         } else if let Some(source) = &volume.downward_api {
             let default_mode = mode(source.default_mode, 0o644);
             write_downward_api(&dir, pod, source.items.as_deref().unwrap_or_default(), default_mode)?;
@@ -114,11 +114,23 @@ pub async fn materialize(client: &Client, pod: &PodInfo, volumes: &[Volume]) -> 
                     write_downward_api(&dir, pod, source.items.as_deref().unwrap_or_default(), default_mode)?;
                 } else if let Some(source) = &projection.service_account_token {
                     let (token, refresh) = sources.token(source).await?;
-                    write_file(&dir.join(&source.path), token.as_bytes(), 0o600)?;
+                    let file = dir.join(&source.path);
+                    write_file(&file, token.as_bytes(), default_mode)?;
+                    pod.ownership.own_token(&file).map_err(|source| VolumeError::Io { path: file.clone(), source })?;
                     written.token_refresh = Some(written.token_refresh.map_or(refresh, |t| t.min(refresh)));
                 }
             }
         }
+        let read_only = volume.config_map.is_some()
+            || volume.secret.is_some()
+            || volume.downward_api.is_some()
+            || volume.projected.is_some();
+        if !read_only {
+            // A scratch folder any user of the pod may write, as the kubelet makes an emptyDir.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                .map_err(|source| VolumeError::Io { path: dir.clone(), source })?;
+        }
+        pod.ownership.share(&dir, !read_only).map_err(|source| VolumeError::Io { path: dir.clone(), source })?;
         written.dirs.insert(volume.name.clone(), dir);
     }
     Ok(written)
