@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops what e2e/up.sh started: the payments generator, operator, node agent (and its
-# pods), the Kubernetes control plane, broker.
+# pods), KEDA, the Kubernetes control plane, broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${WEIR_RUN:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/local}
@@ -18,6 +18,7 @@ stop() { # pid-file: SIGTERM, then wait up to 70 s (pods get 60 s to drain) befo
 stop "$RUN/payments.pid"
 stop "$RUN/operator.pid"
 stop "$RUN/agent.pid"
+[ -d "$RUN/keda" ] && bash e2e/keda/stop.sh "$RUN/keda"
 [ -d "$RUN/kubernetes" ] && bash e2e/kubernetes/stop.sh "$RUN/kubernetes"
 stop "$RUN/kafka/kafka.pid"
 PODS=${WEIR_PODS:-/var/tmp/weir-local-$(id -u)}

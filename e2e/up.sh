@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local quickstart: the whole Weir stack on this machine, no cluster needed.
 # Starts Apache Kafka, a local Kubernetes control plane (kube-apiserver, controller-manager,
-# scheduler), the StreamJob CRD, the node agent (the kubelet: runs pods as local
-# processes), the operator, applies an example job and starts a generator of sample
+# scheduler), KEDA (operator and metrics adapter), the StreamJob CRD, the node agent (the
+# kubelet: runs pods as local processes), the operator, applies an example job and starts a generator of sample
 # payments for it. Stop it with e2e/down.sh.
 #   up.sh            runs the operator as a local process
 #   up.sh --chart    installs it from the Helm chart instead (rendered with Helm's engine,
@@ -29,6 +29,7 @@ KUBE_BIN=$(bash e2e/kubernetes/install.sh | tail -1)/bin
 # kubectl of the cluster's own release.
 kubectl() { "$KUBE_BIN/kubectl" "$@"; }
 bash e2e/kafka/install.sh >/dev/null
+bash e2e/keda/install.sh >/dev/null
 echo "Building weir-operator, weir-runtime and weir-node-agent..."
 cargo build --workspace --bins --locked
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
@@ -48,6 +49,10 @@ KAFKA_PORT=$KAFKA_PORT bash e2e/kafka/start.sh "$RUN/kafka" > "$RUN/kafka.env"
 BOOTSTRAP=$(sed -n 's/.* bootstrap=\([^ ]*\).*/\1/p' "$RUN/kafka.env")
 API_PORT=$API_PORT ETCD_PORT=${ETCD_PORT:-2379} bash e2e/kubernetes/start.sh "$RUN/kubernetes"
 export KUBECONFIG="$RUN/kubernetes/kubeconfig"
+# KEDA before the operator, which looks for its ScaledObject API when it starts.
+if ! running "$RUN/keda/operator.pid"; then
+  KUBECTL=$KUBE_BIN/kubectl bash e2e/keda/start.sh "$RUN/keda"
+fi
 if $FROM_CHART; then
   # What `helm install weir charts/weir -n weir-system` does: the chart's CRD, then the
   # rendered templates. Pods share this host's network, so the operator listens on its
@@ -112,6 +117,7 @@ Weir is running locally, and sample payments flow into it (50 a second).
   bash e2e/kafka/tool.sh console-consumer --bootstrap-server $BOOTSTRAP --topic spend-per-minute \\
     --from-beginning --formatter-property print.key=true
   Kafka: $BOOTSTRAP (topics payments -> spend-per-minute; other listeners in $RUN/kafka.env)
-  Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $PODS/agent, $RUN/kafka/kafka.log
+  Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $PODS/agent, $RUN/kafka/kafka.log,
+    KEDA's in $RUN/keda
 Stop it with: bash e2e/down.sh
 MSG

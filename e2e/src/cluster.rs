@@ -60,6 +60,11 @@ impl LocalCluster {
         &self.kubeconfig
     }
 
+    /// The kubectl of the cluster's own release.
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl
+    }
+
     /// The kubeconfig of the node agent (`system:node:local`, Node-authorized).
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.run_dir.path().join("node.kubeconfig")

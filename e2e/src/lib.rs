@@ -2,7 +2,7 @@
 //! ([`cluster`]: kube-apiserver, kube-controller-manager and kube-scheduler built from
 //! `k8s.io/kubernetes`), the node agent that is its kubelet and runs pods as local processes
 //! ([`agent`], binary `weir-node-agent`, started from tests with
-//! [`agent_process::NodeAgent`]), Apache Kafka ([`broker`]), a schema registry stand-in
+//! [`agent_process::NodeAgent`]), KEDA ([`keda`]), Apache Kafka ([`broker`]), a schema registry stand-in
 //! ([`registry`]), an OpenTelemetry collector stand-in ([`otlp`]), and helpers.
 
 pub mod agent;
@@ -12,6 +12,7 @@ pub mod chart;
 pub mod cluster;
 pub mod gitops;
 pub mod kafka;
+pub mod keda;
 pub mod operator_process;
 pub mod otlp;
 pub mod payments;
@@ -51,14 +52,6 @@ pub enum Error {
 /// The repository root, for scripts and manifests the tests use.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// KEDA's own ScaledObject CRD, from the fixtures shared beside the repository (it is not
-/// copied into it). `None` where that folder is absent: tests then skip the one check that
-/// needs it and say so.
-pub fn keda_crd() -> Option<PathBuf> {
-    let crd = repo_root().join("../shared/fixtures/keda/keda.sh_scaledobjects.yaml");
-    crd.is_file().then_some(crd)
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

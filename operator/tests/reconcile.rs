@@ -2,51 +2,44 @@
 //! owner references, spec changes roll through, invalid specs are reported and left alone,
 //! a runtime pod's fatal error shows on the job, a starting runtime pod is given a partition
 //! slot, children the API server refuses are reported, suspension scales to zero, deletion runs
-//! the finalizer, and KEDA's schema accepts the ScaledObject; an operator given `--namespace`
-//! leaves the other namespaces alone.
+//! the finalizer, and real KEDA takes the ScaledObject up (an HPA on the StreamJob's `/scale`);
+//! an operator given `--namespace` leaves the other namespaces alone.
 
 use std::{ffi::OsStr, process::Output, sync::OnceLock, time::Duration};
 
 use serde_json::{Value, json};
-use weir_e2e::{cluster::LocalCluster, keda_crd, operator_process::OperatorProcess, wait_until};
+use weir_e2e::{cluster::LocalCluster, keda::Keda, operator_process::OperatorProcess, wait_until};
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 struct Stack {
-    cluster: LocalCluster,
     operator: OperatorProcess,
+    /// Real KEDA, for the stack that has it; stopped before the cluster.
+    keda: Option<Keda>,
+    cluster: LocalCluster,
 }
 
-/// One cluster with KEDA's CRD and one operator (watching every namespace) for this test binary.
+/// One cluster with KEDA and one operator (watching every namespace) for this test binary.
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| Stack::start("test-operator", true, &[]))
 }
 
 impl Stack {
-    /// A cluster of its own with the StreamJob CRD (and KEDA's, with `keda`, when the
-    /// fixture is there) and one operator named `identity`, started with `args` added.
+    /// A cluster of its own with the StreamJob CRD (and real KEDA, with `keda`) and one
+    /// operator named `identity`, started with `args` added.
     fn start(identity: &str, keda: bool, args: &[&str]) -> Self {
         let cluster = must(LocalCluster::start(), "starting the local cluster");
         must(cluster.install_crds(), "installing the CRDs");
-        if let Some(keda) = keda_crd().filter(|_| keda) {
-            let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), keda.as_os_str()]), "kubectl");
-            assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-            must(
-                wait_until(Duration::from_secs(30), "KEDA's CRD to be served", || {
-                    cluster.kubectl(["get", "scaledobjects", "-A"]).is_ok_and(|o| o.status.success())
-                }),
-                "KEDA CRD",
-            );
-        }
+        let keda = keda.then(|| must(Keda::start(&cluster), "starting KEDA"));
         let log = std::env::temp_dir().join(format!("weir-operator-{identity}-{}.log", std::process::id()));
         let binary = std::path::Path::new(env!("CARGO_BIN_EXE_weir-operator"));
         let mut all = vec!["--identity", identity, "--runtime-image", "weir-runtime:test"];
         all.extend_from_slice(args);
         let operator = must(OperatorProcess::start(binary, cluster.kubeconfig(), log, &all), "starting weir-operator");
-        Self { cluster, operator }
+        Self { operator, keda, cluster }
     }
 
     fn kubectl<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Output {
@@ -86,7 +79,10 @@ impl Stack {
             condition(last.as_ref())
         });
         if let Err(e) = waited {
-            panic!("{e}\nlast {kind}/{name}: {last:#?}\noperator log:\n{}", self.operator.log());
+            let keda = self.keda.as_ref().map(|k| k.operator_log()).unwrap_or_default();
+            let keda: Vec<&str> = keda.lines().rev().take(30).collect();
+            let keda = keda.into_iter().rev().collect::<Vec<_>>().join("\n");
+            panic!("{e}\nlast {kind}/{name}: {last:#?}\noperator log:\n{}\nKEDA's log:\n{keda}", self.operator.log());
         }
         last
     }
@@ -429,11 +425,7 @@ fn deleting_a_job_runs_the_finalizer() {
 }
 
 #[test]
-fn autoscaling_renders_a_scaled_object_keda_accepts() {
-    if keda_crd().is_none() {
-        eprintln!("skipped: KEDA's CRD (shared/fixtures/keda) is absent, so its schema cannot check the ScaledObject");
-        return;
-    }
+fn autoscaling_renders_a_scaled_object_keda_takes_up() {
     let ns = namespace("autoscaling");
     let autoscaling = json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "lagThreshold": 1000}});
     apply(&ns, &job("orders", autoscaling));
@@ -450,6 +442,19 @@ fn autoscaling_renders_a_scaled_object_keda_accepts() {
         format!("sum(weir_consumer_lag{{streamjob=\"orders\",namespace=\"{ns}\"}})")
     );
     assert_eq!(trigger["metadata"]["threshold"], "1000");
+    // KEDA takes it up: it found the StreamJob's /scale and made an HPA on it.
+    let taken = stack().wait_for(&ns, "scaledobject", "orders", "KEDA to take the ScaledObject up", |s| {
+        s.is_some_and(|s| s["status"]["scaleTargetKind"] == "weir.dev/v1alpha1.StreamJob")
+    });
+    assert!(taken.is_some_and(|s| s["metadata"]["finalizers"] == json!(["finalizer.keda.sh"])));
+    let hpa = stack().wait_for(&ns, "hpa", "keda-hpa-orders", "KEDA's HPA", |h| h.is_some()).unwrap();
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"],
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "name": "orders"}),
+        "{hpa:#}"
+    );
+    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(1), Some(4)));
+    assert_eq!(hpa["spec"]["metrics"][0]["type"], "External", "{hpa:#}");
 
     let kafka = json!({"autoscaling": {"maxReplicas": 4, "lagThreshold": 1000, "trigger": "kafka"}});
     apply(&ns, &job("orders", kafka));
@@ -459,7 +464,9 @@ fn autoscaling_renders_a_scaled_object_keda_accepts() {
     .unwrap();
     assert_eq!(scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"], format!("{ns}.orders"));
     apply(&ns, &job("orders", json!({})));
+    // KEDA's finalizer lets it go once KEDA removed its HPA.
     wait_for(&ns, "scaledobject", "orders", "the ScaledObject to go", |s| s.is_none());
+    wait_for(&ns, "hpa", "keda-hpa-orders", "KEDA's HPA to go", |h| h.is_none());
 }
 
 #[test]
