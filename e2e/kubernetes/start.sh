@@ -86,6 +86,8 @@ kubeconfig "$RUN/scheduler.kubeconfig" scheduler
 fail() {
   echo "kubernetes: $1; last lines of $RUN/$2.log:" >&2
   tail -20 "$RUN/$2.log" >&2
+  # The API server fails when its etcd does: say why etcd did.
+  if [ "$2" = apiserver ]; then echo "last lines of $RUN/etcd.log:" >&2; tail -10 "$RUN/etcd.log" >&2; fi
   "$HERE/stop.sh" "$RUN"
   exit 1
 }

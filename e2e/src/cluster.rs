@@ -12,7 +12,7 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{Error, free_port, repo_root, wait_until};
+use crate::{Error, free_ports, repo_root, wait_until};
 
 /// A local control plane with its own etcd, certificates and kubeconfigs.
 #[derive(Debug)]
@@ -31,15 +31,15 @@ impl LocalCluster {
             .prefix("weir-kubernetes-")
             .tempdir()
             .map_err(|source| Error::Spawn { what: "mkdtemp".into(), source })?;
-        let port = |what: &str| free_port().map_err(|source| Error::Spawn { what: what.into(), source });
-        let api_port = port("api port")?;
+        let [api_port, etcd_port, etcd_peer_port] =
+            free_ports().map_err(|source| Error::Spawn { what: "free ports".into(), source })?;
         let script = repo_root().join("e2e/kubernetes/start.sh");
         let output = Command::new("bash")
             .arg(&script)
             .arg(run_dir.path())
             .env("API_PORT", api_port.to_string())
-            .env("ETCD_PORT", port("etcd port")?.to_string())
-            .env("ETCD_PEER_PORT", port("etcd peer port")?.to_string())
+            .env("ETCD_PORT", etcd_port.to_string())
+            .env("ETCD_PEER_PORT", etcd_peer_port.to_string())
             .env("WATCH_PID", std::process::id().to_string())
             .output()
             .map_err(|source| Error::Spawn { what: script.display().to_string(), source })?;

@@ -59,6 +59,17 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago: all are held at once
+/// while chosen, since ports taken one after the other may come back the same.
+pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// Polls `condition` every 100 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
@@ -139,5 +150,17 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, Error> {
             "{} is not built: run `cargo build --workspace --bins` (with `--release` for benchmarks) first",
             binary.display()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_chosen_together_are_distinct() {
+        let ports: [u16; 8] = free_ports().unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
     }
 }
