@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local quickstart: the whole Weir stack on this machine, no cluster needed.
 # Starts Apache Kafka, a local Kubernetes control plane (kube-apiserver, controller-manager,
-# scheduler), KEDA (operator and metrics adapter), the StreamJob CRD, the node agent (the
+# scheduler), KEDA (operator and metrics adapter), Prometheus, the StreamJob CRD, the node agent (the
 # kubelet: runs pods as local processes), the operator, applies an example job and starts a generator of sample
 # payments for it. Stop it with e2e/down.sh.
 #   up.sh            runs the operator as a local process
@@ -30,6 +30,7 @@ KUBE_BIN=$(bash e2e/kubernetes/install.sh | tail -1)/bin
 kubectl() { "$KUBE_BIN/kubectl" "$@"; }
 bash e2e/kafka/install.sh >/dev/null
 bash e2e/keda/install.sh >/dev/null
+bash e2e/prometheus/install.sh >/dev/null
 echo "Building weir-operator, weir-runtime and weir-node-agent..."
 cargo build --workspace --bins --locked
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
@@ -53,6 +54,11 @@ export KUBECONFIG="$RUN/kubernetes/kubeconfig"
 if ! running "$RUN/keda/operator.pid"; then
   KUBECTL=$KUBE_BIN/kubectl bash e2e/keda/start.sh "$RUN/keda"
 fi
+# Prometheus scrapes the runtime pods' lag, which KEDA's Prometheus trigger reads.
+if ! running "$RUN/prometheus/prometheus.pid"; then
+  KUBECTL=$KUBE_BIN/kubectl PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090} bash e2e/prometheus/start.sh "$RUN/prometheus"
+fi
+PROMETHEUS_URL=$(sed -n 's/^PROMETHEUS_URL=//p' "$RUN/prometheus/prometheus.env")
 if $FROM_CHART; then
   # What `helm install weir charts/weir -n weir-system` does: the chart's CRD, then the
   # rendered templates. Pods share this host's network, so the operator listens on its
@@ -62,6 +68,7 @@ if $FROM_CHART; then
   kubectl create namespace weir-system --dry-run=client -o yaml | kubectl apply -f -
   "$PYTHON" e2e/chart/render.py charts/weir --name weir --namespace weir-system \
     --set 'metrics.listenHost=$(POD_IP)' --set logFormat=text --set resyncInterval=10s \
+    --set "prometheusAddress=$PROMETHEUS_URL" \
     | kubectl apply --server-side --field-manager=helm -f -
 else
   kubectl apply -f crds/streamjob.yaml
@@ -79,7 +86,8 @@ if $FROM_CHART; then
   kubectl -n weir-system rollout status deployment/weir-operator --timeout=60s
 elif ! running "$RUN/operator.pid"; then
   KUBECONFIG=$KUBECONFIG "$BIN/weir-operator" --runtime-image "$RUNTIME_IMAGE:0.1.0" --log-format text \
-    --metrics-addr 127.0.0.1:${OPERATOR_PORT:-8080} --resync-interval 10s > "$RUN/operator.log" 2>&1 &
+    --metrics-addr 127.0.0.1:${OPERATOR_PORT:-8080} --resync-interval 10s --prometheus-address "$PROMETHEUS_URL" \
+    > "$RUN/operator.log" 2>&1 &
   echo $! > "$RUN/operator.pid"
 fi
 OPERATOR_LOGS=${OPERATOR_LOGS:-$RUN/operator.log}
@@ -117,7 +125,8 @@ Weir is running locally, and sample payments flow into it (50 a second).
   bash e2e/kafka/tool.sh console-consumer --bootstrap-server $BOOTSTRAP --topic spend-per-minute \\
     --from-beginning --formatter-property print.key=true
   Kafka: $BOOTSTRAP (topics payments -> spend-per-minute; other listeners in $RUN/kafka.env)
+  Prometheus: $PROMETHEUS_URL (sum(weir_consumer_lag) by (streamjob))
   Logs: $OPERATOR_LOGS, $RUN/agent.log, pods under $PODS/agent, $RUN/kafka/kafka.log,
-    KEDA's in $RUN/keda
+    KEDA's in $RUN/keda, Prometheus's in $RUN/prometheus
 Stop it with: bash e2e/down.sh
 MSG

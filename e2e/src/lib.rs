@@ -2,7 +2,7 @@
 //! ([`cluster`]: kube-apiserver, kube-controller-manager and kube-scheduler built from
 //! `k8s.io/kubernetes`), the node agent that is its kubelet and runs pods as local processes
 //! ([`agent`], binary `weir-node-agent`, started from tests with
-//! [`agent_process::NodeAgent`]), KEDA ([`keda`]), Apache Kafka ([`broker`]), a schema registry stand-in
+//! [`agent_process::NodeAgent`]), KEDA ([`keda`]) and Prometheus ([`prometheus`]), Apache Kafka ([`broker`]), a schema registry stand-in
 //! ([`registry`]), an OpenTelemetry collector stand-in ([`otlp`]), and helpers.
 
 pub mod agent;
@@ -16,8 +16,10 @@ pub mod keda;
 pub mod operator_process;
 pub mod otlp;
 pub mod payments;
+pub mod prometheus;
 pub mod registry;
 pub mod s3;
+pub mod scripted;
 pub mod stack;
 pub mod stand_in;
 

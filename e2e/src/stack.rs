@@ -1,6 +1,7 @@
 //! The whole local stack in one value: Apache Kafka, the Kubernetes control plane with the
-//! CRDs, the node agent running runtime pods as local processes, and the operator. Fields
-//! drop in order: the operator and the pods stop before the cluster and the broker.
+//! CRDs, the node agent running runtime pods as local processes, the operator, and with
+//! autoscaling real KEDA and Prometheus. Fields drop in order: the operator and the pods
+//! stop before KEDA, Prometheus, the cluster and the broker.
 
 use std::{ffi::OsStr, time::Duration};
 
@@ -12,7 +13,9 @@ use crate::{
     broker::Broker,
     chart,
     cluster::LocalCluster,
+    keda::Keda,
     operator_process::OperatorProcess,
+    prometheus::Prometheus,
     wait_until, workspace_binary,
 };
 
@@ -25,6 +28,8 @@ pub struct LocalStack {
     pub operator: OperatorProcess,
     /// The node agent.
     pub agent: NodeAgent,
+    /// KEDA and Prometheus, in a stack started with [`LocalStack::with_autoscaling`].
+    pub autoscaling: Option<(Keda, Prometheus)>,
     /// The API server.
     pub cluster: LocalCluster,
     /// The broker.
@@ -42,6 +47,15 @@ impl std::fmt::Debug for LocalStack {
 impl LocalStack {
     /// Starts everything; `operator_args` are added to the operator's command line.
     pub fn start(operator_args: &[&str]) -> Result<Self, Error> {
+        Self::start_with(operator_args, false)
+    }
+
+    /// Starts everything and KEDA and Prometheus, which the operator's ScaledObjects use.
+    pub fn with_autoscaling(operator_args: &[&str]) -> Result<Self, Error> {
+        Self::start_with(operator_args, true)
+    }
+
+    fn start_with(operator_args: &[&str], autoscaling: bool) -> Result<Self, Error> {
         let broker = Broker::start()?;
         let cluster = LocalCluster::start()?;
         cluster.install_crds()?;
@@ -56,12 +70,18 @@ impl LocalStack {
         cluster.apply(&chart::manifest_list(&chart::operator_access(&json!({}))?))?;
         let operator_kubeconfig =
             cluster.service_account_kubeconfig(chart::RELEASE_NAMESPACE, chart::OPERATOR_SERVICE_ACCOUNT)?;
+        // Before the operator, which looks for KEDA's API when it starts.
+        let autoscaling = if autoscaling { Some((Keda::start(&cluster)?, Prometheus::start(&cluster)?)) } else { None };
+        let prometheus_address = autoscaling.as_ref().map(|(_, prometheus)| prometheus.url.clone());
         let options = AgentOptions::default().image(RUNTIME_IMAGE, workspace_binary("weir-runtime")?);
         let agent = NodeAgent::for_cluster(workspace_binary("weir-node-agent")?, &cluster, &options)?;
         let log = agent.state_dir().join("operator.log");
         let image = format!("{RUNTIME_IMAGE}:test");
         let mut args = vec!["--runtime-image", image.as_str(), "--identity", "local-stack", "--resync-interval", "3s"];
         args.extend_from_slice(&["--lease-namespace", chart::RELEASE_NAMESPACE]);
+        if let Some(address) = &prometheus_address {
+            args.extend_from_slice(&["--prometheus-address", address.as_str()]);
+        }
         args.extend_from_slice(operator_args);
         let operator = OperatorProcess::start(&workspace_binary("weir-operator")?, &operator_kubeconfig, log, &args)?;
         let storage = tempfile::Builder::new()
@@ -71,7 +91,7 @@ impl LocalStack {
         // A shared volume for the pods, which run as their own users.
         std::fs::set_permissions(storage.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
             .map_err(|source| Error::Spawn { what: "chmod".into(), source })?;
-        Ok(Self { operator, agent, cluster, broker, storage })
+        Ok(Self { operator, agent, autoscaling, cluster, broker, storage })
     }
 
     /// The checkpoint storage URL of the stack's folder.
@@ -167,8 +187,21 @@ impl LocalStack {
                 format!("--- {pod}:\n{}\nstatus: {status}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             })
             .collect();
+        let autoscaling = self.autoscaling.as_ref().map_or(String::new(), |(keda, prometheus)| {
+            let tail = |log: String| {
+                log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            };
+            let hpa = self.cluster.kubectl(["get", "hpa", "-o", "yaml"]).map(|o| o.stdout).unwrap_or_default();
+            format!(
+                "\nKEDA operator:\n{}\nKEDA adapter:\n{}\nPrometheus:\n{}\nHPAs:\n{}",
+                tail(keda.operator_log()),
+                tail(keda.adapter_log()),
+                tail(prometheus.log()),
+                String::from_utf8_lossy(&hpa)
+            )
+        });
         format!(
-            "pods:\n{}\n{logs}operator:\n{}\nagent:\n{}",
+            "pods:\n{}\n{logs}operator:\n{}\nagent:\n{}{autoscaling}",
             String::from_utf8_lossy(&pods),
             self.operator.log(),
             self.agent.log()
