@@ -5,16 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${WEIR_RUN:-${XDG_CACHE_HOME:-$HOME/.cache}/weir/local}
 
-stop() { # pid-file: SIGTERM, then wait up to 70 s (pods get 60 s to drain) before SIGKILL
-  [ -f "$1" ] || return 0
-  local pid
-  pid=$(cat "$1")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 700); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$1"
-}
+. e2e/lib.sh
+# SIGTERM, then up to 70 s (pods get 60 s to drain) before SIGKILL.
+stop() { stop_pid "$1" 70; }
 stop "$RUN/payments.pid"
 stop "$RUN/operator.pid"
 stop "$RUN/agent.pid"

@@ -18,10 +18,9 @@ if [ -x "$OUT/bin/keda-operator" ] && [ -x "$OUT/bin/keda-adapter" ] && [ -f "$O
   exit 0
 fi
 
-command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
-command -v go >/dev/null || { echo "keda: Go 1.26 or newer is needed to build KEDA" >&2; exit 1; }
-# The same module and build caches as the control plane's build: shared modules download once.
-export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=0
+. "$(dirname "$0")/../lib.sh"
+# The module and build caches the control plane's build uses too.
+use_go "$CACHE" keda
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)

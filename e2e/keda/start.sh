@@ -13,6 +13,7 @@
 # stops it.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../lib.sh"
 RUN=${1:?usage: start.sh RUN_DIR}
 KUBECTL=${KUBECTL:-kubectl}
 : "${KUBECONFIG:?KUBECONFIG must name an admin kubeconfig of the cluster}"
@@ -76,24 +77,7 @@ k apply --server-side --force-conflicts --field-manager=keda-local -f "$RUN/keda
 k wait --for=condition=Established --timeout=60s crd/scaledobjects.keda.sh > /dev/null
 
 # KEDA's ServiceAccount, as its pods would have it.
-token=$(k -n keda create token keda-operator --duration=87600h)
-server=$(k config view --minify --raw -o jsonpath='{.clusters[0].cluster.server}')
-k config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d > "$RUN/cluster-ca.crt"
-cat > "$RUN/keda.kubeconfig" <<KUBECONFIG
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster: {server: "$server", certificate-authority: "$RUN/cluster-ca.crt"}
-users:
-- name: keda-operator
-  user: {token: "$token"}
-contexts:
-- name: local
-  context: {cluster: local, user: keda-operator, namespace: keda}
-current-context: local
-KUBECONFIG
-chmod 600 "$RUN/keda.kubeconfig"
+KUBECTL=$KUBECTL service_account_kubeconfig keda keda-operator "$RUN/keda.kubeconfig"
 
 fail() {
   echo "keda: $1; last lines of $RUN/$2.log:" >&2

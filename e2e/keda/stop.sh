@@ -2,13 +2,6 @@
 # Stops what start.sh RUN_DIR started and waits for each process to exit.
 set -uo pipefail
 RUN=${1:?usage: stop.sh RUN_DIR}
-for name in adapter operator; do
-  pidfile="$RUN/$name.pid"
-  [ -f "$pidfile" ] || continue
-  pid=$(cat "$pidfile")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
-done
+. "$(dirname "$0")/../lib.sh"
+stop_pid "$RUN/adapter.pid"
+stop_pid "$RUN/operator.pid"

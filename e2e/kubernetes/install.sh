@@ -21,11 +21,9 @@ built() {
 }
 if built; then echo "$OUT"; exit 0; fi
 
-# Go's own installer puts it in /usr/local/go, which a non-login shell may not have on PATH.
-command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
-command -v go >/dev/null || { echo "kubernetes: Go 1.26 or newer is needed to build the control plane" >&2; exit 1; }
 # Modules and the build cache stay under the cache folder, so a rebuild downloads nothing.
-export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=0
+. "$(dirname "$0")/../lib.sh"
+use_go "$CACHE" kubernetes
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)

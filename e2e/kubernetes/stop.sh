@@ -3,13 +3,7 @@
 # each to exit.
 set -uo pipefail
 RUN=${1:?usage: stop.sh RUN_DIR}
+. "$(dirname "$0")/../lib.sh"
 for name in scheduler controller-manager apiserver etcd; do
-  pidfile="$RUN/$name.pid"
-  [ -f "$pidfile" ] || continue
-  pid=$(cat "$pidfile")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
+  stop_pid "$RUN/$name.pid"
 done

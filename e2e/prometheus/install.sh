@@ -12,10 +12,9 @@ OUT=$CACHE/prometheus-$PROMETHEUS_VERSION
 
 if [ -x "$OUT/bin/prometheus" ]; then echo "$OUT"; exit 0; fi
 
-command -v go >/dev/null || PATH=/usr/local/go/bin:$PATH
-command -v go >/dev/null || { echo "prometheus: Go 1.26.7 or newer is needed to build Prometheus" >&2; exit 1; }
-# The same module and build caches as the control plane's and KEDA's builds.
-export GOMODCACHE=$CACHE/go/mod GOCACHE=$CACHE/go/build GOFLAGS=-modcacherw GOTOOLCHAIN=local CGO_ENABLED=0
+. "$(dirname "$0")/../lib.sh"
+# The module and build caches the control plane's build uses too.
+use_go "$CACHE" prometheus
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 started=$(date +%s)

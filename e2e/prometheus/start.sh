@@ -11,6 +11,7 @@
 # file and log; stop.sh RUN_DIR stops it.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/../lib.sh"
 RUN=${1:?usage: start.sh RUN_DIR}
 KUBECTL=${KUBECTL:-kubectl}
 : "${KUBECONFIG:?KUBECONFIG must name an admin kubeconfig of the cluster}"
@@ -39,24 +40,7 @@ items:
   roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: prometheus-pod-discovery}
   subjects: [{kind: ServiceAccount, name: prometheus, namespace: monitoring}]
 RBAC
-token=$(k -n monitoring create token prometheus --duration=87600h)
-server=$(k config view --minify --raw -o jsonpath='{.clusters[0].cluster.server}')
-k config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d > "$RUN/cluster-ca.crt"
-cat > "$RUN/prometheus.kubeconfig" <<KUBECONFIG
-apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster: {server: "$server", certificate-authority: "$RUN/cluster-ca.crt"}
-users:
-- name: prometheus
-  user: {token: "$token"}
-contexts:
-- name: local
-  context: {cluster: local, user: prometheus}
-current-context: local
-KUBECONFIG
-chmod 600 "$RUN/prometheus.kubeconfig"
+KUBECTL=$KUBECTL service_account_kubeconfig monitoring prometheus "$RUN/prometheus.kubeconfig"
 
 cat > "$RUN/prometheus.yml" <<CONFIG
 global:

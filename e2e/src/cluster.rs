@@ -165,14 +165,5 @@ impl Drop for LocalCluster {
 
 /// The folder of the built control plane and kubectl (`e2e/kubernetes/install.sh`, cached).
 pub fn binaries() -> Result<PathBuf, Error> {
-    let script = repo_root().join("e2e/kubernetes/install.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .output()
-        .map_err(|source| Error::Spawn { what: script.display().to_string(), source })?;
-    let printed = String::from_utf8_lossy(&output.stdout);
-    match printed.lines().last() {
-        Some(dir) if output.status.success() => Ok(PathBuf::from(dir).join("bin")),
-        _ => Err(Error::Start(format!("{printed}{}", String::from_utf8_lossy(&output.stderr)))),
-    }
+    Ok(crate::scripted::install("kubernetes")?.join("bin"))
 }

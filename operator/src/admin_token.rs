@@ -116,8 +116,7 @@ impl Tokens {
             None => {
                 // Running pods hold the token they mounted: a Secret deleted under them is
                 // written again with it.
-                let known = self.known(job_ref).map(|(token, _)| token);
-                let token = known.unwrap_or_else(AdminToken::generate);
+                let token = known.map(|(token, _)| token).unwrap_or_else(AdminToken::generate);
                 match secrets.create(&PostParams::default(), &secret(job_ref, &token)).await {
                     Ok(_) => token,
                     // There already, or written by another reconcile a moment ago: that one
