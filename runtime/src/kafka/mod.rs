@@ -6,4 +6,5 @@ pub mod headers;
 pub mod msk_iam;
 pub mod rate;
 pub mod retry;
+pub mod start;
 pub mod trace;

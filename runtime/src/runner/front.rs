@@ -40,6 +40,7 @@ use crate::{
         config::{self, Side},
         rate::RecordRate,
         retry::{Class, classify, retrying},
+        start,
     },
     repartition::{self, KIND_HEADER, Mark, Marks, ROWS, UPSTREAM_HEADER, WATERMARKS},
 };
@@ -281,6 +282,8 @@ pub(super) struct Front {
     /// Operator mode, while stopped: the source partitions given up at the stop, taken
     /// again on resume.
     parked: Mutex<Vec<i32>>,
+    /// Where a source partition without a committed offset starts.
+    reset: Offset,
 }
 
 impl Front {
@@ -372,6 +375,7 @@ impl Front {
             sent: Mutex::new((Marks::new(), Instant::now())),
             assignment,
             parked: Mutex::default(),
+            reset: start::reset_offset(source.start_offset),
         })
     }
 
@@ -451,7 +455,7 @@ impl Front {
             AssignmentMode::Operator => {
                 let parked = std::mem::take(&mut *lock(&self.parked));
                 self.consumer
-                    .incremental_assign(&partition_list(&self.topic, &parked, Offset::Stored)?)
+                    .incremental_assign(&self.starting_offsets(&parked)?)
                     .map_err(kafka("taking source partitions again"))?;
                 self.consumer.context().take(&parked);
                 Ok(())
@@ -472,11 +476,19 @@ impl Front {
         }
         if !moves.assign.is_empty() {
             self.consumer
-                .incremental_assign(&partition_list(&self.topic, &moves.assign, Offset::Stored)?)
+                .incremental_assign(&self.starting_offsets(&moves.assign)?)
                 .map_err(kafka("taking source partitions"))?;
             context.take(&moves.assign);
         }
         Ok(())
+    }
+
+    /// Source `partitions` at their committed offsets (see [`start`]).
+    fn starting_offsets(&self, partitions: &[i32]) -> Result<TopicPartitionList, RunError> {
+        let context = self.consumer.context();
+        let retries = context.shared.metrics.retries.with_label_values(&["source"]);
+        start::starting_offsets(&self.consumer, &self.topic, partitions, self.reset, (&context.retry, &retries))
+            .map_err(kafka("reading committed offsets"))
     }
 
     /// The source partitions owned now.

@@ -61,6 +61,7 @@ use crate::{
         headers::HeaderPolicy,
         rate::RecordRate,
         retry::{Class, classify, classify_client_error, classify_code, retrying},
+        start,
     },
     metrics::Metrics,
     progress::Progress,
@@ -838,7 +839,14 @@ impl Job {
         }
         if !moves.assign.is_empty() {
             // From the committed offsets; a checkpoint's position is sought once restored.
-            let list = partition_list(&self.topic, &moves.assign, Offset::Stored)?;
+            let source = &self.settings.spec.source.kafka;
+            let retries = self.shared.metrics.retries.with_label_values(&["source"]);
+            // A repartitioned job's own consumer reads the internal topic from its start.
+            let reset =
+                start::reset_offset(if self.front.is_some() { StartOffset::Earliest } else { source.start_offset });
+            let list =
+                start::starting_offsets(&self.consumer, &self.topic, &moves.assign, reset, (&source.retry, &retries))
+                    .map_err(kafka("reading committed offsets"))?;
             self.consumer.incremental_assign(&list).map_err(kafka("taking partitions"))?;
             info!(partitions = ?moves.assign, "partitions assigned");
             lock(&self.table).assigned.extend(moves.assign.iter().copied());
