@@ -188,10 +188,17 @@ pub enum UpgradeMode {
 /// KEDA autoscaling of `parallelism` on the job's consumer lag.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
-    .message("minReplicas must not exceed maxReplicas").field_path(".minReplicas"))]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("minReplicas must not exceed maxReplicas").field_path(".minReplicas"),
+    validation = Rule::new("self.minReplicas > 0 || (has(self.trigger) && self.trigger == 'kafka')")
+        .message(MIN_ZERO_NEEDS_KAFKA).field_path(".minReplicas"),
+    validation = Rule::new("!has(self.scaleDownStabilization) || duration(self.scaleDownStabilization) <= duration('1h')")
+        .message("must be at most 1h, the HPA's limit").field_path(".scaleDownStabilization"),
+)]
 pub struct Autoscaling {
-    /// Fewest pods; `0` lets KEDA stop the job when there is no lag.
+    /// Fewest pods; `0` lets KEDA stop the job when there is no lag (with `trigger: kafka`:
+    /// a job with no pods has no `weir_consumer_lag` for Prometheus to read).
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1024))]
     pub min_replicas: i32,
@@ -216,6 +223,20 @@ pub struct Autoscaling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^https?://"))]
     pub prometheus_address: Option<String>,
+    /// How long the lag must ask for fewer pods before the job gets them (the HPA's
+    /// scale-down stabilization window, and KEDA's cooldown before stopping a job with
+    /// `minReplicas: 0`). Scale-ups are not delayed. At most 1h.
+    #[serde(default = "default_scale_down_stabilization")]
+    pub scale_down_stabilization: Duration,
+}
+
+/// Why `minReplicas: 0` needs the Kafka trigger.
+pub const MIN_ZERO_NEEDS_KAFKA: &str = "minReplicas 0 needs trigger kafka: a job with no pods reports no \
+                                        weir_consumer_lag, so the prometheus trigger could never start it again";
+
+/// The HPA's own default scale-down stabilization window.
+fn default_scale_down_stabilization() -> Duration {
+    std::time::Duration::from_secs(300).into()
 }
 
 /// The KEDA scaler that reads a job's lag.

@@ -458,6 +458,12 @@ impl Checker {
         if autoscaling.min_replicas > autoscaling.max_replicas {
             self.report("spec.autoscaling.minReplicas", "minReplicas must not exceed maxReplicas");
         }
+        if autoscaling.min_replicas == 0 && autoscaling.trigger != LagTrigger::Kafka {
+            self.report("spec.autoscaling.minReplicas", crate::job::MIN_ZERO_NEEDS_KAFKA);
+        }
+        if autoscaling.scale_down_stabilization.get() > std::time::Duration::from_secs(3600) {
+            self.report("spec.autoscaling.scaleDownStabilization", "must be at most 1h, the HPA's limit");
+        }
         if autoscaling.lag_threshold < 1 {
             self.report("spec.autoscaling.lagThreshold", "must be at least 1");
         }

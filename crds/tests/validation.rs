@@ -302,6 +302,22 @@ fn min_replicas_may_not_exceed_max_replicas() {
 }
 
 #[test]
+fn min_replicas_zero_needs_the_kafka_trigger() {
+    let prometheus = spec_with(|v| set(v, &["autoscaling"], "{minReplicas: 0, maxReplicas: 2, lagThreshold: 100}"));
+    assert_single_problem(&prometheus, "spec.autoscaling.minReplicas", "needs trigger kafka");
+    let kafka =
+        spec_with(|v| set(v, &["autoscaling"], "{minReplicas: 0, maxReplicas: 2, lagThreshold: 100, trigger: kafka}"));
+    assert!(validate(&kafka).is_ok(), "{:?}", validate(&kafka));
+}
+
+#[test]
+fn the_scale_down_stabilization_is_at_most_an_hour() {
+    let long =
+        spec_with(|v| set(v, &["autoscaling"], "{maxReplicas: 2, lagThreshold: 100, scaleDownStabilization: 61m}"));
+    assert_single_problem(&long, "spec.autoscaling.scaleDownStabilization", "at most 1h");
+}
+
+#[test]
 fn negative_parallelism_is_reported() {
     let spec = spec_with(|v| set(v, &["parallelism"], "-1"));
     assert_single_problem(&spec, "spec.parallelism", "0 or more");

@@ -3,8 +3,9 @@
 # kube-controller-manager and kube-scheduler, built by install.sh — and waits until it
 # serves and its controllers act.
 #   start.sh RUN_DIR    (env: API_PORT, default 6443; ETCD_PORT, default 2379; ETCD_PEER_PORT,
-#                        default ETCD_PORT+1; WATCH_PID: stop the cluster when this process
-#                        exits, so a test run never leaks it)
+#                        default ETCD_PORT+1; HPA_SYNC_PERIOD, default 15s as in Kubernetes;
+#                        WATCH_PID: stop the cluster when this process exits, so a test run
+#                        never leaks it)
 # Writes RUN_DIR/kubeconfig (the admin, group system:masters), RUN_DIR/node.kubeconfig (the
 # node agent, system:node:local), the PKI under RUN_DIR/pki, pid files and logs. Stop it
 # with stop.sh RUN_DIR.
@@ -21,6 +22,7 @@ RUN=${1:?usage: start.sh RUN_DIR}
 API_PORT=${API_PORT:-6443}
 ETCD_PORT=${ETCD_PORT:-2379}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-$((ETCD_PORT + 1))}
+HPA_SYNC_PERIOD=${HPA_SYNC_PERIOD:-15s}
 BUILD=$("$HERE/install.sh" | tail -1)
 mkdir -p "$RUN/pki"
 RUN=$(cd "$RUN" && pwd)
@@ -136,7 +138,7 @@ wait_for apiserver "/readyz" admin_get /readyz
   --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false --use-service-account-credentials \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --controllers deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,horizontal-pod-autoscaler-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,job-controller,statefulset-controller,disruption-controller,pod-garbage-collector-controller,ttl-after-finished-controller,node-lifecycle-controller \
-  --horizontal-pod-autoscaler-sync-period 5s --kube-api-qps 100 --kube-api-burst 200 \
+  --horizontal-pod-autoscaler-sync-period "$HPA_SYNC_PERIOD" --kube-api-qps 100 --kube-api-burst 200 \
   > "$RUN/controller-manager.log" 2>&1 &
 echo $! > "$RUN/controller-manager.pid"
 

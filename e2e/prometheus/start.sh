@@ -4,7 +4,7 @@
 # as the chart's PodMonitor has a Prometheus Operator do: port `admin`, path /metrics, the
 # pod's namespace and name as labels. Waits until it is ready.
 #   KUBECONFIG=... start.sh RUN_DIR   (env: KUBECTL, default kubectl; PROMETHEUS_PORT, default
-#                                      a free port; SCRAPE_INTERVAL, default 2s; WATCH_PID: stop
+#                                      a free port; SCRAPE_INTERVAL, default 5s (the chart's PodMonitor); WATCH_PID: stop
 #                                      Prometheus when this process exits)
 # Discovery runs with a token of ServiceAccount monitoring/prometheus, which may only read
 # pods. Writes RUN_DIR/prometheus.env (PROMETHEUS_URL=...), its configuration, data, pid
@@ -15,7 +15,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 RUN=${1:?usage: start.sh RUN_DIR}
 KUBECTL=${KUBECTL:-kubectl}
 : "${KUBECONFIG:?KUBECONFIG must name an admin kubeconfig of the cluster}"
-SCRAPE_INTERVAL=${SCRAPE_INTERVAL:-2s}
+SCRAPE_INTERVAL=${SCRAPE_INTERVAL:-5s}
 BUILD=$("$HERE/install.sh" | tail -1)
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)

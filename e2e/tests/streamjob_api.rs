@@ -162,6 +162,16 @@ fn min_replicas_above_max_replicas_is_rejected() {
 }
 
 #[test]
+fn min_replicas_zero_with_the_prometheus_trigger_is_rejected() {
+    let ns = namespace("reject-scale-to-zero");
+    let mut job = minimal_job("bad");
+    job["spec"]["autoscaling"] = json!({"minReplicas": 0, "maxReplicas": 2, "lagThreshold": 100});
+    assert_rejected(&ns, &job, "spec.autoscaling.minReplicas", "needs trigger kafka");
+    job["spec"]["autoscaling"] = json!({"maxReplicas": 2, "lagThreshold": 100, "scaleDownStabilization": "2h"});
+    assert_rejected(&ns, &job, "spec.autoscaling.scaleDownStabilization", "at most 1h");
+}
+
+#[test]
 fn an_unknown_upgrade_mode_is_rejected() {
     let ns = namespace("reject-upgrade-mode");
     let mut job = minimal_job("bad");

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,25 @@ pub struct ScaledObjectSpec {
     pub max_replica_count: Option<i32>,
     /// Metrics that drive the replica count.
     pub triggers: Vec<ScaleTrigger>,
+    /// Settings of the HPA KEDA creates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advanced: Option<Advanced>,
+}
+
+/// KEDA's `advanced` block: the part that shapes the HPA.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Advanced {
+    /// Passed to the HPA as is.
+    pub horizontal_pod_autoscaler_config: HorizontalPodAutoscalerConfig,
+}
+
+/// The HPA's settings KEDA copies.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HorizontalPodAutoscalerConfig {
+    /// How fast the HPA moves the replica count up and down.
+    pub behavior: HorizontalPodAutoscalerBehavior,
 }
 
 /// A reference to a scalable object (anything with a `/scale` subresource).

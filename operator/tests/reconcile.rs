@@ -427,8 +427,14 @@ fn deleting_a_job_runs_the_finalizer() {
 #[test]
 fn autoscaling_renders_a_scaled_object_keda_takes_up() {
     let ns = namespace("autoscaling");
+    // As the docs ask, the manifests leave `parallelism` to the autoscaler.
+    let autoscaled = |spec: Value| {
+        let mut job = job("orders", spec);
+        job["spec"].as_object_mut().map(|spec| spec.remove("parallelism"));
+        job
+    };
     let autoscaling = json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "lagThreshold": 1000}});
-    apply(&ns, &job("orders", autoscaling));
+    apply(&ns, &autoscaled(autoscaling));
     let scaled = wait_for(&ns, "scaledobject", "orders", "the ScaledObject", |s| s.is_some()).unwrap();
     assert_eq!(
         scaled["spec"]["scaleTargetRef"],
@@ -455,18 +461,59 @@ fn autoscaling_renders_a_scaled_object_keda_takes_up() {
     );
     assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(1), Some(4)));
     assert_eq!(hpa["spec"]["metrics"][0]["type"], "External", "{hpa:#}");
+    // One step each way: up at once to what the lag asks for, down after the window.
+    let behavior = &hpa["spec"]["behavior"];
+    assert_eq!(behavior["scaleUp"]["policies"], json!([{"type": "Pods", "value": 4, "periodSeconds": 15}]));
+    assert_eq!(behavior["scaleUp"]["stabilizationWindowSeconds"], 0, "{hpa:#}");
+    assert_eq!(behavior["scaleDown"]["stabilizationWindowSeconds"], 300, "{hpa:#}");
+
+    // A hand edit of the ScaledObject is undone; a deleted one is made again.
+    must_run(kubectl([
+        "-n",
+        &ns,
+        "patch",
+        "scaledobject",
+        "orders",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec": {"maxReplicaCount": 9}}"#,
+    ]));
+    wait_for(&ns, "scaledobject", "orders", "the hand edit undone", |s| {
+        s.is_some_and(|s| s["spec"]["maxReplicaCount"] == 4)
+    });
+    let uid = get(&ns, "scaledobject", "orders").map(|s| s["metadata"]["uid"].clone()).unwrap_or_default();
+    must_run(kubectl(["-n", &ns, "delete", "scaledobject", "orders", "--wait=false"]));
+    wait_for(&ns, "scaledobject", "orders", "the ScaledObject made again", |s| {
+        s.is_some_and(|s| s["metadata"]["uid"] != uid && s["metadata"]["deletionTimestamp"].is_null())
+    });
 
     let kafka = json!({"autoscaling": {"maxReplicas": 4, "lagThreshold": 1000, "trigger": "kafka"}});
-    apply(&ns, &job("orders", kafka));
+    apply(&ns, &autoscaled(kafka));
     let scaled = wait_for(&ns, "scaledobject", "orders", "the Kafka trigger", |s| {
         s.is_some_and(|s| s["spec"]["triggers"][0]["type"] == "kafka")
     })
     .unwrap();
     assert_eq!(scaled["spec"]["triggers"][0]["metadata"]["consumerGroup"], format!("{ns}.orders"));
-    apply(&ns, &job("orders", json!({})));
+
+    // The autoscaler's last word stays when autoscaling is removed.
+    must_run(kubectl(["-n", &ns, "scale", "streamjob", "orders", "--replicas", "3"]));
+    wait_for(&ns, "deployment", "orders", "3 replicas", |d| d.is_some_and(|d| d["spec"]["replicas"] == 3));
+    apply(&ns, &autoscaled(json!({})));
     // KEDA's finalizer lets it go once KEDA removed its HPA.
     wait_for(&ns, "scaledobject", "orders", "the ScaledObject to go", |s| s.is_none());
-    wait_for(&ns, "hpa", "keda-hpa-orders", "KEDA's HPA to go", |h| h.is_none());
+    // The garbage collector removes it, once it has found KEDA's kinds: on a cluster as new
+    // as this one, the HPA the hand-deleted ScaledObject owned waited for that first.
+    let gone =
+        wait_until(Duration::from_secs(150), "KEDA's HPA to go", || get(&ns, "hpa", "keda-hpa-orders").is_none());
+    assert!(gone.is_ok(), "{:#?}", get(&ns, "hpa", "keda-hpa-orders"));
+    let kept = get(&ns, "streamjob", "orders").unwrap();
+    assert_eq!(kept["spec"]["parallelism"], 3, "{:#}", kept["spec"]);
+    assert_eq!(get(&ns, "deployment", "orders").unwrap()["spec"]["replicas"], 3);
+}
+
+fn must_run(output: Output) {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

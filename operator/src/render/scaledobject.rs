@@ -3,19 +3,21 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::autoscaling::v2::{HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscalerBehavior};
 use kube::Resource;
 use weir_crds::{Autoscaling, LagTrigger, StartOffset, StreamJob};
 
 use crate::{
     config::OperatorConfig,
-    keda::{ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSpec},
+    keda::{Advanced, HorizontalPodAutoscalerConfig, ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSpec},
     labels::JobRef,
 };
 
-/// Seconds between KEDA's lag queries.
+/// Seconds between KEDA's lag queries (KEDA's default). They decide how soon a job at zero
+/// pods starts; the HPA asks for the lag on its own sync period (15 s by default).
 const POLLING_INTERVAL: i32 = 15;
-/// Seconds without lag before a job with `minReplicas: 0` is stopped.
-const COOLDOWN_PERIOD: i32 = 300;
+/// Seconds the HPA's scaling policies look back over (the HPA's own period).
+const POLICY_PERIOD: i32 = 15;
 
 /// The PromQL query of a job's total lag. `namespace` is the target label Prometheus adds
 /// to pod metrics, so jobs of the same name in two namespaces are told apart.
@@ -43,14 +45,41 @@ pub fn scaled_object(
                 name: job_ref.name.clone(),
             },
             polling_interval: Some(POLLING_INTERVAL),
-            cooldown_period: Some(COOLDOWN_PERIOD),
+            cooldown_period: Some(stabilization_seconds(autoscaling)),
             min_replica_count: Some(autoscaling.min_replicas),
             max_replica_count: Some(autoscaling.max_replicas),
             triggers: vec![trigger],
+            advanced: Some(Advanced {
+                horizontal_pod_autoscaler_config: HorizontalPodAutoscalerConfig { behavior: behavior(autoscaling) },
+            }),
         },
     );
     object.metadata = job_ref.child_meta(job_ref.name.clone());
     object
+}
+
+/// The scale-down window in whole seconds, as the HPA and KEDA take it.
+fn stabilization_seconds(autoscaling: &Autoscaling) -> i32 {
+    i32::try_from(autoscaling.scale_down_stabilization.get().as_secs()).unwrap_or(i32::MAX)
+}
+
+/// Every rescale costs a savepoint and a restart, so the HPA goes to the replica count the
+/// lag asks for in one step (not the default doubling), at once; it goes down only after
+/// the lag has asked for fewer pods for the whole stabilization window, also in one step.
+fn behavior(autoscaling: &Autoscaling) -> HorizontalPodAutoscalerBehavior {
+    let rules = |stabilization: i32, policy: HPAScalingPolicy| HPAScalingRules {
+        stabilization_window_seconds: Some(stabilization),
+        select_policy: Some("Max".into()),
+        policies: Some(vec![policy]),
+        ..HPAScalingRules::default()
+    };
+    let pods =
+        HPAScalingPolicy { type_: "Pods".into(), value: autoscaling.max_replicas, period_seconds: POLICY_PERIOD };
+    let percent = HPAScalingPolicy { type_: "Percent".into(), value: 100, period_seconds: POLICY_PERIOD };
+    HorizontalPodAutoscalerBehavior {
+        scale_up: Some(rules(0, pods)),
+        scale_down: Some(rules(stabilization_seconds(autoscaling), percent)),
+    }
 }
 
 /// KEDA's Prometheus scaler on the pods' summed `weir_consumer_lag`.
