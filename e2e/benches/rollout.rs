@@ -41,8 +41,9 @@ use rdkafka::{
 use serde_json::{Value, json};
 use weir_e2e::{
     kafka,
-    stack::{LocalStack, RUNTIME_IMAGE, running},
+    stack::{LocalStack, RUNTIME_IMAGE},
     wait_until,
+    windowed::{last_savepoint, settled_on},
 };
 
 const NAME: &str = "bench";
@@ -56,6 +57,12 @@ const WAIT: Duration = Duration::from_secs(120);
 const AFTER: f64 = 3.0;
 /// Length of the window measured without any change, for the reader's own floor.
 const STEADY: f64 = 10.0;
+/// The autoscaled job: records each pod reads a second at most...
+const PER_POD: u32 = 3000;
+/// ...the lag each pod is to carry...
+const LAG_THRESHOLD: i64 = 10_000;
+/// ...and the burst, worth all partitions' pods.
+const BURST: i64 = 60_000;
 /// The job keeps records whose `amount` (`n % 100`) passes this.
 const FILTER: &str = "amount >= 10";
 
@@ -208,9 +215,11 @@ fn max_latency(arrivals: &[Arrival], from: f64, to: f64) -> f64 {
     arrivals.iter().filter(|a| a.at >= from && a.at <= to).map(|a| a.latency_ms).max().unwrap_or(0) as f64 / 1000.0
 }
 
-/// A thread producing `{"n", "user", "amount"}` records at [`RATE`] until stopped.
+/// A thread producing `{"n", "user", "amount"}` records at [`RATE`] until stopped, and
+/// bursts on request.
 struct Producing {
     stop: StopOnDrop,
+    burst: Arc<AtomicI64>,
     thread: JoinHandle<(i64, Option<String>)>,
 }
 
@@ -219,12 +228,13 @@ impl Producing {
         let producer = must(kafka::producer(bootstrap), "a producer");
         let topic = topic.to_owned();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let burst = Arc::new(AtomicI64::new(0));
+        let (stopping, bursts) = (stop.clone(), burst.clone());
         let thread = std::thread::spawn(move || {
             let start = Instant::now();
             let mut n = 0_i64;
             while !stopping.load(Ordering::Relaxed) {
-                let due = (start.elapsed().as_secs_f64() * RATE) as i64;
+                let due = (start.elapsed().as_secs_f64() * RATE) as i64 + bursts.load(Ordering::Relaxed);
                 while n < due {
                     let user = format!("u{}", n % USERS);
                     let payload = json!({"n": n, "user": user, "amount": n % 100}).to_string();
@@ -240,7 +250,12 @@ impl Producing {
             let flushed = producer.flush(WAIT).err().map(|e| format!("the producer could not deliver everything: {e}"));
             (n, flushed)
         });
-        Self { stop: StopOnDrop(stop), thread }
+        Self { stop: StopOnDrop(stop), burst, thread }
+    }
+
+    /// `records` more, sent at once.
+    fn burst(&self, records: i64) {
+        self.burst.fetch_add(records, Ordering::Relaxed);
     }
 
     /// Records sent, and why not all were delivered, if they were not.
@@ -258,6 +273,10 @@ enum Change {
     Upgrade { tag: u32 },
     /// `kubectl scale` from one parallelism to another.
     Rescale { from: i32, to: i32 },
+    /// A burst of records, which the autoscaler answers by scaling up.
+    Burst { records: i64, to: i32 },
+    /// Nothing: after the burst drained, the autoscaler scales back down.
+    Calm { to: i32 },
 }
 
 impl Change {
@@ -266,6 +285,8 @@ impl Change {
             Self::Steady => "steady (no change)".into(),
             Self::Upgrade { .. } => "upgrade".into(),
             Self::Rescale { from, to } => format!("rescale {from}→{to}"),
+            Self::Burst { records, to } => format!("autoscaler 1→{to}, burst of {records}"),
+            Self::Calm { to } => format!("autoscaler →{to}, lag drained"),
         }
     }
 }
@@ -418,22 +439,6 @@ struct Bench {
     clock: Clock,
 }
 
-fn generation(job: &Value) -> i64 {
-    job["metadata"]["generation"].as_i64().unwrap_or(0)
-}
-
-fn settled_on(job: &Value, replicas: i64) -> bool {
-    running(job, replicas) && job["status"]["observedGeneration"] == job["metadata"]["generation"]
-}
-
-/// The savepoint of this generation's rollout, if it was taken.
-fn last_savepoint<'a>(job: &'a Value, reason: &str) -> Option<&'a Value> {
-    let savepoint = &job["status"]["lastSavepoint"];
-    let generation = format!("-g{}-{reason}-", generation(job));
-    (savepoint["reason"] == reason && savepoint["id"].as_str().is_some_and(|id| id.contains(&generation)))
-        .then_some(savepoint)
-}
-
 fn job(stack: &LocalStack, tag: u32) -> Value {
     let bootstrap = stack.broker.bootstrap();
     json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": NAME}, "spec": {
@@ -447,14 +452,31 @@ fn job(stack: &LocalStack, tag: u32) -> Value {
     }})
 }
 
+/// The job under KEDA: its parallelism left to the autoscaler, each pod reading at most
+/// [`PER_POD`] records a second, so that one pod drains a burst slowly.
+fn autoscaled_job(stack: &LocalStack) -> Value {
+    let mut job = job(stack, 1);
+    if let Some(spec) = job["spec"].as_object_mut() {
+        spec.remove("parallelism");
+    }
+    job["spec"]["source"]["kafka"]["maxRecordsPerSecond"] = json!(PER_POD);
+    job["spec"]["autoscaling"] = json!({"minReplicas": 1, "maxReplicas": PARTITIONS, "lagThreshold": LAG_THRESHOLD,
+        "scaleDownStabilization": "20s"});
+    job
+}
+
 impl Bench {
-    fn start() -> Self {
+    fn start(autoscaled: bool) -> Self {
         let clock = Clock::new();
-        let stack = must(LocalStack::start(&["--rescale-stabilization", "0s"]), "starting the stack");
+        let args = ["--rescale-stabilization", "0s"];
+        let stack = must(
+            if autoscaled { LocalStack::with_autoscaling(&args) } else { LocalStack::start(&args) },
+            "starting the stack",
+        );
         for topic in ["in", "out"] {
             must(stack.broker.create_topic(&format!("{NAME}-{topic}"), PARTITIONS as u32), "creating a topic");
         }
-        must(stack.apply(&job(&stack, 1)), "applying the job");
+        must(stack.apply(&if autoscaled { autoscaled_job(&stack) } else { job(&stack, 1) }), "applying the job");
         must(stack.wait_for_job(NAME, "1 pod running", WAIT, |j| settled_on(j, 1)), "the first deploy");
         let bootstrap = stack.broker.bootstrap();
         let tail = Tail::start(&bootstrap, &format!("{NAME}-out"), clock);
@@ -493,6 +515,11 @@ impl Bench {
                 must(self.stack.scale(NAME, to), "scaling");
                 (i64::from(to), "rescale")
             }
+            Change::Burst { records, to } => {
+                self.producing.burst(records);
+                (i64::from(to), "rescale")
+            }
+            Change::Calm { to } => (i64::from(to), "rescale"),
         };
         let (settled, caught_up, savepoint, stuck) = if let Change::Steady = change {
             self.wait_for_output_after(applied + STEADY, "steady output");
@@ -788,20 +815,26 @@ impl Drop for KeepLogs {
 fn main() -> ExitCode {
     let runs: usize = std::env::var("WEIR_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let logs = std::env::var_os("WEIR_BENCH_LOGS").map(PathBuf::from);
+    let autoscaling = std::env::var("WEIR_BENCH_SCENARIO").is_ok_and(|s| s == "autoscaling");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!("rollout benchmark: {runs} rounds, each on a new stack, {RATE} records/s, {cores} cores");
     let mut measured = Vec::new();
     let mut problems = Vec::new();
     for run in 1..=runs {
-        let bench = Bench::start();
+        let bench = Bench::start(autoscaling);
         let keep_logs = KeepLogs {
             state: bench.stack.agent.state_dir().to_path_buf(),
             broker: bench.stack.broker.dir().to_path_buf(),
             dir: logs.as_ref().map(|d| d.join(format!("run-{run}"))),
         };
         let mut round = vec![bench.measure(Change::Steady, run)];
-        let changes = [(1, 2), (2, 3), (3, 1)].map(|(from, to)| Change::Rescale { from, to });
-        for change in std::iter::once(Change::Upgrade { tag: 2 }).chain(changes) {
+        let rescales = [(1, 2), (2, 3), (3, 1)].map(|(from, to)| Change::Rescale { from, to });
+        let changes: Vec<Change> = if autoscaling {
+            vec![Change::Burst { records: BURST, to: PARTITIONS }, Change::Calm { to: 1 }]
+        } else {
+            std::iter::once(Change::Upgrade { tag: 2 }).chain(rescales).collect()
+        };
+        for change in changes {
             let measured = bench.measure(change, run);
             let stuck = measured.stuck;
             round.push(measured);

@@ -22,6 +22,7 @@ pub mod s3;
 pub mod scripted;
 pub mod stack;
 pub mod stand_in;
+pub mod windowed;
 
 use std::{
     net::TcpListener,

@@ -1,65 +1,172 @@
-//! The autoscaling loop with real parts: the runtime pods' `weir_consumer_lag` scraped by
-//! Prometheus, read by KEDA through the ScaledObject the operator renders, turned by the
-//! HPA controller into a write of the StreamJob's `/scale`, and carried out by the operator
-//! as a rescale through a savepoint; the output loses and repeats nothing.
+//! The autoscaling loop with real parts, on the windowed payments job with an exactly-once
+//! sink under a steady load: a burst of records raises the lag; KEDA reads it (from
+//! Prometheus, which scrapes the pods' `weir_consumer_lag`, or from the broker with its Kafka
+//! trigger), the HPA controller writes the StreamJob's `/scale`, and the operator rescales
+//! through a savepoint; the lag drains, and after the stabilization window the job goes back
+//! down. Each step is one rescale (the test counts them), and the output equals the window
+//! totals computed without the runtime: no window lost or repeated.
+//!
+//! Each test prints its timeline; e2e/BENCHMARKS.md has the figures.
 
-use std::time::Duration;
+use std::{cell::Cell, sync::Mutex, time::Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use weir_e2e::{
-    kafka,
-    stack::{LocalStack, running},
+    stack::LocalStack,
     wait_until,
+    windowed::{WAIT, WindowedJob, settled_on},
 };
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-const WAIT: Duration = Duration::from_secs(120);
+/// Each test runs a stack of its own; one at a time, so that two cores suffice.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+const PARTITIONS: i32 = 4;
+/// The lag one pod is asked to carry.
+const THRESHOLD: i64 = 1500;
+/// Payments a second of the steady load: far under what one pod reads.
+const STEADY: usize = 100;
+/// What each pod reads a second at most, so that one pod drains a burst slowly.
+const PER_POD: u32 = 400;
+/// A burst worth the 4 pods of `maxReplicas` (and more).
+const BURST: usize = 12_000;
+/// The scale-down stabilization window of the tests.
+const STABILIZATION: &str = "20s";
+
+fn start(name: &str) -> WindowedJob {
+    let stack = must(LocalStack::with_autoscaling(&["--rescale-stabilization", "1s"]), "starting the stack");
+    WindowedJob::new(stack, name, PARTITIONS).exactly_once()
+}
+
+/// The job with `autoscaling`, its parallelism left to the autoscaler, each pod throttled.
+fn apply_autoscaled(test: &WindowedJob, autoscaling: Value) {
+    let mut job = test.job(json!({"autoscaling": autoscaling}));
+    if let Some(spec) = job["spec"].as_object_mut() {
+        spec.remove("parallelism");
+    }
+    job["spec"]["source"]["kafka"]["maxRecordsPerSecond"] = json!(PER_POD);
+    must(test.stack.apply(&job), "applying the job");
+}
+
+/// The HPA KEDA made for the job.
+fn hpa(test: &WindowedJob) -> Value {
+    let hpa = test.stack.kubectl(["get", "hpa", &format!("keda-hpa-{}", test.name), "-o", "json"]);
+    hpa.ok().and_then(|out| serde_json::from_slice(&out).ok()).unwrap_or_default()
+}
+
+/// The reasons of the job's savepoints, newest first.
+fn savepoint_reasons(job: &Value) -> Vec<String> {
+    let history = job["status"]["savepointHistory"].as_array().cloned().unwrap_or_default();
+    history.iter().filter_map(|s| s["reason"].as_str().map(str::to_owned)).collect()
+}
+
+/// Waits for the job to run `replicas` pods with `parallelism` as asked for by the
+/// autoscaler; returns when the autoscaler's write was first seen and when the pods ran.
+fn scaled_to(test: &WindowedJob, replicas: i64) -> (Instant, Instant) {
+    let asked = Cell::new(None);
+    let pods = if replicas == 1 { "1 pod".to_owned() } else { format!("{replicas} pods") };
+    test.wait(&format!("{pods} after the autoscaler's rescale"), |j| {
+        if j["spec"]["parallelism"] == replicas && asked.get().is_none() {
+            asked.set(Some(Instant::now()));
+        }
+        settled_on(j, replicas)
+    });
+    (asked.get().unwrap_or_else(Instant::now), Instant::now())
+}
+
+fn seconds(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64()
+}
 
 #[test]
-fn lag_over_the_threshold_scales_the_job_up_through_prometheus_keda_and_the_hpa() {
-    let stack = must(LocalStack::with_autoscaling(&["--rescale-stabilization", "1s"]), "starting the stack");
-    let bootstrap = stack.broker.bootstrap();
-    must(stack.broker.create_topic("clicks", 2), "creating the input topic");
-    must(stack.broker.create_topic("big-clicks", 2), "creating the output topic");
-    // A backlog the throttled source works through for a while, well over the threshold.
-    must(kafka::produce_clicks(&bootstrap, "clicks", 0..3000), "producing clicks");
-    let job = json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": "clicks"}, "spec": {
-        "parallelism": 1,
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "lagThreshold": 500},
-        "source": {"kafka": {"bootstrapServers": bootstrap, "topic": "clicks", "maxRecordsPerSecond": 40,
-            "schema": [{"name": "user", "type": "string"}, {"name": "n", "type": "long"}]}},
-        "pipeline": [{"filter": "n >= 10"}],
-        "sink": {"kafka": {"bootstrapServers": bootstrap, "topic": "big-clicks", "keyField": "user"}},
-        "checkpoint": {"storage": stack.storage_url(), "interval": "2s"},
-    }});
-    must(stack.apply(&job), "applying the job");
-    must(stack.wait_for_job("clicks", "1 ready pod and phase Running", WAIT, |j| running(j, 1)), "");
+fn a_burst_scales_the_job_up_once_and_back_down_once_through_prometheus_keda_and_the_hpa() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = start("clicks");
+    let autoscaling = json!({"minReplicas": 1, "maxReplicas": 4, "lagThreshold": THRESHOLD,
+        "scaleDownStabilization": STABILIZATION});
+    apply_autoscaled(&test, autoscaling);
+    test.wait("1 pod running", |j| settled_on(j, 1));
+    let producing = test.produce_until_stopped(0, STEADY);
 
-    // Prometheus scrapes the lag, labelled with the job and its namespace.
-    let (_, prometheus) = stack.autoscaling.as_ref().expect("a stack with autoscaling");
+    // Under the steady load the loop runs and asks for one pod.
+    let (_, prometheus) = test.stack.autoscaling.as_ref().expect("a stack with autoscaling");
+    let mut seen = Value::Null;
+    let read = wait_until(WAIT, "the HPA to read the lag", || {
+        seen = hpa(&test);
+        seen["status"]["currentMetrics"][0]["external"]["current"].is_object() && seen["status"]["desiredReplicas"] == 1
+    });
+    assert!(read.is_ok(), "{seen:#}\n{}", test.stack.diagnostics());
+    test.step("steady: the HPA reads the lag and wants 1 pod");
+
+    let burst = producing.burst(BURST);
+    test.step(&format!("burst of {BURST} payments"));
+    let (asked_up, up) = scaled_to(&test, 4);
     let query = r#"sum(weir_consumer_lag{streamjob="clicks",namespace="default"})"#;
-    let mut lag = None;
-    let scraped = wait_until(WAIT, "Prometheus to have the job's lag", || {
-        lag = prometheus.value(query).ok().flatten();
-        lag.is_some_and(|l| l > 500.0)
+    let under = wait_until(WAIT, "the lag back under the threshold", || {
+        prometheus.value(query).ok().flatten().is_some_and(|lag| lag < THRESHOLD as f64)
     });
-    assert!(scraped.is_ok(), "lag {lag:?}\n{}", stack.diagnostics());
+    assert!(under.is_ok(), "{}", test.stack.diagnostics());
+    let drained = Instant::now();
+    test.step("lag under the threshold");
 
-    // KEDA asks Prometheus, the HPA controller asks KEDA and writes /scale: two pods.
-    let scaled = stack.wait_for_job("clicks", "2 ready pods after the scale-up", WAIT, |j| {
-        running(j, 2) && j["spec"]["parallelism"] == 2
-    });
-    let scaled = must(scaled, "");
-    assert_eq!(scaled["status"]["lastSavepoint"]["reason"], "rescale", "{:#}", scaled["status"]);
-    let hpa = must(stack.kubectl(["get", "hpa", "keda-hpa-clicks", "-o", "json"]), "kubectl get hpa");
-    let hpa: serde_json::Value = must(serde_json::from_slice(&hpa), "the HPA");
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "StreamJob", "{hpa:#}");
-    assert!(hpa["status"]["currentMetrics"][0]["external"]["current"].is_object(), "the HPA read the lag: {hpa:#}");
+    let (asked_down, down) = scaled_to(&test, 1);
+    let sent = producing.finish();
+    test.assert_exact_output(&sent);
 
-    // Nothing lost or repeated across the autoscaler's rescale.
-    let output = must(kafka::read_click_numbers(&bootstrap, "big-clicks", 2990), "reading the output");
-    assert_eq!(output, (10..3000).collect::<Vec<_>>(), "every record with n >= 10, once");
+    let job = test.stack.job("clicks").unwrap_or_default();
+    let reasons = savepoint_reasons(&job);
+    eprintln!(
+        "figures: burst → /scale written {:.1}s, → 4 pods consuming {:.1}s, → lag under the threshold {:.1}s; \
+         lag under → /scale 1 written {:.1}s (window {STABILIZATION}), → 1 pod consuming {:.1}s; rescales {}",
+        seconds(burst, asked_up),
+        seconds(burst, up),
+        seconds(burst, drained),
+        seconds(drained, asked_down),
+        seconds(drained, down),
+        reasons.len(),
+    );
+    assert_eq!(reasons, ["rescale", "rescale"], "one step up and one down: {:#}", job["status"]);
+    assert_eq!(job["spec"]["parallelism"], 1);
+}
+
+#[test]
+fn an_idle_job_goes_to_zero_and_records_bring_it_back_through_keda_s_kafka_trigger() {
+    let _one = ONE_AT_A_TIME.lock();
+    let test = start("views");
+    let autoscaling = json!({"minReplicas": 0, "maxReplicas": 4, "lagThreshold": THRESHOLD, "trigger": "kafka",
+        "scaleDownStabilization": STABILIZATION});
+    apply_autoscaled(&test, autoscaling);
+    // Nothing to read: KEDA stops the job.
+    let idle = test.wait("at zero pods, nothing to read", |j| settled_on(j, 0) && j["spec"]["parallelism"] == 0);
+    let before = savepoint_reasons(&idle).len();
+
+    // Records wake it (KEDA's activation), the backlog takes it to 4 pods (the HPA), and
+    // once it drained, back to 1.
+    let producing = test.produce_until_stopped(0, STEADY);
+    let burst = producing.burst(BURST);
+    test.step(&format!("burst of {BURST} payments"));
+    let (_, woken) = scaled_to(&test, 1);
+    let (_, up) = scaled_to(&test, 4);
+    let (_, down) = scaled_to(&test, 1);
+    let sent = producing.finish();
+
+    // Idle again: to zero through a savepoint, its windows still open in it.
+    let asleep = test.wait("at zero pods again", |j| settled_on(j, 0) && j["spec"]["parallelism"] == 0);
+    let slept = Instant::now();
+    let reasons = savepoint_reasons(&asleep);
+    // Closing the windows is a record too: it wakes the job, which restores them.
+    test.assert_exact_output(&sent);
+    eprintln!(
+        "figures: burst → 1 pod consuming {:.1}s, → 4 pods {:.1}s, → 1 pod {:.1}s; asleep → output exact {:.1}s; \
+         rescales {}",
+        seconds(burst, woken),
+        seconds(burst, up),
+        seconds(burst, down),
+        seconds(slept, Instant::now()),
+        reasons.len() - before,
+    );
+    // Up to 4, down to 1, to zero; waking up restores the last savepoint without one.
+    assert_eq!(reasons[..reasons.len() - before], ["rescale"; 3], "{:#}", asleep["status"]);
 }

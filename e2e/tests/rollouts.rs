@@ -1,27 +1,19 @@
 //! Savepoint rollouts on the whole local stack (broker, API server, node agent, operator):
-//! an upgrade and rescales mid-stream, a rollback of an upgrade whose pods never become
-//! ready, a test that plays KEDA, a deleted pod whose partitions go to its replacement, and
-//! a rescale without a savepoint, whose running pods let go of their slots first.
-//! Each checks the output topic against per-user window totals computed without the
-//! runtime: no window lost, none emitted twice.
+//! an upgrade and rescales mid-stream (one past the partition count, which is clamped), a
+//! rollback of an upgrade whose pods never become ready, suspend and resume, a failed
+//! savepoint, a deleted pod whose partitions go to its replacement, and a rescale without a
+//! savepoint, whose running pods let go of their slots first. Each checks the output topic
+//! against per-user window totals computed without the runtime: no window lost, none
+//! emitted twice. The autoscaler's rescales are in `autoscaling.rs`.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use weir_e2e::{
-    http_get,
-    kafka::{self, read_records},
-    lag_of,
-    payments::{self, Payment},
+    payments::{self},
     stack::{LocalStack, RUNTIME_IMAGE, condition, running},
     wait_until,
+    windowed::{USERS, WAIT, WindowedJob, last_savepoint, settled_on},
 };
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
@@ -30,152 +22,24 @@ fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
 
 /// Each test runs a stack of its own; one at a time, so that two cores suffice.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-const WAIT: Duration = Duration::from_secs(120);
 const PARTITIONS: i32 = 3;
-const USERS: usize = 20;
+/// Payments a second of the load that runs through a change.
+const LOAD: usize = 500;
 
-struct Test {
-    stack: LocalStack,
-    name: String,
-    started: Instant,
-}
+type Test = WindowedJob;
 
-impl Test {
-    fn start(name: &str) -> Self {
-        let stack = must(LocalStack::start(&["--rescale-stabilization", "2s"]), "starting the stack");
-        for topic in ["in", "out"] {
-            must(stack.broker.create_topic(&format!("{name}-{topic}"), PARTITIONS as u32), "creating a topic");
-        }
-        Self { stack, name: name.to_owned(), started: Instant::now() }
-    }
-
-    fn step(&self, what: &str) {
-        eprintln!("{:>6.1}s {what}", self.started.elapsed().as_secs_f64());
-    }
-
-    /// The windowed payments job, with `extra` merged into its spec.
-    fn job(&self, extra: Value) -> Value {
-        let bootstrap = self.stack.broker.bootstrap();
-        let mut spec = json!({
-            "parallelism": 1,
-            "image": format!("{RUNTIME_IMAGE}:v1"),
-            "source": {"kafka": {"bootstrapServers": bootstrap, "topic": format!("{}-in", self.name),
-                "partitionedBy": ["user_id"], "eventTime": {"field": "ts", "maxOutOfOrderness": "5s"}}},
-            "pipeline": [
-                {"filter": "amount > 0 AND currency = 'EUR'"},
-                {"keyBy": ["user_id"]},
-                {"window": {"tumbling": {"size": "10s"}}},
-                {"aggregate": [{"fn": "sum", "field": "amount", "as": "total"}, {"fn": "count", "as": "payments"}]},
-            ],
-            "sink": {"kafka": {"bootstrapServers": bootstrap, "topic": format!("{}-out", self.name),
-                "keyField": "user_id"}},
-            "checkpoint": {"storage": self.stack.storage_url(), "interval": "2s"},
-        });
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJob", "metadata": {"name": self.name}, "spec": spec})
-    }
-
-    fn apply(&self, extra: Value) {
-        must(self.stack.apply(&self.job(extra)), "applying the job");
-    }
-
-    fn wait(&self, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
-        let job = must(self.stack.wait_for_job(&self.name, what, WAIT, condition), what);
-        self.step(what);
-        job
-    }
-
-    /// Produces payments `from..` in small batches until stopped; returns what it sent.
-    fn produce_until_stopped(&self, from: usize) -> Producing {
-        let stop = Arc::new(AtomicBool::new(false));
-        let bootstrap = self.stack.broker.bootstrap();
-        let topic = format!("{}-in", self.name);
-        let stopping = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let producer = must(kafka::producer(&bootstrap), "a producer");
-            let mut sent = Vec::new();
-            while !stopping.load(Ordering::Relaxed) {
-                let batch = payments::payments(50, USERS, from + sent.len());
-                must(payments::produce(&producer, &topic, &batch), "producing payments");
-                sent.extend(batch);
-                // Pacing of the load, not synchronisation: about 500 payments a second.
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            sent
-        });
-        Producing { stop, thread }
-    }
-
-    fn produce(&self, batch: &[Payment]) {
-        let producer = must(kafka::producer(&self.stack.broker.bootstrap()), "a producer");
-        must(payments::produce(&producer, &format!("{}-in", self.name), batch), "producing payments");
-    }
-
-    /// Closes every window, then reads the output and compares it with `sent`.
-    fn assert_exact_output(&self, sent: &[Payment]) {
-        let producer = must(kafka::producer(&self.stack.broker.bootstrap()), "a producer");
-        must(payments::produce_flush_markers(&producer, &format!("{}-in", self.name), PARTITIONS), "flush markers");
-        let expected = payments::expected(sent);
-        let records = must(
-            read_records(&self.stack.broker.bootstrap(), &format!("{}-out", self.name), expected.len(), WAIT),
-            "reading the output",
-        );
-        let results = payments::results(&records).unwrap_or_else(|e| panic!("{e}\n{}", self.stack.diagnostics()));
-        assert_eq!(results.len(), expected.len(), "windows out vs expected\n{}", self.stack.diagnostics());
-        assert_eq!(results, expected, "every window exactly once with the right totals");
-        self.step(&format!("output exact: {} windows of {} payments", expected.len(), sent.len()));
-    }
-
-    /// The total `weir_consumer_lag` the job's pods report, read from each pod's `/metrics`.
-    fn pods_lag(&self) -> Option<i64> {
-        let pods = self.stack.list("pods", &format!("weir.dev/streamjob={}", self.name)).ok()?;
-        let pages: Vec<String> = pods
-            .iter()
-            .filter_map(|pod| pod["status"]["podIP"].as_str())
-            .filter_map(|ip| http_get(&format!("{ip}:9249"), "/metrics").ok())
-            .filter(|(code, _)| *code == 200)
-            .map(|(_, body)| body)
-            .collect();
-        (!pages.is_empty()).then(|| pages.iter().map(|p| lag_of(p)).sum())
-    }
-}
-
-struct Producing {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Payment>>,
-}
-
-impl Producing {
-    fn finish(self) -> Vec<Payment> {
-        self.stop.store(true, Ordering::Relaxed);
-        must(self.thread.join().map_err(|_| "panicked"), "the producer thread")
-    }
-}
-
-fn generation(job: &Value) -> i64 {
-    job["metadata"]["generation"].as_i64().unwrap_or(0)
-}
-
-fn settled_on(job: &Value, replicas: i64) -> bool {
-    running(job, replicas) && job["status"]["observedGeneration"] == job["metadata"]["generation"]
-}
-
-fn last_savepoint<'a>(job: &'a Value, reason: &str) -> Option<&'a Value> {
-    let savepoint = &job["status"]["lastSavepoint"];
-    let generation = format!("-g{}-{reason}-", generation(job));
-    (savepoint["reason"] == reason && savepoint["id"].as_str().is_some_and(|id| id.contains(&generation)))
-        .then_some(savepoint)
+fn start(name: &str) -> Test {
+    let stack = must(LocalStack::start(&["--rescale-stabilization", "2s"]), "starting the stack");
+    WindowedJob::new(stack, name, PARTITIONS)
 }
 
 #[test]
 fn an_upgrade_and_rescales_mid_stream_lose_and_repeat_nothing() {
     let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("orders");
+    let test = start("orders");
     test.apply(json!({}));
     test.wait("1 pod running", |j| settled_on(j, 1));
-    let producing = test.produce_until_stopped(0);
+    let producing = test.produce_until_stopped(0, LOAD);
 
     test.apply(json!({"image": format!("{RUNTIME_IMAGE}:v2")}));
     let upgraded =
@@ -186,13 +50,17 @@ fn an_upgrade_and_rescales_mid_stream_lose_and_repeat_nothing() {
     must(test.stack.scale("orders", 3), "scaling to 3");
     test.wait("rescaled to 3 through a savepoint", |j| settled_on(j, 3) && last_savepoint(j, "rescale").is_some());
     must(test.stack.scale("orders", 2), "scaling to 2");
-    let done =
-        test.wait("rescaled to 2 through a savepoint", |j| settled_on(j, 2) && last_savepoint(j, "rescale").is_some());
+    test.wait("rescaled to 2 through a savepoint", |j| settled_on(j, 2) && last_savepoint(j, "rescale").is_some());
+    // More pods than partitions would idle: the operator runs one per partition.
+    must(test.stack.scale("orders", 6), "scaling to 6");
+    let done = test.wait("parallelism 6 clamped to the 3 partitions", |j| {
+        settled_on(j, 3) && j["spec"]["parallelism"] == 6 && last_savepoint(j, "rescale").is_some()
+    });
     let sent = producing.finish();
 
     let history = done["status"]["savepointHistory"].as_array().cloned().unwrap_or_default();
     let reasons: Vec<&str> = history.iter().filter_map(|s| s["reason"].as_str()).collect();
-    assert_eq!(reasons, ["rescale", "rescale", "upgrade"], "newest first");
+    assert_eq!(reasons, ["rescale", "rescale", "rescale", "upgrade"], "newest first");
     let progressing = condition(&done, "Progressing").cloned().unwrap_or_default();
     assert_eq!(progressing["status"], "False", "{progressing}");
     test.assert_exact_output(&sent);
@@ -201,7 +69,7 @@ fn an_upgrade_and_rescales_mid_stream_lose_and_repeat_nothing() {
 #[test]
 fn an_upgrade_whose_pods_never_become_ready_is_rolled_back() {
     let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("refunds");
+    let test = start("refunds");
     test.apply(json!({"rolloutTimeout": "15s"}));
     test.wait("1 pod running", |j| settled_on(j, 1));
     let before = payments::payments(1000, USERS, 0);
@@ -226,52 +94,9 @@ fn an_upgrade_whose_pods_never_become_ready_is_rolled_back() {
 }
 
 #[test]
-fn a_test_playing_keda_scales_on_the_pods_lag_and_the_lag_falls() {
-    let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("clicks");
-    let (min, max, threshold) = (1_i64, 3_i64, 1000_i64);
-    let autoscaling = json!({"minReplicas": min, "maxReplicas": max, "lagThreshold": threshold});
-    test.apply(json!({"autoscaling": autoscaling}));
-    test.wait("1 pod running", |j| settled_on(j, 1));
-
-    // Hold the one pod still (a stop-with-savepoint, as a user may ask for) so that lag
-    // builds up exactly, then produce.
-    let pods = must(test.stack.list("pods", "weir.dev/streamjob=clicks"), "listing pods");
-    let ip = pods.first().and_then(|p| p["status"]["podIP"].as_str()).unwrap_or_default().to_owned();
-    let hold = "/savepoint?stop=true&id=hold";
-    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), hold, None), "stop without the token");
-    assert_eq!((code, body.as_str()), (401, "the admin token is required"), "anyone who reaches the pod");
-    let token = must(test.stack.admin_token("clicks"), "the admin token");
-    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), hold, Some(&token)), "stop");
-    assert_eq!(code, 200, "{body}");
-    let sent = payments::payments(5000, USERS, 0);
-    test.produce(&sent);
-    must(wait_until(WAIT, "the pods to report the produced records as lag", || test.pods_lag() == Some(5000)), "lag");
-    test.step("lag 5000");
-
-    // KEDA's Prometheus scaler: ceil(lag / threshold) pods, within min and max.
-    let lag = test.pods_lag().unwrap_or_default();
-    let wanted = ((lag + threshold - 1) / threshold).clamp(min, max);
-    assert_eq!(wanted, 3);
-    must(test.stack.scale("clicks", wanted as i32), "writing /scale");
-    test.wait("3 pods after KEDA's rescale", |j| settled_on(j, 3) && last_savepoint(j, "rescale").is_some());
-    must(wait_until(WAIT, "the lag to fall to 0", || test.pods_lag() == Some(0)), "lag falls");
-    test.step("lag 0");
-
-    // More pods than partitions would idle: the operator keeps one per partition.
-    must(test.stack.scale("clicks", 6), "writing /scale");
-    let clamped = test.wait("parallelism 6 observed", |j| {
-        j["status"]["observedGeneration"] == j["metadata"]["generation"] && j["spec"]["parallelism"] == 6
-    });
-    assert!(running(&clamped, 3), "clamped to the 3 partitions: {:#}", clamped["status"]);
-
-    test.assert_exact_output(&sent);
-}
-
-#[test]
 fn suspending_takes_a_savepoint_and_resuming_restores_it() {
     let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("refills");
+    let test = start("refills");
     test.apply(json!({}));
     test.wait("1 pod running", |j| settled_on(j, 1));
     let before = payments::payments(1500, USERS, 0);
@@ -294,7 +119,7 @@ fn suspending_takes_a_savepoint_and_resuming_restores_it() {
 #[test]
 fn a_failed_savepoint_leaves_the_old_pods_running_and_is_retried() {
     let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("fees");
+    let test = start("fees");
     test.apply(json!({}));
     test.wait("1 pod running", |j| settled_on(j, 1));
     let before = payments::payments(1000, USERS, 0);
@@ -349,13 +174,20 @@ fn slots(test: &Test) -> Vec<(String, Option<(i64, i64)>)> {
 #[test]
 fn a_deleted_pod_s_slot_goes_to_its_replacement_and_nothing_is_lost() {
     let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("replaced");
+    let test = start("replaced");
     test.apply(json!({"parallelism": 3}));
     test.wait("3 pods running", |j| settled_on(j, 3));
     let before = slots(&test);
     let held: Vec<Option<(i64, i64)>> = before.iter().map(|(_, slot)| *slot).collect();
     assert_eq!(held, [Some((0, 3)), Some((1, 3)), Some((2, 3))], "one slot each: {before:?}");
-    let producing = test.produce_until_stopped(0);
+    let producing = test.produce_until_stopped(0, LOAD);
+
+    // Anyone who reaches a pod may read it, but not stop it.
+    let pods = must(test.stack.list("pods", "weir.dev/streamjob=replaced"), "listing pods");
+    let ip = pods.first().and_then(|p| p["status"]["podIP"].as_str()).unwrap_or_default().to_owned();
+    let stop = "/savepoint?stop=true&id=unasked";
+    let (code, body) = must(weir_e2e::http_post(&format!("{ip}:9249"), stop, None), "stop without the token");
+    assert_eq!((code, body.as_str()), (401, "the admin token is required"), "anyone who reaches the pod");
 
     let (deleted, _) = &before[1];
     must(test.stack.kubectl(["delete", "pod", deleted.as_str()]), "deleting a pod");
@@ -376,12 +208,12 @@ fn a_deleted_pod_s_slot_goes_to_its_replacement_and_nothing_is_lost() {
 #[test]
 fn a_stateless_rescale_releases_the_old_slots_before_giving_the_new_ones() {
     let _one = ONE_AT_A_TIME.lock();
-    let test = Test::start("widened");
+    let test = start("widened");
     // Without a savepoint the Deployment keeps its pods and adds one: the two running pods
     // hold slots of 2, which overlap the slots of 3.
     test.apply(json!({"parallelism": 2, "upgradeMode": "stateless"}));
     test.wait("2 pods running", |j| settled_on(j, 2));
-    let producing = test.produce_until_stopped(0);
+    let producing = test.produce_until_stopped(0, LOAD);
     must(test.stack.scale("widened", 3), "scaling to 3");
     test.wait("3 pods running", |j| settled_on(j, 3));
     let mut after = Vec::new();
