@@ -19,6 +19,11 @@
 //!
 //! `WEIR_BENCH_LOGS` keeps the operator's, the node agent's, every pod's and the broker's log
 //! there, one folder per round.
+//!
+//! `WEIR_BENCH_SCENARIO=autoscaling` runs the job under KEDA instead (a stack with KEDA and
+//! Prometheus, pods throttled to [`PER_POD`] records a second): the change is a burst of
+//! [`BURST`] records, which the autoscaler answers with a rescale 1→3, then the lag draining,
+//! after which it rescales back to 1. Nobody touches the job.
 
 use std::{
     collections::HashMap,

@@ -6,7 +6,9 @@
 //! down. Each step is one rescale (the test counts them), and the output equals the window
 //! totals computed without the runtime: no window lost or repeated.
 //!
-//! Each test prints its timeline; e2e/BENCHMARKS.md has the figures.
+//! Each test prints its timeline (the times a status shows pods ready, which trail the pods'
+//! consuming by a few seconds); the rollout benchmark's autoscaling scenario measures
+//! reaction and downtime at the output (e2e/BENCHMARKS.md).
 
 use std::{cell::Cell, sync::Mutex, time::Instant};
 
@@ -118,8 +120,8 @@ fn a_burst_scales_the_job_up_once_and_back_down_once_through_prometheus_keda_and
     let job = test.stack.job("clicks").unwrap_or_default();
     let reasons = savepoint_reasons(&job);
     eprintln!(
-        "figures: burst → /scale written {:.1}s, → 4 pods consuming {:.1}s, → lag under the threshold {:.1}s; \
-         lag under → /scale 1 written {:.1}s (window {STABILIZATION}), → 1 pod consuming {:.1}s; rescales {}",
+        "figures: burst → /scale written {:.1}s, → 4 pods ready in status {:.1}s, → lag under the threshold {:.1}s; \
+         lag under → /scale 1 written {:.1}s (window {STABILIZATION}), → 1 pod ready in status {:.1}s; rescales {}",
         seconds(burst, asked_up),
         seconds(burst, up),
         seconds(burst, drained),
@@ -159,7 +161,7 @@ fn an_idle_job_goes_to_zero_and_records_bring_it_back_through_keda_s_kafka_trigg
     // Closing the windows is a record too: it wakes the job, which restores them.
     test.assert_exact_output(&sent);
     eprintln!(
-        "figures: burst → 1 pod consuming {:.1}s, → 4 pods {:.1}s, → 1 pod {:.1}s; asleep → output exact {:.1}s; \
+        "figures: burst → 1 pod ready in status {:.1}s, → 4 pods {:.1}s, → 1 pod {:.1}s; asleep → output exact {:.1}s; \
          rescales {}",
         seconds(burst, woken),
         seconds(burst, up),
