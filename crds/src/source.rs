@@ -75,7 +75,9 @@ pub struct KafkaSource {
     #[schemars(range(min = 0, max = 300_000))]
     #[schemars(extend("format" = "int64"))]
     pub fetch_max_wait_ms: Option<u32>,
-    /// Most data fetched per partition at once (`max.partition.fetch.bytes`).
+    /// Most data fetched per partition at once (`max.partition.fetch.bytes`). Defaults to
+    /// 1 MiB; with `maxRecordsPerSecond`, to 32 bytes per record a second (16 KiB to 1 MiB),
+    /// so that a throttled pod with a backlog reads its partitions in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000_000))]
     #[schemars(extend("format" = "int64"))]

@@ -119,6 +119,14 @@ fn insert_some(props: &mut Properties, key: &str, value: Option<impl ToString>) 
     }
 }
 
+/// What a source read at `records_per_second` fetches of a partition at most, unless
+/// `maxPartitionFetchBytes` says: about half a second of small records. With librdkafka's
+/// 1 MiB, a throttled pod working through a backlog reads its partitions one fetch at a time,
+/// each seconds long (16,000 records of 64 bytes), and the others wait their turn.
+fn throttled_fetch_bytes(records_per_second: u32) -> u32 {
+    records_per_second.saturating_mul(32).clamp(16 * 1024, 1024 * 1024)
+}
+
 /// Consumer settings: manual commits (offsets follow results), cooperative rebalancing,
 /// statistics every second for the lag metric.
 pub fn consumer(source: &KafkaSource, group_id: &str, secrets: &SecretMounts) -> Result<Properties, CredentialError> {
@@ -143,7 +151,8 @@ pub fn consumer(source: &KafkaSource, group_id: &str, secrets: &SecretMounts) ->
     props.insert("isolation.level".into(), isolation.into());
     insert_some(&mut props, "fetch.min.bytes", source.fetch_min_bytes);
     insert_some(&mut props, "fetch.wait.max.ms", source.fetch_max_wait_ms);
-    insert_some(&mut props, "max.partition.fetch.bytes", source.max_partition_fetch_bytes);
+    let partition_fetch = source.max_partition_fetch_bytes.or(source.max_records_per_second.map(throttled_fetch_bytes));
+    insert_some(&mut props, "max.partition.fetch.bytes", partition_fetch);
     backoff(&mut props, &source.retry);
     security(&mut props, source.security.as_ref(), Side::Source, secrets)?;
     props.extend(source.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -289,6 +298,10 @@ mod tests {
         assert_eq!(props["fetch.min.bytes"], "65536");
         assert_eq!(props["fetch.wait.max.ms"], "250");
         assert_eq!(props["max.partition.fetch.bytes"], "2097152");
+        let throttled = consumer(&spec(", maxRecordsPerSecond: 3000", "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!(throttled["max.partition.fetch.bytes"], "96000", "half a second of small records");
+        let slow = consumer(&spec(", maxRecordsPerSecond: 10", "").source.kafka, "g", &no_secrets()).unwrap();
+        assert_eq!(slow["max.partition.fetch.bytes"], "16384");
         assert_eq!(props["isolation.level"], "read_uncommitted");
         let defaults = consumer(&spec("", "").source.kafka, "g", &no_secrets()).unwrap();
         assert_eq!(defaults["isolation.level"], "read_committed");
