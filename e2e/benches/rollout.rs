@@ -473,9 +473,13 @@ fn autoscaled_job(stack: &LocalStack) -> Value {
 impl Bench {
     fn start(autoscaled: bool) -> Self {
         let clock = Clock::new();
-        let args = ["--rescale-stabilization", "0s"];
+        // Under the autoscaler, the operator's default stabilization, which merges a walk down.
         let stack = must(
-            if autoscaled { LocalStack::with_autoscaling(&args) } else { LocalStack::start(&args) },
+            if autoscaled {
+                LocalStack::with_autoscaling(&[])
+            } else {
+                LocalStack::start(&["--rescale-stabilization", "0s"])
+            },
             "starting the stack",
         );
         for topic in ["in", "out"] {
@@ -846,6 +850,13 @@ fn main() -> ExitCode {
             if stuck {
                 break;
             }
+        }
+        if autoscaling {
+            // Each savepoint is one rescale the autoscaler asked for: one up and one down
+            // per burst is the aim.
+            let history = bench.stack.job(NAME).map(|j| j["status"]["savepointHistory"].clone()).unwrap_or_default();
+            let ids: Vec<&str> = history.as_array().into_iter().flatten().filter_map(|s| s["id"].as_str()).collect();
+            println!("round {run}: {} autoscaler rescales, newest first: {}", ids.len(), ids.join(", "));
         }
         let clock = bench.clock;
         let (stack, wrong) = bench.check_output(&round);

@@ -38,7 +38,8 @@ struct Args {
     /// Time between reconciles of a steady job, which refresh its consumer lag in status.
     #[arg(long, default_value = "30s")]
     resync_interval: weir_crds::Duration,
-    /// Quiet time after a rollout before a rescale (from KEDA or `kubectl scale`) starts.
+    /// Quiet time after a rollout before a rescale (from KEDA or `kubectl scale`) starts; a
+    /// scale-down also waits until the smaller parallelism has been asked for this long.
     #[arg(long, default_value = "30s")]
     rescale_stabilization: weir_crds::Duration,
     /// Most StreamJobs reconciled at once. The operator starts with 2 and adds one at a time

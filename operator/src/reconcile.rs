@@ -92,6 +92,9 @@ pub struct Context {
     tokens: Arc<Tokens>,
     /// Slots for reconciles, as many as the API server keeps up with.
     throttle: Arc<Throttle>,
+    /// Per StreamJob, the replica count it asks for and since when this operator has seen
+    /// it ask: a scale-down waits until the ask has held (see [`rollout`]).
+    asked: Arc<Mutex<HashMap<String, (i32, Timestamp)>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -121,7 +124,20 @@ impl Context {
             assignments: Arc::default(),
             slots_given: Arc::default(),
             tokens: Arc::default(),
+            asked: Arc::default(),
         }
+    }
+
+    /// Since when `job` has asked for `replicas` pods, as far as this operator has seen;
+    /// `now` when the ask is new.
+    fn asked_since(&self, job: &JobRef, replicas: i32, now: Timestamp) -> Timestamp {
+        let key = format!("{}/{}", job.namespace, job.name);
+        let Ok(mut asked) = self.asked.lock() else { return now };
+        let entry = asked.entry(key).or_insert((replicas, now));
+        if entry.0 != replicas {
+            *entry = (replicas, now);
+        }
+        entry.1
     }
 
     /// This context reading children from `children`.
@@ -235,6 +251,7 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let stable = stable_job.as_ref().map(|j| render_clamped(j, &ctx.config, marks.source_partitions)).transpose()?;
     let generation = job.metadata.generation.unwrap_or_default();
     let desired_spec = serde_json::to_string(&job.spec).map_err(Error::Serialize)?;
+    let now = Timestamp::now();
     let plan = rollout::plan(&Inputs {
         generation,
         desired: Target::of(&desired.deployment),
@@ -245,7 +262,8 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         mode: job.spec.effective_upgrade_mode(),
         rollout_timeout: job.spec.rollout_timeout.get(),
         stabilization: ctx.config.rescale_stabilization,
-        now: Timestamp::now(),
+        asked_since: ctx.asked_since(&job_ref, Target::of(&desired.deployment).replicas, now),
+        now,
     });
     let mut marks = plan.marks;
     let run = match plan.run {
@@ -261,13 +279,19 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     };
     let reported = match plan.step {
         Step::Hold { hold, .. } => {
-            if let Hold::Stabilizing { remaining } = hold {
-                let message = format!(
-                    "{} pods asked for: waiting {}s for the stabilization window after the last rollout",
-                    Target::of(&run.deployment).replicas,
+            let replicas = Target::of(&run.deployment).replicas;
+            let waiting = match hold {
+                Hold::Stabilizing { remaining } => Some(format!(
+                    "waiting {}s for the stabilization window after the last rollout",
                     remaining.as_secs()
-                );
-                report.pending = Some((Change::Rescale, message));
+                )),
+                Hold::ScalingDownSoon { remaining } => {
+                    Some(format!("scaling down in {}s if that many are still asked for", remaining.as_secs()))
+                }
+                Hold::InFlight(_) => None,
+            };
+            if let Some(waiting) = waiting {
+                report.pending = Some((Change::Rescale, format!("{replicas} pods asked for: {waiting}")));
             }
             if let Err(error) = apply_held(ctx, &job_ref, &run).await {
                 return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await);
@@ -765,6 +789,7 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     ctx.writes.forget_job(&namespace, &job.name_any());
     ctx.assignments.forget(&format!("{namespace}/{}", job.name_any()));
     ctx.slots_given.forget(&format!("{namespace}/{}", job.name_any()));
+    ctx.asked.lock().map(|mut asked| asked.remove(&format!("{namespace}/{}", job.name_any()))).ok();
     if let Ok(job_ref) = JobRef::new(job) {
         ctx.tokens.forget(&job_ref);
     }

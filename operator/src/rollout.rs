@@ -6,7 +6,10 @@
 //! pods restore it. A rollout whose pods are not ready within `rolloutTimeout` is rolled
 //! back to the last spec that ran, restoring the savepoint taken before the change. No
 //! change starts while another is in flight, and a rescale waits for the stabilization
-//! window after the last rollout, so bursts of `/scale` writes become one rollout.
+//! window after the last rollout, so bursts of `/scale` writes become one rollout. A
+//! scale-down also waits until the parallelism asked for has held for that window: an
+//! autoscaler that walks down step by step (4, 3, 2, 1 as the lag drains) costs one
+//! rollout, not one per step.
 //!
 //! The bookkeeping ([`Marks`]) lives in the Deployment's annotations, not in the StreamJob's
 //! status: the Deployment is read fresh each reconcile, while the StreamJob comes from a
@@ -147,8 +150,11 @@ pub struct Inputs<'a> {
     pub mode: UpgradeMode,
     /// Time the new pods have to become ready.
     pub rollout_timeout: Duration,
-    /// Quiet time after a rollout before a rescale.
+    /// Quiet time after a rollout before a rescale, and how long a smaller parallelism
+    /// must have been asked for before the job scales down to it.
     pub stabilization: Duration,
+    /// Since when the job has asked for `desired`'s replica count.
+    pub asked_since: Timestamp,
     /// The time now.
     pub now: Timestamp,
 }
@@ -169,6 +175,11 @@ pub enum Hold {
     InFlight(Change),
     /// A rescale waits out the stabilization window after the last rollout.
     Stabilizing {
+        /// Time left.
+        remaining: Duration,
+    },
+    /// A scale-down waits until the smaller parallelism has been asked for that long.
+    ScalingDownSoon {
         /// Time left.
         remaining: Duration,
     },
@@ -282,6 +293,11 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
             return Plan { step: Step::Hold { hold: Hold::Stabilizing { remaining }, recheck: remaining }, run, marks };
         }
     }
+    let asked_for = elapsed(inputs.asked_since, now);
+    if change == Change::Rescale && target.replicas < current.target.replicas && asked_for < inputs.stabilization {
+        let remaining = inputs.stabilization - asked_for;
+        return Plan { step: Step::Hold { hold: Hold::ScalingDownSoon { remaining }, recheck: remaining }, run, marks };
+    }
     marks.rollout = Some(change);
     marks.started = Some(now);
     let running = current.target.replicas > 0 && current.pods.existing > 0;
@@ -350,6 +366,7 @@ mod tests {
             mode: UpgradeMode::Savepoint,
             rollout_timeout: Duration::from_secs(300),
             stabilization: Duration::from_secs(30),
+            asked_since: at(0),
             now: at(now),
         }
     }
@@ -419,6 +436,29 @@ mod tests {
         assert_eq!(early.marks.rollout, None, "nothing started");
         let later = plan(&inputs(target("a", 3), Some(&now), 30));
         assert_eq!(later.step, Step::Savepoint { change: Change::Rescale });
+    }
+
+    #[test]
+    fn a_scale_down_waits_until_the_smaller_parallelism_held_for_the_window() {
+        let marks = Marks { settled_at: Some(at(0)), ..Marks::default() };
+        let now = current(target("a", 4), settled(4), marks);
+        let asked = |replicas, since, at_s| {
+            plan(&Inputs { asked_since: at(since), ..inputs(target("a", replicas), Some(&now), at_s) })
+        };
+        // Asked for 3 at 100 s, then for 1 at 115 s: no rollout until 1 has held for 30 s.
+        let remaining = Duration::from_secs(25);
+        assert_eq!(
+            asked(3, 100, 105).step,
+            Step::Hold { hold: Hold::ScalingDownSoon { remaining }, recheck: remaining }
+        );
+        let remaining = Duration::from_secs(20);
+        assert_eq!(
+            asked(1, 115, 125).step,
+            Step::Hold { hold: Hold::ScalingDownSoon { remaining }, recheck: remaining }
+        );
+        assert_eq!(asked(1, 115, 145).step, Step::Savepoint { change: Change::Rescale });
+        // A scale-up does not wait for its ask to hold.
+        assert_eq!(asked(6, 140, 141).step, Step::Savepoint { change: Change::Rescale });
     }
 
     #[test]
