@@ -194,7 +194,7 @@ pub enum UpgradeMode {
     validation = Rule::new("self.minReplicas > 0 || (has(self.trigger) && self.trigger == 'kafka')")
         .message(MIN_ZERO_NEEDS_KAFKA).field_path(".minReplicas"),
     validation = Rule::new("!has(self.scaleDownStabilization) || duration(self.scaleDownStabilization) <= duration('1h')")
-        .message("must be at most 1h, the HPA's limit").field_path(".scaleDownStabilization"),
+        .message(STABILIZATION_TOO_LONG).field_path(".scaleDownStabilization"),
 )]
 pub struct Autoscaling {
     /// Fewest pods; `0` lets KEDA stop the job when there is no lag (with `trigger: kafka`:
@@ -233,6 +233,9 @@ pub struct Autoscaling {
 /// Why `minReplicas: 0` needs the Kafka trigger.
 pub const MIN_ZERO_NEEDS_KAFKA: &str = "minReplicas 0 needs trigger kafka: a job with no pods reports no \
                                         weir_consumer_lag, so the prometheus trigger could never start it again";
+
+/// Why a longer `scaleDownStabilization` is refused.
+pub const STABILIZATION_TOO_LONG: &str = "must be at most 1h, the HPA's limit";
 
 /// The HPA's own default scale-down stabilization window.
 fn default_scale_down_stabilization() -> Duration {

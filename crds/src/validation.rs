@@ -462,7 +462,7 @@ impl Checker {
             self.report("spec.autoscaling.minReplicas", crate::job::MIN_ZERO_NEEDS_KAFKA);
         }
         if autoscaling.scale_down_stabilization.get() > std::time::Duration::from_secs(3600) {
-            self.report("spec.autoscaling.scaleDownStabilization", "must be at most 1h, the HPA's limit");
+            self.report("spec.autoscaling.scaleDownStabilization", crate::job::STABILIZATION_TOO_LONG);
         }
         if autoscaling.lag_threshold < 1 {
             self.report("spec.autoscaling.lagThreshold", "must be at least 1");

@@ -92,8 +92,8 @@ pub struct Context {
     tokens: Arc<Tokens>,
     /// Slots for reconciles, as many as the API server keeps up with.
     throttle: Arc<Throttle>,
-    /// Per StreamJob, the replica count it asks for and since when this operator has seen
-    /// it ask: a scale-down waits until the ask has held (see [`rollout`]).
+    /// Per StreamJob (by uid, as the tokens), the replica count it asks for and since when
+    /// this operator has seen it ask: a scale-down waits until the ask has held (see [`rollout`]).
     asked: Arc<Mutex<HashMap<String, (i32, Timestamp)>>>,
 }
 
@@ -131,9 +131,8 @@ impl Context {
     /// Since when `job` has asked for `replicas` pods, as far as this operator has seen;
     /// `now` when the ask is new.
     fn asked_since(&self, job: &JobRef, replicas: i32, now: Timestamp) -> Timestamp {
-        let key = format!("{}/{}", job.namespace, job.name);
         let Ok(mut asked) = self.asked.lock() else { return now };
-        let entry = asked.entry(key).or_insert((replicas, now));
+        let entry = asked.entry(job.uid().to_owned()).or_insert((replicas, now));
         if entry.0 != replicas {
             *entry = (replicas, now);
         }
@@ -252,9 +251,11 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     let generation = job.metadata.generation.unwrap_or_default();
     let desired_spec = serde_json::to_string(&job.spec).map_err(Error::Serialize)?;
     let now = Timestamp::now();
+    let desired_target = Target::of(&desired.deployment);
     let plan = rollout::plan(&Inputs {
         generation,
-        desired: Target::of(&desired.deployment),
+        asked_since: ctx.asked_since(&job_ref, desired_target.replicas, now),
+        desired: desired_target,
         desired_spec: &desired_spec,
         stable: stable.as_ref().map(|r| Target::of(&r.deployment)),
         current: current.as_ref(),
@@ -262,7 +263,6 @@ async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
         mode: job.spec.effective_upgrade_mode(),
         rollout_timeout: job.spec.rollout_timeout.get(),
         stabilization: ctx.config.rescale_stabilization,
-        asked_since: ctx.asked_since(&job_ref, Target::of(&desired.deployment).replicas, now),
         now,
     });
     let mut marks = plan.marks;
@@ -789,9 +789,9 @@ async fn cleanup(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     ctx.writes.forget_job(&namespace, &job.name_any());
     ctx.assignments.forget(&format!("{namespace}/{}", job.name_any()));
     ctx.slots_given.forget(&format!("{namespace}/{}", job.name_any()));
-    ctx.asked.lock().map(|mut asked| asked.remove(&format!("{namespace}/{}", job.name_any()))).ok();
     if let Ok(job_ref) = JobRef::new(job) {
         ctx.tokens.forget(&job_ref);
+        ctx.asked.lock().map(|mut asked| asked.remove(job_ref.uid())).ok();
     }
     match deployments.delete(&job.name_any(), &DeleteParams::default()).await {
         Ok(_) => {}
