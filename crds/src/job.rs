@@ -53,7 +53,7 @@ pub struct StreamJobSpec {
     pub parallelism: i32,
     /// Where records come from.
     pub source: Source,
-    /// Steps applied in order to each record: `filter`, `select`, `keyBy`, `window`, `aggregate`.
+    /// Steps applied in order to each record: `filter`, `select`, `dedupe`, `keyBy`, `window`, `aggregate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub pipeline: Vec<Step>,

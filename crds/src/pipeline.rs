@@ -22,6 +22,9 @@ pub enum Step {
     /// Aggregate each key's records per window; emits one record per key and window when
     /// the window closes.
     Aggregate(#[schemars(length(max = 64))] Vec<Aggregation>),
+    /// Drop a record when one with the same key was passed on less than `within` apart in
+    /// event time, e.g. a producer's retries. Repeats are found within a partition.
+    Dedupe(Dedupe),
 }
 
 impl Step {
@@ -33,8 +36,22 @@ impl Step {
             Self::KeyBy(_) => "keyBy",
             Self::Window(_) => "window",
             Self::Aggregate(_) => "aggregate",
+            Self::Dedupe(_) => "dedupe",
         }
     }
+}
+
+/// Settings of a dedupe step.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Dedupe {
+    /// Fields whose values make two records the same, e.g. `[payment_id]`.
+    #[schemars(length(min = 1, max = 64))]
+    pub key: Vec<String>,
+    /// How far apart in event time two records with one key are still one, e.g. `10m`.
+    /// Each key is remembered for twice this after its last record; records this far behind
+    /// the watermark are late.
+    pub within: Duration,
 }
 
 /// The most sliding windows one record may belong to: each costs an update per record, and

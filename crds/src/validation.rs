@@ -244,6 +244,7 @@ impl Checker {
         let mut key: Option<&[String]> = None;
         let mut window_at: Option<usize> = None;
         let mut aggregated = false;
+        let mut dedupe_at: Option<usize> = None;
         for (i, step) in spec.pipeline.iter().enumerate() {
             let path = format!("spec.pipeline[{i}].{}", step.kind());
             if aggregated && !matches!(step, Step::Filter(_) | Step::Select(_)) {
@@ -281,7 +282,32 @@ impl Checker {
                     fields = aggregate_output(key.unwrap_or_default(), aggregations);
                     aggregated = true;
                 }
+                Step::Dedupe(dedupe) => {
+                    if key.is_some() {
+                        self.report(&path, "dedupe must come before keyBy");
+                    }
+                    for (j, field) in dedupe.key.iter().enumerate() {
+                        self.require_field(&fields, field, &format!("{path}.key[{j}]"));
+                    }
+                    if dedupe.key.is_empty() {
+                        self.report(format!("{path}.key"), "name at least one field");
+                    }
+                    if dedupe.within.get().is_zero() {
+                        self.report(format!("{path}.within"), "must be longer than 0s");
+                    }
+                    dedupe_at.get_or_insert(i);
+                }
             }
+        }
+        let partitioned_by = &spec.source.kafka.partitioned_by;
+        if let (Some(at), Some(keys)) = (dedupe_at, key)
+            && !keys.iter().all(|k| partitioned_by.contains(k))
+        {
+            self.report(
+                format!("spec.pipeline[{at}].dedupe"),
+                "dedupe in a job whose keyBy repartitions the records is not supported yet: if the topic is \
+                 partitioned by the keyBy fields, list them in spec.source.kafka.partitionedBy",
+            );
         }
         if let Some(at) = window_at.filter(|_| !aggregated) {
             self.report(format!("spec.pipeline[{at}].window"), "window must be followed by an aggregate step");

@@ -185,6 +185,49 @@ fn only_filter_and_select_may_follow_an_aggregate() {
     assert_single_problem(&spec, "spec.pipeline[5].keyBy", "only filter and select");
 }
 
+/// The base spec with a dedupe step at `at` and the topic partitioned by the keyBy field.
+fn spec_with_dedupe(at: usize, dedupe: &str) -> StreamJobSpec {
+    spec_with(|v| {
+        set(v, &["source", "kafka", "partitionedBy"], "[user_id]");
+        let Some(pipeline) = v["pipeline"].as_array_mut() else { panic!("the base spec has a pipeline") };
+        pipeline.insert(at, yaml(dedupe));
+    })
+}
+
+#[test]
+fn a_dedupe_before_the_key_by_is_valid() {
+    assert!(problems(&spec_with_dedupe(1, "{dedupe: {key: [user_id, ts], within: 10m}}")).is_empty());
+}
+
+#[test]
+fn a_dedupe_on_an_unknown_field_is_reported() {
+    let spec = spec_with_dedupe(2, "{dedupe: {key: [amount], within: 10m}}");
+    assert_single_problem(&spec, "spec.pipeline[2].dedupe.key[0]", "unknown field `amount`");
+}
+
+#[test]
+fn a_dedupe_needs_a_key_and_a_bound() {
+    let spec = spec_with_dedupe(0, "{dedupe: {key: [], within: 0s}}");
+    assert_has_problem(&spec, "spec.pipeline[0].dedupe.key", "at least one field");
+    assert_has_problem(&spec, "spec.pipeline[0].dedupe.within", "longer than 0s");
+}
+
+#[test]
+fn a_dedupe_between_key_by_and_window_or_after_the_aggregate_is_reported() {
+    let between = spec_with_dedupe(3, "{dedupe: {key: [user_id], within: 1m}}");
+    assert_single_problem(&between, "spec.pipeline[3].dedupe", "before keyBy");
+    let after = spec_with_dedupe(5, "{dedupe: {key: [user_id], within: 1m}}");
+    assert_single_problem(&after, "spec.pipeline[5].dedupe", "only filter and select");
+}
+
+#[test]
+fn a_dedupe_in_a_job_that_repartitions_is_reported() {
+    let spec = spec_with(|v| {
+        v["pipeline"].as_array_mut().unwrap().insert(0, yaml("{dedupe: {key: [user_id], within: 1m}}"));
+    });
+    assert_single_problem(&spec, "spec.pipeline[0].dedupe", "partitionedBy");
+}
+
 #[test]
 fn a_filter_after_an_aggregate_sees_the_aggregate_output() {
     let spec = spec_with(|v| {

@@ -67,7 +67,7 @@ fn main() {
     let (mut write, mut read, mut size) = (Vec::new(), Vec::new(), 0);
     for id in 0..5u64 {
         let started = Instant::now();
-        let windows = pipeline.window_state().unwrap_or_else(|e| panic!("export: {e}"));
+        let state = pipeline.state().unwrap_or_else(|e| panic!("export: {e}"));
         let snapshot = PartitionSnapshot {
             header: SnapshotHeader {
                 version: FORMAT_VERSION,
@@ -81,7 +81,7 @@ fn main() {
                 upstream: BTreeMap::new(),
                 marks: BTreeMap::new(),
             },
-            windows,
+            state,
         };
         runtime.block_on(store.put_checkpoint("default", &snapshot)).unwrap_or_else(|e| panic!("write: {e}"));
         write.push(started.elapsed().as_secs_f64());
@@ -92,7 +92,7 @@ fn main() {
             .block_on(store.get_checkpoint("default", "payments", 0, id))
             .unwrap_or_else(|e| panic!("read: {e}"));
         let restored =
-            PartitionPipeline::restore(plan.clone(), back.header.max_event_time, back.windows.as_ref(), Instant::now())
+            PartitionPipeline::restore(plan.clone(), back.header.max_event_time, &back.state, Instant::now())
                 .unwrap_or_else(|e| panic!("restore: {e}"));
         read.push(started.elapsed().as_secs_f64());
         assert_eq!(restored.open_aggregates(), KEYS);

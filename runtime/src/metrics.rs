@@ -17,6 +17,8 @@ pub struct Metrics {
     pub records_out: IntCounter,
     /// Records that arrived after their window closed.
     pub records_late: IntCounter,
+    /// Records a `dedupe` step dropped as repeats.
+    pub records_deduplicated: IntCounter,
     /// Records sent to the dead-letter topic.
     pub records_dead_lettered: IntCounter,
     /// Records that could not be decoded.
@@ -133,6 +135,7 @@ impl Metrics {
             records_in: counter("records_in_total", "Records consumed from the source topic.")?,
             records_out: counter("records_out_total", "Records produced to the sink topic.")?,
             records_late: counter("records_late_total", "Records that arrived after their window closed.")?,
+            records_deduplicated: counter("records_deduplicated_total", "Records a dedupe step dropped as repeats.")?,
             records_dead_lettered: counter("records_dead_lettered_total", "Records sent to the dead-letter topic.")?,
             decode_errors: counter("decode_errors_total", "Records whose payload could not be decoded.")?,
             pipeline_errors: counter(

@@ -1,19 +1,40 @@
 //! The snapshot file: an Arrow IPC file whose schema metadata carries a versioned header
-//! (which partition, which offset the state reflects, which checkpoint) and whose one batch,
-//! when windows are open, holds the window state as the engine exports it.
+//! (which partition, which offset the state reflects, which checkpoint) and whose one batch
+//! holds the state of each stateful operator: a row per operator, its id and its state as
+//! an Arrow IPC stream (operators' states have schemas of their own).
+//!
+//! Version 1 files held the window state itself as the one batch; they are read as the
+//! state of the `aggregate` operator.
 
-use std::{collections::BTreeMap, io::Cursor, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Cursor,
+    sync::Arc,
+};
 
 use arrow::{
-    datatypes::Schema,
+    array::{ArrayRef, AsArray, BinaryArray, StringArray},
+    datatypes::{DataType, Field, Schema},
     error::ArrowError,
-    ipc::{reader::FileReader, writer::FileWriter},
+    ipc::{
+        reader::{FileReader, StreamReader},
+        writer::{FileWriter, StreamWriter},
+    },
     record_batch::RecordBatch,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::engine::OperatorStates;
+
 /// Format version written in every header; readers refuse newer ones.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The version whose one batch was the window state.
+const WINDOWS_ONLY: u32 = 1;
+/// The operator id version 1 state belongs to.
+const WINDOWS_OPERATOR: &str = "aggregate";
+/// Columns of the state batch.
+const OPERATOR: &str = "operator";
+const STATE: &str = "state";
 /// Schema metadata key of the header.
 const HEADER_KEY: &str = "weir.snapshot";
 
@@ -53,8 +74,8 @@ pub struct SnapshotHeader {
 pub struct PartitionSnapshot {
     /// What it is of.
     pub header: SnapshotHeader,
-    /// The open windows, when any are open.
-    pub windows: Option<RecordBatch>,
+    /// The state of each stateful operator that held some, by operator id.
+    pub state: OperatorStates,
 }
 
 /// A snapshot file could not be written or read.
@@ -69,26 +90,37 @@ pub enum FormatError {
     /// Written by a newer runtime.
     #[error("snapshot format version {0} is newer than this runtime's {FORMAT_VERSION}")]
     Version(u32),
+    /// The state batch is not what this version holds.
+    #[error("snapshot state: {0}")]
+    State(String),
 }
 
 impl PartitionSnapshot {
     /// The snapshot as an Arrow IPC file.
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
         let header = serde_json::to_string(&self.header).map_err(|e| FormatError::Header(e.to_string()))?;
-        let metadata = std::collections::HashMap::from([(HEADER_KEY.to_owned(), header)]);
-        let schema = match &self.windows {
-            Some(batch) => batch.schema().as_ref().clone().with_metadata(metadata),
-            None => Schema::empty().with_metadata(metadata),
-        };
-        let mut writer = FileWriter::try_new(Vec::new(), &schema)?;
-        if let Some(batch) = &self.windows {
-            writer.write(&batch.clone().with_schema(Arc::new(schema.clone()))?)?;
+        let metadata = HashMap::from([(HEADER_KEY.to_owned(), header)]);
+        let schema = Arc::new(state_schema().with_metadata(metadata));
+        let mut ids = Vec::with_capacity(self.state.len());
+        let mut states = Vec::with_capacity(self.state.len());
+        for (id, batch) in &self.state {
+            let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
+            writer.write(batch)?;
+            writer.finish()?;
+            ids.push(id.as_str());
+            states.push(writer.into_inner()?);
         }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(ids)),
+            Arc::new(BinaryArray::from_iter_values(states.iter().map(Vec::as_slice))),
+        ];
+        let mut writer = FileWriter::try_new(Vec::new(), &schema)?;
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
         writer.finish()?;
         Ok(writer.into_inner()?)
     }
 
-    /// Reads a snapshot written by [`Self::encode`].
+    /// Reads a snapshot written by [`Self::encode`], or by a runtime of format version 1.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let reader = FileReader::try_new(Cursor::new(bytes), None)?;
         let schema = reader.schema();
@@ -97,13 +129,46 @@ impl PartitionSnapshot {
         if header.version > FORMAT_VERSION {
             return Err(FormatError::Version(header.version));
         }
-        let mut batches = reader.collect::<Result<Vec<_>, _>>()?;
-        let windows = match batches.len() {
-            0 => None,
-            1 => batches.pop(),
-            _ => Some(arrow::compute::concat_batches(&batches[0].schema(), &batches)?),
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        let state = match header.version {
+            WINDOWS_ONLY => match concat(&batches)? {
+                Some(windows) => OperatorStates::from([(WINDOWS_OPERATOR.to_owned(), windows)]),
+                None => OperatorStates::new(),
+            },
+            _ => operator_states(&batches)?,
         };
-        Ok(Self { header, windows })
+        Ok(Self { header, state })
+    }
+}
+
+fn state_schema() -> Schema {
+    Schema::new(vec![Field::new(OPERATOR, DataType::Utf8, false), Field::new(STATE, DataType::Binary, false)])
+}
+
+/// The operator states of version 2 batches.
+fn operator_states(batches: &[RecordBatch]) -> Result<OperatorStates, FormatError> {
+    let mut states = OperatorStates::new();
+    for batch in batches {
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| FormatError::State(format!("no {name}")));
+        let ids = column(OPERATOR)?.as_string_opt::<i32>().ok_or_else(|| FormatError::State("ids".into()))?;
+        let blobs = column(STATE)?.as_binary_opt::<i32>().ok_or_else(|| FormatError::State("states".into()))?;
+        for (id, blob) in ids.iter().zip(blobs.iter()) {
+            let (Some(id), Some(blob)) = (id, blob) else { return Err(FormatError::State("a null entry".into())) };
+            let reader = StreamReader::try_new(Cursor::new(blob), None)?;
+            let parts = reader.collect::<Result<Vec<_>, _>>()?;
+            if let Some(state) = concat(&parts)? {
+                states.insert(id.to_owned(), state);
+            }
+        }
+    }
+    Ok(states)
+}
+
+fn concat(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, ArrowError> {
+    match batches {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        [first, ..] => Ok(Some(arrow::compute::concat_batches(&first.schema(), batches)?)),
     }
 }
 
@@ -128,30 +193,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_snapshot_with_windows_round_trips() {
-        let windows = RecordBatch::try_from_iter([
-            ("user", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
-            ("__weir_agg0", Arc::new(Int64Array::from(vec![3, 4])) as ArrayRef),
-        ])
-        .unwrap();
-        let snapshot = PartitionSnapshot { header: header(), windows: Some(windows.clone()) };
-        let decoded = PartitionSnapshot::decode(&snapshot.encode().unwrap()).unwrap();
-        assert_eq!(decoded.header, header());
-        assert_eq!(decoded.windows.unwrap().columns(), windows.columns());
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
     }
 
     #[test]
-    fn a_snapshot_without_windows_round_trips() {
-        let snapshot = PartitionSnapshot { header: header(), windows: None };
+    fn a_snapshot_round_trips_the_state_of_each_operator() {
+        let windows = batch(vec![
+            ("user", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+            ("__weir_agg0", Arc::new(Int64Array::from(vec![3, 4])) as ArrayRef),
+        ]);
+        let seen = batch(vec![("payment_id", Arc::new(Int64Array::from(vec![7, 8, 9])) as ArrayRef)]);
+        let state =
+            OperatorStates::from([("aggregate".to_owned(), windows.clone()), ("dedupe".to_owned(), seen.clone())]);
+        let snapshot = PartitionSnapshot { header: header(), state };
         let decoded = PartitionSnapshot::decode(&snapshot.encode().unwrap()).unwrap();
         assert_eq!(decoded.header, header());
-        assert!(decoded.windows.is_none());
+        assert_eq!(decoded.state["aggregate"], windows);
+        assert_eq!(decoded.state["dedupe"], seen);
+        assert_eq!(decoded.state.len(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_without_state_round_trips() {
+        let snapshot = PartitionSnapshot { header: header(), state: OperatorStates::new() };
+        let decoded = PartitionSnapshot::decode(&snapshot.encode().unwrap()).unwrap();
+        assert_eq!(decoded.header, header());
+        assert!(decoded.state.is_empty());
     }
 
     #[test]
     fn newer_formats_and_foreign_files_are_refused() {
-        let mut newer = PartitionSnapshot { header: header(), windows: None };
+        let mut newer = PartitionSnapshot { header: header(), state: OperatorStates::new() };
         newer.header.version = FORMAT_VERSION + 1;
         assert!(matches!(PartitionSnapshot::decode(&newer.encode().unwrap()), Err(FormatError::Version(_))));
         assert!(PartitionSnapshot::decode(b"not arrow").is_err());

@@ -259,7 +259,7 @@ mod tests {
                 upstream: BTreeMap::new(),
                 marks: BTreeMap::new(),
             },
-            windows: None,
+            state: Default::default(),
         }
     }
 

@@ -152,9 +152,9 @@ fn engine(kind: Kind, records: &[Record], cuts: &[usize], restores: &[bool]) -> 
         assert!(processed.rejected.is_empty());
         collect(processed.output, &mut out);
         if restores.get(i).copied().unwrap_or(false) {
-            let state = partition.window_state().expect("snapshot");
+            let state = partition.state().expect("snapshot");
             let max_event_time = partition.watermark().max_event_time();
-            partition = PartitionPipeline::restore(plan.clone(), max_event_time, state.as_ref(), now).expect("restore");
+            partition = PartitionPipeline::restore(plan.clone(), max_event_time, &state, now).expect("restore");
         }
     }
     let last = records.iter().map(|r| r.ts).max().unwrap_or(0);

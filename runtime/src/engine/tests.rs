@@ -1,10 +1,13 @@
 //! The whole pipeline on in-memory batches, from a StreamJob spec.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arrow::{
     array::{ArrayRef, AsArray, Float64Array, Int64Array, StringArray},
-    datatypes::Int64Type,
+    datatypes::{Int64Type, Schema},
     record_batch::RecordBatch,
 };
 use weir_crds::JobDocument;
@@ -13,7 +16,8 @@ use super::*;
 
 fn plan(pipeline_yaml: &str) -> Arc<Plan> {
     let spec = format!(
-        "source: {{kafka: {{bootstrapServers: k:9092, topic: in, eventTime: {{maxOutOfOrderness: 1s}}}}}}\n\
+        "source: {{kafka: {{bootstrapServers: k:9092, topic: in, partitionedBy: [user_id], \
+         eventTime: {{maxOutOfOrderness: 1s}}}}}}\n\
          sink: {{kafka: {{bootstrapServers: k:9092, topic: out}}}}\npipeline:\n{pipeline_yaml}"
     );
     let document = JobDocument::parse(&spec).unwrap();
@@ -107,9 +111,9 @@ fn run_with_restores(pipeline_yaml: &str, batches: Vec<RecordBatch>, restore: bo
     for batch in batches {
         collect(partition.process(batch, now).unwrap().output);
         if restore {
-            let state = partition.window_state().unwrap();
+            let state = partition.state().unwrap();
             let max_event_time = partition.watermark().max_event_time();
-            partition = PartitionPipeline::restore(plan.clone(), max_event_time, state.as_ref(), now).unwrap();
+            partition = PartitionPipeline::restore(plan.clone(), max_event_time, &state, now).unwrap();
         }
     }
     results.sort();
@@ -255,4 +259,120 @@ fn state_bytes_grow_with_keys_and_fall_when_their_windows_close() {
     let closed = partition.process(flush, Instant::now()).unwrap();
     assert_eq!(closed.output.iter().map(RecordBatch::num_rows).sum::<usize>(), 1_000);
     assert_eq!(partition.open_aggregates(), 1, "only the flush record's window is open");
+}
+
+const DEDUPED_COUNTS: &str = "  - dedupe: {key: [user_id], within: 9s}\n  - keyBy: [user_id]\n  \
+                              - window: {tumbling: {size: 10s}}\n  - aggregate: [{fn: count}]\n";
+
+#[test]
+fn a_dedupe_before_the_aggregate_counts_each_repeat_once_and_survives_restores() {
+    let straight = run_with_restores(DEDUPED_COUNTS, three_batches(), false);
+    // a@9s repeats a@1s and b@12s repeats b@5s; a@14.5s is 13.5s after the a passed on.
+    let want: Vec<String> = [
+        ("a", "1970-01-01T00:00:00.000Z"),
+        ("a", "1970-01-01T00:00:10.000Z"),
+        ("b", "1970-01-01T00:00:00.000Z"),
+        ("c", "1970-01-01T00:00:10.000Z"),
+    ]
+    .iter()
+    .map(|(user, start)| {
+        let end = if start.contains(":10.") { "1970-01-01T00:00:20.000Z" } else { "1970-01-01T00:00:10.000Z" };
+        format!(r#"{{"user_id":"{user}","window_start":"{start}","window_end":"{end}","count":1}}"#)
+    })
+    .collect();
+    assert_eq!(straight, want);
+    assert_eq!(run_with_restores(DEDUPED_COUNTS, three_batches(), true), straight);
+}
+
+#[test]
+fn a_replay_rebuilds_dedupe_state_without_emitting_again() {
+    let plan = plan("  - dedupe: {key: [user_id], within: 1m}\n");
+    let resume = Resume { max_event_time: Some(2_000), replay_until: 2 };
+    let mut partition = PartitionPipeline::new(plan, resume, Instant::now());
+    // Offsets 0 and 1 were processed before the restart, offset 2 was not.
+    let replayed = payments(&["a", "b", "a"], &[1.0; 3], &["EUR"; 3], &[1_000, 2_000, 3_000]);
+    let processed = partition.process(replayed, Instant::now()).unwrap();
+    assert!(processed.output.is_empty(), "a and b were passed on before; the second a repeats the first");
+    assert_eq!(processed.duplicates, 1);
+    assert_eq!(partition.oldest_needed_offset(), Some(0));
+}
+
+#[test]
+fn state_ids_name_stateful_steps_by_kind_so_new_stateless_steps_keep_restores() {
+    let ids = |yaml: &str| -> Vec<String> { plan(yaml).operators.iter().map(|p| p.id.clone()).collect() };
+    let two = "  - dedupe: {key: [user_id], within: 1m}\n  - dedupe: {key: [currency], within: 1m}\n";
+    assert_eq!(ids(two), ["dedupe", "dedupe-2"]);
+    assert_eq!(ids(&format!("  - filter: \"amount > 0\"\n{two}")), ["filter", "dedupe", "dedupe-2"]);
+    let with_filter = format!("  - filter: \"amount > 0\"\n{DEDUPED_COUNTS}");
+    let mut partition = PartitionPipeline::new(plan(DEDUPED_COUNTS), Resume::default(), Instant::now());
+    partition.process(three_batches().remove(0), Instant::now()).unwrap();
+    let state = partition.state().unwrap();
+    assert_eq!(state.keys().collect::<Vec<_>>(), ["aggregate", "dedupe"]);
+    let restored = PartitionPipeline::restore(plan(&with_filter), None, &state, Instant::now()).unwrap();
+    assert_eq!(restored.state().unwrap().keys().collect::<Vec<_>>(), ["aggregate", "dedupe"]);
+    assert_eq!(restored.open_aggregates(), partition.open_aggregates());
+}
+
+/// Snapshots written by earlier releases (`testdata/snapshot-v<N>.arrow`) restore and give
+/// the results the state they hold stands for.
+#[test]
+fn snapshots_of_every_format_version_restore() {
+    let v1 = "  - keyBy: [user_id]\n  - window: {tumbling: {size: 10s}}\n  \
+              - aggregate: [{fn: sum, field: amount, as: total}, {fn: count}]\n";
+    // (the file, the pipeline that wrote it, parts of each result row after a flush)
+    type Fixture = (&'static [u8], &'static str, &'static [[&'static str; 2]]);
+    let fixtures: [Fixture; 2] = [
+        (
+            include_bytes!("../../testdata/snapshot-v1.arrow"),
+            v1,
+            &[[r#""user_id":"a""#, r#""total":3.0,"count":2}"#], [r#""user_id":"b""#, r#""total":3.0,"count":1}"#]],
+        ),
+        (
+            include_bytes!("../../testdata/snapshot-v2.arrow"),
+            DEDUPED_COUNTS,
+            &[[r#""user_id":"a""#, r#""count":1}"#], [r#""user_id":"b""#, r#""count":1}"#]],
+        ),
+    ];
+    for (version, (bytes, pipeline, want)) in fixtures.into_iter().enumerate() {
+        let snapshot = crate::checkpoint::PartitionSnapshot::decode(bytes).unwrap();
+        assert_eq!(snapshot.header.version as usize, version + 1);
+        let now = Instant::now();
+        let mut partition =
+            PartitionPipeline::restore(plan(pipeline), snapshot.header.max_event_time, &snapshot.state, now).unwrap();
+        let flush = payments(&["z"], &[0.0], &["EUR"], &[60_000]);
+        let output = partition.process(flush, now).unwrap().output;
+        let rows: Vec<String> = output
+            .iter()
+            .flat_map(|b| crate::codec::encode_json(b, crate::codec::Layout::default()).unwrap())
+            .map(|r| String::from_utf8(r.payload).unwrap())
+            .collect();
+        assert_eq!(rows.len(), want.len(), "v{}: {rows:?}", version + 1);
+        for (row, want) in rows.iter().zip(want) {
+            assert!(want.iter().all(|part| row.contains(part)), "v{}: {row} has {want:?}", version + 1);
+        }
+    }
+}
+
+#[test]
+#[ignore = "writes testdata/snapshot-v2.arrow, the fixture of today's format"]
+fn write_the_snapshot_fixture_of_this_format() {
+    let mut partition = PartitionPipeline::new(plan(DEDUPED_COUNTS), Resume::default(), Instant::now());
+    partition.process(three_batches().remove(0), Instant::now()).unwrap();
+    let snapshot = crate::checkpoint::PartitionSnapshot {
+        header: crate::checkpoint::SnapshotHeader {
+            version: crate::checkpoint::FORMAT_VERSION,
+            checkpoint: 7,
+            topic: "payments".into(),
+            partition: 0,
+            position: 3,
+            max_event_time: partition.watermark().max_event_time(),
+            offsets: std::collections::BTreeMap::from([(0, 3)]),
+            created_at: "2026-12-03T00:00:00.000Z".into(),
+            upstream: Default::default(),
+            marks: Default::default(),
+        },
+        state: partition.state().unwrap(),
+    };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/snapshot-v2.arrow");
+    std::fs::write(path, snapshot.encode().unwrap()).unwrap();
 }

@@ -279,7 +279,7 @@ pub(super) fn snapshots(topic: &str, table: &Table, id: u64) -> Result<Vec<Parti
                     upstream: run.upstream.clone(),
                     marks: run.marks.clone(),
                 },
-                windows: run.pipeline.window_state()?,
+                state: run.pipeline.state()?,
             })
         })
         .collect()
@@ -293,7 +293,7 @@ impl super::Run {
             v: 1,
             max_event_time: self.pipeline.watermark().max_event_time(),
             position: self.position,
-            committed: self.pipeline.min_open_offset().map_or(self.position, |o| o.min(self.position)),
+            committed: self.pipeline.oldest_needed_offset().map_or(self.position, |o| o.min(self.position)),
         }
     }
 }

@@ -92,6 +92,7 @@ impl Job {
                     }
                     match run.pipeline.process(batch.clone(), Instant::now()) {
                         Ok(processed) => {
+                            self.shared.metrics.records_deduplicated.inc_by(processed.duplicates as u64);
                             outputs.extend(processed.output);
                             self.dead_letter_rejected_results(&processed.rejected, upstream)?;
                             self.dead_letter_rejected_results(&processed.rejected_results, upstream)?;

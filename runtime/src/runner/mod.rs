@@ -1143,12 +1143,8 @@ impl Job {
             let run = match restored {
                 Some(snapshot) => {
                     let header = &snapshot.header;
-                    let pipeline = PartitionPipeline::restore(
-                        self.plan.clone(),
-                        header.max_event_time,
-                        snapshot.windows.as_ref(),
-                        now,
-                    )?;
+                    let pipeline =
+                        PartitionPipeline::restore(self.plan.clone(), header.max_event_time, &snapshot.state, now)?;
                     info!(
                         partition,
                         checkpoint = header.checkpoint,
@@ -1261,6 +1257,7 @@ impl Job {
             if let Some(batch) = decoded.batch {
                 match run.pipeline.process(batch, Instant::now()) {
                     Ok(processed) => {
+                        self.shared.metrics.records_deduplicated.inc_by(processed.duplicates as u64);
                         self.dead_letter_rejected(&records, &processed.rejected)?;
                         self.dead_letter_rejected_results(&processed.rejected_results, partition)?;
                         self.produce_from(&processed.output, span.as_ref().map(|s| s.span_context()))?;
@@ -1793,6 +1790,7 @@ fn referenced_fields(spec: &StreamJobSpec) -> std::collections::BTreeSet<String>
                 }
             }
             Step::KeyBy(keys) => names.extend(keys.iter().cloned()),
+            Step::Dedupe(dedupe) => names.extend(dedupe.key.iter().cloned()),
             Step::Aggregate(aggregations) => names.extend(aggregations.iter().filter_map(|a| a.field.clone())),
             Step::Window(_) => {}
         }

@@ -4,12 +4,10 @@
 use std::{collections::BTreeMap, hash::BuildHasher, sync::Arc};
 
 use arrow::{
-    array::{Array, ArrayRef, AsArray, Int64Array, StringArray},
-    compute::kernels::cast::cast,
-    datatypes::{DataType, Field, Int64Type, Schema, SchemaRef},
+    array::{Array, ArrayRef, Int64Array, StringArray},
+    datatypes::{DataType, Field, Schema, SchemaRef},
     error::ArrowError,
     record_batch::RecordBatch,
-    row::{RowConverter, SortField},
 };
 use chrono::{DateTime, SecondsFormat};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
@@ -21,19 +19,10 @@ use weir_crds::{
 use super::{
     EVENT_TIME, OFFSET,
     accumulate::{Accumulators, Updates},
+    keys::{KeyCodec, column_or_nulls},
+    operator::{StateError, int_column},
     window::WindowKind,
 };
-
-/// Why a batch could not be aggregated.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyedError {
-    /// A hidden column the source adds is missing (a bug, not bad input).
-    #[error("no column `{0}` in the batch")]
-    MissingColumn(String),
-    /// An Arrow kernel failed.
-    #[error(transparent)]
-    Arrow(#[from] ArrowError),
-}
 
 /// A fixed window: its groups (slot ids, found by key), and the oldest source offset that
 /// contributed to it.
@@ -56,9 +45,7 @@ struct Session {
 #[derive(Debug)]
 pub struct KeyedWindows {
     kind: WindowKind,
-    key_fields: Vec<String>,
-    key_types: Option<Vec<DataType>>,
-    converter: Option<RowConverter>,
+    keys: KeyCodec,
     accumulators: Accumulators,
     /// Fixed windows by start.
     windows: BTreeMap<i64, OpenWindow>,
@@ -84,9 +71,7 @@ impl KeyedWindows {
     pub fn new(kind: WindowKind, key_fields: Vec<String>, aggregations: &[Aggregation]) -> Self {
         Self {
             kind,
-            key_fields,
-            key_types: None,
-            converter: None,
+            keys: KeyCodec::new(key_fields),
             accumulators: Accumulators::new(aggregations),
             windows: BTreeMap::new(),
             slot_keys: Vec::new(),
@@ -126,7 +111,7 @@ impl KeyedWindows {
 
     /// Adds the rows of `batch` to their windows. Rows whose windows all ended at or before
     /// `watermark` are late: they are returned, not added.
-    pub fn apply(&mut self, batch: &RecordBatch, watermark: i64) -> Result<Applied, KeyedError> {
+    pub fn apply(&mut self, batch: &RecordBatch, watermark: i64) -> Result<Applied, StateError> {
         let mut applied = Applied::default();
         if batch.num_rows() == 0 {
             return Ok(applied);
@@ -135,7 +120,7 @@ impl KeyedWindows {
         let prepared = self.accumulators.prepare(&self.aggregate_inputs(batch))?;
         let times = int_column(batch, EVENT_TIME)?;
         let offsets = int_column(batch, OFFSET)?;
-        let rows = self.key_rows(batch)?;
+        let rows = self.keys.encode(batch)?;
         let (times, offsets) = (times.values(), offsets.values());
         let mut updates = std::mem::take(&mut self.updates);
         updates.clear();
@@ -203,7 +188,7 @@ impl KeyedWindows {
     }
 
     /// Emits every window that ends at or before `watermark` and forgets it.
-    pub fn close_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>, KeyedError> {
+    pub fn close_until(&mut self, watermark: i64) -> Result<Option<RecordBatch>, StateError> {
         let mut starts = Vec::new();
         let mut ends = Vec::new();
         let mut slots = Vec::new();
@@ -255,15 +240,11 @@ impl KeyedWindows {
         starts: &[i64],
         ends: &[i64],
         slots: &[u32],
-    ) -> Result<RecordBatch, KeyedError> {
-        let (Some(converter), Some(key_types)) = (&self.converter, &self.key_types) else {
+    ) -> Result<RecordBatch, StateError> {
+        let Some(keys) = self.keys.decode(key_rows.iter().map(|r| &**r))? else {
             return Err(ArrowError::InvalidArgumentError("windows closed before any key was seen".into()).into());
         };
-        let parser = converter.parser();
-        let keys = converter.convert_rows(key_rows.iter().map(|r| parser.parse(r)))?;
-        let mut fields: Vec<Field> =
-            self.key_fields.iter().zip(key_types).map(|(name, t)| Field::new(name, t.clone(), true)).collect();
-        let mut columns: Vec<ArrayRef> = keys;
+        let (mut fields, mut columns): (Vec<Field>, Vec<ArrayRef>) = keys.into_iter().unzip();
         fields.push(Field::new(WINDOW_START, DataType::Utf8, false));
         fields.push(Field::new(WINDOW_END, DataType::Utf8, false));
         columns.push(Arc::new(rfc3339(starts)));
@@ -278,38 +259,6 @@ impl KeyedWindows {
         columns.push(Arc::new(Int64Array::from(ends.to_vec())));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         Ok(RecordBatch::try_new(schema, columns)?)
-    }
-
-    fn key_rows(&mut self, batch: &RecordBatch) -> Result<arrow::row::Rows, KeyedError> {
-        let mut columns = Vec::with_capacity(self.key_fields.len());
-        for name in &self.key_fields {
-            columns.push(column_or_nulls(batch, name));
-        }
-        // The first batch fixes the key types; later batches are cast to them, so a key
-        // inferred as integer in one batch and string in another still groups together.
-        if let (Some(types), Some(converter)) = (&self.key_types, &self.converter) {
-            for (column, data_type) in columns.iter_mut().zip(types) {
-                if column.data_type() != data_type {
-                    *column = cast(column, data_type)?;
-                }
-            }
-            return Ok(converter.convert_columns(&columns)?);
-        }
-        // The first batch that is applied fixes the types.
-        let types: Vec<DataType> = columns
-            .iter()
-            .map(|c| if c.data_type() == &DataType::Null { DataType::Utf8 } else { c.data_type().clone() })
-            .collect();
-        for (column, data_type) in columns.iter_mut().zip(&types) {
-            if column.data_type() != data_type {
-                *column = cast(column, data_type)?;
-            }
-        }
-        let converter = RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())?;
-        let rows = converter.convert_columns(&columns)?;
-        self.key_types = Some(types);
-        self.converter = Some(converter);
-        Ok(rows)
     }
 
     fn aggregate_inputs(&self, batch: &RecordBatch) -> Vec<Option<ArrayRef>> {
@@ -360,8 +309,7 @@ impl KeyedWindows {
     /// Every open (key, window) aggregate as one batch, for a checkpoint: the key columns,
     /// the window (start; last event for sessions), the oldest offset it needs, and the
     /// aggregate state. `None` while nothing is open.
-    pub fn snapshot(&self) -> Result<Option<RecordBatch>, KeyedError> {
-        let (Some(converter), Some(key_types)) = (&self.converter, &self.key_types) else { return Ok(None) };
+    pub fn snapshot(&self) -> Result<Option<RecordBatch>, StateError> {
         let mut key_rows: Vec<&[u8]> = Vec::new();
         let (mut starts, mut lasts, mut min_offsets, mut slots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (&start, window) in &self.windows {
@@ -385,14 +333,8 @@ impl KeyedWindows {
         if slots.is_empty() {
             return Ok(None);
         }
-        let parser = converter.parser();
-        let keys = converter.convert_rows(key_rows.iter().map(|r| parser.parse(r)))?;
-        let mut fields: Vec<Field> = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for ((name, data_type), column) in self.key_fields.iter().zip(key_types).zip(keys) {
-            fields.push(Field::new(name, data_type.clone(), true));
-            columns.push(column);
-        }
+        let Some(keys) = self.keys.decode(key_rows)? else { return Ok(None) };
+        let (mut fields, mut columns): (Vec<Field>, Vec<ArrayRef>) = keys.into_iter().unzip();
         for (name, values) in [(STATE_START, starts), (STATE_LAST, lasts), (STATE_MIN_OFFSET, min_offsets)] {
             fields.push(Field::new(name, DataType::Int64, false));
             columns.push(Arc::new(Int64Array::from(values)));
@@ -411,10 +353,10 @@ impl KeyedWindows {
         key_fields: Vec<String>,
         aggregations: &[Aggregation],
         batch: &RecordBatch,
-    ) -> Result<Self, KeyedError> {
+    ) -> Result<Self, StateError> {
         let mut state = Self::new(kind, key_fields, aggregations);
         state.accumulators = Accumulators::restore(aggregations, batch)?;
-        let rows = state.key_rows(batch)?;
+        let rows = state.keys.encode(batch)?;
         let starts = int_column(batch, STATE_START)?.values();
         let lasts = int_column(batch, STATE_LAST)?.values();
         let min_offsets = int_column(batch, STATE_MIN_OFFSET)?.values();
@@ -474,21 +416,6 @@ fn find_or_add_group(
     slot
 }
 
-/// A field no record of the batch has is all NULL (JSON records may omit fields).
-fn column_or_nulls(batch: &RecordBatch, name: &str) -> ArrayRef {
-    batch
-        .column_by_name(name)
-        .cloned()
-        .unwrap_or_else(|| arrow::array::new_null_array(&DataType::Utf8, batch.num_rows()))
-}
-
-fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a arrow::array::Int64Array, KeyedError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| KeyedError::MissingColumn(name.to_owned()))
-}
-
 /// Epoch milliseconds as RFC 3339 UTC text with millisecond precision.
 pub fn rfc3339(millis: &[i64]) -> StringArray {
     millis
@@ -501,6 +428,8 @@ pub fn rfc3339(millis: &[i64]) -> StringArray {
 mod tests {
     use arrow::array::{Float64Array, StringArray};
     use weir_crds::AggregateFn;
+
+    use arrow::{array::AsArray, datatypes::Int64Type};
 
     use super::*;
 

@@ -1,0 +1,141 @@
+//! A StreamJob's pipeline compiled into operators, once, and shared by all partitions.
+
+use std::{collections::HashMap, time::Duration};
+
+use arrow::record_batch::RecordBatch;
+use weir_crds::{Step, StreamJobSpec};
+
+use super::{
+    EngineError, Rejected,
+    aggregate::WindowedAggregate,
+    dedupe::Dedupe,
+    filter::Filter,
+    operator::Operator,
+    pipeline::{Sink, run_operators},
+    select::Select,
+    watermark::Watermark,
+    window::WindowKind,
+};
+
+/// One operator of a plan, with empty state.
+#[derive(Debug)]
+pub(super) struct Planned {
+    /// Names its state in checkpoints: the step's kind, numbered from the second of a kind
+    /// on (`dedupe`, `dedupe-2`), so inserting a stateless step keeps a restore working.
+    pub id: String,
+    pub operator: Box<dyn Operator>,
+}
+
+impl Clone for Planned {
+    fn clone(&self) -> Self {
+        Self { id: self.id.clone(), operator: self.operator.fresh() }
+    }
+}
+
+/// A StreamJob's pipeline, compiled once and shared by all partitions.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub(super) operators: Vec<Planned>,
+    /// The fields of the `keyBy`, and where its aggregate is in `operators`.
+    key: Option<(Vec<String>, usize)>,
+    pub(super) out_of_orderness: i64,
+    pub(super) idle_timeout: Duration,
+    /// The watermark is set from outside ([`super::PartitionPipeline::advance_watermark`])
+    /// rather than from the event times of the rows: the keyed stage of a repartitioned job,
+    /// whose partitions mix rows of every source partition.
+    pub(super) external_watermark: bool,
+}
+
+impl Plan {
+    /// Compiles the pipeline of a validated spec.
+    pub fn new(spec: &StreamJobSpec) -> Result<Self, EngineError> {
+        let mut operators = Vec::new();
+        let mut key = None;
+        let mut key_fields = Vec::new();
+        let mut window = None;
+        let mut kinds: HashMap<&str, usize> = HashMap::new();
+        for (i, step) in spec.pipeline.iter().enumerate() {
+            let at = format!("pipeline[{i}].{}", step.kind());
+            let operator: Box<dyn Operator> = match step {
+                Step::Filter(text) => Box::new(Filter::new(at, text)?),
+                Step::Select(items) => Box::new(Select::new(at, items)?),
+                Step::Dedupe(dedupe) => Box::new(Dedupe::new(at, dedupe.key.clone(), millis(dedupe.within.get()))),
+                Step::KeyBy(fields) => {
+                    key_fields.clone_from(fields);
+                    continue;
+                }
+                Step::Window(w) => {
+                    window = Some(WindowKind::from(w));
+                    continue;
+                }
+                Step::Aggregate(aggregations) => {
+                    key = Some((key_fields.clone(), operators.len()));
+                    let kind = window.take().unwrap_or(WindowKind::Tumbling { size: i64::MAX / 4 });
+                    Box::new(WindowedAggregate::new(at, kind, key_fields.clone(), aggregations.clone()))
+                }
+            };
+            let seen = kinds.entry(step.kind()).or_default();
+            *seen += 1;
+            let id = match *seen {
+                1 => step.kind().to_owned(),
+                n => format!("{}-{n}", step.kind()),
+            };
+            operators.push(Planned { id, operator });
+        }
+        let event_time = spec.source.kafka.event_time.as_ref();
+        Ok(Self {
+            operators,
+            key,
+            out_of_orderness: event_time.map_or(0, |e| millis(e.max_out_of_orderness.get())),
+            idle_timeout: event_time.map_or(Duration::from_secs(30), |e| e.idle_timeout.get()),
+            external_watermark: false,
+        })
+    }
+
+    /// The fields of the `keyBy` its windowed aggregate groups by (none without one).
+    pub fn key_fields(&self) -> &[String] {
+        self.key.as_ref().map_or(&[], |(fields, _)| fields)
+    }
+
+    /// Splits the plan for repartitioning: the steps before the aggregate run where records
+    /// are consumed; the aggregate and what follows it run on the internal topic's
+    /// partitions, with the watermark the source partitions report. Validation keeps
+    /// stateful steps out of the front.
+    pub fn split_at_key(&self) -> (Self, Self) {
+        let at = self.key.as_ref().map_or(self.operators.len(), |(_, at)| *at);
+        let front = Self { operators: self.operators[..at].to_vec(), key: None, ..self.clone() };
+        let keyed = Self {
+            operators: self.operators[at..].to_vec(),
+            key: self.key.as_ref().map(|(fields, _)| (fields.clone(), 0)),
+            external_watermark: true,
+            ..self.clone()
+        };
+        (front, keyed)
+    }
+
+    /// The front's steps (see [`Self::split_at_key`]) applied to one batch: the rows that pass
+    /// (in one batch, `None` when none did) and the rows the steps fail on, rejected alone.
+    pub fn apply_front(&self, batch: RecordBatch) -> Result<(Option<RecordBatch>, Vec<Rejected>), EngineError> {
+        // Stateless operators: a fresh copy costs a clone of their compiled expressions.
+        let mut operators: Vec<Box<dyn Operator>> = self.operators.iter().map(|p| p.operator.fresh()).collect();
+        let marks = vec![i64::MIN; operators.len()];
+        let mut sink = Sink::default();
+        let rows = run_operators(&mut operators, &marks, batch, &mut sink)?;
+        Ok((rows, sink.rejected))
+    }
+
+    /// A fresh event-time tracker for one source partition of this plan.
+    pub fn watermark(&self, now: std::time::Instant) -> Watermark {
+        Watermark::new(self, None, now)
+    }
+
+    /// Whether the pipeline keeps state (a windowed aggregate or a dedupe).
+    pub fn is_stateful(&self) -> bool {
+        self.operators.iter().any(|p| p.operator.is_stateful())
+    }
+}
+
+/// Whole milliseconds of `duration`, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

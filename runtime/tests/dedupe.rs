@@ -1,0 +1,84 @@
+//! A `dedupe` step against a real broker: payments sent two and three times (a producer's
+//! retries, some of them after a restart) are each counted once in exactly-once results, the
+//! dedupe state surviving the restart in the checkpoint.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::producer::{BaseProducer, Producer};
+use serde_json::json;
+use weir_e2e::{kafka, wait_until};
+
+/// Sends payments `from..` of `all` keyed by user, each with its index as `payment_id`; a
+/// third of them twice and a seventh three times, the copies right after the first.
+fn produce_with_retries(producer: &BaseProducer, topic: &str, all: &[Payment], from: usize) -> usize {
+    let mut copies = 0;
+    for (i, p) in all.iter().enumerate().skip(from) {
+        let payload = json!({"payment_id": i, "user_id": p.user, "amount": p.amount, "currency": "EUR", "ts": p.ts});
+        let times = 1 + usize::from(i % 3 == 0) + usize::from(i % 7 == 0);
+        for _ in 0..times {
+            send(producer, topic, &p.user, &payload.to_string());
+        }
+        copies += times - 1;
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+    copies
+}
+
+#[test]
+fn repeats_are_counted_once_in_exactly_once_results_across_a_restart() {
+    let name = "dedupe";
+    let (broker, dir) = setup(name, 2);
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    let storage = format!("file://{}/checkpoints", dir.path().display());
+    let job = exactly_once_job_file(
+        dir.path(),
+        broker,
+        name,
+        &format!("  checkpoint: {{storage: \"{storage}\", interval: 500ms}}\n"),
+    );
+    let text = must(std::fs::read_to_string(&job), "reading the job")
+        .replace("    - keyBy: [user_id]\n", "    - dedupe: {key: [payment_id], within: 1m}\n    - keyBy: [user_id]\n");
+    must(std::fs::write(&job, text), "writing the job");
+    let producer = producer(broker);
+    let all = payments(3_000, 10, 0);
+    let first_half = &all[..1_500];
+    let sent_first = produce_with_retries(&producer, &input, first_half, 0);
+
+    let runtime = Runtime::start(&job);
+    let metric = |runtime: &Runtime, family: &str| runtime.metric(&format!("{family}{{streamjob=\"{name}\"}}"));
+    must(
+        wait_until(Duration::from_secs(90), "the first half consumed and checkpointed", || {
+            metric(&runtime, "weir_records_in_total") >= (first_half.len() + sent_first) as f64
+                && metric(&runtime, "weir_last_checkpoint_timestamp_seconds") > 0.0
+        }),
+        "first half",
+    );
+    assert_eq!(
+        metric(&runtime, "weir_records_deduplicated_total"),
+        sent_first as f64,
+        "every repeat of the first half is dropped"
+    );
+    assert_eq!(runtime.terminate(), Some(0));
+
+    // The producer retries the last 50 payments after the restart: only the restored dedupe
+    // state knows they were counted.
+    let retried = produce_with_retries(&producer, &input, &all[..1_500], 1_450) + 50;
+    produce_with_retries(&producer, &input, &all, 1_500);
+    produce_flush_markers(&producer, &input, 2);
+    let restarted = Runtime::start(&job);
+    let want = expected(&all);
+    let records = must(
+        kafka::read_committed_records(&broker.bootstrap(), &output, want.len(), Duration::from_secs(120)),
+        "reading committed results",
+    );
+    assert_eq!(results(&records), want, "each payment counted once");
+    must(
+        wait_until(Duration::from_secs(30), "the retried payments dropped", || {
+            metric(&restarted, "weir_records_deduplicated_total") >= retried as f64
+        }),
+        "deduplicated after the restart",
+    );
+}
