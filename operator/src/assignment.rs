@@ -17,8 +17,11 @@ use std::{
 use futures::future::join_all;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::ResourceExt;
-use serde::Deserialize;
 use tracing::{info, warn};
+use weir_admin_api::{
+    AssignmentMode, Status,
+    client::{AdminClient, CallError},
+};
 
 use crate::{admin_token::AdminToken, pod_http, render::CONTAINER_NAME};
 
@@ -31,19 +34,19 @@ pub struct Admin<'a> {
     pub token: &'a AdminToken,
 }
 
+impl<'a> Admin<'a> {
+    /// The admin API of the pod at `address`, each call given `timeout`.
+    pub fn client(&self, address: SocketAddr, timeout: Duration) -> AdminClient<'a> {
+        AdminClient::new(address, Some(self.token.expose()), timeout)
+    }
+}
+
 /// How long a pod may take to answer `GET /status`.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a pod may take to apply an order: it commits the partitions it gives up first.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Slot `slot` of `slots`: the partitions `p` with `p % slots == slot`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Slot {
-    /// This pod's share.
-    pub slot: u32,
-    /// How many shares the partitions are cut into.
-    pub slots: u32,
-}
+pub use weir_admin_api::Slot;
 
 /// What a pod's `GET /status` said, as far as assignment goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,7 +250,7 @@ pub async fn assign(job: &str, pods: &[Pod], slots: u32, admin: &Admin<'_>, give
     if !plan.unknown.is_empty() {
         info!(pods = ?plan.unknown, "no slot is given while these pods may hold partitions");
     }
-    let results = join_all(plan.commands.iter().map(|command| send(command, admin.token))).await;
+    let results = join_all(plan.commands.iter().map(|command| send(command, admin))).await;
     let failed = results.iter().filter(|ok| !**ok).count();
     let stuck = |pod: &&Observed| plan.waiting.contains(&pod.name) || plan.unknown.contains(&pod.name);
     let pending = observed.iter().filter(stuck).filter(|pod| pod.address.is_some()).count();
@@ -260,10 +263,7 @@ async fn observe(job: &str, pods: &[Pod], admin: &Admin<'_>, given: &Given) -> V
     join_all(unfinished.map(|pod| async move {
         let address = pod_http::admin_address(pod, admin.port);
         let report = match address {
-            Some(address) => match pod_http::call(address, "GET", "/status", Some(admin.token), STATUS_TIMEOUT).await {
-                Ok((200, body)) => parse_status(&body),
-                _ => Report::Unreachable,
-            },
+            Some(address) => report(admin.client(address, STATUS_TIMEOUT).status().await),
             None => Report::Unreachable,
         };
         Observed {
@@ -278,18 +278,19 @@ async fn observe(job: &str, pods: &[Pod], admin: &Admin<'_>, given: &Given) -> V
 }
 
 /// Sends one order; true when the pod applied it.
-async fn send(command: &Command, token: &AdminToken) -> bool {
-    let path = match command.order {
-        Order::Assign(Slot { slot, slots }) => format!("/assign?slot={slot}&slots={slots}"),
-        Order::Release => "/release".to_owned(),
+async fn send(command: &Command, admin: &Admin<'_>) -> bool {
+    let client = admin.client(command.address, ORDER_TIMEOUT);
+    let applied = match command.order {
+        Order::Assign(slot) => client.assign(slot).await,
+        Order::Release => client.release().await,
     };
-    match pod_http::call(command.address, "POST", &path, Some(token), ORDER_TIMEOUT).await {
-        Ok((200, _)) => {
+    match applied {
+        Ok(_) => {
             info!(pod = %command.pod, order = ?command.order, "partition assignment");
             true
         }
-        Ok((code, body)) => {
-            warn!(pod = %command.pod, order = ?command.order, "partition assignment refused: {code} {}", body.trim());
+        Err(e @ CallError::Refused { .. }) => {
+            warn!(pod = %command.pod, order = ?command.order, "partition assignment refused: {e}");
             false
         }
         Err(e) => {
@@ -299,23 +300,10 @@ async fn send(command: &Command, token: &AdminToken) -> bool {
     }
 }
 
-/// The parts of the runtime's `/status` document assignment reads.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Status {
-    #[serde(default)]
-    assignment: Option<Slot>,
-    /// Runtimes from before operator assignment do not report it: they consume through a group.
-    #[serde(default)]
-    assignment_mode: Option<String>,
-    #[serde(default)]
-    stopped: bool,
-}
-
-/// Reads a `/status` body; one that does not parse counts as no answer.
-fn parse_status(body: &str) -> Report {
-    match serde_json::from_str::<Status>(body) {
-        Ok(status) if status.assignment_mode.as_deref() == Some("operator") => {
+/// What a `/status` answer says about assignment; one that could not be read counts as none.
+fn report(answer: Result<Status, CallError>) -> Report {
+    match answer {
+        Ok(status) if status.assignment_mode == AssignmentMode::Operator => {
             Report::Answered { assignment: status.assignment, stopped: status.stopped }
         }
         Ok(status) => Report::GroupMode { stopped: status.stopped },
@@ -623,17 +611,16 @@ mod tests {
 
     #[test]
     fn the_status_document_is_read_by_mode() {
-        let operator =
-            r#"{"assignment":{"slot":1,"slots":3},"assignmentMode":"operator","stopped":false,"partitions":[1]}"#;
-        assert_eq!(
-            parse_status(operator),
-            Report::Answered { assignment: Some(Slot { slot: 1, slots: 3 }), stopped: false }
-        );
+        let parse = |body: &str| report(serde_json::from_str(body).map_err(|e| CallError::BadAnswer(e.to_string())));
+        let operator = r#"{"assignment":{"slot":1,"slots":3},"assignmentMode":"operator","stopped":false,
+                          "partitions":[{"partition":1,"position":5,"committed":null,"watermark":null,"openAggregates":0}]}"#;
+        assert_eq!(parse(operator), Report::Answered { assignment: Some(Slot { slot: 1, slots: 3 }), stopped: false });
         let unassigned = r#"{"assignment":null,"assignmentMode":"operator","stopped":true}"#;
-        assert_eq!(parse_status(unassigned), Report::Answered { assignment: None, stopped: true });
-        assert_eq!(parse_status(r#"{"assignmentMode":"group","stopped":false}"#), Report::GroupMode { stopped: false });
-        assert_eq!(parse_status(r#"{"stopped":true}"#), Report::GroupMode { stopped: true }, "older runtimes");
-        assert_eq!(parse_status("not json"), Report::Unreachable);
+        assert_eq!(parse(unassigned), Report::Answered { assignment: None, stopped: true });
+        assert_eq!(parse(r#"{"assignmentMode":"group","stopped":false}"#), Report::GroupMode { stopped: false });
+        assert_eq!(parse(r#"{"stopped":true}"#), Report::GroupMode { stopped: true }, "older runtimes");
+        assert_eq!(parse("not json"), Report::Unreachable);
+        assert_eq!(report(Err(CallError::Unreachable("refused".into()))), Report::Unreachable);
     }
 
     fn assign(slot: u32, slots: u32) -> Order {

@@ -6,6 +6,8 @@ use std::{collections::BTreeMap, time::Duration};
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 
+use weir_admin_api::client::AdminClient;
+
 use crate::pod_http;
 
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -21,10 +23,7 @@ pub async fn consumer_lag(pods: &[Pod], admin_port: i32) -> Option<i64> {
 
 /// GETs `/metrics` from one pod, giving up after [`SCRAPE_TIMEOUT`].
 async fn scrape(address: std::net::SocketAddr) -> Option<String> {
-    match pod_http::call(address, "GET", "/metrics", None, SCRAPE_TIMEOUT).await {
-        Ok((200, body)) => Some(body),
-        _ => None,
-    }
+    AdminClient::new(address, None, SCRAPE_TIMEOUT).metrics().await.ok()
 }
 
 /// Sums `weir_consumer_lag` samples over Prometheus text pages. A partition reported by two

@@ -9,29 +9,13 @@ use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 use futures::future::join_all;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::ResourceExt;
-use serde::Deserialize;
+use weir_admin_api::{Savepoint, SavepointQuery, client::AdminClient};
 
 use crate::{admin_token::AdminToken, assignment::Admin, pod_http};
 
 /// Longest a pod may take to flush, snapshot and commit.
 pub const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One pod's answer to `POST /savepoint`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Answer {
-    /// Where the savepoint is stored.
-    pub path: String,
-    /// When it became durable, RFC 3339.
-    pub completed_at: String,
-    /// Partitions whose state this pod's part holds (runtimes that report it).
-    #[serde(default)]
-    pub partitions: Option<Vec<i32>>,
-    /// Partitions of the source topic.
-    #[serde(default)]
-    pub partition_count: Option<i32>,
-}
 
 /// A savepoint all pods took.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,18 +61,14 @@ pub async fn stop_with_savepoint(
     id: &str,
     timeout: Duration,
 ) -> Result<Taken, Failed> {
-    let path = format!("/savepoint?stop=true&id={id}");
+    let query = SavepointQuery { id: Some(id.to_owned()), stop: true };
     let calls = pods.iter().map(|pod| {
         let address = pod_http::admin_address(pod, admin.port);
         let name = pod.name_any();
-        let path = path.as_str();
+        let query = &query;
         async move {
             let Some(address) = address else { return (name, None, Err("has no IP: not running".to_owned())) };
-            let answer = match pod_http::call(address, "POST", path, Some(admin.token), timeout).await {
-                Ok((200, body)) => serde_json::from_str::<Answer>(&body).map_err(|e| format!("bad answer: {e}")),
-                Ok((code, body)) => Err(format!("{code} {}", body.trim())),
-                Err(e) => Err(e),
-            };
+            let answer = admin.client(address, timeout).savepoint(query).await.map_err(|e| e.to_string());
             (name, Some(address), answer)
         }
     });
@@ -115,17 +95,14 @@ pub async fn stop_with_savepoint(
 /// Resumes consuming on pods a failed savepoint stopped; returns the ones that did not answer.
 pub async fn resume(stopped: &[SocketAddr], token: &AdminToken) -> Vec<String> {
     let calls = stopped.iter().map(|&address| async move {
-        match pod_http::call(address, "POST", "/resume", Some(token), RESUME_TIMEOUT).await {
-            Ok((200, _)) => None,
-            Ok((code, body)) => Some(format!("{address}: {code} {}", body.trim())),
-            Err(e) => Some(format!("{address}: {e}")),
-        }
+        let client = AdminClient::new(address, Some(token.expose()), RESUME_TIMEOUT);
+        client.resume().await.err().map(|e| format!("{address}: {e}"))
     });
     join_all(calls).await.into_iter().flatten().collect()
 }
 
 /// One savepoint from the pods' answers, if together they cover every partition.
-pub fn combine(answers: &[Answer]) -> Result<Taken, String> {
+pub fn combine(answers: &[Savepoint]) -> Result<Taken, String> {
     let first = answers.first().ok_or("no pod answered")?;
     let completed_at = answers
         .iter()
@@ -134,10 +111,12 @@ pub fn combine(answers: &[Answer]) -> Result<Taken, String> {
         .into_iter()
         .max()
         .ok_or("no completion time")?;
-    let partition_count = answers.iter().filter_map(|a| a.partition_count).max();
-    let reported: Option<Vec<&Vec<i32>>> = answers.iter().map(|a| a.partitions.as_ref()).collect();
-    if let (Some(count), Some(reported)) = (partition_count, reported) {
-        let covered: BTreeSet<i32> = reported.into_iter().flatten().copied().collect();
+    // Runtimes that do not report their partitions answer a count of 0: nothing to check.
+    let partition_count = answers.iter().map(|a| a.partition_count).max().filter(|&count| count > 0);
+    let every_pod_reported = answers.iter().all(|a| a.partition_count > 0);
+    if let Some(count) = partition_count.filter(|_| every_pod_reported) {
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        let covered: BTreeSet<i32> = answers.iter().flat_map(|a| a.partitions.iter().copied()).collect();
         let missing: Vec<i32> = (0..count).filter(|p| !covered.contains(p)).collect();
         if !missing.is_empty() {
             return Err(format!(
@@ -145,6 +124,7 @@ pub fn combine(answers: &[Answer]) -> Result<Taken, String> {
             ));
         }
     }
+    let partition_count = partition_count.map(|count| i32::try_from(count).unwrap_or(i32::MAX));
     Ok(Taken { path: first.path.clone(), completed_at, partition_count })
 }
 
@@ -152,12 +132,13 @@ pub fn combine(answers: &[Answer]) -> Result<Taken, String> {
 mod tests {
     use super::*;
 
-    fn answer(partitions: &[i32], count: i32, at: &str) -> Answer {
-        Answer {
+    fn answer(partitions: &[i32], count: usize, at: &str) -> Savepoint {
+        Savepoint {
             path: "file:///cp/g/savepoints/x".into(),
             completed_at: at.into(),
-            partitions: Some(partitions.to_vec()),
-            partition_count: Some(count),
+            partitions: partitions.to_vec(),
+            partition_count: count,
+            ..Savepoint::default()
         }
     }
 
@@ -184,9 +165,9 @@ mod tests {
 
     #[test]
     fn answers_without_coverage_are_taken_as_they_are() {
-        let mut old = answer(&[], 3, "2026-11-22T10:00:01Z");
-        old.partitions = None;
-        assert!(combine(&[old]).is_ok());
+        let old = answer(&[], 0, "2026-11-22T10:00:01Z");
+        assert!(combine(std::slice::from_ref(&old)).is_ok());
+        assert!(combine(&[old, answer(&[0], 2, "2026-11-22T10:00:01Z")]).is_ok(), "not every pod reported");
     }
 
     /// A pod whose admin server takes savepoint requests and never answers them, as one
@@ -225,6 +206,6 @@ mod tests {
         let late = savepoint_id("clicks", 4, "upgrade", "2026-11-22T10:00:02Z".parse().unwrap());
         assert_eq!(early, "clicks-g4-upgrade-20261122t100001500z");
         assert!(early < late);
-        assert!(early.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        assert_eq!(SavepointQuery { id: Some(early), stop: true }.invalid_id(), None, "the runtime takes it");
     }
 }

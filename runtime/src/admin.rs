@@ -13,8 +13,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
 use tokio::{net::TcpListener, sync::oneshot};
+use weir_admin_api::{SavepointQuery, routes};
 
 use crate::{
     assignment::{AssignmentMode, Slot},
@@ -51,16 +51,16 @@ impl std::fmt::Debug for Access {
 /// The admin routes over the runtime's shared state.
 pub fn router(shared: Arc<Shared>, access: Access) -> Router {
     let guarded = Router::new()
-        .route("/status", get(status))
-        .route("/savepoint", post(savepoint))
-        .route("/resume", post(resume))
-        .route("/assign", post(assign))
-        .route("/release", post(release))
+        .route(routes::STATUS, get(status))
+        .route(routes::SAVEPOINT, post(savepoint))
+        .route(routes::RESUME, post(resume))
+        .route(routes::ASSIGN, post(assign))
+        .route(routes::RELEASE, post(release))
         .route_layer(middleware::from_fn_with_state(access, require_token));
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route(routes::METRICS, get(metrics))
+        .route(routes::HEALTHZ, get(|| async { "ok" }))
+        .route(routes::READYZ, get(ready))
         .merge(guarded)
         .with_state(shared)
 }
@@ -100,19 +100,9 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
     Json(shared.status())
 }
 
-/// `POST /savepoint?stop=true&id=...`.
-#[derive(Debug, Deserialize)]
-struct SavepointQuery {
-    #[serde(default)]
-    stop: bool,
-    id: Option<String>,
-}
-
 async fn savepoint(State(shared): State<Arc<Shared>>, Query(query): Query<SavepointQuery>) -> Response {
-    if let Some(id) = &query.id
-        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return (StatusCode::BAD_REQUEST, "id: letters, digits, '-', '_' and '.' only").into_response();
+    if let Some(problem) = query.invalid_id() {
+        return (StatusCode::BAD_REQUEST, problem).into_response();
     }
     let (reply, answer) = oneshot::channel();
     shared.request_savepoint(SavepointRequest { id: query.id, stop: query.stop, reply });
@@ -137,17 +127,10 @@ async fn resume(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// `POST /assign?slot=I&slots=N`.
-#[derive(Debug, Deserialize)]
-struct AssignQuery {
-    slot: u32,
-    slots: u32,
-}
-
 /// `POST /assign?slot=I&slots=N` (operator mode): own every partition `p` with
 /// `p % N == I`. Answered once partitions no longer owned are handed over and the new ones
 /// taken: `{"slot": I, "slots": N}`.
-async fn assign(State(shared): State<Arc<Shared>>, Query(query): Query<AssignQuery>) -> Response {
+async fn assign(State(shared): State<Arc<Shared>>, Query(query): Query<Slot>) -> Response {
     match Slot::new(query.slot, query.slots) {
         Ok(slot) => reassign(shared, Some(slot)).await,
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),

@@ -6,8 +6,8 @@ use std::sync::{
     atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
-use serde::Serialize;
 use tokio::sync::oneshot;
+pub use weir_admin_api::{Assigned, CheckpointStatus, PartitionStatus, Resumed, Savepoint, Status};
 
 use crate::{
     assignment::{AssignmentMode, Slot},
@@ -28,90 +28,6 @@ pub struct Shared {
     /// Admin requests in arrival order: a `/resume` sent after a `/savepoint?stop=true` must
     /// not be answered before it.
     pub(super) requests: Mutex<Vec<AdminRequest>>,
-}
-
-/// The `/status` document.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    /// Source topic.
-    pub topic: String,
-    /// The source topic's partition count when the job started: more pods than this idle.
-    pub partition_count: usize,
-    /// Owned partitions.
-    pub partitions: Vec<PartitionStatus>,
-    /// When offsets were last committed, RFC 3339.
-    pub last_commit: Option<String>,
-    /// The last durable checkpoint.
-    pub last_checkpoint: Option<CheckpointStatus>,
-    /// The last savepoint this instance took.
-    pub last_savepoint: Option<Savepoint>,
-    /// Consuming stopped after a stop-with-savepoint.
-    pub stopped: bool,
-    /// Who assigns partitions.
-    pub assignment_mode: AssignmentMode,
-    /// The slot the operator gave (operator mode), if any.
-    pub assignment: Option<Slot>,
-    /// The fatal error the instance is stopping on.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One owned partition in `/status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PartitionStatus {
-    /// Partition number.
-    pub partition: i32,
-    /// Next offset to process.
-    pub position: i64,
-    /// Offset last committed.
-    pub committed: Option<i64>,
-    /// The watermark, epoch ms.
-    pub watermark: Option<i64>,
-    /// (key, window) aggregates held.
-    pub open_aggregates: usize,
-}
-
-/// A durable checkpoint in `/status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointStatus {
-    /// Checkpoint id.
-    pub id: u64,
-    /// When it became durable, RFC 3339.
-    pub completed_at: String,
-    /// Partitions it covered.
-    pub partitions: usize,
-}
-
-/// A savepoint: what `POST /savepoint` answers.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Savepoint {
-    /// Savepoint id, for `--restore-from`.
-    pub id: String,
-    /// Its folder in the checkpoint storage.
-    pub path: String,
-    /// When it became durable, RFC 3339.
-    pub completed_at: String,
-    /// Whether consuming stopped after it.
-    pub stopped: bool,
-    /// Source topic.
-    pub topic: String,
-    /// The partitions whose state it holds, sorted: the savepoints of all instances of a job
-    /// must together cover `0..partition_count` before new pods restore from them.
-    pub partitions: Vec<i32>,
-    /// The source topic's partition count as the instance knows it (from its start).
-    pub partition_count: usize,
-}
-
-/// What `POST /resume` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Resumed {
-    /// Always false once answered: the instance consumes.
-    pub stopped: bool,
 }
 
 /// A request from the admin server, answered by the job loop (which owns the consumer).
@@ -150,22 +66,6 @@ pub struct AssignRequest {
     pub slot: Option<Slot>,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<Assigned, String>>,
-}
-
-/// What `POST /assign` and `POST /release` answer: the slot now held (both `null` after a
-/// release).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Assigned {
-    /// The slot.
-    pub slot: Option<u32>,
-    /// Of how many.
-    pub slots: Option<u32>,
-}
-
-impl From<Option<Slot>> for Assigned {
-    fn from(slot: Option<Slot>) -> Self {
-        Self { slot: slot.map(|s| s.slot), slots: slot.map(|s| s.slots) }
-    }
 }
 
 impl Shared {
