@@ -13,11 +13,11 @@ use std::{
 };
 
 use arrow::{
-    array::{ArrayRef, AsArray, BinaryArray, StringArray},
+    array::{Array, ArrayRef, AsArray, BinaryArray, StringArray},
     datatypes::{DataType, Field, Schema},
     error::ArrowError,
     ipc::{
-        reader::{FileReader, StreamReader},
+        reader::{FileReader, StreamDecoder},
         writer::{FileWriter, StreamWriter},
     },
     record_batch::RecordBatch,
@@ -152,10 +152,21 @@ fn operator_states(batches: &[RecordBatch]) -> Result<OperatorStates, FormatErro
         let column = |name: &str| batch.column_by_name(name).ok_or_else(|| FormatError::State(format!("no {name}")));
         let ids = column(OPERATOR)?.as_string_opt::<i32>().ok_or_else(|| FormatError::State("ids".into()))?;
         let blobs = column(STATE)?.as_binary_opt::<i32>().ok_or_else(|| FormatError::State("states".into()))?;
-        for (id, blob) in ids.iter().zip(blobs.iter()) {
-            let (Some(id), Some(blob)) = (id, blob) else { return Err(FormatError::State("a null entry".into())) };
-            let reader = StreamReader::try_new(Cursor::new(blob), None)?;
-            let parts = reader.collect::<Result<Vec<_>, _>>()?;
+        let offsets = blobs.value_offsets();
+        for (row, id) in ids.iter().enumerate() {
+            let Some(id) = id.filter(|_| blobs.is_valid(row)) else {
+                return Err(FormatError::State("a null entry".into()));
+            };
+            // Decoded in place from the file's buffer: the state is not copied again.
+            let at = |i: usize| usize::try_from(offsets[i]).map_err(|e| FormatError::State(e.to_string()));
+            let (start, end) = (at(row)?, at(row + 1)?);
+            let mut blob = blobs.values().slice_with_length(start, end.saturating_sub(start));
+            let mut decoder = StreamDecoder::new();
+            let mut parts = Vec::new();
+            while !blob.is_empty() {
+                parts.extend(decoder.decode(&mut blob)?);
+            }
+            decoder.finish()?;
             if let Some(state) = concat(&parts)? {
                 states.insert(id.to_owned(), state);
             }
