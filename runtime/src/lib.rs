@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod progress;
 pub mod repartition;
 pub mod runner;
+mod sync;
 pub mod telemetry;

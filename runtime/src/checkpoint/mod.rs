@@ -26,6 +26,8 @@ use futures::future::try_join_all;
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
+use crate::sync::lock;
+
 pub use self::{
     format::{FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
     store::{CheckpointStore, StoreError},
@@ -269,10 +271,6 @@ pub fn choose(
         chosen += 1;
     }
     Some(chosen)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

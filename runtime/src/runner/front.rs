@@ -26,10 +26,9 @@ use tracing::{debug, error, info, warn};
 use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
 
 use super::{
-    Deliveries, Job, RunError, Settings, Sink, client,
+    Job, RunError, Settings,
     commit::commit_unless_rebalancing,
-    consumer_error, ensure_topic, export_lag, kafka, oauth_token, partition_count, partition_list,
-    records_by_partition, send,
+    consumer_error, kafka, records_by_partition,
     shared::{Shared, lock},
 };
 use crate::{
@@ -37,10 +36,13 @@ use crate::{
     engine::{Plan, Watermark},
     kafka::{
         auth::TokenSource,
+        clients::{Deliveries, Sink, client, oauth_token, send},
         config::{self, Side},
+        lag::export_lag,
         rate::RecordRate,
         retry::{Class, classify, retrying},
         start,
+        topics::{ensure_topic, partition_count, partition_list},
     },
     repartition::{self, KIND_HEADER, Mark, Marks, ROWS, UPSTREAM_HEADER, WATERMARKS},
 };
@@ -311,7 +313,7 @@ impl Front {
         let token = TokenSource::for_connection(source.security.as_ref(), Side::Source, secrets)?;
         let partitions = internal_partition_count(spec, source_partitions);
         let create = weir_crds::CreateTopic { partitions, replication_factor: -1 };
-        ensure_topic(&properties, token.clone(), &internal, Some(&create))?;
+        ensure_topic(&properties, token.clone(), &internal, Some(&create)).map_err(kafka("creating topics"))?;
         let deliveries = Deliveries::new("repartition", shared.metrics.clone(), token.clone());
         let producer: Arc<Sink> =
             Arc::new(client(&properties, deliveries).map_err(kafka("creating the internal topic's producer"))?);
@@ -437,7 +439,9 @@ impl Front {
             AssignmentMode::Operator => {
                 let owned = self.owned();
                 self.consumer
-                    .incremental_unassign(&partition_list(&self.topic, &owned, Offset::Stored)?)
+                    .incremental_unassign(
+                        &partition_list(&self.topic, &owned, Offset::Stored).map_err(kafka("listing partitions"))?,
+                    )
                     .map_err(kafka("giving up source partitions"))?;
                 *lock(&self.parked) = owned;
             }
@@ -471,7 +475,9 @@ impl Front {
         if !moves.revoke.is_empty() {
             context.hand_over(&self.consumer, &moves.revoke)?;
             self.consumer
-                .incremental_unassign(&partition_list(&self.topic, &moves.revoke, Offset::Stored)?)
+                .incremental_unassign(
+                    &partition_list(&self.topic, &moves.revoke, Offset::Stored).map_err(kafka("listing partitions"))?,
+                )
                 .map_err(kafka("giving up source partitions"))?;
         }
         if !moves.assign.is_empty() {
@@ -533,7 +539,7 @@ impl Front {
                 .partition(i32::try_from(partition).unwrap_or(i32::MAX))
                 .payload(payload.as_slice())
                 .headers(headers);
-            send(&self.producer, record)?;
+            send(&self.producer, record).map_err(kafka("producing"))?;
         }
         debug!(?marks, "watermarks sent to the internal topic");
         *sent = (marks, now);
@@ -608,7 +614,7 @@ impl Job {
                     .partition(i32::try_from(target).unwrap_or(i32::MAX))
                     .payload(payload.as_slice())
                     .headers(headers);
-                send(&front.producer, record).map_err(RouteError::Send)?;
+                send(&front.producer, record).map_err(|e| RouteError::Send(kafka("producing")(e)))?;
             }
         }
         Ok(())

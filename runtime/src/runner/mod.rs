@@ -16,7 +16,7 @@ use std::{
     num::NonZeroU32,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -29,16 +29,15 @@ use arrow::{
 use opentelemetry::trace::{Span as _, SpanContext};
 use opentelemetry_sdk::trace::Span;
 use rdkafka::{
-    ClientConfig, ClientContext, Message, Offset, Statistics, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
+    ClientContext, Message, Offset, Statistics, TopicPartitionList,
     client::OAuthToken,
     consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
     error::{KafkaError, RDKafkaErrorCode},
-    message::{BorrowedMessage, DeliveryResult, Header, OwnedHeaders},
-    producer::{BaseProducer, BaseRecord, Producer, ProducerContext},
+    message::{BorrowedMessage, Header, OwnedHeaders},
+    producer::{BaseRecord, Producer},
 };
 use tracing::{debug, error, info, warn};
-use weir_crds::{CreateTopic, Delivery, OversizeRecords, StartOffset, Step, StreamJobSpec};
+use weir_crds::{Delivery, OversizeRecords, StartOffset, Step, StreamJobSpec};
 
 pub(crate) use self::shared::AdminRequest;
 pub use self::shared::{
@@ -57,13 +56,15 @@ use crate::{
     engine::{PartitionPipeline, Plan, Rejected, Resume},
     kafka::{
         auth::{TokenError, TokenSource},
+        clients::{AdminContext, DEAD_LETTER, Deliveries, Sink, client, oauth_token, send},
         config::{self, SecretMounts, Side},
         headers::HeaderPolicy,
+        lag::export_lag,
         rate::RecordRate,
-        retry::{Class, classify, classify_client_error, classify_code, retrying},
+        retry::{Class, classify, classify_client_error, retrying},
         start,
+        topics::{RECORD_OVERHEAD, ensure_topic, missing_topic, partition_count, partition_list, sink_record_limit},
     },
-    metrics::Metrics,
     progress::Progress,
     repartition::Marks,
     telemetry::{self, Spans},
@@ -137,6 +138,17 @@ pub enum RunError {
     Oversize(String),
 }
 
+impl RunError {
+    /// `error` of `context`, with the reason of a fatal client error `admin` saw, if any:
+    /// librdkafka reports those to the context while the call only times out.
+    fn explained(admin: &AdminContext, context: &'static str, error: KafkaError) -> Self {
+        match admin.fatal() {
+            Some((source, reason)) => Self::Client { context, source, reason },
+            None => Self::Kafka { context, source: error },
+        }
+    }
+}
+
 fn kafka(context: &'static str) -> impl FnOnce(KafkaError) -> RunError {
     move |source| RunError::Kafka { context, source }
 }
@@ -194,149 +206,6 @@ struct Table {
     assigned: Vec<i32>,
 }
 
-/// A client's OAUTHBEARER token for librdkafka's refresh callback.
-fn oauth_token(source: Option<&TokenSource>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-    let source = source.ok_or("no OAUTHBEARER token source configured")?;
-    source.token().map_err(|e| {
-        error!(error = %e, "no OAUTHBEARER token");
-        e.into()
-    })
-}
-
-/// Watches a producer: counts deliveries and their latency; the first failed delivery or
-/// fatal client error stops the job before its offsets are committed.
-#[derive(Debug)]
-struct Deliveries {
-    component: &'static str,
-    metrics: Metrics,
-    token: Option<TokenSource>,
-    /// Reference point of the delivery opaques (microseconds since it).
-    epoch: Instant,
-    /// librdkafka's retry count at the last statistics, to count retries as they happen.
-    retried: AtomicU64,
-    failed: Mutex<Option<String>>,
-}
-
-impl Deliveries {
-    fn new(component: &'static str, metrics: Metrics, token: Option<TokenSource>) -> Self {
-        Self { component, metrics, token, epoch: Instant::now(), retried: AtomicU64::new(0), failed: Mutex::default() }
-    }
-
-    /// The opaque of a record handed to the producer now.
-    fn sent_now(&self) -> usize {
-        self.epoch.elapsed().as_micros() as usize
-    }
-}
-
-impl ClientContext for Deliveries {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn stats(&self, statistics: Statistics) {
-        let retried: u64 = statistics.brokers.values().map(|b| b.txretries).sum();
-        let before = self.retried.swap(retried, Ordering::Relaxed);
-        if retried > before {
-            self.metrics.retries.with_label_values(&[self.component]).inc_by(retried - before);
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if classify_client_error(&error, reason) == Class::Fatal {
-            error!(%error, reason, component = self.component, "fatal producer error");
-            lock(&self.failed).get_or_insert_with(|| format!("{}: {error}: {reason}", self.component));
-        } else {
-            warn!(%error, reason, component = self.component, "producer error; librdkafka retries");
-        }
-    }
-
-    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        oauth_token(self.token.as_ref())
-    }
-}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, sent_at: usize) {
-        // The sink metrics are the sink's; dead letters have their own counter.
-        let sink = self.component == "sink" && sent_at != DEAD_LETTER;
-        match result {
-            Ok(_) if sink => {
-                let latency = self.epoch.elapsed().as_micros().saturating_sub(sent_at as u128);
-                self.metrics.sink_delivery_latency.observe(latency as f64 / 1e6);
-            }
-            Ok(_) => {}
-            Err((error, message)) => {
-                if sink {
-                    self.metrics.sink_errors.inc();
-                }
-                error!(%error, topic = message.topic(), component = self.component, "delivery failed");
-                lock(&self.failed).get_or_insert_with(|| error.to_string());
-            }
-        }
-    }
-}
-
-/// Delivery opaque of a dead letter, which may share a transactional producer with results.
-const DEAD_LETTER: usize = usize::MAX;
-
-/// The client context of admin calls (topic creation): authentication only.
-#[derive(Debug)]
-struct AdminContext {
-    token: Option<TokenSource>,
-    /// A fatal client error (authentication, TLS) and its reason: librdkafka reports those
-    /// here while the call that met them only times out.
-    failed: Mutex<Option<(KafkaError, String)>>,
-}
-
-impl AdminContext {
-    fn new(token: Option<TokenSource>) -> Self {
-        Self { token, failed: Mutex::default() }
-    }
-
-    /// `call`, unless a fatal client error was reported (then that error, which is not
-    /// retried) or the runtime is shutting down.
-    fn unless_failed<T>(&self, shared: &Shared, call: impl FnOnce() -> Result<T, KafkaError>) -> Result<T, KafkaError> {
-        let fatal = || lock(&self.failed).as_ref().map(|(error, _)| error.clone());
-        if let Some(error) = fatal() {
-            return Err(error);
-        }
-        if shared.shutdown.load(Ordering::Relaxed) {
-            return Err(KafkaError::Canceled);
-        }
-        call().map_err(|error| fatal().unwrap_or(error))
-    }
-
-    /// `error` of `context`, with the reason of a fatal client error when there was one.
-    fn explain(&self, context: &'static str, error: KafkaError) -> RunError {
-        match lock(&self.failed).clone() {
-            Some((source, reason)) => RunError::Client { context, source, reason },
-            None => RunError::Kafka { context, source: error },
-        }
-    }
-}
-
-impl ClientContext for AdminContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        if classify_client_error(&error, reason) == Class::Fatal {
-            error!(%error, reason, "fatal client error");
-            lock(&self.failed).get_or_insert((error, reason.to_owned()));
-        } else {
-            warn!(%error, reason, "client error; librdkafka retries");
-        }
-    }
-
-    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        oauth_token(self.token.as_ref())
-    }
-}
-
-/// A consumer only asked for metadata (never subscribed).
-impl ConsumerContext for AdminContext {}
-
-type Sink = BaseProducer<Deliveries>;
-
 struct SourceContext {
     table: Arc<Mutex<Table>>,
     committer: Arc<Committer>,
@@ -381,51 +250,6 @@ fn consumer_error(failed: &Mutex<Option<RunError>>, context: &'static str, error
     }
 }
 
-/// Sets `weir_consumer_lag` of the owned partitions of `topic` from `statistics` (when
-/// `fetching`), and drops the series of partitions not owned: statistics may be older than
-/// the last assignment. `owned` answers a partition's committed offset if it is owned.
-fn export_lag(
-    metrics: &Metrics,
-    topic: &str,
-    statistics: &Statistics,
-    fetching: bool,
-    owned: impl Fn(i32) -> Option<Option<i64>>,
-) {
-    let Some(stats) = statistics.topics.get(topic) else { return };
-    for (&id, partition) in &stats.partitions {
-        if id < 0 {
-            continue;
-        }
-        let label = id.to_string();
-        match owned(id).filter(|_| partition.desired) {
-            None => {
-                let _ = metrics.consumer_lag.remove_label_values(&[topic, &label]);
-            }
-            Some(committed) if fetching => {
-                if let Some(lag) = lag_of(committed, partition) {
-                    metrics.consumer_lag.with_label_values(&[topic, &label]).set(lag);
-                }
-            }
-            Some(_) => {}
-        }
-    }
-}
-
-/// High watermark − committed offset (`committed` when the runtime knows better than the
-/// statistics, e.g. after transactional commits); from the low watermark when nothing was
-/// committed. `None` before the partition's offsets are known.
-fn lag_of(committed: Option<i64>, partition: &rdkafka::statistics::Partition) -> Option<i64> {
-    let committed = committed.unwrap_or(partition.committed_offset);
-    let lag = if committed >= 0 && partition.hi_offset >= 0 {
-        partition.hi_offset - committed
-    } else if partition.hi_offset >= 0 {
-        partition.hi_offset - partition.lo_offset.max(0)
-    } else {
-        return None;
-    };
-    Some(lag.max(0))
-}
-
 /// Consumed messages as records, grouped by partition in offset order.
 fn records_by_partition<'a>(messages: &'a [BorrowedMessage<'a>]) -> BTreeMap<i32, Vec<RawRecord<'a>>> {
     let mut by_partition: BTreeMap<i32, Vec<RawRecord<'a>>> = BTreeMap::new();
@@ -467,17 +291,6 @@ impl ConsumerContext for SourceContext {
             lock(&self.table).assigned.extend(partitions);
         }
     }
-}
-
-fn client<C: rdkafka::config::FromClientConfigAndContext<Ctx>, Ctx: ClientContext>(
-    properties: &config::Properties,
-    context: Ctx,
-) -> Result<C, KafkaError> {
-    let mut config = ClientConfig::new();
-    for (k, v) in properties {
-        config.set(k, v);
-    }
-    config.create_with_context(context)
 }
 
 /// The running job: clients, plan and partition table.
@@ -582,14 +395,17 @@ impl Job {
         let sink_security = spec.sink.kafka.security.as_ref();
         let sink_token = TokenSource::for_connection(sink_security, Side::Sink, &settings.secrets)?;
         let sink_topic = &spec.sink.kafka.topic;
-        ensure_topic(&sink_properties, sink_token.clone(), sink_topic, spec.sink.kafka.create_topic.as_ref())?;
+        ensure_topic(&sink_properties, sink_token.clone(), sink_topic, spec.sink.kafka.create_topic.as_ref())
+            .map_err(kafka("creating topics"))?;
         let sink_limit = sink_record_limit(&mut sink_properties, sink_token.clone(), sink_topic);
         let state_budget = spec.state_budget_bytes();
         let deliveries = Deliveries::new("sink", metrics.clone(), sink_token);
         let sink: Arc<Sink> =
             Arc::new(client(&sink_properties, deliveries).map_err(kafka("creating the sink producer"))?);
         let sink_metadata = sink.client().fetch_metadata(Some(sink_topic), Duration::from_secs(30));
-        check_topic_exists(sink_metadata, sink_topic, "spec.sink.kafka.createTopic")?;
+        if let Some(missing) = missing_topic(sink_metadata, sink_topic, "spec.sink.kafka.createTopic") {
+            return Err(RunError::MissingTopic(missing));
+        }
         if exactly_once {
             // Fences an earlier instance with the same id and aborts its open transaction.
             sink.init_transactions(Duration::from_secs(60)).map_err(kafka("initialising transactions"))?;
@@ -606,7 +422,8 @@ impl Job {
                 let sink_spec = front::source_side_sink(spec, dlq.bootstrap_servers.as_deref());
                 let properties = config::producer(&sink_spec, &settings.secrets)?;
                 let token = TokenSource::for_connection(sink_spec.security.as_ref(), Side::Source, &settings.secrets)?;
-                ensure_topic(&properties, token.clone(), &dlq.topic, dlq.create_topic.as_ref())?;
+                ensure_topic(&properties, token.clone(), &dlq.topic, dlq.create_topic.as_ref())
+                    .map_err(kafka("creating topics"))?;
                 let deliveries = Deliveries::new("dead_letter", metrics.clone(), token);
                 let producer: Sink =
                     client(&properties, deliveries).map_err(kafka("creating the dead-letter producer"))?;
@@ -834,7 +651,8 @@ impl Job {
             self.committer.hand_over(&self.consumer, &mut table, &moves.revoke)?;
             self.committer.refresh_status(&table);
             drop(table);
-            let list = partition_list(&self.topic, &moves.revoke, Offset::Invalid)?;
+            let list =
+                partition_list(&self.topic, &moves.revoke, Offset::Invalid).map_err(kafka("listing partitions"))?;
             self.consumer.incremental_unassign(&list).map_err(kafka("giving up partitions"))?;
         }
         if !moves.assign.is_empty() {
@@ -1200,7 +1018,7 @@ impl Job {
         } else {
             // librdkafka keeps a partition's pause across a leave and a rejoin (a stop, then
             // a resume): fetch what is assigned now.
-            let fresh = partition_list(&self.topic, &assigned, Offset::Invalid)?;
+            let fresh = partition_list(&self.topic, &assigned, Offset::Invalid).map_err(kafka("listing partitions"))?;
             self.consumer.resume(&fresh).map_err(kafka("resuming assigned partitions"))?;
         }
         Ok(())
@@ -1430,14 +1248,11 @@ impl Job {
                     continue;
                 }
                 match send(producer, base) {
-                    Err(RunError::Kafka {
-                        source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
-                        ..
-                    }) => {
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
                         self.oversize(&record, size)?;
                         continue;
                     }
-                    sent => sent?,
+                    sent => sent.map_err(kafka("producing"))?,
                 }
                 metrics.sink_sends.inc();
                 metrics.sink_bytes.inc_by(bytes as u64);
@@ -1585,7 +1400,7 @@ impl Job {
         if let Some(key) = key {
             base = base.key(key);
         }
-        send(producer, base)?;
+        send(producer, base).map_err(kafka("producing"))?;
         self.shared.metrics.records_dead_lettered.inc();
         Ok(())
     }
@@ -1600,29 +1415,6 @@ impl Job {
             self.dead_letter(self.result_dead_letters(), &encoded.payload, reason, partition, offset, None)?;
         }
         Ok(())
-    }
-}
-
-/// Queues a record, waiting for room when the producer's queue is full.
-/// `partitions` of `topic`, each at `offset`.
-fn partition_list(topic: &str, partitions: &[i32], offset: Offset) -> Result<TopicPartitionList, RunError> {
-    let mut list = TopicPartitionList::new();
-    for &partition in partitions {
-        list.add_partition_offset(topic, partition, offset).map_err(kafka("listing partitions"))?;
-    }
-    Ok(list)
-}
-
-fn send(producer: &Sink, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), RunError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                producer.poll(Duration::from_millis(50));
-                record = returned;
-            }
-            Err((e, _)) => return Err(RunError::Kafka { context: "producing", source: e }),
-        }
     }
 }
 
@@ -1642,7 +1434,7 @@ fn source_partition_count(
         client(&properties, AdminContext::new(token)).map_err(kafka("creating the consumer"))?;
     let retries = shared.metrics.retries.with_label_values(&["source"]);
     let count = retrying(&source.retry, &retries, "reading topic metadata", || {
-        probe.context().unless_failed(shared, || {
+        probe.context().unless_failed(&shared.shutdown, || {
             let count = partition_count(&probe, &source.topic);
             // Serves the client's queued events: a consumer's errors come with its polls.
             for _ in 0..64 {
@@ -1653,122 +1445,18 @@ fn source_partition_count(
             count
         })
     })
-    .map_err(|error| probe.context().explain("reading topic metadata", error))?;
+    .map_err(|error| RunError::explained(probe.context(), "reading topic metadata", error))?;
     if count == 0 {
         return Err(RunError::MissingTopic(format!("the source topic {} does not exist", source.topic)));
     }
     Ok(count)
 }
 
-/// A topic's partition count; 0 when the topic does not exist.
-fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<usize, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len()))
-}
-
 /// How often state sizes are exported and held to the budget: summing them walks every key.
 const STATE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// librdkafka's default `message.max.bytes`.
-const LIBRDKAFKA_MAX_MESSAGE_BYTES: usize = 1_000_000;
-/// Room for the record batch and record framing a broker counts besides key, value and
-/// headers (61 bytes of batch header and at most a few dozen of varints).
-const RECORD_OVERHEAD: usize = 128;
 /// How much of an oversize result its dead letter keeps.
 const OVERSIZE_KEPT: usize = 64 * 1024;
-
-/// The largest record the sink takes: the producer's `message.max.bytes`, lowered (in
-/// `properties` too, so batches of small records stay under it) to the topic's
-/// `max.message.bytes` when the broker says that is smaller. Not lowered when the broker
-/// does not say (no DescribeConfigs right, say): then the broker's refusal is what tells.
-fn sink_record_limit(properties: &mut config::Properties, token: Option<TokenSource>, topic: &str) -> usize {
-    let configured =
-        properties.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(LIBRDKAFKA_MAX_MESSAGE_BYTES);
-    let topic_limit = match topic_max_message_bytes(properties, token, topic) {
-        Ok(limit) => limit,
-        Err(e) => {
-            warn!(topic, error = %e, "cannot read the sink topic's max.message.bytes; keeping the producer's limit");
-            None
-        }
-    };
-    match topic_limit {
-        Some(limit) if limit < configured => {
-            info!(topic, limit, "the sink topic takes smaller records than the producer; lowering message.max.bytes");
-            properties.insert("message.max.bytes".into(), limit.to_string());
-            let batch = properties.get("batch.size").and_then(|v| v.parse::<usize>().ok());
-            if batch.is_none_or(|b| b > limit) {
-                properties.insert("batch.size".into(), limit.to_string());
-            }
-            limit
-        }
-        _ => configured,
-    }
-}
-
-/// The topic's `max.message.bytes`, as the broker reports it.
-fn topic_max_message_bytes(
-    properties: &config::Properties,
-    token: Option<TokenSource>,
-    topic: &str,
-) -> Result<Option<usize>, KafkaError> {
-    let admin: AdminClient<AdminContext> = client(properties, AdminContext::new(token))?;
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let described = futures::executor::block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options))?;
-    Ok(described
-        .into_iter()
-        .filter_map(Result::ok)
-        .find_map(|resource| resource.get("max.message.bytes")?.value.as_ref()?.parse().ok()))
-}
-
-/// Creates `topic` as `create` says when it is set and the topic does not exist yet.
-fn ensure_topic(
-    properties: &config::Properties,
-    token: Option<TokenSource>,
-    topic: &str,
-    create: Option<&CreateTopic>,
-) -> Result<(), RunError> {
-    let Some(create) = create else { return Ok(()) };
-    let admin: AdminClient<AdminContext> =
-        client(properties, AdminContext::new(token)).map_err(kafka("creating the admin client"))?;
-    let new_topic = NewTopic::new(topic, create.partitions, TopicReplication::Fixed(create.replication_factor));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results =
-        futures::executor::block_on(admin.create_topics([&new_topic], &options)).map_err(kafka("creating topics"))?;
-    for result in results {
-        match result {
-            Ok(name) => info!(topic = name, partitions = create.partitions, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => debug!(topic, "topic exists"),
-            Err((name, code)) => {
-                error!(topic = name, %code, "creating the topic failed");
-                return Err(RunError::Kafka { context: "creating topics", source: KafkaError::AdminOp(code) });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Fails fast when the broker says `topic` does not exist (it does not create topics on
-/// request): producing would only fail after the delivery timeout.
-fn check_topic_exists(
-    metadata: Result<rdkafka::metadata::Metadata, KafkaError>,
-    topic: &str,
-    create_field: &str,
-) -> Result<(), RunError> {
-    let Ok(metadata) = metadata else {
-        // Unreachable brokers are the producer's to retry; only a clear "no such topic" stops.
-        return Ok(());
-    };
-    let unknown = metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == topic && t.error().is_some_and(|e| classify_code(e.into()) == Class::Fatal));
-    if unknown {
-        return Err(RunError::MissingTopic(format!(
-            "topic {topic} does not exist and the broker does not create it: create it, or set {create_field}"
-        )));
-    }
-    Ok(())
-}
 
 /// A savepoint id that sorts by time: `sp-<UTC time>-<random>`.
 fn new_savepoint_id() -> String {

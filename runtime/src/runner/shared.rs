@@ -2,7 +2,7 @@
 //! document, readiness, and the savepoint and resume requests the loop answers.
 
 use std::sync::{
-    Mutex, MutexGuard,
+    Mutex,
     atomic::{AtomicBool, AtomicI64, Ordering},
 };
 
@@ -136,9 +136,7 @@ impl Shared {
     }
 }
 
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(super) use crate::sync::lock;
 
 pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
