@@ -27,7 +27,7 @@ use rdkafka::{
     ClientConfig,
     producer::{BaseProducer, BaseRecord, Producer},
 };
-use weir_e2e::{broker::Broker, free_port, http_get, kafka, metric_value};
+use weir_testkit::{broker::Broker, free_port, http_get, kafka, metric_value};
 
 const PARTITIONS: u32 = 3;
 const USERS: usize = 10_000;

@@ -194,7 +194,7 @@ fn raw(payloads: &[Vec<u8>], first: usize) -> Vec<RawRecord<'_>> {
 }
 
 fn avro_round_trip(plan: &Arc<Plan>) {
-    let registry = must(weir_e2e::registry::SchemaRegistry::start(), "starting the schema registry stand-in");
+    let registry = must(weir_testkit::registry::SchemaRegistry::start(), "starting the schema registry stand-in");
     let registry_url = format!("schemaRegistry: {{url: \"{}\"}}", registry.url());
     let spec = spec(&format!("format: avro\n    {registry_url}"), &format!("format: avro, {registry_url}"));
     let files = FormatFiles { secrets: SecretMounts::new("/nonexistent"), descriptor_set: None };

@@ -13,7 +13,7 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     producer::{BaseProducer, BaseRecord, Producer},
 };
-use weir_e2e::{broker::Broker, free_port, http_get, kafka, metric_value, wait_until};
+use weir_testkit::{broker::Broker, free_port, http_get, kafka, metric_value, wait_until};
 
 const RECORDS: usize = 200_000;
 

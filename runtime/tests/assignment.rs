@@ -15,7 +15,7 @@ use std::{
 use common::*;
 use rdkafka::producer::BaseProducer;
 use serde_json::Value;
-use weir_e2e::{broker::Broker, payments::produce_spread, wait_until};
+use weir_testkit::{broker::Broker, payments::produce_spread, wait_until};
 
 fn status(runtime: &Runtime) -> Value {
     must(serde_json::from_str(&runtime.get("/status").1), "status is JSON")
@@ -230,7 +230,7 @@ fn exactly_once_a_hand_over_whose_checkpoint_fails_releases_nothing_and_stops_th
     let all: Vec<Payment> = first.into_iter().chain(second).collect();
     let want = expected(&all);
     let records = must(
-        weir_e2e::kafka::read_committed_records(
+        weir_testkit::kafka::read_committed_records(
             &broker.bootstrap(),
             &format!("{name}-out"),
             want.len(),

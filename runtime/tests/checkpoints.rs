@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use common::*;
 use serde_json::Value;
-use weir_e2e::{broker::Broker, wait_until};
+use weir_testkit::{broker::Broker, wait_until};
 
 fn checkpointed_job(dir: &Path, broker: &Broker, name: &str, extra: &str) -> std::path::PathBuf {
     let storage = format!("file://{}/checkpoints", dir.display());
@@ -25,7 +25,7 @@ fn records_out(runtime: &Runtime, name: &str) -> f64 {
 
 /// `weir_consumer_lag` summed over the partitions the instance reports.
 fn total_lag(runtime: &Runtime) -> f64 {
-    weir_e2e::lag_of(&runtime.get("/metrics").1) as f64
+    weir_testkit::lag_of(&runtime.get("/metrics").1) as f64
 }
 
 /// Records in a single-partition topic: its high watermark (no transactions in these jobs).

@@ -21,7 +21,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
 };
 use serde_json::json;
-use weir_e2e::{broker::Broker, kafka, wait_until};
+use weir_testkit::{broker::Broker, kafka, wait_until};
 
 /// A stateless job `<name>-in` → `<name>-out`; `source` and `sink` are appended to the
 /// source's and sink's Kafka settings, `extra` to the spec.
@@ -122,7 +122,7 @@ fn headers_trace_context_timestamps_and_metrics_land_on_produced_records() {
     }
     let metric = |series: &str| runtime.metric(&format!("{series}{{streamjob=\"{name}\"}}"));
     let text = runtime.get("/metrics").1;
-    let value = |series: &str| weir_e2e::metric_value(&text, series).unwrap_or(-1.0);
+    let value = |series: &str| weir_testkit::metric_value(&text, series).unwrap_or(-1.0);
     let batches = value(&format!("weir_source_batch_records_count{{streamjob=\"{name}\"}}"));
     assert!(batches >= 5.0, "50 records in batches of at most 10: {batches} batches");
     assert_eq!(value(&format!("weir_source_batch_records_bucket{{streamjob=\"{name}\",le=\"10\"}}")), batches);
@@ -130,7 +130,7 @@ fn headers_trace_context_timestamps_and_metrics_land_on_produced_records() {
     assert!(metric("weir_source_polls_total") >= batches, "{text}");
     assert_eq!(metric("weir_sink_sends_total"), 50.0, "{text}");
     wait_until(Duration::from_secs(30), "delivery latencies to be observed", || {
-        weir_e2e::metric_value(
+        weir_testkit::metric_value(
             &runtime.get("/metrics").1,
             &format!("weir_sink_delivery_latency_seconds_count{{streamjob=\"{name}\"}}"),
         ) == Some(50.0)

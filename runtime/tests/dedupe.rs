@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::producer::{BaseProducer, Producer};
 use serde_json::json;
-use weir_e2e::{kafka, wait_until};
+use weir_testkit::{kafka, wait_until};
 
 /// Sends payments `from..` of `all` keyed by user, each with its index as `payment_id`; a
 /// third of them twice and a seventh three times, the copies right after the first.

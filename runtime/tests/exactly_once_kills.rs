@@ -8,7 +8,7 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use common::*;
-use weir_e2e::{broker::Broker, kafka, wait_until};
+use weir_testkit::{broker::Broker, kafka, wait_until};
 
 const NAME: &str = "eoskill";
 

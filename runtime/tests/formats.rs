@@ -23,7 +23,7 @@ use prost_reflect::{
     },
 };
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use weir_e2e::{broker::Broker, kafka, payments::Totals, registry::SchemaRegistry, wait_until};
+use weir_testkit::{broker::Broker, kafka, payments::Totals, registry::SchemaRegistry, wait_until};
 
 /// Creates `<name>-in` with `partitions` partitions, `<name>-out` and `<name>-dlq`.
 fn topics(broker: &Broker, name: &str, partitions: u32) {

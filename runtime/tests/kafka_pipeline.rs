@@ -9,7 +9,7 @@ use std::{process::Command, time::Duration};
 use common::*;
 use rdkafka::producer::Producer;
 use serde_json::{Value, json};
-use weir_e2e::wait_until;
+use weir_testkit::wait_until;
 
 #[test]
 fn windowed_results_equal_an_independent_computation_and_bad_or_late_records_are_dead_lettered() {

@@ -12,11 +12,11 @@ use std::{
 
 use base64::Engine;
 use rdkafka::client::OAuthToken;
-use weir_e2e::s3::S3Server;
 use weir_runtime::kafka::{
     config::{SecretMounts, Side},
     msk_iam::{Environment, Signer},
 };
+use weir_testkit::s3::S3Server;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/weir-orders";
 const SESSION: &str = "weir-orders-0";

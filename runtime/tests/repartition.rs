@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use common::*;
 use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::{Value, json};
-use weir_e2e::{kafka, payments::produce_spread, wait_until};
+use weir_testkit::{kafka, payments::produce_spread, wait_until};
 
 fn metric(runtime: &Runtime, family: &str, name: &str) -> f64 {
     runtime.metric(&format!("{family}{{streamjob=\"{name}\"}}"))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use weir_e2e::{s3::S3Server, wait_until};
+use weir_testkit::{s3::S3Server, wait_until};
 
 #[test]
 fn a_savepoint_on_s3_restores_exactly() {

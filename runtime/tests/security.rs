@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::*;
-use weir_e2e::{
+use weir_testkit::{
     broker::{Broker, Listener},
     kafka, wait_until,
 };
@@ -188,10 +188,10 @@ fn the_admin_routes_answer_only_with_the_token_of_the_admin_token_file() {
     assert_eq!(runtime.get("/metrics").0, 200, "metrics stay open for Prometheus");
     assert_eq!(runtime.get("/status").0, 401);
     assert_eq!(runtime.post("/assign?slot=0&slots=1").0, 401);
-    let (code, body) = must(weir_e2e::http_get_with(&runtime.admin, "/status", "0123456789abcdef"), "status");
+    let (code, body) = must(weir_testkit::http_get_with(&runtime.admin, "/status", "0123456789abcdef"), "status");
     assert_eq!(code, 200, "{body}");
     let (code, body) =
-        must(weir_e2e::http_post(&runtime.admin, "/assign?slot=0&slots=1", Some("0123456789abcdef")), "assign");
+        must(weir_testkit::http_post(&runtime.admin, "/assign?slot=0&slots=1", Some("0123456789abcdef")), "assign");
     assert_eq!(code, 200, "{body}");
     runtime.kill();
 

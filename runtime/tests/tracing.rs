@@ -20,7 +20,7 @@ use rdkafka::{
     producer::{BaseProducer, BaseRecord, Producer},
 };
 use serde_json::json;
-use weir_e2e::{
+use weir_testkit::{
     broker::Broker,
     kafka,
     otlp::{OtlpReceiver, ReceivedSpan},

@@ -407,7 +407,7 @@ mod tests {
         datatypes::{DataType, Float64Type, Int64Type, TimeUnit},
     };
     use weir_crds::JobDocument;
-    use weir_e2e::registry::SchemaRegistry;
+    use weir_testkit::registry::SchemaRegistry;
 
     use super::*;
     use crate::{

@@ -11,7 +11,7 @@ use std::{
 
 use rdkafka::producer::BaseProducer;
 use serde_json::Value;
-use weir_e2e::{
+use weir_testkit::{
     broker::Broker,
     free_port, http_get,
     kafka::{self, Received},
@@ -19,7 +19,7 @@ use weir_e2e::{
 };
 
 #[allow(unused_imports)]
-pub use weir_e2e::payments::{BASE_TS, FLUSH_TS, Payment, WINDOW_MS, expected, payments};
+pub use weir_testkit::payments::{BASE_TS, FLUSH_TS, Payment, WINDOW_MS, expected, payments};
 
 pub fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -56,12 +56,12 @@ pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &str) {
 }
 
 pub fn produce_payments(producer: &BaseProducer, topic: &str, payments: &[Payment]) {
-    must(weir_e2e::payments::produce(producer, topic, payments), "producing payments");
+    must(weir_testkit::payments::produce(producer, topic, payments), "producing payments");
 }
 
 /// One far-future record per partition, so every window of the test data closes.
 pub fn produce_flush_markers(producer: &BaseProducer, topic: &str, partitions: i32) {
-    must(weir_e2e::payments::produce_flush_markers(producer, topic, partitions), "producing flush markers");
+    must(weir_testkit::payments::produce_flush_markers(producer, topic, partitions), "producing flush markers");
 }
 
 /// A windowed job reading `<name>-in`; `extra` is appended to its spec (indented lines).
@@ -223,7 +223,7 @@ impl Runtime {
 
     /// `POST path` on the admin server: status and body.
     pub fn post(&self, path: &str) -> (u16, String) {
-        weir_e2e::http_post(&self.admin, path, None).unwrap_or((0, String::new()))
+        weir_testkit::http_post(&self.admin, path, None).unwrap_or((0, String::new()))
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -265,7 +265,7 @@ pub fn json(record: &Received) -> Value {
 
 /// Output records as (user, window start) → (total, count), failing on a duplicate window.
 pub fn results(records: &[Received]) -> BTreeMap<(String, i64), (i64, i64)> {
-    weir_e2e::payments::results(records).unwrap_or_else(|e| panic!("{e}"))
+    weir_testkit::payments::results(records).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Exactly-once across a restart: a windowed job with

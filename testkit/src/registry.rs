@@ -20,7 +20,7 @@ use axum::{
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::{Error, stand_in::Server};
+use crate::{Error, server::Server};
 
 /// What the registry holds, and what it was asked.
 #[derive(Debug, Default)]

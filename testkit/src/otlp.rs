@@ -18,7 +18,7 @@ use axum::{
 };
 use serde_json::Value;
 
-use crate::{Error, stand_in::Server};
+use crate::{Error, server::Server};
 
 /// A span as received (ids in lowercase hex, as OTLP/JSON writes them).
 #[derive(Debug, Clone, PartialEq)]
