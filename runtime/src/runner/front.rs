@@ -28,8 +28,9 @@ use weir_crds::{Delivery, KafkaSink, KafkaSource, StartOffset, StreamJobSpec};
 use super::{
     Job, RunError, Settings,
     commit::commit_unless_rebalancing,
-    consumer_error, kafka, records_by_partition,
+    kafka,
     shared::{Shared, lock},
+    source::{consumer_error, records_by_partition},
 };
 use crate::{
     assignment::{self, AssignmentMode, Slot},
@@ -569,21 +570,21 @@ impl Job {
             let _span = self.process_span(&self.settings.spec.source.kafka.topic, partition, &records);
             self.runtime.block_on(self.decoder.prepare(&records))?;
             let decoded = self.decoder.decode(&records);
-            self.dead_letter_undecoded(&records, &decoded.errors)?;
+            self.dead_letters().undecoded(&records, &decoded.errors)?;
             if let Some(batch) = decoded.batch {
                 let (rows, rejected) = match front.plan.apply_front(batch.clone()) {
                     Ok(applied) => applied,
                     Err(e) => {
-                        self.dead_letter_failed_batch(&records, &e)?;
+                        self.dead_letters().failed_batch(&records, &e)?;
                         (None, Vec::new())
                     }
                 };
-                self.dead_letter_rejected(&records, &rejected)?;
+                self.dead_letters().rejected(&records, &rejected)?;
                 let newest = crate::engine::newest_event_time_except(&batch, &rejected);
                 match rows.map(|rows| self.route(front, partition, rows)) {
                     None | Some(Ok(())) => {}
                     Some(Err(RouteError::Send(e))) => return Err(e),
-                    Some(Err(e)) => self.dead_letter_failed_batch(&records, &e)?,
+                    Some(Err(e)) => self.dead_letters().failed_batch(&records, &e)?,
                 }
                 if let (Some(newest), Some(owned)) = (newest, lock(&front.owners).owned.get_mut(&partition)) {
                     owned.watermark.observe(newest, now);

@@ -94,16 +94,16 @@ impl Job {
                         Ok(processed) => {
                             self.shared.metrics.records_deduplicated.inc_by(processed.duplicates as u64);
                             outputs.extend(processed.output);
-                            self.dead_letter_rejected_results(&processed.rejected, upstream)?;
-                            self.dead_letter_rejected_results(&processed.rejected_results, upstream)?;
+                            self.dead_letters().rejected_results(&processed.rejected, upstream)?;
+                            self.dead_letters().rejected_results(&processed.rejected_results, upstream)?;
                             if let Some(late) = processed.late {
-                                self.dead_letter_late(&late, upstream)?;
+                                self.dead_letters().late(&late, upstream)?;
                             }
                         }
                         Err(e) => {
                             warn!(partition, upstream, error = %e, "pipeline failed on a batch; dead-lettering it");
                             metrics.decode_errors.inc_by(batch.num_rows() as u64);
-                            self.dead_letter_rows(&batch, &format!("pipeline: {e}"), upstream)?;
+                            self.dead_letters().rows(&batch, &format!("pipeline: {e}"), upstream)?;
                         }
                     }
                 }
@@ -112,7 +112,7 @@ impl Job {
                     if let Some(watermark) = repartition::combined(&run.marks, front.source_partitions) {
                         let closed = run.pipeline.advance_watermark(watermark)?;
                         outputs.extend(closed.output);
-                        self.dead_letter_rejected_results(&closed.rejected, partition)?;
+                        self.dead_letters().rejected_results(&closed.rejected, partition)?;
                     }
                 }
                 Err(e) => {

@@ -7,9 +7,11 @@
 //! committed offset and drops replayed records of windows it already emitted.
 
 mod commit;
+mod dead_letters;
 mod front;
 mod keyed;
 mod shared;
+mod source;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,17 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arrow::{
-    array::{AsArray, RecordBatch},
-    datatypes::Int64Type,
-    error::ArrowError,
-};
+use arrow::{array::RecordBatch, error::ArrowError};
 use opentelemetry::trace::{Span as _, SpanContext};
 use opentelemetry_sdk::trace::Span;
 use rdkafka::{
-    ClientContext, Message, Offset, Statistics, TopicPartitionList,
-    client::OAuthToken,
-    consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance},
+    ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::{BorrowedMessage, Header, OwnedHeaders},
     producer::{BaseRecord, Producer},
@@ -46,22 +43,23 @@ pub use self::shared::{
 };
 use self::{
     commit::Committer,
+    dead_letters::DeadLetters,
     front::Front,
     shared::{lock, now_ms, now_rfc3339},
+    source::{SourceContext, records_by_partition},
 };
 use crate::{
     assignment::{self, AssignmentMode, Slot},
     checkpoint::{self, CheckpointStore, Checkpointer, PartitionSnapshot},
     codec::{self, CodecError, Decoder, Encoder, FormatFiles, Layout, RawRecord},
-    engine::{PartitionPipeline, Plan, Rejected, Resume},
+    engine::{PartitionPipeline, Plan, Resume},
     kafka::{
         auth::{TokenError, TokenSource},
-        clients::{AdminContext, DEAD_LETTER, Deliveries, Sink, client, oauth_token, send},
+        clients::{AdminContext, Deliveries, Sink, client, send},
         config::{self, SecretMounts, Side},
         headers::HeaderPolicy,
-        lag::export_lag,
         rate::RecordRate,
-        retry::{Class, classify, classify_client_error, retrying},
+        retry::{Class, classify, retrying},
         start,
         topics::{RECORD_OVERHEAD, ensure_topic, missing_topic, partition_count, partition_list, sink_record_limit},
     },
@@ -204,93 +202,6 @@ impl Run {
 struct Table {
     runs: BTreeMap<i32, Run>,
     assigned: Vec<i32>,
-}
-
-struct SourceContext {
-    table: Arc<Mutex<Table>>,
-    committer: Arc<Committer>,
-    /// A failure inside a rebalance callback, for the loop to stop on.
-    failed: Mutex<Option<RunError>>,
-    /// The job's stop-with-savepoint flag: while set, the loop reports lag itself.
-    stopped: Arc<AtomicBool>,
-    token: Option<TokenSource>,
-}
-
-impl ClientContext for SourceContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        consumer_error(&self.failed, "consuming", error, reason);
-    }
-
-    fn generate_oauth_token(&self, _: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        oauth_token(self.token.as_ref())
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        // Offsets committed in transactions do not show in the consumer's statistics: the
-        // table knows what was committed.
-        let table = lock(&self.table);
-        // librdkafka learns high watermarks from fetch responses, and paused partitions are
-        // not fetched: while stopped, the loop asks the broker instead.
-        let fetching = !self.stopped.load(Ordering::Relaxed);
-        let owned = |partition: i32| table.runs.get(&partition).map(|r| r.committed);
-        export_lag(&self.committer.shared.metrics, &self.committer.topic, &statistics, fetching, owned);
-    }
-}
-
-/// A consumer's client error: a fatal one is kept for the job loop to stop on, others are
-/// librdkafka's to retry.
-fn consumer_error(failed: &Mutex<Option<RunError>>, context: &'static str, error: KafkaError, reason: &str) {
-    if classify_client_error(&error, reason) == Class::Fatal {
-        error!(%error, reason, context, "fatal consumer error");
-        lock(failed).get_or_insert(RunError::Client { context, source: error, reason: reason.to_owned() });
-    } else {
-        warn!(%error, reason, context, "consumer error; librdkafka retries");
-    }
-}
-
-/// Consumed messages as records, grouped by partition in offset order.
-fn records_by_partition<'a>(messages: &'a [BorrowedMessage<'a>]) -> BTreeMap<i32, Vec<RawRecord<'a>>> {
-    let mut by_partition: BTreeMap<i32, Vec<RawRecord<'a>>> = BTreeMap::new();
-    for message in messages {
-        by_partition.entry(message.partition()).or_default().push(RawRecord {
-            payload: message.payload(),
-            key: message.key(),
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis(),
-            headers: message.headers(),
-        });
-    }
-    by_partition
-}
-
-impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(revoked) = rebalance else { return };
-        self.committer.shared.metrics.source_rebalances.inc();
-        let partitions: Vec<i32> = revoked.elements().iter().map(|e| e.partition()).collect();
-        // The new owner reports their lag; librdkafka's statistics may not list them again.
-        let metrics = &self.committer.shared.metrics;
-        for partition in &partitions {
-            let _ = metrics.consumer_lag.remove_label_values(&[&self.committer.topic, &partition.to_string()]);
-        }
-        let mut table = lock(&self.table);
-        if let Err(e) = self.committer.hand_over(consumer, &mut table, &partitions) {
-            error!(error = %e, "handing over revoked partitions failed");
-            lock(&self.failed).get_or_insert(e);
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
-            info!(?partitions, "partitions assigned");
-            self.committer.shared.metrics.source_rebalances.inc();
-            lock(&self.table).assigned.extend(partitions);
-        }
-    }
 }
 
 /// The running job: clients, plan and partition table.
@@ -1071,22 +982,22 @@ impl Job {
             let span = self.process_span(&self.topic, partition, &records);
             self.runtime.block_on(self.decoder.prepare(&records))?;
             let decoded = self.decoder.decode(&records);
-            self.dead_letter_undecoded(&records, &decoded.errors)?;
+            self.dead_letters().undecoded(&records, &decoded.errors)?;
             if let Some(batch) = decoded.batch {
                 match run.pipeline.process(batch, Instant::now()) {
                     Ok(processed) => {
                         self.shared.metrics.records_deduplicated.inc_by(processed.duplicates as u64);
-                        self.dead_letter_rejected(&records, &processed.rejected)?;
-                        self.dead_letter_rejected_results(&processed.rejected_results, partition)?;
+                        self.dead_letters().rejected(&records, &processed.rejected)?;
+                        self.dead_letters().rejected_results(&processed.rejected_results, partition)?;
                         self.produce_from(&processed.output, span.as_ref().map(|s| s.span_context()))?;
                         if let Some(late) = processed.late {
-                            self.dead_letter_late(&late, partition)?;
+                            self.dead_letters().late(&late, partition)?;
                         }
                     }
                     Err(e) => {
                         // Not a record's fault (the engine's own columns are missing): the
                         // batch is dead-lettered rather than crash the job.
-                        self.dead_letter_failed_batch(&records, &e)?;
+                        self.dead_letters().failed_batch(&records, &e)?;
                     }
                 }
             }
@@ -1114,7 +1025,7 @@ impl Job {
         }
         drop(table);
         for (partition, rejected) in rejected {
-            self.dead_letter_rejected_results(std::slice::from_ref(&rejected), partition)?;
+            self.dead_letters().rejected_results(std::slice::from_ref(&rejected), partition)?;
         }
         if let Some(wm) = slowest {
             self.shared.metrics.watermark_lag_seconds.set((now_ms() - wm) as f64 / 1000.0);
@@ -1262,73 +1173,27 @@ impl Job {
         Ok(())
     }
 
-    /// The producer of dead letters of consumed records: exactly-once, the transactional one
-    /// whose transaction commits their source offsets, when it reaches the dead-letter topic.
-    fn source_dead_letters(&self) -> Option<&Sink> {
-        match &self.front {
-            Some(front) if front.carries_dead_letters() => Some(front.producer()),
-            Some(_) => self.committer.dead_letters.as_deref(),
-            None => self.result_dead_letters(),
-        }
-    }
-
-    /// The producer of dead letters of the window stage (late rows).
-    fn result_dead_letters(&self) -> Option<&Sink> {
-        if self.dead_letters_in_sink_transaction {
+    /// Where this job's dead letters go.
+    fn dead_letters(&self) -> DeadLetters<'_> {
+        let results = if self.dead_letters_in_sink_transaction {
             Some(self.committer.sink.as_ref())
         } else {
             self.committer.dead_letters.as_deref()
+        };
+        let source = match &self.front {
+            Some(front) if front.carries_dead_letters() => Some(front.producer()),
+            Some(_) => self.committer.dead_letters.as_deref(),
+            None => results,
+        };
+        let spec = &self.settings.spec;
+        DeadLetters {
+            topic: self.dead_letter_topic.as_deref(),
+            source_topic: &spec.source.kafka.topic,
+            source,
+            results,
+            late_records: spec.dead_letter.as_ref().is_some_and(|d| d.late_records),
+            metrics: &self.shared.metrics,
         }
-    }
-
-    /// Counts and dead-letters the records that did not decode (`errors` from a decoder).
-    fn dead_letter_undecoded(&self, records: &[RawRecord<'_>], errors: &[(usize, String)]) -> Result<(), RunError> {
-        let producer = self.source_dead_letters();
-        for (index, reason) in errors {
-            self.shared.metrics.decode_errors.inc();
-            let record = &records[*index];
-            let payload = record.payload.unwrap_or_default();
-            let reason = format!("decode: {reason}");
-            self.dead_letter(producer, payload, &reason, record.partition, record.offset, record.key)?;
-        }
-        Ok(())
-    }
-
-    /// Counts and dead-letters, as they were consumed, the records a pipeline step could not
-    /// evaluate (`rejected` rows, found in `records` by their source offset).
-    fn dead_letter_rejected(&self, records: &[RawRecord<'_>], rejected: &[Rejected]) -> Result<(), RunError> {
-        if let Some(first) = rejected.first() {
-            warn!(records = rejected.len(), reason = %first.reason, "a pipeline step failed on records; dead-lettering them");
-        }
-        let producer = self.source_dead_letters();
-        for rejected in rejected {
-            let Some(offsets) =
-                rejected.rows.column_by_name(crate::engine::OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>())
-            else {
-                continue;
-            };
-            let reason = format!("pipeline: {}", rejected.reason);
-            for &offset in offsets.values() {
-                let Some(record) = records.iter().find(|r| r.offset == offset) else { continue };
-                self.shared.metrics.pipeline_errors.inc();
-                let payload = record.payload.unwrap_or_default();
-                self.dead_letter(producer, payload, &reason, record.partition, record.offset, record.key)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts and dead-letters, as JSON, rows (window results, or rows read back from the
-    /// internal topic) a pipeline step could not evaluate.
-    fn dead_letter_rejected_results(&self, rejected: &[Rejected], partition: i32) -> Result<(), RunError> {
-        if let Some(first) = rejected.first() {
-            warn!(partition, rows = rejected.len(), reason = %first.reason, "a pipeline step failed on rows; dead-lettering them");
-        }
-        for rejected in rejected {
-            self.shared.metrics.pipeline_errors.inc_by(rejected.rows.num_rows() as u64);
-            self.dead_letter_rows(&rejected.rows, &format!("pipeline: {}", rejected.reason), partition)?;
-        }
-        Ok(())
     }
 
     /// A result too large for the sink, as `oversizeRecords` says: counted and dead-lettered
@@ -1345,76 +1210,7 @@ impl Job {
         self.shared.metrics.records_oversize.inc();
         let kept = &record.payload[..record.payload.len().min(OVERSIZE_KEPT)];
         let reason = format!("{reason}; the first {} bytes are kept", kept.len());
-        self.dead_letter(self.result_dead_letters(), kept, &reason, -1, -1, record.key.as_deref())
-    }
-
-    /// Counts late rows and dead-letters them when the job asks for it.
-    fn dead_letter_late(&self, late: &RecordBatch, partition: i32) -> Result<(), RunError> {
-        self.shared.metrics.records_late.inc_by(late.num_rows() as u64);
-        if self.settings.spec.dead_letter.as_ref().is_some_and(|d| d.late_records) {
-            self.dead_letter_rows(late, "late: its window had closed", partition)?;
-        }
-        Ok(())
-    }
-
-    /// What the pipeline fails on as a whole (not a record's fault) is treated like
-    /// undecodable input, not as a crash: the batch's records are dead-lettered.
-    fn dead_letter_failed_batch(
-        &self,
-        records: &[RawRecord<'_>],
-        error: &dyn std::fmt::Display,
-    ) -> Result<(), RunError> {
-        let partition = records.first().map_or(-1, |r| r.partition);
-        warn!(partition, %error, "pipeline failed on a batch; dead-lettering it");
-        self.shared.metrics.decode_errors.inc_by(records.len() as u64);
-        let reason = format!("pipeline: {error}");
-        let producer = self.source_dead_letters();
-        for record in records {
-            let payload = record.payload.unwrap_or_default();
-            self.dead_letter(producer, payload, &reason, record.partition, record.offset, record.key)?;
-        }
-        Ok(())
-    }
-
-    /// Sends a record the job cannot use to the dead-letter topic, with why and where from.
-    fn dead_letter(
-        &self,
-        producer: Option<&Sink>,
-        payload: &[u8],
-        reason: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-    ) -> Result<(), RunError> {
-        let (Some(producer), Some(topic)) = (producer, &self.dead_letter_topic) else {
-            return Ok(());
-        };
-        let partition = partition.to_string();
-        let offset = offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "weir.error", value: Some(reason) })
-            .insert(Header { key: "weir.source.topic", value: Some(&self.settings.spec.source.kafka.topic) })
-            .insert(Header { key: "weir.source.partition", value: Some(&partition) })
-            .insert(Header { key: "weir.source.offset", value: Some(&offset) });
-        let mut base = BaseRecord::with_opaque_to(topic, DEAD_LETTER).payload(payload).headers(headers);
-        if let Some(key) = key {
-            base = base.key(key);
-        }
-        send(producer, base).map_err(kafka("producing"))?;
-        self.shared.metrics.records_dead_lettered.inc();
-        Ok(())
-    }
-
-    /// Dead-letters processed rows (late records) as JSON, with their source offsets.
-    fn dead_letter_rows(&self, rows: &RecordBatch, reason: &str, partition: i32) -> Result<(), RunError> {
-        let offsets = [crate::engine::UPSTREAM_OFFSET, crate::engine::OFFSET]
-            .into_iter()
-            .find_map(|name| rows.column_by_name(name).and_then(|c| c.as_primitive_opt::<Int64Type>()));
-        for (row, encoded) in codec::encode_json(rows, Layout::default())?.into_iter().enumerate() {
-            let offset = offsets.map_or(-1, |o| o.value(row));
-            self.dead_letter(self.result_dead_letters(), &encoded.payload, reason, partition, offset, None)?;
-        }
-        Ok(())
+        self.dead_letters().result(kept, &reason, -1, -1, record.key.as_deref())
     }
 }
 
