@@ -303,11 +303,17 @@ impl Checker {
         if let (Some(at), Some(keys)) = (dedupe_at, key)
             && !keys.iter().all(|k| partitioned_by.contains(k))
         {
-            self.report(
-                format!("spec.pipeline[{at}].dedupe"),
-                "dedupe in a job whose keyBy repartitions the records is not supported yet: if the topic is \
-                 partitioned by the keyBy fields, list them in spec.source.kafka.partitionedBy",
-            );
+            // The job may repartition: the dedupe runs where the rows arrive by their keyBy
+            // fields, so those must not change between the dedupe and the keyBy.
+            let key_at = spec.pipeline.iter().position(|s| matches!(s, Step::KeyBy(_))).unwrap_or_default();
+            if let Some(select) = (at..key_at).find(|&i| matches!(spec.pipeline[i], Step::Select(_))) {
+                self.report(
+                    format!("spec.pipeline[{select}].select"),
+                    "a select between dedupe and a keyBy that repartitions the records is not supported: move it \
+                     before the dedupe, or list the keyBy fields in spec.source.kafka.partitionedBy if the topic is \
+                     partitioned by them",
+                );
+            }
         }
         if let Some(at) = window_at.filter(|_| !aggregated) {
             self.report(format!("spec.pipeline[{at}].window"), "window must be followed by an aggregate step");

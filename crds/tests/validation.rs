@@ -221,11 +221,15 @@ fn a_dedupe_between_key_by_and_window_or_after_the_aggregate_is_reported() {
 }
 
 #[test]
-fn a_dedupe_in_a_job_that_repartitions_is_reported() {
-    let spec = spec_with(|v| {
-        v["pipeline"].as_array_mut().unwrap().insert(0, yaml("{dedupe: {key: [user_id], within: 1m}}"));
-    });
-    assert_single_problem(&spec, "spec.pipeline[0].dedupe", "partitionedBy");
+fn a_dedupe_in_a_job_that_repartitions_needs_its_key_by_fields_unchanged() {
+    let repartitioned = |at: usize| {
+        spec_with(|v| {
+            let Some(pipeline) = v["pipeline"].as_array_mut() else { panic!("the base spec has a pipeline") };
+            pipeline.insert(at, yaml("{dedupe: {key: [user_id], within: 1m}}"));
+        })
+    };
+    assert!(problems(&repartitioned(2)).is_empty(), "after the select: the rows reach the keyBy as they are");
+    assert_single_problem(&repartitioned(1), "spec.pipeline[2].select", "between dedupe and a keyBy");
 }
 
 #[test]

@@ -1,13 +1,14 @@
 //! A `dedupe` step against a real broker: payments sent two and three times (a producer's
 //! retries, some of them after a restart) are each counted once in exactly-once results, the
-//! dedupe state surviving the restart in the checkpoint.
+//! dedupe state surviving the restart in the checkpoint; and in a job that repartitions,
+//! copies consumed from different partitions meet in the keyed stage and count once.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 use weir_testkit::{kafka, wait_until};
 
@@ -80,5 +81,50 @@ fn repeats_are_counted_once_in_exactly_once_results_across_a_restart() {
             metric(&restarted, "weir_records_deduplicated_total") >= retried as f64
         }),
         "deduplicated after the restart",
+    );
+}
+
+/// The job of `job` with a dedupe on `payment_id` before its keyBy.
+fn with_dedupe(job: &std::path::Path) {
+    let text = must(std::fs::read_to_string(job), "reading the job")
+        .replace("    - keyBy: [user_id]\n", "    - dedupe: {key: [payment_id], within: 1m}\n    - keyBy: [user_id]\n");
+    must(std::fs::write(job, text), "writing the job");
+}
+
+#[test]
+fn copies_consumed_from_different_partitions_count_once_in_a_job_that_repartitions() {
+    let name = "dedupe-spread";
+    let (broker, dir) = setup(name, 3);
+    let input = format!("{name}-in");
+    let job = unkeyed_job(dir.path(), broker, name, "");
+    with_dedupe(&job);
+    let producer = producer(broker);
+    let all = payments(2_000, 10, 0);
+    let mut copies = 0;
+    for (i, p) in all.iter().enumerate() {
+        let payload = json!({"payment_id": i, "user_id": p.user, "amount": p.amount, "currency": "EUR", "ts": p.ts});
+        let payload = payload.to_string();
+        // The original and its copies each on another partition, as retries through a
+        // partitioner that does not use the key would put them.
+        let times = 1 + usize::from(i % 2 == 0) + usize::from(i % 5 == 0);
+        for copy in 0..times {
+            let partition = i32::try_from((i + copy) % 3).unwrap_or(0);
+            let record = BaseRecord::to(&input).key(p.user.as_bytes()).payload(payload.as_bytes()).partition(partition);
+            must(kafka::send(&producer, record), "producing");
+        }
+        copies += times - 1;
+    }
+    must(producer.flush(Duration::from_secs(30)), "flushing");
+    produce_flush_markers(&producer, &input, 3);
+
+    let runtime = Runtime::start(&job);
+    let want = expected(&all);
+    let got = results(&read_records(broker, &format!("{name}-out"), want.len()));
+    assert_eq!(got, want, "each payment counted once, wherever its copies were consumed");
+    must(
+        wait_until(Duration::from_secs(30), "every copy dropped", || {
+            runtime.metric(&format!("weir_records_deduplicated_total{{streamjob=\"{name}\"}}")) == copies as f64
+        }),
+        "deduplicated",
     );
 }

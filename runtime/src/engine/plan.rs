@@ -97,16 +97,19 @@ impl Plan {
         self.key.as_ref().map_or(&[], |(fields, _)| fields)
     }
 
-    /// Splits the plan for repartitioning: the steps before the aggregate run where records
-    /// are consumed; the aggregate and what follows it run on the internal topic's
-    /// partitions, with the watermark the source partitions report. Validation keeps
-    /// stateful steps out of the front.
+    /// Splits the plan for repartitioning: the stateless steps before the first stateful one
+    /// (a dedupe or the aggregate) run where records are consumed; that step and what
+    /// follows run on the internal topic's partitions, with the watermark the source
+    /// partitions report. The rows reach the internal topic by the `keyBy` fields, so the
+    /// steps between the cut and the `keyBy` must leave those fields as they are (validation
+    /// sees to it).
     pub fn split_at_key(&self) -> (Self, Self) {
-        let at = self.key.as_ref().map_or(self.operators.len(), |(_, at)| *at);
+        let stateful = self.operators.iter().position(|p| p.operator.is_stateful());
+        let at = stateful.unwrap_or(self.operators.len());
         let front = Self { operators: self.operators[..at].to_vec(), key: None, ..self.clone() };
         let keyed = Self {
             operators: self.operators[at..].to_vec(),
-            key: self.key.as_ref().map(|(fields, _)| (fields.clone(), 0)),
+            key: self.key.as_ref().map(|(fields, aggregate)| (fields.clone(), aggregate - at)),
             external_watermark: true,
             ..self.clone()
         };

@@ -376,3 +376,14 @@ fn write_the_snapshot_fixture_of_this_format() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/snapshot-v2.arrow");
     std::fs::write(path, snapshot.encode().unwrap()).unwrap();
 }
+
+#[test]
+fn a_split_plan_cuts_before_its_first_stateful_step() {
+    let whole = plan(&format!("  - filter: \"amount > 0\"\n{DEDUPED_COUNTS}"));
+    let (front, keyed) = whole.split_at_key();
+    let ids = |plan: &Plan| -> Vec<String> { plan.operators.iter().map(|p| p.id.clone()).collect() };
+    assert_eq!(ids(&front), ["filter"], "the front keeps no state");
+    assert_eq!(ids(&keyed), ["dedupe", "aggregate"]);
+    assert_eq!(keyed.key_fields(), &["user_id".to_owned()]);
+    assert!(!front.is_stateful() && keyed.is_stateful());
+}
