@@ -447,19 +447,13 @@ async fn observe_and_report(
     let problem = rolled_back.or_else(|| failure::runtime_failure(&listed, Timestamp::now()));
     let observation = Observation {
         rollout: report.rollout,
-        pods,
         consumer_lag,
-        selector: job_ref.selector(),
-        suspended: job.spec.suspend,
         pending: report.pending.clone(),
         problem,
+        ..Observation::of(pods, job_ref.selector(), job.spec.suspend)
     };
-    let mut next = status::next_status(job, &observation, &now());
-    if let Some(savepoint) = report.taken.clone() {
-        record_savepoint(&mut next, savepoint);
-    }
+    let next = report_status(job, ctx, &observation, report.taken.clone()).await?;
     let progressing = status::find(&next, status::PROGRESSING).is_some_and(|c| c.status == "True");
-    write_status(job, &next, ctx).await?;
     Ok(Reported { progressing, listed, status: next })
 }
 
@@ -601,16 +595,10 @@ async fn give_up(
     warn!("{message}");
     ctx.publish(job, EventType::Warning, "SavepointFailed", message.clone());
     let observation = Observation {
-        rollout: None,
-        pods: before.map(Pods::of).unwrap_or_default(),
-        consumer_lag: None,
-        selector: job_ref.selector(),
-        suspended: false,
-        pending: None,
         problem: Some(("SavepointFailed".into(), message.clone())),
+        ..Observation::of(before.map(Pods::of).unwrap_or_default(), job_ref.selector(), false)
     };
-    let next = status::next_status(job, &observation, &now());
-    write_status(job, &next, ctx).await?;
+    report_status(job, ctx, &observation, None).await?;
     Err(Error::Savepoint(message))
 }
 
@@ -637,24 +625,32 @@ async fn report_failed_apply(
     let message = failed.to_string();
     let observation = Observation {
         rollout: report.rollout,
-        pods: report.pods,
-        consumer_lag: None,
-        selector: job_ref.selector(),
-        suspended: job.spec.suspend,
-        pending: None,
         problem: Some((APPLY_FAILED.into(), message.clone())),
+        ..Observation::of(report.pods, job_ref.selector(), job.spec.suspend)
     };
-    let mut next = status::next_status(job, &observation, &now());
-    if let Some(savepoint) = report.taken.clone() {
-        record_savepoint(&mut next, savepoint);
-    }
     if apply_failure(job) != Some(message.as_str()) {
         ctx.publish(job, EventType::Warning, APPLY_FAILED, message);
     }
-    if let Err(e) = write_status(job, &next, ctx).await {
+    if let Err(e) = report_status(job, ctx, &observation, report.taken.clone()).await {
         warn!("reporting a failed apply in status: {e}");
     }
     failed
+}
+
+/// Writes the status that follows from `observation`, with the savepoint the reconcile took
+/// (if it took one) in the history; returns it.
+async fn report_status(
+    job: &StreamJob,
+    ctx: &Context,
+    observation: &Observation,
+    taken: Option<SavepointInfo>,
+) -> Result<StreamJobStatus, Error> {
+    let mut next = status::next_status(job, observation, &now());
+    if let Some(savepoint) = taken {
+        record_savepoint(&mut next, savepoint);
+    }
+    write_status(job, &next, ctx).await?;
+    Ok(next)
 }
 
 /// Puts `savepoint` first in the history (kept to [`SAVEPOINT_HISTORY`]) and in `lastSavepoint`.

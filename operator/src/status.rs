@@ -134,6 +134,14 @@ pub struct Observation {
     pub problem: Option<(String, String)>,
 }
 
+impl Observation {
+    /// What a reconcile saw: the job's pods and its `/scale` selector; the rest is filled
+    /// in as far as the reconcile got.
+    pub fn of(pods: Pods, selector: String, suspended: bool) -> Self {
+        Self { rollout: None, pods, consumer_lag: None, selector, suspended, pending: None, problem: None }
+    }
+}
+
 /// The status after a reconcile that applied the job's children.
 pub fn next_status(job: &StreamJob, seen: &Observation, now: &Time) -> StreamJobStatus {
     let previous = job.status.clone().unwrap_or_default();
