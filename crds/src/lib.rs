@@ -11,6 +11,7 @@ pub mod expr;
 mod job;
 pub mod kafka;
 pub mod pipeline;
+pub mod plan;
 mod sink;
 mod source;
 mod status;
@@ -23,6 +24,7 @@ pub use job::{
 };
 pub use kafka::{CreateTopic, Format, KafkaSecurity, Retry, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};
+pub use plan::PipelinePlan;
 pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, OversizeRecords, Sink, TraceContext};
 pub use source::{EventTime, FieldDecl, FieldType, IsolationLevel, KafkaSource, Source, StartOffset};
 pub use status::{Phase, SavepointInfo, StreamJobStatus};

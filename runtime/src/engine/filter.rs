@@ -1,6 +1,7 @@
 //! `filter`: keeps the rows its SQL predicate is true for.
 
 use arrow::{compute::filter_record_batch, record_batch::RecordBatch};
+use sqlparser::ast::Expr;
 
 use super::{
     EngineError,
@@ -17,8 +18,9 @@ pub struct Filter {
 
 impl Filter {
     /// Compiles the predicate of the step at `step`.
-    pub fn new(step: String, text: &str) -> Result<Self, EngineError> {
-        let predicate = PhysicalExpr::parse(text).map_err(|source| EngineError::Expr { step: step.clone(), source })?;
+    pub fn new(step: String, predicate: &Expr) -> Result<Self, EngineError> {
+        let predicate =
+            PhysicalExpr::compile(predicate).map_err(|source| EngineError::Expr { step: step.clone(), source })?;
         Ok(Self { step, predicate })
     }
 }

@@ -69,6 +69,9 @@ pub enum EngineError {
         /// The cause.
         source: StateError,
     },
+    /// A step's SQL does not parse (a spec that passed validation always does).
+    #[error(transparent)]
+    Compile(#[from] weir_crds::plan::CompileError),
     /// An Arrow kernel failed.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

@@ -1,9 +1,15 @@
 //! A StreamJob's pipeline compiled into operators, once, and shared by all partitions.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
 
 use arrow::record_batch::RecordBatch;
-use weir_crds::{Step, StreamJobSpec};
+use weir_crds::{
+    PipelinePlan, StreamJobSpec,
+    plan::{Stage, StageKind},
+};
 
 use super::{
     EngineError, Rejected,
@@ -38,6 +44,7 @@ pub struct Plan {
     pub(super) operators: Vec<Planned>,
     /// The fields of the `keyBy`, and where its aggregate is in `operators`.
     key: Option<(Vec<String>, usize)>,
+    referenced_fields: BTreeSet<String>,
     pub(super) out_of_orderness: i64,
     pub(super) idle_timeout: Duration,
     /// The watermark is set from outside ([`super::PartitionPipeline::advance_watermark`])
@@ -49,36 +56,32 @@ pub struct Plan {
 impl Plan {
     /// Compiles the pipeline of a validated spec.
     pub fn new(spec: &StreamJobSpec) -> Result<Self, EngineError> {
+        let compiled = PipelinePlan::compile(&spec.pipeline)?;
         let mut operators = Vec::new();
         let mut key = None;
-        let mut key_fields = Vec::new();
-        let mut window = None;
         let mut kinds: HashMap<&str, usize> = HashMap::new();
-        for (i, step) in spec.pipeline.iter().enumerate() {
-            let at = format!("pipeline[{i}].{}", step.kind());
-            let operator: Box<dyn Operator> = match step {
-                Step::Filter(text) => Box::new(Filter::new(at, text)?),
-                Step::Select(items) => Box::new(Select::new(at, items)?),
-                Step::Dedupe(dedupe) => Box::new(Dedupe::new(at, dedupe.key.clone(), millis(dedupe.within.get()))),
-                Step::KeyBy(fields) => {
-                    key_fields.clone_from(fields);
-                    continue;
+        for Stage { at, kind } in &compiled.stages {
+            let (name, operator): (&str, Box<dyn Operator>) = match kind {
+                StageKind::Filter(predicate) => ("filter", Box::new(Filter::new(at.clone(), predicate)?)),
+                StageKind::Select(items) => ("select", Box::new(Select::new(at.clone(), items)?)),
+                StageKind::Dedupe(dedupe) => {
+                    let within = millis(dedupe.within.get());
+                    ("dedupe", Box::new(Dedupe::new(at.clone(), dedupe.key.clone(), within)))
                 }
-                Step::Window(w) => {
-                    window = Some(WindowKind::from(w));
-                    continue;
-                }
-                Step::Aggregate(aggregations) => {
-                    key = Some((key_fields.clone(), operators.len()));
-                    let kind = window.take().unwrap_or(WindowKind::Tumbling { size: i64::MAX / 4 });
-                    Box::new(WindowedAggregate::new(at, kind, key_fields.clone(), aggregations.clone()))
+                StageKind::Aggregate { keys, window, aggregations } => {
+                    key = Some((keys.clone(), operators.len()));
+                    let kind = window.as_ref().map_or(WindowKind::Tumbling { size: i64::MAX / 4 }, WindowKind::from);
+                    (
+                        "aggregate",
+                        Box::new(WindowedAggregate::new(at.clone(), kind, keys.clone(), aggregations.clone())),
+                    )
                 }
             };
-            let seen = kinds.entry(step.kind()).or_default();
+            let seen = kinds.entry(name).or_default();
             *seen += 1;
             let id = match *seen {
-                1 => step.kind().to_owned(),
-                n => format!("{}-{n}", step.kind()),
+                1 => name.to_owned(),
+                n => format!("{name}-{n}"),
             };
             operators.push(Planned { id, operator });
         }
@@ -86,10 +89,16 @@ impl Plan {
         Ok(Self {
             operators,
             key,
+            referenced_fields: compiled.referenced_fields(),
             out_of_orderness: event_time.map_or(0, |e| millis(e.max_out_of_orderness.get())),
             idle_timeout: event_time.map_or(Duration::from_secs(30), |e| e.idle_timeout.get()),
             external_watermark: false,
         })
+    }
+
+    /// Every field a step reads: the decoder adds the record metadata they name.
+    pub fn referenced_fields(&self) -> &BTreeSet<String> {
+        &self.referenced_fields
     }
 
     /// The fields of the `keyBy` its windowed aggregate groups by (none without one).

@@ -11,7 +11,7 @@ use weir_crds::expr::SelectItem;
 
 use super::{
     EngineError,
-    expr::{ExprError, PhysicalExpr},
+    expr::PhysicalExpr,
     is_hidden,
     operator::{Operator, Output},
 };
@@ -32,19 +32,15 @@ enum Projection {
 
 impl Select {
     /// Compiles the items of the step at `step`.
-    pub fn new(step: String, items: &[String]) -> Result<Self, EngineError> {
+    pub fn new(step: String, items: &[SelectItem]) -> Result<Self, EngineError> {
         let items = items
             .iter()
             .enumerate()
-            .map(|(j, text)| {
-                let at = || format!("{step}[{j}]");
-                match weir_crds::expr::parse_select_item(text) {
-                    Ok(SelectItem::Wildcard) => Ok(Projection::All),
-                    Ok(SelectItem::Named { expr, name }) => PhysicalExpr::compile(&expr)
-                        .map(|e| Projection::Named(e, name))
-                        .map_err(|source| EngineError::Expr { step: at(), source }),
-                    Err(e) => Err(EngineError::Expr { step: at(), source: ExprError::Unsupported(e.to_string()) }),
-                }
+            .map(|(j, item)| match item {
+                SelectItem::Wildcard => Ok(Projection::All),
+                SelectItem::Named { expr, name } => PhysicalExpr::compile(expr)
+                    .map(|e| Projection::Named(e, name.clone()))
+                    .map_err(|source| EngineError::Expr { step: format!("{step}[{j}]"), source }),
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { step, items })

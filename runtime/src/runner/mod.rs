@@ -34,7 +34,7 @@ use rdkafka::{
     producer::{BaseRecord, Producer},
 };
 use tracing::{debug, error, info, warn};
-use weir_crds::{Delivery, OversizeRecords, StartOffset, Step, StreamJobSpec};
+use weir_crds::{Delivery, OversizeRecords, StartOffset, StreamJobSpec};
 
 pub(crate) use self::shared::AdminRequest;
 pub use self::shared::{
@@ -295,7 +295,7 @@ impl Job {
         });
         let topic = front.as_ref().map_or_else(|| spec.source.kafka.topic.clone(), |f| f.internal.clone());
         let files = FormatFiles { secrets: settings.secrets.clone(), descriptor_set: settings.descriptor_set.clone() };
-        let decoder = Decoder::new(&spec.source.kafka, &referenced_fields(spec), &files)?;
+        let decoder = Decoder::new(&spec.source.kafka, plan.referenced_fields(), &files)?;
         let encoder = Encoder::new(&spec.sink.kafka, &settings.name, &settings.secrets)?;
         let mut sink_properties = config::producer(&spec.sink.kafka, &settings.secrets)?;
         if exactly_once {
@@ -1257,27 +1257,4 @@ const OVERSIZE_KEPT: usize = 64 * 1024;
 /// A savepoint id that sorts by time: `sp-<UTC time>-<random>`.
 fn new_savepoint_id() -> String {
     format!("sp-{}-{:04x}", chrono::Utc::now().format("%Y%m%dt%H%M%S"), rand::random::<u16>())
-}
-
-/// Every field name the pipeline mentions, to know which metadata columns to add.
-fn referenced_fields(spec: &StreamJobSpec) -> std::collections::BTreeSet<String> {
-    use weir_crds::expr::{SelectItem, parse_expr, parse_select_item, referenced_fields as fields_of};
-    let mut names = std::collections::BTreeSet::new();
-    for step in &spec.pipeline {
-        match step {
-            Step::Filter(text) => names.extend(parse_expr(text).map(|e| fields_of(&e)).unwrap_or_default()),
-            Step::Select(items) => {
-                for item in items {
-                    if let Ok(SelectItem::Named { expr, .. }) = parse_select_item(item) {
-                        names.extend(fields_of(&expr));
-                    }
-                }
-            }
-            Step::KeyBy(keys) => names.extend(keys.iter().cloned()),
-            Step::Dedupe(dedupe) => names.extend(dedupe.key.iter().cloned()),
-            Step::Aggregate(aggregations) => names.extend(aggregations.iter().filter_map(|a| a.field.clone())),
-            Step::Window(_) => {}
-        }
-    }
-    names
 }
