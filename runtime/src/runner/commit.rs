@@ -26,7 +26,6 @@ use crate::{
     checkpoint::{Checkpointer, CommittedCheckpoint, FORMAT_VERSION, PartitionSnapshot, SnapshotHeader},
     kafka::retry::retrying,
     metrics::Metrics,
-    progress::Progress,
 };
 
 /// How long broker calls of a commit may take.
@@ -82,7 +81,7 @@ impl Committer {
         let Some(checkpointer) = &self.checkpointer else {
             return self.commit_offsets(consumer, table);
         };
-        if table.runs.is_empty() {
+        if table.partitions.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
@@ -156,7 +155,7 @@ impl Committer {
             return Ok(());
         }
         for snapshot in snapshots {
-            if let Some(run) = table.runs.get_mut(&snapshot.header.partition) {
+            if let Some(run) = table.partitions.get_mut(&snapshot.header.partition) {
                 run.committed = Some(snapshot.header.position);
             }
         }
@@ -181,7 +180,7 @@ impl Committer {
         table: &mut Table,
     ) -> Result<(), RunError> {
         let mut offsets = TopicPartitionList::new();
-        for (&partition, run) in &table.runs {
+        for (&partition, run) in &table.partitions {
             let progress = run.commit_point();
             offsets
                 .add_partition_offset(&self.topic, partition, Offset::Offset(progress.committed))
@@ -197,7 +196,7 @@ impl Committer {
             return Ok(());
         }
         for element in offsets.elements() {
-            if let (Some(run), Offset::Offset(o)) = (table.runs.get_mut(&element.partition()), element.offset()) {
+            if let (Some(run), Offset::Offset(o)) = (table.partitions.get_mut(&element.partition()), element.offset()) {
                 run.committed = Some(o);
             }
         }
@@ -217,8 +216,8 @@ impl Committer {
             // Only the revoked partitions need to be durable now.
             let mut leaving = Table::default();
             for partition in revoked {
-                if let Some(run) = table.runs.remove(partition) {
-                    leaving.runs.insert(*partition, run);
+                if let Some(run) = table.partitions.remove(partition) {
+                    leaving.partitions.insert(*partition, run);
                 }
             }
             let result = self.commit(consumer, &mut leaving);
@@ -232,7 +231,7 @@ impl Committer {
 
     fn release(&self, table: &mut Table, revoked: &[i32]) {
         for partition in revoked {
-            table.runs.remove(partition);
+            table.partitions.remove(partition);
             if let Some(checkpointer) = &self.checkpointer {
                 checkpointer.forget(*partition);
             }
@@ -243,7 +242,7 @@ impl Committer {
     /// Refreshes the partitions shown by `/status` and the assigned-partitions gauge.
     pub fn refresh_status(&self, table: &Table) {
         let partitions = table
-            .runs
+            .partitions
             .iter()
             .map(|(&partition, run)| PartitionStatus {
                 partition,
@@ -253,17 +252,17 @@ impl Committer {
                 open_aggregates: run.pipeline.open_aggregates(),
             })
             .collect();
-        self.shared.metrics.assigned_partitions.set(table.runs.len() as i64);
+        self.shared.metrics.assigned_partitions.set(table.partitions.len() as i64);
         lock(&self.shared.status).partitions = partitions;
     }
 }
 
 /// A snapshot of every owned partition, as checkpoint `id`.
 pub(super) fn snapshots(topic: &str, table: &Table, id: u64) -> Result<Vec<PartitionSnapshot>, RunError> {
-    let offsets: BTreeMap<i32, i64> = table.runs.iter().map(|(&p, run)| (p, run.position)).collect();
+    let offsets: BTreeMap<i32, i64> = table.partitions.iter().map(|(&p, run)| (p, run.position)).collect();
     let created_at = now_rfc3339();
     table
-        .runs
+        .partitions
         .iter()
         .map(|(&partition, run)| {
             Ok(PartitionSnapshot {
@@ -283,19 +282,6 @@ pub(super) fn snapshots(topic: &str, table: &Table, id: u64) -> Result<Vec<Parti
             })
         })
         .collect()
-}
-
-impl super::Run {
-    /// Without checkpoints: the offset to commit (the oldest one open windows still need) and
-    /// the progress to keep.
-    pub(super) fn commit_point(&self) -> Progress {
-        Progress {
-            v: 1,
-            max_event_time: self.pipeline.watermark().max_event_time(),
-            position: self.position,
-            committed: self.pipeline.oldest_needed_offset().map_or(self.position, |o| o.min(self.position)),
-        }
-    }
 }
 
 /// Commits `offsets`, retrying transient errors (a coordinator moving, a broker

@@ -5,19 +5,12 @@
 
 use std::time::Instant;
 
-use arrow::{
-    array::{AsArray, BooleanArray, RecordBatch},
-    compute::filter_record_batch,
-    datatypes::Int64Type,
-};
+use arrow::array::RecordBatch;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use tracing::warn;
 
-use super::{Job, Run, RunError, front::Front, shared::lock};
-use crate::{
-    engine::UPSTREAM_OFFSET,
-    repartition::{self, KIND_HEADER, Marks, ROWS, UPSTREAM_HEADER, WATERMARKS, WireError},
-};
+use super::{Job, RunError, front::Front, shared::lock};
+use crate::repartition::{self, KIND_HEADER, Marks, ROWS, UPSTREAM_HEADER, WATERMARKS, WireError};
 
 /// A record of the internal topic.
 enum Internal {
@@ -46,27 +39,6 @@ fn read(message: &BorrowedMessage<'_>) -> Result<Internal, WireError> {
     }
 }
 
-impl Run {
-    /// The rows of `batch` from `upstream` not applied before, noting them as applied.
-    fn unseen(&mut self, upstream: i32, batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-        let Some(offsets) = batch.column_by_name(UPSTREAM_OFFSET).and_then(|c| c.as_primitive_opt::<Int64Type>())
-        else {
-            return Ok(batch);
-        };
-        let seen = self.upstream.get(&upstream).copied().unwrap_or(i64::MIN);
-        let newest = offsets.values().iter().copied().max().unwrap_or(seen);
-        if newest <= seen {
-            return Ok(batch.slice(0, 0));
-        }
-        self.upstream.insert(upstream, newest);
-        if offsets.values().first().is_some_and(|&first| first > seen) {
-            return Ok(batch);
-        }
-        let keep: BooleanArray = offsets.values().iter().map(|&o| Some(o > seen)).collect();
-        filter_record_batch(&batch, &keep)
-    }
-}
-
 impl Job {
     /// Runs a batch of internal records through the keyed stage, in offset order per
     /// internal partition.
@@ -78,7 +50,7 @@ impl Job {
         let mut outputs = Vec::new();
         for message in messages {
             let partition = message.partition();
-            let Some(run) = table.runs.get_mut(&partition) else { continue };
+            let Some(run) = table.partitions.get_mut(&partition) else { continue };
             // Fetched before a seek to the partition's checkpoint: already in its state.
             if message.offset() < run.position {
                 continue;

@@ -10,6 +10,7 @@ mod commit;
 mod dead_letters;
 mod front;
 mod keyed;
+mod owned;
 mod shared;
 mod source;
 
@@ -45,6 +46,7 @@ use self::{
     commit::Committer,
     dead_letters::DeadLetters,
     front::Front,
+    owned::OwnedPartition,
     shared::{lock, now_ms, now_rfc3339},
     source::{SourceContext, records_by_partition},
 };
@@ -64,7 +66,6 @@ use crate::{
         topics::{RECORD_OVERHEAD, ensure_topic, missing_topic, partition_count, partition_list, sink_record_limit},
     },
     progress::Progress,
-    repartition::Marks,
     telemetry::{self, Spans},
 };
 
@@ -178,29 +179,10 @@ pub struct Settings {
     pub partition_discovery: Duration,
 }
 
-/// The pipeline state of an owned partition.
-#[derive(Debug)]
-struct Run {
-    pipeline: PartitionPipeline,
-    position: i64,
-    committed: Option<i64>,
-    /// Keyed stage of a repartitioned job: the newest source offset applied per source
-    /// partition, to drop rows a restarted front sends again.
-    upstream: BTreeMap<i32, i64>,
-    /// Keyed stage: the source partitions' watermarks as the front reported them.
-    marks: Marks,
-}
-
-impl Run {
-    fn new(pipeline: PartitionPipeline, position: i64, committed: Option<i64>) -> Self {
-        Self { pipeline, position, committed, upstream: BTreeMap::new(), marks: Marks::new() }
-    }
-}
-
 /// Owned partitions, shared with the rebalance callbacks.
 #[derive(Debug, Default)]
 struct Table {
-    runs: BTreeMap<i32, Run>,
+    partitions: BTreeMap<i32, OwnedPartition>,
     assigned: Vec<i32>,
 }
 
@@ -713,7 +695,7 @@ impl Job {
         for message in messages {
             let partition = message.partition();
             // Not owned (the new owner replays it) or already in the partition's state.
-            let Some(run) = table.runs.get(&partition) else { continue };
+            let Some(run) = table.partitions.get(&partition) else { continue };
             if message.offset() < run.position {
                 continue;
             }
@@ -729,7 +711,7 @@ impl Job {
         let table = lock(&self.table);
         let mut seeks = TopicPartitionList::new();
         for (&partition, &first) in lock(&self.held_back).iter() {
-            let Some(run) = table.runs.get(&partition) else { continue };
+            let Some(run) = table.partitions.get(&partition) else { continue };
             let offset = if run.committed.is_some() { run.position } else { first };
             seeks
                 .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
@@ -744,7 +726,7 @@ impl Job {
     fn report_stopped_lag(&self) {
         let mut owned: BTreeMap<i32, Option<i64>> =
             lock(&self.stopped_with).iter().map(|s| (s.header.partition, Some(s.header.position))).collect();
-        owned.extend(lock(&self.table).runs.iter().map(|(&p, r)| (p, r.committed)));
+        owned.extend(lock(&self.table).partitions.iter().map(|(&p, r)| (p, r.committed)));
         let metrics = &self.shared.metrics;
         for (partition, committed) in owned {
             match self.consumer.fetch_watermarks(&self.topic, partition, Duration::from_secs(2)) {
@@ -885,7 +867,7 @@ impl Job {
                     seeks
                         .add_partition_offset(&self.topic, partition, Offset::Offset(header.position))
                         .map_err(kafka("listing seeks"))?;
-                    let mut run = Run::new(pipeline, header.position, committed.get(&partition).copied());
+                    let mut run = OwnedPartition::new(pipeline, header.position, committed.get(&partition).copied());
                     run.upstream = header.upstream.clone();
                     run.marks = header.marks.clone();
                     run
@@ -914,10 +896,10 @@ impl Job {
                     if let Some(start) = start {
                         seeks.add_partition_offset(&self.topic, partition, start).map_err(kafka("listing seeks"))?;
                     }
-                    Run::new(pipeline, position, committed.get(&partition).copied())
+                    OwnedPartition::new(pipeline, position, committed.get(&partition).copied())
                 }
             };
-            table.runs.insert(partition, run);
+            table.partitions.insert(partition, run);
         }
         self.committer.refresh_status(&table);
         drop(table);
@@ -968,7 +950,7 @@ impl Job {
         self.shared.metrics.records_in.inc_by(messages.len() as u64);
         let mut table = lock(&self.table);
         for (partition, mut records) in by_partition {
-            let Some(run) = table.runs.get_mut(&partition) else {
+            let Some(run) = table.partitions.get_mut(&partition) else {
                 // Revoked while the batch was in flight: the new owner replays these.
                 continue;
             };
@@ -1014,7 +996,7 @@ impl Job {
         let mut outputs = Vec::new();
         let mut slowest: Option<i64> = None;
         let mut rejected = Vec::new();
-        for (&partition, run) in &mut table.runs {
+        for (&partition, run) in &mut table.partitions {
             let closed = run.pipeline.tick(now)?;
             outputs.extend(closed.output);
             rejected.extend(closed.rejected.into_iter().map(|r| (partition, r)));
@@ -1077,7 +1059,7 @@ impl Job {
         let table = lock(&self.table);
         let metrics = &self.shared.metrics;
         let mut held = 0;
-        for (partition, run) in &table.runs {
+        for (partition, run) in &table.partitions {
             let (bytes, aggregates) = (run.pipeline.state_bytes(), run.pipeline.open_aggregates());
             held += bytes;
             let label = [partition.to_string()];
@@ -1085,12 +1067,12 @@ impl Job {
             metrics.state_aggregates.with_label_values(&label).set(i64::try_from(aggregates).unwrap_or(i64::MAX));
         }
         let mut shown = lock(&self.state_shown);
-        for gone in shown.iter().filter(|p| !table.runs.contains_key(p)) {
+        for gone in shown.iter().filter(|p| !table.partitions.contains_key(p)) {
             let label = [gone.to_string()];
             let _ = metrics.state_bytes.remove_label_values(&label);
             let _ = metrics.state_aggregates.remove_label_values(&label);
         }
-        *shown = table.runs.keys().copied().collect();
+        *shown = table.partitions.keys().copied().collect();
         match self.state_budget {
             Some(budget) if held as u64 > budget => Err(RunError::StateBudget { held, budget }),
             _ => Ok(()),

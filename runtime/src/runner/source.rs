@@ -58,7 +58,7 @@ impl ClientContext for SourceContext {
         // librdkafka learns high watermarks from fetch responses, and paused partitions are
         // not fetched: while stopped, the loop asks the broker instead.
         let fetching = !self.stopped.load(Ordering::Relaxed);
-        let owned = |partition: i32| table.runs.get(&partition).map(|r| r.committed);
+        let owned = |partition: i32| table.partitions.get(&partition).map(|r| r.committed);
         export_lag(&self.committer.shared.metrics, &self.committer.topic, &statistics, fetching, owned);
     }
 }
