@@ -113,20 +113,8 @@ impl DeadLetters<'_> {
         Ok(())
     }
 
-    /// Dead-letters a result (of the window stage), as the sink would have had it.
-    pub(super) fn result(
-        &self,
-        payload: &[u8],
-        reason: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-    ) -> Result<(), RunError> {
-        self.send(self.results, payload, reason, partition, offset, key)
-    }
-
     /// Sends a record the job cannot use to the dead-letter topic, with why and where from.
-    fn send(
+    pub(super) fn send(
         &self,
         producer: Option<&Sink>,
         payload: &[u8],

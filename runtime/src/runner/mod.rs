@@ -1192,7 +1192,8 @@ impl Job {
         self.shared.metrics.records_oversize.inc();
         let kept = &record.payload[..record.payload.len().min(OVERSIZE_KEPT)];
         let reason = format!("{reason}; the first {} bytes are kept", kept.len());
-        self.dead_letters().result(kept, &reason, -1, -1, record.key.as_deref())
+        let dead_letters = self.dead_letters();
+        dead_letters.send(dead_letters.results, kept, &reason, -1, -1, record.key.as_deref())
     }
 }
 
