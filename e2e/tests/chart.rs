@@ -82,7 +82,7 @@ fn grants(rules: &Value) -> BTreeSet<(String, String, String)> {
 }
 
 /// What the operator calls: reconcile (streamjobs, their status and finalizer, server-side
-/// apply of the rendered kinds, cleanup deletes, the pods it scrapes, assigns and watches),
+/// apply and deletion of the rendered kinds, the pods it scrapes, assigns and watches),
 /// kube-runtime's Recorder (events.k8s.io), and blockOwnerDeletion on owner references
 /// (finalizers).
 fn operator_needs() -> BTreeSet<(String, String, String)> {
@@ -95,10 +95,14 @@ fn operator_needs() -> BTreeSet<(String, String, String)> {
     add("weir.dev", "streamjobs", &["get", "list", "watch", "patch"]);
     add("weir.dev", "streamjobs/status", &["get", "patch"]);
     add("weir.dev", "streamjobs/finalizers", &["update"]);
-    for (group, resource) in [("", "configmaps"), ("", "services"), ("policy", "poddisruptionbudgets")] {
-        add(group, resource, &["get", "list", "watch", "create", "patch"]);
-    }
-    for (group, resource) in [("apps", "deployments"), ("keda.sh", "scaledobjects")] {
+    // Every child kind: watched, server-side applied, deleted once no longer rendered.
+    for (group, resource) in [
+        ("", "configmaps"),
+        ("apps", "deployments"),
+        ("", "services"),
+        ("policy", "poddisruptionbudgets"),
+        ("keda.sh", "scaledobjects"),
+    ] {
         add(group, resource, &["get", "list", "watch", "create", "patch", "delete"]);
     }
     add("", "pods", &["get", "list", "watch"]);

@@ -32,82 +32,25 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use weir_crds::{StreamJob, StreamJobStatus};
 
-use crate::{keda::ScaledObject, status::Pods};
+use crate::{
+    children::{Child, Stores},
+    keda::ScaledObject,
+    status::Pods,
+};
 
 /// Hash of the object as the operator rendered it: a child carrying the hash of the object
 /// about to be applied, with every rendered field still in place, needs no apply.
 pub const RENDERED_HASH_ANNOTATION: &str = "weir.dev/rendered-hash";
 
-/// Reflector stores of the children, one per kind.
+/// The stores reconciles read: the children by kind, the runtime pods and the StreamJobs.
 #[derive(Clone, Debug)]
 pub struct Children {
-    /// Runtime Deployments.
-    pub deployments: Store<Deployment>,
-    /// Job files.
-    pub config_maps: Store<ConfigMap>,
-    /// Headless Services.
-    pub services: Store<Service>,
-    /// Disruption budgets.
-    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
-    /// KEDA ScaledObjects, when KEDA is installed.
-    pub scaled_objects: Option<Store<ScaledObject>>,
+    /// The children, one store per watched kind.
+    pub stores: Stores,
     /// The runtime pods (not children themselves: their ReplicaSets own them).
     pub pods: Store<Pod>,
     /// The StreamJobs themselves.
     pub jobs: Store<StreamJob>,
-}
-
-/// A child kind the operator caches.
-pub trait Cached: Resource<DynamicType = ()> + Clone + Serialize + Sized + 'static {
-    /// Whether the store keeps the whole object. When it does not, the generation the
-    /// operator's last write left vouches for the part left out: any spec change bumps it.
-    const WHOLE: bool = true;
-
-    /// The store of this kind, if there is one.
-    fn store(children: &Children) -> Option<&Store<Self>>;
-
-    /// Drops what the store does not keep.
-    fn slim(&mut self) {}
-}
-
-impl Cached for Deployment {
-    // The pod template is most of a Deployment's memory (about 20 KiB each, typed), and
-    // nothing but the apply decision reads it.
-    const WHOLE: bool = false;
-
-    fn store(children: &Children) -> Option<&Store<Self>> {
-        Some(&children.deployments)
-    }
-
-    fn slim(&mut self) {
-        if let Some(spec) = self.spec.as_mut() {
-            spec.template = Default::default();
-        }
-    }
-}
-
-impl Cached for ConfigMap {
-    fn store(children: &Children) -> Option<&Store<Self>> {
-        Some(&children.config_maps)
-    }
-}
-
-impl Cached for Service {
-    fn store(children: &Children) -> Option<&Store<Self>> {
-        Some(&children.services)
-    }
-}
-
-impl Cached for PodDisruptionBudget {
-    fn store(children: &Children) -> Option<&Store<Self>> {
-        Some(&children.pod_disruption_budgets)
-    }
-}
-
-impl Cached for ScaledObject {
-    fn store(children: &Children) -> Option<&Store<Self>> {
-        children.scaled_objects.as_ref()
-    }
 }
 
 type Key = (String, String, String);
@@ -218,8 +161,8 @@ pub enum Lookup<K> {
 }
 
 /// Looks `namespace/name` up in the store of its kind.
-pub fn lookup<K: Cached>(children: Option<&Children>, writes: &Writes, namespace: &str, name: &str) -> Lookup<K> {
-    let Some(store) = children.and_then(K::store) else { return Lookup::Unknown };
+pub fn lookup<K: Child>(children: Option<&Children>, writes: &Writes, namespace: &str, name: &str) -> Lookup<K> {
+    let Some(store) = children.and_then(|c| c.stores.get::<K>()) else { return Lookup::Unknown };
     if futures::FutureExt::now_or_never(store.wait_until_ready()).is_none_or(|ready| ready.is_err()) {
         return Lookup::Unknown;
     }
@@ -267,7 +210,7 @@ pub fn stamp<K: Resource + Serialize>(object: &mut K) -> Result<(), serde_json::
 /// changed a field the operator manages. Fields the server or others added are not the
 /// operator's concern. For a kind the store slims, the part left out is vouched for by
 /// `live` still having the generation of the operator's last write (`written_generation`).
-pub fn up_to_date<K: Cached>(desired: &K, live: &K, written_generation: Option<i64>) -> bool {
+pub fn up_to_date<K: Child>(desired: &K, live: &K, written_generation: Option<i64>) -> bool {
     let vouched = K::WHOLE || (written_generation.is_some() && live.meta().generation == written_generation);
     let mut desired = desired.clone();
     desired.slim();

@@ -3,11 +3,6 @@
 use std::{future::Future, sync::Arc};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{ConfigMap, Service},
-    policy::v1::PodDisruptionBudget,
-};
 use kube::{
     Api, Client, Resource,
     api::DynamicObject,
@@ -17,12 +12,13 @@ use kube::{
         watcher,
     },
 };
-use serde::de::DeserializeOwned;
 use tracing::{info, warn};
-use weir_crds::JOB_LABEL;
+use weir_crds::{JOB_LABEL, StreamJob};
 
 use crate::{
-    cache::{self, Cached, Children, Fingerprint, Writes},
+    cache::{self, Children, Writes},
+    children::{Child, EachKind, Stores, each_kind},
+    config::OperatorConfig,
     decode,
     keda::ScaledObject,
     pod_watch,
@@ -61,23 +57,12 @@ pub async fn keda_installed(client: &Client, namespace: Option<&str>) -> bool {
 
 /// A store of the children of kind `K` and the watch events worth a reconcile of their owner
 /// (see [`cache::changes`]). Managed fields are dropped (nothing reads them, and they are a
-/// large part of an object), and what [`Cached::slim`] leaves out.
-fn children<K>(
+/// large part of an object), and what [`Child::slim`] leaves out.
+fn children<K: Child>(
     client: &Client,
     namespace: Option<&str>,
     writes: &Arc<Writes>,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Fingerprint
-        + Cached
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static) {
     let (reader, writer) = reflector::store();
     let events = watcher(api::<K>(client, namespace), watcher::Config::default().labels(JOB_LABEL))
         .default_backoff()
@@ -87,6 +72,27 @@ where
         })
         .reflect(writer);
     (reader, cache::changes(events, writes.clone()))
+}
+
+/// Watches every child kind the cluster serves: into a store, and as triggers of their owner.
+struct WatchChildren<'a> {
+    client: &'a Client,
+    namespace: Option<&'a str>,
+    writes: &'a Arc<Writes>,
+    config: &'a OperatorConfig,
+    controller: Option<Controller<StreamJob>>,
+    stores: Stores,
+}
+
+impl EachKind for WatchChildren<'_> {
+    fn kind<K: Child>(&mut self) {
+        if !K::served(self.config) {
+            return;
+        }
+        let (store, changes) = children::<K>(self.client, self.namespace, self.writes);
+        self.stores.insert(store);
+        self.controller = self.controller.take().map(|controller| controller.owns_stream(changes));
+    }
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -114,37 +120,24 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
-    let writes = &ctx.writes;
-    let (deployments, deployment_changes) = children::<Deployment>(&client, namespace, writes);
-    let (config_maps, config_map_changes) = children::<ConfigMap>(&client, namespace, writes);
-    let (services, service_changes) = children::<Service>(&client, namespace, writes);
-    let (budgets, budget_changes) = children::<PodDisruptionBudget>(&client, namespace, writes);
-    let (pods, pod_changes) = pod_watch::watch(&client, namespace, writes);
-    let mut controller = Controller::for_stream(jobs, reader.clone())
+    let (pods, pod_changes) = pod_watch::watch(&client, namespace, &ctx.writes);
+    let controller = Controller::for_stream(jobs, reader.clone())
         // Changes to several children of a job (someone else's) come in bursts: a short
         // debounce folds such a burst into one reconcile.
         .with_config(controller::Config::default().concurrency(settings.concurrency).debounce(DEBOUNCE))
-        .owns_stream(deployment_changes)
-        .owns_stream(config_map_changes)
-        .owns_stream(service_changes)
-        .owns_stream(budget_changes)
         // Pods belong to the Deployment's ReplicaSets, not to the job: mapped by their label.
         .watches_stream(pod_changes, |pod| pod_watch::job_of(&pod));
-    let mut scaled_objects = None;
-    if ctx.config.keda_available {
-        let (store, changes) = children::<ScaledObject>(&client, namespace, writes);
-        controller = controller.owns_stream(changes);
-        scaled_objects = Some(store);
-    }
-    let ctx = Arc::new(ctx.with_children(Children {
-        deployments,
-        config_maps,
-        services,
-        pod_disruption_budgets: budgets,
-        scaled_objects,
-        pods,
-        jobs: reader,
-    }));
+    let mut watch = WatchChildren {
+        client: &client,
+        namespace,
+        writes: &ctx.writes,
+        config: &ctx.config,
+        controller: Some(controller),
+        stores: Stores::default(),
+    };
+    each_kind(&mut watch);
+    let WatchChildren { controller: Some(controller), stores, .. } = watch else { return };
+    let ctx = Arc::new(ctx.with_children(Children { stores, pods, jobs: reader }));
     info!(namespace = namespace.unwrap_or("all"), "controller started");
     controller
         .graceful_shutdown_on(shutdown)

@@ -10,6 +10,7 @@ pub mod admin_token;
 pub mod api_client;
 pub mod assignment;
 pub mod cache;
+pub mod children;
 pub mod config;
 pub mod controller;
 pub mod decode;

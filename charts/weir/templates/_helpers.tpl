@@ -85,9 +85,10 @@ to give them their partitions as soon as they start; write Events.
 - apiGroups: [weir.dev]
   resources: [streamjobs/finalizers]
   verbs: [update]
+# Every child kind: watched, server-side applied, deleted once the job no longer renders it.
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Each job's admin token, generated once into a Secret the job owns.
 - apiGroups: [""]
   resources: [secrets]
@@ -97,7 +98,7 @@ to give them their partitions as soon as they start; write Events.
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
   verbs: [get, list, watch, create, patch, delete]
