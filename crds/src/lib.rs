@@ -27,7 +27,7 @@ pub use pipeline::{AggregateFn, Aggregation, Step, Window};
 pub use plan::PipelinePlan;
 pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, OversizeRecords, Sink, TraceContext};
 pub use source::{EventTime, FieldDecl, FieldType, IsolationLevel, KafkaSource, Source, StartOffset};
-pub use status::{Phase, SavepointInfo, StreamJobStatus};
+pub use status::{Condition, Phase, SavepointInfo, StreamJobStatus, Time};
 pub use validation::{InvalidSpec, Problem, validate};
 
 /// API group of the StreamJob resource.

@@ -1,6 +1,7 @@
 //! What the operator reports about a StreamJob.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+/// The condition and time types of the status: metav1's, as every controller's are.
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 

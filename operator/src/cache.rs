@@ -35,7 +35,8 @@ use weir_crds::{StreamJob, StreamJobStatus};
 use crate::{
     children::{Child, Stores},
     keda::ScaledObject,
-    status::Pods,
+    observe,
+    plan::status::Pods,
 };
 
 /// Hash of the object as the operator rendered it: a child carrying the hash of the object
@@ -265,7 +266,7 @@ pub trait Fingerprint: Serialize {
 
 impl Fingerprint for Deployment {
     fn read_status(&self) -> Option<Pods> {
-        Some(Pods::of(self))
+        Some(observe::pods(self))
     }
 }
 impl Fingerprint for ConfigMap {}

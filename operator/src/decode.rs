@@ -24,8 +24,8 @@ use weir_crds::{InvalidSpec, Problem, StreamJob, StreamJobStatus};
 
 use crate::{
     labels::FIELD_MANAGER,
+    plan::status,
     reconcile::{Context, FINALIZER, StatusPatch},
-    status,
 };
 
 /// Undecodable objects waiting to be reported; past this, reports wait for the next event.

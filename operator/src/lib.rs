@@ -2,8 +2,9 @@
 //! reports their state.
 //!
 //! Each reconcile is a pipeline: validate (shared with the runtime, in `weir-crds`) →
-//! [`render`] (pure, typed objects) → apply (server-side apply, one field manager) →
-//! [`status`] (pure, from what was observed).
+//! [`render`] (pure, typed objects) → [`plan`] the step (pure, from the views [`observe`]
+//! reads) → [`reconcile`] performs it (server-side apply, one field manager) → the status
+//! (planned the same way).
 
 pub mod admin;
 pub mod admin_token;
@@ -16,19 +17,18 @@ pub mod controller;
 pub mod decode;
 mod error;
 pub mod events;
-pub mod failure;
 pub mod keda;
 pub mod labels;
 pub mod lag;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
+pub mod plan;
 pub mod pod_http;
 pub mod pod_watch;
 pub mod reconcile;
 pub mod render;
-pub mod rollout;
 pub mod savepoint;
-pub mod status;
 pub mod throttle;
 
 pub use error::Error;

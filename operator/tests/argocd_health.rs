@@ -6,7 +6,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use serde_json::{Value, json};
 use weir_crds::{InvalidSpec, Problem, StreamJob, StreamJobSpec, StreamJobStatus};
 use weir_e2e::gitops::{Health, argocd_health};
-use weir_operator::status::{Change, Observation, Pods, invalid_status, next_status};
+use weir_operator::plan::status::{Change, Observation, Pods, invalid_status, next_status};
 
 fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))

@@ -19,9 +19,10 @@ use crate::{
     cache::{self, Lookup},
     children::{Child, EachKind, each_kind},
     labels::{FIELD_MANAGER, JobRef},
+    observe,
+    plan::rollout::Marks,
+    plan::status::Change,
     render::{self, Rendered},
-    rollout::{Marks, Target},
-    status::Change,
 };
 
 /// Applies the job file and the Deployment of `run` with `marks`, then the other children;
@@ -38,7 +39,7 @@ pub(super) async fn roll(
     render::restore_from(&mut run.deployment, marks.restore_from.as_deref());
     run.deployment.metadata.annotations.get_or_insert_default().extend(marks.annotations());
     let asked = job.spec.parallelism;
-    let replicas = Target::of(&run.deployment).replicas;
+    let replicas = observe::target(&run.deployment).replicas;
     // A change of the job file goes before the Deployment whose new pods read it, so no new
     // pod reads the old file. When there is no file yet (a first deploy), pods wait for it
     // to appear, as the kubelet retries a volume, so both go at once. The other children

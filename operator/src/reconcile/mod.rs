@@ -26,8 +26,8 @@ use crate::{
     events::Announcer,
     labels::JobRef,
     metrics::Metrics,
-    rollout::{Hold, Step},
-    status::Pods,
+    plan::rollout::{Hold, Step},
+    plan::status::Pods,
     throttle::Throttle,
 };
 
@@ -81,7 +81,7 @@ pub struct Context {
     /// Slots for reconciles, as many as the API server keeps up with.
     throttle: Arc<Throttle>,
     /// Per StreamJob (by uid, as the tokens), the replica count it asks for and since when
-    /// this operator has seen it ask: a scale-down waits until the ask has held (see [`rollout`]).
+    /// this operator has seen it ask: a scale-down waits until the ask has held (see [`crate::plan::rollout`]).
     asked: Arc<Mutex<HashMap<String, (i32, Timestamp)>>>,
 }
 
@@ -168,7 +168,7 @@ impl Context {
     }
 }
 
-/// Reconciles one StreamJob, through the finalizer so deletion runs [`cleanup`].
+/// Reconciles one StreamJob, through the finalizer so deletion runs `cleanup`.
 #[instrument(skip_all, fields(streamjob = %job.name_any(), namespace = job.namespace().unwrap_or_default()))]
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let waiting = std::time::Instant::now();
@@ -243,7 +243,7 @@ fn requeue(step: Step, progressing: bool, pods: Pods, resync: Duration) -> Durat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::Change;
+    use crate::plan::status::Change;
 
     const RESYNC: Duration = Duration::from_secs(30);
 

@@ -12,13 +12,15 @@ use weir_crds::{InvalidSpec, Phase, SavepointInfo, StreamJob, StreamJobStatus};
 
 use super::{APPLY_FAILED, Context};
 use crate::{
-    Error, failure,
+    Error,
     labels::{FIELD_MANAGER, JobRef},
-    lag, pod_watch,
-    status::{self, Change, Observation, Pods},
+    lag, observe,
+    plan::failure,
+    plan::status::{self, Change, Observation, Pods},
+    pod_watch,
 };
 
-use crate::status::now;
+use crate::plan::status::now;
 
 /// Savepoints kept in `status.savepointHistory`.
 const SAVEPOINT_HISTORY: usize = 10;
@@ -69,7 +71,8 @@ pub(super) async fn observe_and_report(
         );
         ("RolledBack".to_owned(), message)
     });
-    let problem = rolled_back.or_else(|| failure::runtime_failure(&listed, Timestamp::now()));
+    let problem =
+        rolled_back.or_else(|| failure::runtime_failure(&observe::runtime_containers(&listed), Timestamp::now()));
     let observation = Observation {
         rollout: report.rollout,
         consumer_lag,

@@ -25,10 +25,11 @@ use crate::{
     Error, assignment,
     config::OperatorConfig,
     labels::JobRef,
+    observe,
+    plan::rollout::{self, Hold, Inputs, Run, Step},
+    plan::status::{Change, Observation},
     render::{Rendered, render},
-    rollout::{self, Current, Hold, Inputs, Run, Step, Target},
     savepoint,
-    status::{Change, Observation, Pods},
 };
 
 pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
@@ -37,7 +38,7 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
     }
     let job_ref = JobRef::new(job)?;
     let before = read_deployment(ctx, &job_ref).await?;
-    let current = before.as_ref().map(Current::of);
+    let current = before.as_ref().map(observe::current);
     let marks = current.as_ref().map(|c| c.marks.clone()).unwrap_or_default();
     let desired = render_clamped(job, &ctx.config, marks.source_partitions)?;
     let stable_job = marks.stable_spec.as_deref().and_then(|spec| with_spec(job, spec));
@@ -45,13 +46,13 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
     let generation = job.metadata.generation.unwrap_or_default();
     let desired_spec = serde_json::to_string(&job.spec).map_err(Error::Serialize)?;
     let now = Timestamp::now();
-    let desired_target = Target::of(&desired.deployment);
+    let desired_target = observe::target(&desired.deployment);
     let plan = rollout::plan(&Inputs {
         generation,
         asked_since: ctx.asked_since(&job_ref, desired_target.replicas, now),
         desired: desired_target,
         desired_spec: &desired_spec,
-        stable: stable.as_ref().map(|r| Target::of(&r.deployment)),
+        stable: stable.as_ref().map(|r| observe::target(&r.deployment)),
         current: current.as_ref(),
         suspended: job.spec.suspend,
         mode: job.spec.effective_upgrade_mode(),
@@ -67,13 +68,13 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
     let mut report = Report {
         rollout: marks.rollout,
         rolled_back: marks.rolled_back == Some(generation),
-        pods: before.as_ref().map(Pods::of).unwrap_or_default(),
+        pods: before.as_ref().map(observe::pods).unwrap_or_default(),
         pending: None,
         taken: None,
     };
     let reported = match plan.step {
         Step::Hold { hold, .. } => {
-            let replicas = Target::of(&run.deployment).replicas;
+            let replicas = observe::target(&run.deployment).replicas;
             let waiting = match hold {
                 Hold::Stabilizing { remaining } => Some(format!(
                     "waiting {}s for the stabilization window after the last rollout",
@@ -96,7 +97,7 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
             // What the status reports does not depend on the server's answer to the applies:
             // the Deployment reports the counts it had until its controller acts on the
             // apply. So both go at once, saving a round trip.
-            report.pods = Pods::expected(before.as_ref(), &run.deployment, change.is_some());
+            report.pods = observe::pods_after_apply(before.as_ref(), &run.deployment, change.is_some());
             let rolled = roll(ctx, job, &job_ref, before.as_ref(), run, &marks, change);
             // After a failed apply, the status waits for the retry's outcome, so a retry that
             // fails again does not clear the failure for a moment.
@@ -124,7 +125,7 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
             warn!("{note}");
             ctx.publish(job, EventType::Warning, "RolledBack", note);
             match roll(ctx, job, &job_ref, before.as_ref(), run, &marks, None).await {
-                Ok(deployment) => report.pods = Pods::of(&deployment),
+                Ok(deployment) => report.pods = observe::pods(&deployment),
                 Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await),
             }
             observe_and_report(job, &job_ref, ctx, &report).await?
@@ -174,7 +175,7 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
             let mut run = run;
             clamp(&mut run, marks.source_partitions);
             match roll(ctx, job, &job_ref, before.as_ref(), run, &marks, Some(change)).await {
-                Ok(deployment) => report.pods = Pods::of(&deployment),
+                Ok(deployment) => report.pods = observe::pods(&deployment),
                 Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await),
             }
             observe_and_report(job, &job_ref, ctx, &report).await?
@@ -265,7 +266,7 @@ pub(super) async fn give_up(
     ctx.publish(job, EventType::Warning, "SavepointFailed", message.clone());
     let observation = Observation {
         problem: Some(("SavepointFailed".into(), message.clone())),
-        ..Observation::of(before.map(Pods::of).unwrap_or_default(), job_ref.selector(), false)
+        ..Observation::of(before.map(observe::pods).unwrap_or_default(), job_ref.selector(), false)
     };
     report_status(job, ctx, &observation, None).await?;
     Err(Error::Savepoint(message))

@@ -47,9 +47,6 @@ const PROTOBUF_VOLUME: &str = "protobuf-descriptor-set";
 /// Deployment annotation with the hash of its pod template: when it changes, the pods are
 /// replaced (an upgrade); when only `replicas` changes, it is a rescale.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "weir.dev/template-hash";
-/// Deployment annotation naming the rollout under way (`Deploying`, `Upgrading`, …) until
-/// the pods settle; set by the reconciler, not by [`deployment`].
-pub const ROLLOUT_ANNOTATION: &str = "weir.dev/rollout";
 /// Environment variable the runtime reads its savepoint to restore from (`--restore-from`).
 pub const RESTORE_FROM_ENV: &str = "WEIR_RESTORE_FROM";
 /// Environment variable naming the file the runtime writes its fatal error to before it

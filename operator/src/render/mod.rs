@@ -13,8 +13,7 @@ use weir_crds::StreamJob;
 pub use configmap::{CHECKSUM_ANNOTATION, JOB_FILE, config_map, job_file};
 pub use deployment::{
     ADMIN_PORT_NAME, ADMIN_TOKEN_KEY, CONTAINER_NAME, DESCRIPTOR_SET_FILE, JOB_MOUNT, PROTOBUF_MOUNT, RESTORE_FROM_ENV,
-    ROLLOUT_ANNOTATION, SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH, deployment,
-    restore_from,
+    SECRETS_MOUNT, TEMPLATE_HASH_ANNOTATION, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH, deployment, restore_from,
 };
 pub use pdb::pod_disruption_budget;
 pub use scaledobject::{lag_query, scaled_object};

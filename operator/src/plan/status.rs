@@ -1,11 +1,7 @@
 //! Status: a pure function from what was observed to the StreamJob's next status, so every
 //! phase and condition transition is unit-tested without a cluster.
 
-use k8s_openapi::{
-    api::apps::v1::Deployment,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-};
-use weir_crds::{InvalidSpec, Phase, StreamJob, StreamJobStatus};
+use weir_crds::{Condition, InvalidSpec, Phase, StreamJob, StreamJobStatus, Time};
 
 /// Condition: all desired pods run the current spec and are consuming.
 pub const READY: &str = "Ready";
@@ -84,28 +80,11 @@ pub struct Pods {
 }
 
 impl Pods {
-    /// Reads the counts of an applied Deployment.
-    pub fn of(deployment: &Deployment) -> Self {
-        let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let status = deployment.status.clone().unwrap_or_default();
-        let observed = status.observed_generation.is_some_and(|g| Some(g) >= deployment.metadata.generation);
-        Self {
-            desired,
-            existing: status.replicas.unwrap_or(0),
-            updated: status.updated_replicas.unwrap_or(0),
-            ready: status.ready_replicas.unwrap_or(0),
-            observed,
-        }
-    }
-
-    /// The counts the Deployment reports right after `applying` is applied over `before`:
-    /// the pods asked for are `applying`'s, the other counts stay as `before` reports them
-    /// until its controller acts, and a changed spec (`spec_changes`) is not observed yet.
-    pub fn expected(before: Option<&Deployment>, applying: &Deployment, spec_changes: bool) -> Self {
-        let mut pods = before.map(Self::of).unwrap_or_default();
-        pods.desired = Self::of(applying).desired;
-        pods.observed = pods.observed && !spec_changes;
-        pods
+    /// The counts a Deployment reporting `self` reports right after an apply that asks for
+    /// `desired` pods: the other counts stay until its controller acts, and a changed spec
+    /// (`spec_changes`) is not observed yet.
+    pub fn after_apply(self, desired: i32, spec_changes: bool) -> Self {
+        Self { desired, observed: self.observed && !spec_changes, ..self }
     }
 
     /// Every desired pod runs the current template and is ready, and no other pod is left.
@@ -117,7 +96,7 @@ impl Pods {
 /// Everything one reconcile observed.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    /// The rollout under way, if any (see [`rollout`]).
+    /// The rollout under way, if any (see [`super::rollout`]).
     pub rollout: Option<Change>,
     /// The pods after the apply.
     pub pods: Pods,
@@ -130,7 +109,7 @@ pub struct Observation {
     /// A change that waits (for the stabilization window), with why.
     pub pending: Option<(Change, String)>,
     /// Something that went wrong (a rollback, a failed savepoint, a runtime pod's fatal
-    /// error, see [`crate::failure`]): reason and message of the `Degraded` condition.
+    /// error, see [`super::failure`]): reason and message of the `Degraded` condition.
     pub problem: Option<(String, String)>,
 }
 
@@ -254,7 +233,7 @@ pub fn reports_invalid(status: &StreamJobStatus, message: &str, generation: Opti
 
 /// The current time as the API's `Time`.
 pub fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
+    Time(jiff::Timestamp::now())
 }
 
 /// Every problem of an invalid spec, each with its field path under `spec`.
@@ -294,7 +273,7 @@ pub fn find<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Conditio
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::jiff::Timestamp;
+    use jiff::Timestamp;
     use weir_crds::{Problem, StreamJobSpec};
 
     use super::*;
@@ -335,51 +314,23 @@ mod tests {
         find(status, type_).unwrap()
     }
 
-    /// A Deployment asking for `replicas` at `generation`, whose controller saw
-    /// `observed_generation` and reports `ready` pods of `replicas`.
-    fn deployment(replicas: i32, generation: i64, observed_generation: i64, ready: i32) -> Deployment {
-        use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
-        let mut deployment = Deployment {
-            spec: Some(DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() }),
-            status: Some(DeploymentStatus {
-                observed_generation: Some(observed_generation),
-                replicas: Some(replicas),
-                updated_replicas: Some(replicas),
-                ready_replicas: Some(ready),
-                ..DeploymentStatus::default()
-            }),
-            ..Deployment::default()
-        };
-        deployment.metadata.generation = Some(generation);
-        deployment
-    }
-
     #[test]
-    fn expected_pods_are_what_the_deployment_reports_right_after_the_apply() {
-        let applying = |replicas| {
-            let mut d = deployment(replicas, 0, 0, 0);
-            d.status = None;
-            d
-        };
+    fn pods_right_after_an_apply_are_the_old_counts_asking_for_the_new() {
         assert_eq!(
-            Pods::expected(None, &applying(3), true),
+            Pods::default().after_apply(3, true),
             Pods { desired: 3, existing: 0, updated: 0, ready: 0, observed: false },
             "a first deploy: nothing yet, and not observed"
         );
-        let running = deployment(2, 4, 4, 2);
+        let running = pods(2, 2, 2, 2);
+        assert_eq!(running.after_apply(2, false), running, "no spec change: as the Deployment reports now");
         assert_eq!(
-            Pods::expected(Some(&running), &applying(2), false),
-            Pods::of(&running),
-            "no spec change: as the Deployment reports now"
-        );
-        assert_eq!(
-            Pods::expected(Some(&running), &applying(3), true),
+            running.after_apply(3, true),
             Pods { desired: 3, existing: 2, updated: 2, ready: 2, observed: false },
             "a rescale: the new count asked for, the old pods counted, the change not observed"
         );
-        assert!(!Pods::expected(Some(&running), &applying(2), true).settled(), "a changed spec never looks settled");
-        let behind = deployment(2, 5, 4, 2);
-        assert!(!Pods::expected(Some(&behind), &applying(2), false).observed, "not observed stays not observed");
+        assert!(!running.after_apply(2, true).settled(), "a changed spec never looks settled");
+        let behind = Pods { observed: false, ..running };
+        assert!(!behind.after_apply(2, false).observed, "not observed stays not observed");
     }
 
     #[test]

@@ -18,14 +18,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
+use jiff::Timestamp;
 use weir_crds::UpgradeMode;
 
-use crate::{
-    render::{ROLLOUT_ANNOTATION, TEMPLATE_HASH_ANNOTATION},
-    status::{Change, Pods},
-};
+use super::status::{Change, Pods};
 
+/// The rollout under way (`Deploying`, `Upgrading`, …) until the pods settle.
+pub const ROLLOUT_ANNOTATION: &str = "weir.dev/rollout";
 /// When the rollout in [`ROLLOUT_ANNOTATION`] started its new pods.
 pub const STARTED_ANNOTATION: &str = "weir.dev/rollout-started";
 /// The savepoint the pods restore (`WEIR_RESTORE_FROM`); their checkpoints continue its lineage.
@@ -63,8 +62,7 @@ pub struct Marks {
 
 impl Marks {
     /// Reads the marks from a Deployment's annotations; unreadable ones are left out.
-    pub fn read(deployment: &Deployment) -> Self {
-        let Some(annotations) = deployment.metadata.annotations.as_ref() else { return Self::default() };
+    pub fn read(annotations: &BTreeMap<String, String>) -> Self {
         let text = |key: &str| annotations.get(key).cloned();
         let time = |key: &str| annotations.get(key).and_then(|t| t.parse::<Timestamp>().ok());
         Self {
@@ -96,21 +94,10 @@ impl Marks {
 /// What a rendered Deployment runs: its pod template (by hash) and how many pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// [`TEMPLATE_HASH_ANNOTATION`]: the pod template without the restore point.
+    /// The hash of the pod template without the restore point (`weir.dev/template-hash`).
     pub template_hash: String,
     /// Pods.
     pub replicas: i32,
-}
-
-impl Target {
-    /// The target of a rendered or observed Deployment.
-    pub fn of(deployment: &Deployment) -> Self {
-        let annotations = deployment.metadata.annotations.as_ref();
-        Self {
-            template_hash: annotations.and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION)).cloned().unwrap_or_default(),
-            replicas: deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        }
-    }
 }
 
 /// The Deployment observed at the start of a reconcile.
@@ -122,13 +109,6 @@ pub struct Current {
     pub pods: Pods,
     /// The bookkeeping on it.
     pub marks: Marks,
-}
-
-impl Current {
-    /// Reads an observed Deployment.
-    pub fn of(deployment: &Deployment) -> Self {
-        Self { target: Target::of(deployment), pods: Pods::of(deployment), marks: Marks::read(deployment) }
-    }
 }
 
 /// Everything a plan is made from.
@@ -576,9 +556,7 @@ mod tests {
             source_partitions: Some(6),
             settled_at: Some(at(1)),
         };
-        let mut deployment = Deployment::default();
-        deployment.metadata.annotations = Some(marks.annotations());
-        assert_eq!(Marks::read(&deployment), marks);
+        assert_eq!(Marks::read(&marks.annotations()), marks);
         assert_eq!(Marks::default().annotations(), BTreeMap::new());
     }
 }
