@@ -60,20 +60,20 @@ if ! running "$RUN/prometheus/prometheus.pid"; then
 fi
 PROMETHEUS_URL=$(sed -n 's/^PROMETHEUS_URL=//p' "$RUN/prometheus/prometheus.env")
 if $FROM_CHART; then
-  # What `helm install weir charts/weir -n weir-system` does: the chart's CRD, then the
+  # What `helm install weir charts/weir -n weir-system` does: the chart's CRDs, then the
   # rendered templates. Pods share this host's network, so the operator listens on its
   # pod's own address.
   PYTHON=$(bash e2e/chart/install-helm-sdk.sh | tail -1)
-  kubectl apply -f charts/weir/crds/streamjob.yaml
+  kubectl apply -f charts/weir/crds/
   kubectl create namespace weir-system --dry-run=client -o yaml | kubectl apply -f -
   "$PYTHON" e2e/chart/render.py charts/weir --name weir --namespace weir-system \
     --set 'metrics.listenHost=$(POD_IP)' --set logFormat=text --set resyncInterval=10s \
     --set "prometheusAddress=$PROMETHEUS_URL" \
     | kubectl apply --server-side --field-manager=helm -f -
 else
-  kubectl apply -f crds/streamjob.yaml
+  kubectl apply -f crds/
 fi
-kubectl wait --for=condition=Established --timeout=30s crd/streamjobs.weir.dev
+kubectl wait --for=condition=Established --timeout=30s crd/streamjobs.weir.dev crd/streamjobsavepoints.weir.dev
 
 if ! running "$RUN/agent.pid"; then
   "$BIN/weir-node-agent" --kubeconfig "$RUN/kubernetes/node.kubeconfig" --state-dir "$PODS/agent" --log-format text \

@@ -12,6 +12,7 @@ mod job;
 pub mod kafka;
 pub mod pipeline;
 pub mod plan;
+mod savepoint;
 mod sink;
 mod source;
 mod status;
@@ -25,6 +26,9 @@ pub use job::{
 pub use kafka::{CreateTopic, Format, KafkaSecurity, Retry, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};
 pub use plan::PipelinePlan;
+pub use savepoint::{
+    JobReference, SavepointReason, SavepointState, StreamJobSavepoint, StreamJobSavepointSpec, StreamJobSavepointStatus,
+};
 pub use sink::{Acks, Compression, DeadLetter, Delivery, KafkaSink, OversizeRecords, Sink, TraceContext};
 pub use source::{EventTime, FieldDecl, FieldType, IsolationLevel, KafkaSource, Source, StartOffset};
 pub use status::{Condition, Phase, SavepointInfo, StreamJobStatus, Time};

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use kube::CustomResourceExt;
-use weir_crds::{JobDocument, StreamJob};
+use weir_crds::{JobDocument, StreamJob, StreamJobSavepoint};
 
 fn repo_file(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative);
@@ -26,6 +26,17 @@ fn the_charts_crd_equals_crdgen_output() {
         repo_file("charts/weir/crds/streamjob.yaml") == generated,
         "charts/weir/crds/streamjob.yaml is stale: run `cargo run -p weir-crds --bin crdgen > charts/weir/crds/streamjob.yaml`"
     );
+}
+
+#[test]
+fn the_savepoint_crds_equal_crdgen_output() {
+    let generated = serde_yaml::to_string(&StreamJobSavepoint::crd()).unwrap();
+    for file in ["crds/streamjobsavepoint.yaml", "charts/weir/crds/streamjobsavepoint.yaml"] {
+        assert!(
+            repo_file(file) == generated,
+            "{file} is stale: run `cargo run -p weir-crds --bin crdgen -- savepoint > {file}`"
+        );
+    }
 }
 
 #[test]

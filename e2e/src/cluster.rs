@@ -144,15 +144,17 @@ impl LocalCluster {
         Ok(path)
     }
 
-    /// Applies the StreamJob CRD and waits until the API server serves it.
+    /// Applies Weir's CRDs (every file in `crds/`) and waits until the API server serves them.
     pub fn install_crds(&self) -> Result<(), Error> {
-        let crd = repo_root().join("crds/streamjob.yaml");
-        let applied = self.kubectl([OsStr::new("apply"), OsStr::new("-f"), crd.as_os_str()])?;
+        let crds = repo_root().join("crds");
+        let applied = self.kubectl([OsStr::new("apply"), OsStr::new("-f"), crds.as_os_str()])?;
         if !applied.status.success() {
             return Err(Error::Start(String::from_utf8_lossy(&applied.stderr).into_owned()));
         }
-        wait_until(Duration::from_secs(30), "the StreamJob CRD to be served", || {
-            self.kubectl(["get", "streamjobs", "--all-namespaces"]).is_ok_and(|o| o.status.success())
+        wait_until(Duration::from_secs(30), "Weir's CRDs to be served", || {
+            ["streamjobs", "streamjobsavepoints"]
+                .iter()
+                .all(|kind| self.kubectl(["get", kind, "--all-namespaces"]).is_ok_and(|o| o.status.success()))
         })
     }
 }

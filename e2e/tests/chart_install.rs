@@ -40,8 +40,8 @@ impl Stack {
         let broker = must(Broker::start(), "starting the broker");
         let cluster = must(LocalCluster::start(), "starting the local cluster");
         // As `helm install`: the chart's crds/ first, then the rendered templates.
-        let crd = repo_root().join("charts/weir/crds/streamjob.yaml");
-        let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), crd.as_os_str()]), "kubectl apply");
+        let crds = repo_root().join("charts/weir/crds");
+        let applied = must(cluster.kubectl([OsStr::new("apply"), OsStr::new("-f"), crds.as_os_str()]), "kubectl apply");
         assert!(applied.status.success(), "{}", text(&applied.stderr));
         must(
             wait_until(Duration::from_secs(30), "the StreamJob CRD to be served", || {

@@ -79,10 +79,10 @@ fn text(bytes: Vec<u8>) -> String {
 /// kubectl as a user runs it against the running job: every view has its columns, Events
 /// are where `describe` and `get events` look, conditions carry their generation.
 fn what_kubectl_shows(stack: &LocalStack) {
-    let crd = repo_root().join("crds/streamjob.yaml");
-    let applied = must(stack.cluster.kubectl(["apply", "-f", &crd.display().to_string()]), "kubectl apply");
+    let crds = repo_root().join("crds");
+    let applied = must(stack.cluster.kubectl(["apply", "-f", &crds.display().to_string()]), "kubectl apply");
     let stderr = String::from_utf8_lossy(&applied.stderr);
-    assert!(applied.status.success() && !stderr.contains("Warning"), "applying the CRD warns: {stderr}");
+    assert!(applied.status.success() && !stderr.contains("Warning"), "applying the CRDs warns: {stderr}");
 
     must(stack.kubectl(["wait", "--for=condition=Ready", "sj/clicks", "--timeout=60s"]), "kubectl wait");
     let jobs = text(must(stack.kubectl(["get", "sj"]), "kubectl get sj"));

@@ -330,3 +330,32 @@ fn connector_options_apply_and_default() {
     assert_eq!(sink["createTopic"]["replicationFactor"], json!(1), "{sink}");
     assert_eq!(sink["traceContext"], json!("propagate"), "{sink}");
 }
+
+/// A StreamJobSavepoint of job `job`, typed as the operator reads it.
+fn savepoint(name: &str, job: &str, path: Option<&str>) -> Value {
+    let spec = weir_crds::StreamJobSavepointSpec {
+        job_ref: weir_crds::JobReference { name: job.into() },
+        path: path.map(str::to_owned),
+        dispose_on_delete: false,
+    };
+    must(serde_json::to_value(weir_crds::StreamJobSavepoint::new(name, spec)), "serializing the savepoint")
+}
+
+#[test]
+fn a_savepoint_keeps_its_job_and_path_and_lists_with_its_columns() {
+    let ns = namespace("savepoint-api");
+    let created = apply(&ns, &savepoint("sp-1", "orders", None));
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert_rejected(&ns, &savepoint("sp-1", "refunds", None), "spec.jobRef", "jobRef cannot change");
+    assert_rejected(&ns, &savepoint("sp-1", "orders", Some("file:///sp")), "spec.path", "path cannot change");
+    let mut disposed = savepoint("sp-1", "orders", None);
+    disposed["spec"]["disposeOnDelete"] = json!(true);
+    let changed = apply(&ns, &disposed);
+    assert!(changed.status.success(), "disposeOnDelete may change: {}", stderr(&changed));
+    assert_rejected(&ns, &savepoint("sp-2", "", None), "spec.jobRef.name", "at least 1");
+
+    let listed = must(cluster().kubectl(["get", "sjsp", "-n", &ns, "-o", "wide"]), "kubectl get sjsp");
+    let header: Vec<String> =
+        stdout(&listed).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect();
+    assert_eq!(header, ["NAME", "JOB", "STATE", "REASON", "AGE", "PATH"], "{}", stdout(&listed));
+}

@@ -30,7 +30,7 @@ use kube::{
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use weir_crds::{StreamJob, StreamJobStatus};
+use weir_crds::{StreamJob, StreamJobSavepoint, StreamJobStatus};
 
 use crate::{
     children::{Child, Stores},
@@ -52,6 +52,8 @@ pub struct Children {
     pub pods: Store<Pod>,
     /// The StreamJobs themselves.
     pub jobs: Store<StreamJob>,
+    /// The savepoints (not children either: a job's history outlives it).
+    pub savepoints: Store<StreamJobSavepoint>,
 }
 
 type Key = (String, String, String);

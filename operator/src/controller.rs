@@ -2,18 +2,18 @@
 
 use std::{future::Future, sync::Arc};
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use kube::{
     Api, Client, Resource,
     api::DynamicObject,
     runtime::{
         Controller, Predicate, PredicateConfig, WatchStreamExt, controller, predicates,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
 use tracing::{info, warn};
-use weir_crds::{JOB_LABEL, StreamJob};
+use weir_crds::{JOB_LABEL, StreamJob, StreamJobSavepoint};
 
 use crate::{
     cache::{self, Children, Writes},
@@ -74,6 +74,26 @@ fn children<K: Child>(
     (reader, cache::changes(events, writes.clone()))
 }
 
+/// A store of the StreamJobSavepoints, and those still to be taken or adopted.
+fn savepoint_requests(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (Store<StreamJobSavepoint>, impl Stream<Item = Result<StreamJobSavepoint, watcher::Error>> + Send + 'static) {
+    let (reader, writer) = reflector::store();
+    let events = watcher(api::<StreamJobSavepoint>(client, namespace), watcher::Config::default())
+        .default_backoff()
+        .modify(|savepoint: &mut StreamJobSavepoint| savepoint.metadata.managed_fields = None)
+        .reflect(writer)
+        .applied_objects()
+        .try_filter(|savepoint| std::future::ready(savepoint.is_open()));
+    (reader, events)
+}
+
+/// The job a savepoint is of.
+fn savepoint_job(savepoint: &StreamJobSavepoint) -> Option<ObjectRef<StreamJob>> {
+    Some(ObjectRef::new(&savepoint.spec.job_ref.name).within(savepoint.metadata.namespace.as_deref()?))
+}
+
 /// Watches every child kind the cluster serves: into a store, and as triggers of their owner.
 struct WatchChildren<'a> {
     client: &'a Client,
@@ -121,12 +141,15 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::finalizers), PredicateConfig::default());
     let (pods, pod_changes) = pod_watch::watch(&client, namespace, &ctx.writes);
+    let (savepoints, requested) = savepoint_requests(&client, namespace);
     let controller = Controller::for_stream(jobs, reader.clone())
         // Changes to several children of a job (someone else's) come in bursts: a short
         // debounce folds such a burst into one reconcile.
         .with_config(controller::Config::default().concurrency(settings.concurrency).debounce(DEBOUNCE))
         // Pods belong to the Deployment's ReplicaSets, not to the job: mapped by their label.
-        .watches_stream(pod_changes, |pod| pod_watch::job_of(&pod));
+        .watches_stream(pod_changes, |pod| pod_watch::job_of(&pod))
+        // A savepoint a user asks for is taken by its job's reconcile.
+        .watches_stream(requested, |savepoint| savepoint_job(&savepoint));
     let mut watch = WatchChildren {
         client: &client,
         namespace,
@@ -137,7 +160,7 @@ pub async fn run(
     };
     each_kind(&mut watch);
     let WatchChildren { controller: Some(controller), stores, .. } = watch else { return };
-    let ctx = Arc::new(ctx.with_children(Children { stores, pods, jobs: reader }));
+    let ctx = Arc::new(ctx.with_children(Children { stores, pods, jobs: reader, savepoints }));
     info!(namespace = namespace.unwrap_or("all"), "controller started");
     controller
         .graceful_shutdown_on(shutdown)

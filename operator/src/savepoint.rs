@@ -33,8 +33,8 @@ pub struct Taken {
 pub struct Failed {
     /// What went wrong, pod by pod.
     pub message: String,
-    /// Pods that may have stopped and must be resumed: every pod asked, since one whose
-    /// answer timed out may still stop after the operator gave up on it (resuming a pod
+    /// Pods that may have stopped and must be resumed: every pod asked to stop, since one
+    /// whose answer timed out may still stop after the operator gave up on it (resuming a pod
     /// that did not stop changes nothing).
     pub stopped: Vec<SocketAddr>,
 }
@@ -61,7 +61,16 @@ pub async fn stop_with_savepoint(
     id: &str,
     timeout: Duration,
 ) -> Result<Taken, Failed> {
-    let query = SavepointQuery { id: Some(id.to_owned()), stop: true };
+    savepoint(pods, admin, SavepointQuery { id: Some(id.to_owned()), stop: true }, timeout).await
+}
+
+/// Takes savepoint `id` on every pod in `pods` while they go on consuming (a savepoint a user
+/// asked for), each given `timeout`.
+pub async fn take_savepoint(pods: &[&Pod], admin: Admin<'_>, id: &str, timeout: Duration) -> Result<Taken, Failed> {
+    savepoint(pods, admin, SavepointQuery { id: Some(id.to_owned()), stop: false }, timeout).await
+}
+
+async fn savepoint(pods: &[&Pod], admin: Admin<'_>, query: SavepointQuery, timeout: Duration) -> Result<Taken, Failed> {
     let calls = pods.iter().map(|pod| {
         let address = pod_http::admin_address(pod, admin.port);
         let name = pod.name_any();
@@ -77,7 +86,7 @@ pub async fn stop_with_savepoint(
     let mut answers = Vec::new();
     let mut stopped = Vec::new();
     for (name, address, answer) in results {
-        stopped.extend(address);
+        stopped.extend(address.filter(|_| query.stop));
         match answer {
             Ok(answer) => answers.push(answer),
             Err(e) => problems.push(format!("pod {name}: {e}")),

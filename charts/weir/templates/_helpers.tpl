@@ -85,6 +85,13 @@ to give them their partitions as soon as they start; write Events.
 - apiGroups: [weir.dev]
   resources: [streamjobs/finalizers]
   verbs: [update]
+# Savepoints: one recorded for every savepoint taken; the ones users ask for are taken.
+- apiGroups: [weir.dev]
+  resources: [streamjobsavepoints]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [weir.dev]
+  resources: [streamjobsavepoints/status]
+  verbs: [get, patch]
 # Every child kind: watched, server-side applied, deleted once the job no longer renders it.
 - apiGroups: [""]
   resources: [configmaps, services]

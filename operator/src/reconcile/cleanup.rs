@@ -14,7 +14,10 @@ use tracing::{info, warn};
 use weir_crds::{SavepointInfo, StreamJob, UpgradeMode};
 
 use super::Context;
-use super::report::{record_savepoint, write_status};
+use super::{
+    report::{record_savepoint, write_status},
+    savepoints,
+};
 use crate::{Error, labels::JobRef, savepoint};
 
 /// The Event action of what the finalizer does.
@@ -71,6 +74,7 @@ pub(super) async fn final_savepoint(job: &StreamJob, ctx: &Context) -> Result<()
             let mut next = job.status.clone().unwrap_or_default();
             let info =
                 SavepointInfo { id, path: taken.path, completed_at: Time(taken.completed_at), reason: "delete".into() };
+            savepoints::record(ctx, job, &job_ref, &info, taken.partition_count).await;
             record_savepoint(&mut next, info);
             write_status(job, &next, ctx).await
         }

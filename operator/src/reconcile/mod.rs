@@ -34,6 +34,7 @@ use crate::{
 mod apply;
 mod cleanup;
 mod report;
+mod savepoints;
 mod steps;
 
 pub(crate) use report::StatusPatch;
@@ -130,6 +131,11 @@ impl Context {
     /// This context reading children from `children`.
     pub fn with_children(&self, children: Children) -> Self {
         Self { children: Some(children), ..self.clone() }
+    }
+
+    /// The store of the StreamJobSavepoints, once the controller watches them.
+    fn savepoint_store(&self) -> Option<&kube::runtime::reflector::Store<weir_crds::StreamJobSavepoint>> {
+        self.children.as_ref().map(|c| &c.savepoints)
     }
 
     /// What the store of `K` says of `namespace/name`.

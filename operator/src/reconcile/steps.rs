@@ -18,8 +18,9 @@ use super::{
     apply::{apply_held, read_deployment, roll},
     report::{
         Report, announce_failure, announce_phase, announce_savepoint, apply_failure, observe_and_report,
-        report_failed_apply, report_invalid, report_status,
+        record_savepoint, report_failed_apply, report_invalid, report_status, write_status,
     },
+    savepoints,
 };
 use crate::{
     Error, assignment,
@@ -178,6 +179,10 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
                 Ok(deployment) => report.pods = observe::pods(&deployment),
                 Err(error) => return Err(report_failed_apply(job, &job_ref, ctx, &report, error).await),
             }
+            // Recorded once the new pods are on their way, so it adds nothing to the downtime.
+            if let Some(taken) = &report.taken {
+                savepoints::record(ctx, job, &job_ref, taken, marks.source_partitions).await;
+            }
             observe_and_report(job, &job_ref, ctx, &report).await?
         }
     };
@@ -189,6 +194,19 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
     let mut after = requeue(plan.step, reported.progressing, report.pods, ctx.config.resync_interval);
     if assigned.is_some_and(|outcome| outcome.in_progress()) {
         after = after.min(REQUEUE_ASSIGNING);
+    }
+    let steady = match plan.step {
+        _ if job.spec.suspend => Err("the job is suspended"),
+        Step::Apply { change: None } if report.pods.settled() && !reported.progressing => Ok(()),
+        _ => Err("a rollout is in flight"),
+    };
+    let taken = savepoints::take_requested(ctx, job, &job_ref, steady, &reported.listed).await?;
+    if !taken.is_empty() {
+        let mut next = reported.status.clone();
+        for info in taken {
+            record_savepoint(&mut next, info);
+        }
+        write_status(job, &next, ctx).await?;
     }
     Ok(Action::requeue(after))
 }

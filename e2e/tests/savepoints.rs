@@ -1,0 +1,129 @@
+//! Savepoints as resources on the whole local stack: a savepoint a user asks for with a
+//! `StreamJobSavepoint` is taken while the job runs on (its output stays exact), one that
+//! names an existing savepoint is adopted, one asked of a suspended job waits, and every
+//! savepoint the operator takes for a rollout is recorded as one, so `kubectl get sjsp` is
+//! the job's history.
+
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+use weir_crds::{JobReference, StreamJobSavepoint, StreamJobSavepointSpec};
+use weir_e2e::{
+    payments,
+    stack::{LocalStack, RUNTIME_IMAGE},
+    wait_until,
+    windowed::{USERS, WAIT, WindowedJob, last_savepoint, settled_on},
+};
+
+fn must<T, E: std::fmt::Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Each test runs a stack of its own; one at a time, so that two cores suffice.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A savepoint of `job`, as a user writes one.
+fn savepoint(name: &str, job: &str, path: Option<&str>) -> Value {
+    let savepoint = StreamJobSavepoint::new(
+        name,
+        StreamJobSavepointSpec {
+            job_ref: JobReference { name: job.into() },
+            path: path.map(str::to_owned),
+            dispose_on_delete: false,
+        },
+    );
+    must(serde_json::to_value(&savepoint), "serializing the savepoint")
+}
+
+fn get(stack: &LocalStack, name: &str) -> Option<Value> {
+    let output = stack.kubectl(["get", "streamjobsavepoint", name, "-o", "json"]).ok()?;
+    serde_json::from_slice(&output).ok()
+}
+
+/// Waits for savepoint `name` to satisfy `condition`; returns it.
+fn wait_for(stack: &LocalStack, name: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+    let mut last = None;
+    let waited = wait_until(WAIT, what, || {
+        last = get(stack, name);
+        last.as_ref().is_some_and(&condition)
+    });
+    if let Err(e) = waited {
+        panic!("{e}\nsavepoint: {:#}\n{}", last.unwrap_or_default(), stack.diagnostics());
+    }
+    last.unwrap_or_default()
+}
+
+fn state(savepoint: &Value) -> &str {
+    savepoint["status"]["state"].as_str().unwrap_or_default()
+}
+
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+#[test]
+fn a_savepoint_asked_for_is_taken_while_the_job_runs_and_every_savepoint_is_listed() {
+    let _one = ONE_AT_A_TIME.lock();
+    let stack = must(LocalStack::start(&[]), "starting the stack");
+    let test = WindowedJob::new(stack, "ledger", 3);
+    test.apply(json!({"parallelism": 2}));
+    test.wait("2 pods running", |j| settled_on(j, 2));
+    let before = payments::payments(1500, USERS, 0);
+    test.produce(&before);
+
+    must(test.stack.apply(&savepoint("ledger-manual-1", "ledger", None)), "asking for a savepoint");
+    let taken = wait_for(&test.stack, "ledger-manual-1", "the savepoint taken", |s| state(s) == "Completed");
+    test.step("manual savepoint taken");
+    let status = &taken["status"];
+    assert_eq!(status["reason"], "manual", "{status:#}");
+    assert_eq!(taken["metadata"]["labels"]["weir.dev/streamjob"], "ledger", "labelled with its job");
+    assert_eq!(status["partitions"], 3, "both pods' partitions: {status:#}");
+    assert!(status["path"].as_str().is_some_and(|p| p.ends_with("/savepoints/ledger-manual-1")), "{status:#}");
+    let job = must(test.stack.job("ledger").ok_or("no job"), "reading the job");
+    assert_eq!(job["status"]["lastSavepoint"]["id"], "ledger-manual-1", "{:#}", job["status"]);
+    assert!(settled_on(&job, 2), "the pods ran on: {:#}", job["status"]);
+
+    // A savepoint named by its path is adopted as it is.
+    let path = status["path"].as_str().unwrap_or_default().to_owned();
+    must(test.stack.apply(&savepoint("ledger-adopted", "ledger", Some(&path))), "adopting a savepoint");
+    let adopted = wait_for(&test.stack, "ledger-adopted", "the savepoint adopted", |s| state(s) == "Completed");
+    assert_eq!(adopted["status"]["path"], path.as_str());
+
+    // The operator's own savepoints are listed too.
+    let during = payments::payments(1500, USERS, 1500);
+    test.produce(&during);
+    test.apply(json!({"parallelism": 2, "image": format!("{}:v2", RUNTIME_IMAGE)}));
+    let upgraded =
+        test.wait("upgraded through a savepoint", |j| settled_on(j, 2) && last_savepoint(j, "upgrade").is_some());
+    let upgrade_id = last_savepoint(&upgraded, "upgrade").and_then(|s| s["id"].as_str()).unwrap_or_default().to_owned();
+    let recorded = wait_for(&test.stack, &upgrade_id, "the upgrade's savepoint recorded", |s| state(s) == "Completed");
+    assert_eq!(recorded["status"]["reason"], "upgrade");
+    assert_eq!(recorded["spec"]["jobRef"]["name"], "ledger");
+    assert_eq!(recorded["metadata"]["labels"]["weir.dev/streamjob"], "ledger");
+    assert!(recorded["metadata"]["ownerReferences"].is_null(), "a job's history outlives it: {recorded:#}");
+
+    let listed = must(test.stack.kubectl(["get", "sjsp", "-l", "weir.dev/streamjob=ledger"]), "kubectl get sjsp");
+    let listed = String::from_utf8_lossy(&listed).into_owned();
+    let mut lines = listed.lines();
+    assert_eq!(words(lines.next().unwrap_or_default()), ["NAME", "JOB", "STATE", "REASON", "AGE"], "{listed}");
+    let mut rows: Vec<Vec<&str>> = lines.map(|l| words(l)[..4].to_vec()).collect();
+    let mut expected = vec![
+        vec!["ledger-adopted", "ledger", "Completed", "manual"],
+        vec!["ledger-manual-1", "ledger", "Completed", "manual"],
+        vec![upgrade_id.as_str(), "ledger", "Completed", "upgrade"],
+    ];
+    rows.sort();
+    expected.sort();
+    assert_eq!(rows, expected, "{listed}");
+
+    // Asked of a suspended job, a savepoint waits for it to run.
+    test.apply(json!({"parallelism": 2, "image": format!("{}:v2", RUNTIME_IMAGE), "suspend": true}));
+    test.wait("suspended", |j| j["status"]["phase"] == "Suspended" && j["status"]["replicas"] == 0);
+    must(test.stack.apply(&savepoint("ledger-manual-2", "ledger", None)), "asking for a savepoint");
+    let pending = wait_for(&test.stack, "ledger-manual-2", "the savepoint pending", |s| state(s) == "Pending");
+    assert_eq!(pending["status"]["error"], "waiting: the job is suspended");
+    test.apply(json!({"parallelism": 2, "image": format!("{}:v2", RUNTIME_IMAGE)}));
+    wait_for(&test.stack, "ledger-manual-2", "the savepoint taken once the job runs", |s| state(s) == "Completed");
+
+    test.assert_exact_output(&[before, during].concat());
+}

@@ -1,0 +1,238 @@
+//! Savepoints as resources. Every savepoint the operator takes is recorded as a
+//! `StreamJobSavepoint` named by its id, so `kubectl get sjsp` lists a job's history; the
+//! ones a user creates are taken here, while the job's pods run steadily, or adopted when
+//! they name an existing savepoint's `path`. The records carry the job's label and no owner
+//! reference: a job's history outlives it, so a deleted job can be recreated from its
+//! final savepoint.
+
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::events::EventType,
+};
+use tracing::{info, warn};
+use weir_crds::{
+    JOB_LABEL, JobReference, SavepointInfo, SavepointReason, SavepointState, StreamJob, StreamJobSavepoint,
+    StreamJobSavepointSpec, StreamJobSavepointStatus, Time,
+};
+
+use super::Context;
+use crate::{
+    Error,
+    labels::{FIELD_MANAGER, JobRef},
+    savepoint::{self, Taken},
+};
+
+/// Records a savepoint the operator took for `reason` as a completed StreamJobSavepoint.
+/// A failure to record is reported in an Event and does not undo the savepoint.
+pub(super) async fn record(
+    ctx: &Context,
+    job: &StreamJob,
+    job_ref: &JobRef,
+    info: &SavepointInfo,
+    partitions: Option<i32>,
+) {
+    let reason = SavepointReason::from_name(&info.reason).unwrap_or(SavepointReason::Manual);
+    let savepoint = StreamJobSavepoint {
+        metadata: ObjectMeta {
+            name: Some(info.id.clone()),
+            namespace: Some(job_ref.namespace.clone()),
+            labels: Some(job_ref.selector_labels()),
+            ..ObjectMeta::default()
+        },
+        spec: StreamJobSavepointSpec {
+            job_ref: JobReference { name: job_ref.name.clone() },
+            path: None,
+            dispose_on_delete: false,
+        },
+        status: None,
+    };
+    let status = StreamJobSavepointStatus {
+        state: Some(SavepointState::Completed),
+        reason: Some(reason),
+        path: Some(info.path.clone()),
+        completed_at: Some(info.completed_at.clone()),
+        partitions,
+        error: None,
+        job_generation: job.metadata.generation,
+    };
+    let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let written = match api.patch(&info.id, &params, &Patch::Apply(&savepoint)).await {
+        Ok(_) => write_status(&api, &info.id, &status).await,
+        Err(source) => Err(Error::Api { what: "recording the savepoint".into(), source }),
+    };
+    if let Err(e) = written {
+        let note = format!("savepoint {} was taken, but recording it as a StreamJobSavepoint failed: {e}", info.id);
+        warn!("{note}");
+        ctx.publish(job, EventType::Warning, "SavepointNotRecorded", note);
+    }
+}
+
+/// Takes or adopts the savepoints users asked for of `job`, oldest first, when its pods run
+/// steadily (`steady`); otherwise marks them pending with why. Returns the savepoints now
+/// completed, for the job's status history.
+pub(super) async fn take_requested(
+    ctx: &Context,
+    job: &StreamJob,
+    job_ref: &JobRef,
+    steady: Result<(), &str>,
+    pods: &[Pod],
+) -> Result<Vec<SavepointInfo>, Error> {
+    let mut open = requested(ctx, job_ref).await?;
+    open.sort_by_key(|s| (s.creation_timestamp(), s.name_any()));
+    let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
+    let mut completed = Vec::new();
+    for requested in open {
+        let name = requested.name_any();
+        if requested.labels().get(JOB_LABEL) != Some(&job_ref.name) {
+            label(&api, &name, job_ref).await?;
+        }
+        if let Some(path) = requested.spec.path.clone() {
+            let adopted = completed_status(job, path.clone(), Time(Timestamp::now()), None);
+            write_status(&api, &name, &adopted).await?;
+            info!(savepoint = %name, %path, "adopted the savepoint");
+            completed.push(SavepointInfo {
+                id: name,
+                path,
+                completed_at: Time(Timestamp::now()),
+                reason: "manual".into(),
+            });
+            continue;
+        }
+        let running = savepoint::running(pods);
+        let waiting = match steady {
+            Err(why) => Some(why),
+            Ok(()) if running.is_empty() => Some("the job runs no pods"),
+            Ok(()) => None,
+        };
+        if let Some(why) = waiting {
+            let pending = StreamJobSavepointStatus {
+                state: Some(SavepointState::Pending),
+                reason: Some(SavepointReason::Manual),
+                error: Some(format!("waiting: {why}")),
+                ..StreamJobSavepointStatus::default()
+            };
+            if requested.status.as_ref() != Some(&pending) {
+                write_status(&api, &name, &pending).await?;
+            }
+            continue;
+        }
+        let in_progress = StreamJobSavepointStatus {
+            state: Some(SavepointState::InProgress),
+            reason: Some(SavepointReason::Manual),
+            ..StreamJobSavepointStatus::default()
+        };
+        write_status(&api, &name, &in_progress).await?;
+        let token = ctx.admin_token(job_ref).await?;
+        let taken = ctx.throttle.aside(savepoint::take_savepoint(
+            &running,
+            ctx.admin(&token),
+            &name,
+            savepoint::SAVEPOINT_TIMEOUT,
+        ));
+        match taken.await {
+            Ok(Taken { path, completed_at, partition_count }) => {
+                let note = format!("savepoint {name} of {} pods at {path}", running.len());
+                info!("{note}");
+                ctx.publish(job, EventType::Normal, "SavepointTaken", note);
+                let done = completed_status(job, path.clone(), Time(completed_at), partition_count);
+                write_status(&api, &name, &done).await?;
+                completed.push(SavepointInfo {
+                    id: name,
+                    path,
+                    completed_at: Time(completed_at),
+                    reason: "manual".into(),
+                });
+            }
+            Err(failed) => {
+                let note = format!("savepoint {name} failed: {}", failed.message);
+                warn!("{note}");
+                ctx.publish(job, EventType::Warning, "SavepointFailed", note);
+                let failed = StreamJobSavepointStatus {
+                    state: Some(SavepointState::Failed),
+                    reason: Some(SavepointReason::Manual),
+                    error: Some(failed.message),
+                    job_generation: job.metadata.generation,
+                    ..StreamJobSavepointStatus::default()
+                };
+                write_status(&api, &name, &failed).await?;
+            }
+        }
+    }
+    Ok(completed)
+}
+
+fn completed_status(job: &StreamJob, path: String, at: Time, partitions: Option<i32>) -> StreamJobSavepointStatus {
+    StreamJobSavepointStatus {
+        state: Some(SavepointState::Completed),
+        reason: Some(SavepointReason::Manual),
+        path: Some(path),
+        completed_at: Some(at),
+        partitions,
+        error: None,
+        job_generation: job.metadata.generation,
+    }
+}
+
+/// The job's savepoints still to be taken or adopted: from the store when the controller
+/// watches them, else from the API server.
+async fn requested(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoint>, Error> {
+    let of_job = |s: &StreamJobSavepoint| s.spec.job_ref.name == job_ref.name && s.is_open();
+    if let Some(store) = ctx.savepoint_store() {
+        let namespace = Some(job_ref.namespace.as_str());
+        let stored = store.state().into_iter().filter(|s| s.namespace().as_deref() == namespace && of_job(s));
+        return Ok(stored.map(|s| (*s).clone()).collect());
+    }
+    let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
+    let listed = api.list(&ListParams::default()).await.map_err(Error::api("listing the savepoints"))?;
+    Ok(listed.items.into_iter().filter(of_job).collect())
+}
+
+/// Puts the job's label on a savepoint a user made, so a label selector lists the job's
+/// history whole.
+async fn label(api: &Api<StreamJobSavepoint>, name: &str, job_ref: &JobRef) -> Result<(), Error> {
+    let metadata =
+        ObjectMeta { name: Some(name.to_owned()), labels: Some(job_ref.selector_labels()), ..ObjectMeta::default() };
+    let patch = Partial { metadata: Some(metadata), ..Partial::new() };
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::api("labelling the savepoint"))?;
+    Ok(())
+}
+
+/// Part of a StreamJobSavepoint, for a server-side apply of just that part.
+#[derive(serde::Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct Partial<'a> {
+    api_version: String,
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<ObjectMeta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a StreamJobSavepointStatus>,
+}
+
+impl Partial<'_> {
+    fn new() -> Self {
+        Self {
+            api_version: StreamJobSavepoint::api_version(&()).into_owned(),
+            kind: StreamJobSavepoint::kind(&()).into_owned(),
+            metadata: None,
+            status: None,
+        }
+    }
+}
+
+async fn write_status(
+    api: &Api<StreamJobSavepoint>,
+    name: &str,
+    status: &StreamJobSavepointStatus,
+) -> Result<(), Error> {
+    let patch = Partial { status: Some(status), ..Partial::new() };
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::api("writing the savepoint's status"))?;
+    Ok(())
+}
