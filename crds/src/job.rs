@@ -40,6 +40,13 @@ use crate::{DeadLetter, Duration, Sink, Source, StreamJobStatus, pipeline::Step}
 #[x_kube(validation = Rule::new("!has(self.upgradeMode) || self.upgradeMode == 'stateless' || has(self.checkpoint)")
     .message("upgradeMode savepoint and lastState need checkpoint.storage")
     .field_path(".checkpoint"))]
+#[x_kube(validation = Rule::new("!has(self.restoreFrom) || has(self.checkpoint)")
+    .message("restoreFrom needs checkpoint.storage: the job's checkpoints continue the savepoint")
+    .field_path(".restoreFrom"))]
+#[x_kube(validation = Rule::new(
+    "has(self.restoreFrom) == has(oldSelf.restoreFrom) && (!has(self.restoreFrom) || self.restoreFrom == oldSelf.restoreFrom)"
+).message("restoreFrom is read when the job is first deployed and cannot change afterwards: create a new job to start from another savepoint")
+    .field_path(".restoreFrom"))]
 pub struct StreamJobSpec {
     /// Runtime container image. Defaults to the runtime image the operator was installed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +100,27 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,15}(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
     pub state_budget: Option<String>,
+    /// A savepoint the job starts from when it is first deployed: a StreamJobSavepoint of
+    /// this namespace, or any savepoint's `path` (another job's, in another namespace or
+    /// cluster, with access to its storage). Read once, so it cannot change afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreFrom>,
+}
+
+/// Where a job's first pods take their state and offsets from.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.savepoint) != has(self.path)")
+    .message("name either a savepoint or a path"))]
+pub struct RestoreFrom {
+    /// A completed StreamJobSavepoint in the job's namespace, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub savepoint: Option<String>,
+    /// A savepoint's folder, as a StreamJobSavepoint's `status.path` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub path: Option<String>,
 }
 
 impl StreamJobSpec {

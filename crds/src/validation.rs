@@ -45,6 +45,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<(), InvalidSpec> {
     check.pipeline(spec);
     check.sink(spec);
     check.checkpoint(spec);
+    check.restore_from(spec);
     check.autoscaling(spec);
     if check.problems.is_empty() { Ok(()) } else { Err(InvalidSpec(check.problems)) }
 }
@@ -482,6 +483,33 @@ impl Checker {
                     self.report("spec.checkpoint.storage", "must be a URL with scheme file, s3, gs, az, abfs or abfss");
                 }
             }
+        }
+    }
+
+    fn restore_from(&mut self, spec: &StreamJobSpec) {
+        let Some(restore) = &spec.restore_from else { return };
+        if spec.checkpoint.is_none() {
+            self.report(
+                "spec.restoreFrom",
+                "restoreFrom needs checkpoint.storage: the job's checkpoints continue the savepoint",
+            );
+        }
+        match (&restore.savepoint, &restore.path) {
+            (Some(_), Some(_)) | (None, None) => self.report("spec.restoreFrom", "name either a savepoint or a path"),
+            (None, Some(path)) => {
+                let savepoint_folder = path
+                    .split_once("://")
+                    .and_then(|(_, rest)| rest.trim_end_matches('/').rsplit_once("/savepoints/"))
+                    .is_some_and(|(folder, id)| !id.is_empty() && !id.contains('/') && folder.contains('/'));
+                if !savepoint_folder {
+                    self.report(
+                        "spec.restoreFrom.path",
+                        "must be a savepoint's folder, <storage>/<job folder>/savepoints/<id>, as a StreamJobSavepoint's \
+                         status.path shows it",
+                    );
+                }
+            }
+            (Some(_), None) => {}
         }
     }
 

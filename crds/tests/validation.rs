@@ -626,3 +626,20 @@ fn the_state_budget_is_a_quantity_and_defaults_to_half_the_memory_limit() {
     assert_eq!(spec.state_budget_bytes(), Some(512 << 20));
     assert_eq!(spec_with(|_| {}).state_budget_bytes(), None, "no limit, no budget");
 }
+
+#[test]
+fn restore_from_names_one_savepoint_folder_and_needs_checkpoints() {
+    let with = |restore: &str| {
+        spec_with(|v| {
+            set(v, &["checkpoint"], "{storage: 'file:///cp'}");
+            set(v, &["restoreFrom"], restore);
+        })
+    };
+    assert!(problems(&with("{savepoint: sp-1}")).is_empty());
+    assert!(problems(&with("{path: 's3://bucket/ns.orders/savepoints/sp-1'}")).is_empty());
+    assert_single_problem(&with("{path: 's3://bucket/ns.orders'}"), "spec.restoreFrom.path", "savepoint's folder");
+    assert_single_problem(&with("{path: '/cp/g/savepoints/sp-1'}"), "spec.restoreFrom.path", "savepoint's folder");
+    assert_single_problem(&with("{savepoint: a, path: 's3://b/g/savepoints/a'}"), "spec.restoreFrom", "either");
+    let without_checkpoints = spec_with(|v| set(v, &["restoreFrom"], "{savepoint: sp-1}"));
+    assert_single_problem(&without_checkpoints, "spec.restoreFrom", "checkpoint.storage");
+}

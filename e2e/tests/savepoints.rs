@@ -2,14 +2,16 @@
 //! `StreamJobSavepoint` is taken while the job runs on (its output stays exact), one that
 //! names an existing savepoint is adopted, one asked of a suspended job waits, and every
 //! savepoint the operator takes for a rollout is recorded as one, so `kubectl get sjsp` is
-//! the job's history.
+//! the job's history; and a job in another namespace started from a savepoint
+//! (`restoreFrom.path`) carries on exactly where it was taken.
 
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use weir_crds::{JobReference, StreamJobSavepoint, StreamJobSavepointSpec};
 use weir_e2e::{
-    payments,
+    kafka::{self, read_records},
+    payments::{self, Totals},
     stack::{LocalStack, RUNTIME_IMAGE},
     wait_until,
     windowed::{USERS, WAIT, WindowedJob, last_savepoint, settled_on},
@@ -126,4 +128,60 @@ fn a_savepoint_asked_for_is_taken_while_the_job_runs_and_every_savepoint_is_list
     wait_for(&test.stack, "ledger-manual-2", "the savepoint taken once the job runs", |s| state(s) == "Completed");
 
     test.assert_exact_output(&[before, during].concat());
+}
+
+#[test]
+fn a_job_in_another_namespace_restored_from_a_savepoint_carries_on_where_it_was_taken() {
+    let _one = ONE_AT_A_TIME.lock();
+    let stack = must(LocalStack::start(&[]), "starting the stack");
+    let origin = WindowedJob::new(stack, "origin", 3);
+    origin.apply(json!({"parallelism": 2}));
+    origin.wait("2 pods running", |j| settled_on(j, 2));
+    let before = payments::payments(1500, USERS, 0);
+    origin.produce(&before);
+    origin.wait("the input consumed", |j| j["status"]["consumerLag"] == 0);
+    must(origin.stack.apply(&savepoint("origin-fork-point", "origin", None)), "asking for a savepoint");
+    let taken = wait_for(&origin.stack, "origin-fork-point", "the savepoint taken", |s| state(s) == "Completed");
+    let path = taken["status"]["path"].as_str().unwrap_or_default().to_owned();
+    // The original stops, so what it wrote is final.
+    origin.apply(json!({"parallelism": 2, "suspend": true}));
+    origin.wait("the original suspended", |j| j["status"]["phase"] == "Suspended" && j["status"]["replicas"] == 0);
+    let bootstrap = origin.stack.broker.bootstrap();
+    let written = must(read_records(&bootstrap, "origin-out", 0, WAIT), "the original's output");
+    let from_origin = must(payments::results(&written), "the original's windows");
+
+    // The fork reads the same topic from the savepoint on, in a namespace of its own.
+    must(origin.stack.kubectl(["create", "namespace", "forked"]), "creating the namespace");
+    must(origin.stack.broker.create_topic("fork-out", 3), "creating the fork's output topic");
+    let mut fork = origin.job(json!({"parallelism": 2, "restoreFrom": {"path": path}}));
+    fork["metadata"] = json!({"name": "fork", "namespace": "forked"});
+    fork["spec"]["sink"]["kafka"]["topic"] = json!("fork-out");
+    must(origin.stack.apply(&fork), "applying the fork");
+    let after = payments::payments(1500, USERS, 1500);
+    origin.produce(&after);
+    let running = wait_until(WAIT, "the fork running", || {
+        let job = origin.stack.kubectl(["get", "sj", "fork", "-n", "forked", "-o", "json"]).ok();
+        job.and_then(|j| serde_json::from_slice::<Value>(&j).ok()).is_some_and(|j| settled_on(&j, 2))
+    });
+    must(running.map_err(|e| format!("{e}\n{}", origin.stack.diagnostics())), "the fork running");
+    origin.step("the fork runs from the savepoint");
+
+    let producer = must(kafka::producer(&bootstrap), "a producer");
+    must(payments::produce_flush_markers(&producer, "origin-in", 3), "flush markers");
+    let expected = payments::expected(&[before, after].concat());
+    let rest = expected.len().saturating_sub(from_origin.len());
+    let forked = must(read_records(&bootstrap, "fork-out", rest, WAIT), "the fork's output");
+    let from_fork = must(payments::results(&forked), "the fork's windows");
+    // A window both wrote (closed after the savepoint) must agree; together they are exact.
+    let mut together: Totals = from_origin.clone();
+    for (window, totals) in &from_fork {
+        if let Some(theirs) = together.insert(window.clone(), *totals) {
+            assert_eq!(theirs, *totals, "window {window:?} differs between the original and the fork");
+        }
+    }
+    assert!(!from_fork.is_empty(), "the fork wrote windows");
+    assert_eq!(together, expected, "every window once with the right totals across the original and the fork");
+    let fork = must(origin.stack.kubectl(["get", "sj", "fork", "-n", "forked", "-o", "json"]), "reading the fork");
+    let fork: Value = must(serde_json::from_slice(&fork), "the fork as JSON");
+    assert_eq!(fork["metadata"]["namespace"], "forked");
 }

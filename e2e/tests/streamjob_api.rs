@@ -359,3 +359,31 @@ fn a_savepoint_keeps_its_job_and_path_and_lists_with_its_columns() {
         stdout(&listed).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect();
     assert_eq!(header, ["NAME", "JOB", "STATE", "REASON", "AGE", "PATH"], "{}", stdout(&listed));
 }
+
+#[test]
+fn restore_from_is_set_when_a_job_is_created_and_cannot_change() {
+    let ns = namespace("restore-from");
+    let mut job = minimal_job("forked");
+    job["spec"]["checkpoint"] = json!({"storage": "file:///cp"});
+    let plain = apply(&ns, &job);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    job["spec"]["restoreFrom"] = json!({"savepoint": "sp-1"});
+    assert_rejected(&ns, &job, "spec.restoreFrom", "cannot change afterwards");
+
+    let mut restored = minimal_job("restored");
+    restored["spec"]["checkpoint"] = json!({"storage": "file:///cp"});
+    restored["spec"]["restoreFrom"] = json!({"savepoint": "sp-1", "path": "file:///cp/g/savepoints/sp-1"});
+    assert_rejected(&ns, &restored, "spec.restoreFrom", "either a savepoint or a path");
+    restored["spec"]["restoreFrom"] = json!({"savepoint": "sp-1"});
+    let created = apply(&ns, &restored);
+    assert!(created.status.success(), "{}", stderr(&created));
+    restored["spec"]["restoreFrom"] = json!({"savepoint": "sp-2"});
+    assert_rejected(&ns, &restored, "spec.restoreFrom", "cannot change afterwards");
+    restored["spec"]["parallelism"] = json!(3);
+    restored["spec"]["restoreFrom"] = json!({"savepoint": "sp-1"});
+    let scaled = apply(&ns, &restored);
+    assert!(scaled.status.success(), "other fields still change: {}", stderr(&scaled));
+    let mut unstored = minimal_job("unstored");
+    unstored["spec"]["restoreFrom"] = json!({"savepoint": "sp-1"});
+    assert_rejected(&ns, &unstored, "spec.restoreFrom", "needs checkpoint.storage");
+}

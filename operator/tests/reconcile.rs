@@ -246,6 +246,42 @@ fn an_invalid_spec_is_reported_and_changes_nothing() {
 }
 
 #[test]
+fn a_job_whose_savepoint_to_restore_is_not_there_waits_for_it_and_says_why() {
+    let ns = namespace("restore-from");
+    let spec = json!({"checkpoint": {"storage": "file:///cp"}, "restoreFrom": {"savepoint": "before-migration"}});
+    apply(&ns, &job("forked", spec));
+    let job = wait_for(&ns, "streamjob", "forked", "a Degraded condition", |j| {
+        j.and_then(|j| condition(j, "Degraded")).is_some_and(|c| c["reason"] == "RestoreFromUnavailable")
+    })
+    .unwrap();
+    let degraded = condition(&job, "Degraded").unwrap();
+    assert!(degraded["message"].as_str().unwrap().contains("no StreamJobSavepoint before-migration"), "{degraded:#}");
+    assert!(get(&ns, "deployment", "forked").is_none(), "no pods start without their state");
+
+    // Once the savepoint is there, the first pods restore it.
+    let savepoint = json!({"apiVersion": "weir.dev/v1alpha1", "kind": "StreamJobSavepoint",
+        "metadata": {"name": "before-migration"}, "spec": {"jobRef": {"name": "origin"}}});
+    apply(&ns, &savepoint);
+    let patch = json!({"status": {"state": "Completed", "path": "file:///cp/ns.origin/savepoints/before-migration"}});
+    let patched = kubectl([
+        "-n",
+        &ns,
+        "patch",
+        "streamjobsavepoint",
+        "before-migration",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ]);
+    assert!(patched.status.success(), "{}", String::from_utf8_lossy(&patched.stderr));
+    let deployment = wait_for(&ns, "deployment", "forked", "the Deployment", |d| d.is_some()).unwrap();
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let restore = env.as_array().unwrap().iter().find(|e| e["name"] == "WEIR_RESTORE_FROM").cloned();
+    assert_eq!(restore.map(|e| e["value"].clone()), Some(json!("file:///cp/ns.origin/savepoints/before-migration")));
+}
+
+#[test]
 fn a_job_the_operator_cannot_decode_is_reported_and_the_others_go_on() {
     // A cluster of its own: the CRD is loosened as an older schema would be, so the API
     // server stores a rolloutTimeout the operator's types refuse (longer than 8760h).

@@ -35,7 +35,8 @@ struct Args {
     /// Who assigns partitions: a Kafka consumer group, or the operator (`POST /assign`).
     #[arg(long, env = "WEIR_ASSIGNMENT", value_enum, default_value_t = AssignmentMode::Group)]
     assignment: AssignmentMode,
-    /// Savepoint id to start from (partitions without newer checkpoints of this lineage).
+    /// Savepoint to start from (partitions without newer checkpoints of this lineage): an id
+    /// in the job's own storage, or the URL of any savepoint's folder (another job's).
     #[arg(long, env = "WEIR_RESTORE_FROM")]
     restore_from: Option<String>,
     /// Folder where Kafka and schema registry credentials are mounted.

@@ -13,8 +13,8 @@ use kube::{
 };
 use tracing::{info, warn};
 use weir_crds::{
-    JOB_LABEL, JobReference, SavepointInfo, SavepointReason, SavepointState, StreamJob, StreamJobSavepoint,
-    StreamJobSavepointSpec, StreamJobSavepointStatus, Time,
+    JOB_LABEL, JobReference, RestoreFrom, SavepointInfo, SavepointReason, SavepointState, StreamJob,
+    StreamJobSavepoint, StreamJobSavepointSpec, StreamJobSavepointStatus, Time,
 };
 
 use super::Context;
@@ -23,6 +23,36 @@ use crate::{
     labels::{FIELD_MANAGER, JobRef},
     savepoint::{self, Taken},
 };
+
+/// Reason of `Degraded` while the savepoint a new job restores cannot be used.
+pub(super) const RESTORE_UNAVAILABLE: &str = "RestoreFromUnavailable";
+
+/// What the first pods of a job restore (`WEIR_RESTORE_FROM`): the savepoint's folder, or why
+/// it cannot be had yet.
+pub(super) async fn restore_point(
+    ctx: &Context,
+    job_ref: &JobRef,
+    restore: &RestoreFrom,
+) -> Result<Result<String, String>, Error> {
+    if let Some(path) = &restore.path {
+        return Ok(Ok(path.clone()));
+    }
+    let Some(name) = &restore.savepoint else { return Ok(Err("restoreFrom names no savepoint".into())) };
+    let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
+    let savepoint = api.get_opt(name).await.map_err(Error::api("reading the savepoint to restore"))?;
+    let Some(savepoint) = savepoint else {
+        return Ok(Err(format!("restoreFrom.savepoint: no StreamJobSavepoint {name} in {}", job_ref.namespace)));
+    };
+    let status = savepoint.status.unwrap_or_default();
+    Ok(match (status.state, status.path) {
+        (Some(SavepointState::Completed), Some(path)) => Ok(path),
+        (Some(SavepointState::Failed), _) => Err(format!(
+            "restoreFrom.savepoint: {name} failed: {}",
+            status.error.as_deref().unwrap_or("no reason given")
+        )),
+        _ => Err(format!("restoreFrom.savepoint: {name} is not completed yet")),
+    })
+}
 
 /// Records a savepoint the operator took for `reason` as a completed StreamJobSavepoint.
 /// A failure to record is reported in an Event and does not undo the savepoint.

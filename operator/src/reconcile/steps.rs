@@ -13,7 +13,7 @@ use kube::{
 use tracing::{info, warn};
 use weir_crds::{SavepointInfo, StreamJob};
 
-use super::{Context, REQUEUE_ASSIGNING, requeue};
+use super::{Context, REQUEUE_ASSIGNING, REQUEUE_PROGRESSING, requeue};
 use super::{
     apply::{apply_held, read_deployment, roll},
     report::{
@@ -28,7 +28,7 @@ use crate::{
     labels::JobRef,
     observe,
     plan::rollout::{self, Hold, Inputs, Run, Step},
-    plan::status::{Change, Observation},
+    plan::status::{Change, Observation, Pods},
     render::{Rendered, render},
     savepoint,
 };
@@ -62,6 +62,13 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
         now,
     });
     let mut marks = plan.marks;
+    // The first pods start from `restoreFrom`; later ones continue their own lineage.
+    if let (None, Some(restore)) = (&before, &job.spec.restore_from) {
+        match savepoints::restore_point(ctx, &job_ref, restore).await? {
+            Ok(point) => marks.restore_from = Some(point),
+            Err(why) => return restore_unavailable(job, &job_ref, ctx, why).await,
+        }
+    }
     let run = match plan.run {
         Run::Stable => stable.unwrap_or_else(|| desired.clone()),
         Run::Desired => desired,
@@ -209,6 +216,17 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
         write_status(job, &next, ctx).await?;
     }
     Ok(Action::requeue(after))
+}
+
+/// A first deploy waits for the savepoint it restores: `Degraded` says why, and the job is
+/// looked at again shortly (the savepoint may be in progress).
+async fn restore_unavailable(job: &StreamJob, job_ref: &JobRef, ctx: &Context, why: String) -> Result<Action, Error> {
+    let observation = Observation {
+        problem: Some((savepoints::RESTORE_UNAVAILABLE.into(), why)),
+        ..Observation::of(Pods::default(), job_ref.selector(), job.spec.suspend)
+    };
+    report_status(job, ctx, &observation, None).await?;
+    Ok(Action::requeue(REQUEUE_PROGRESSING))
 }
 
 /// Gives the running job's pods their partition slots, one each of the Deployment's

@@ -63,7 +63,7 @@ pub struct Checkpointer {
     store: CheckpointStore,
     runtime: Handle,
     run: String,
-    restore_from: Option<String>,
+    restore_from: Option<Savepoint>,
     retained: usize,
     tolerable_failures: u32,
     next_id: AtomicU64,
@@ -81,10 +81,20 @@ pub struct Health {
     pub last_error: Option<String>,
 }
 
+/// The savepoint an instance starts from: an id in the job's own store, or any savepoint's
+/// folder by URL (another job's: a fork or a migration).
+#[derive(Debug)]
+struct Savepoint {
+    /// The store holding it.
+    store: Option<CheckpointStore>,
+    /// Its id.
+    id: String,
+}
+
 /// How a checkpointer is set up.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Savepoint to start from, if any.
+    /// Savepoint to start from, if any: its id, or its folder's URL.
     pub restore_from: Option<String>,
     /// Checkpoints kept per partition.
     pub retained: usize,
@@ -93,22 +103,32 @@ pub struct Options {
 }
 
 impl Checkpointer {
-    /// A checkpointer over `store`; async storage calls run on `runtime`.
-    pub fn new(store: CheckpointStore, runtime: Handle, options: Options) -> Self {
-        let run = options.restore_from.clone().unwrap_or_else(|| DEFAULT_RUN.to_owned());
+    /// A checkpointer over `store`; async storage calls run on `runtime`. Fails when the
+    /// savepoint to restore is a URL no store can be opened for.
+    pub fn new(store: CheckpointStore, runtime: Handle, options: Options) -> Result<Self, StoreError> {
+        let restore_from = match options.restore_from {
+            Some(url) if url.contains("://") => {
+                let (store, id) = CheckpointStore::of_savepoint(&url)?;
+                Some(Savepoint { store: Some(store), id })
+            }
+            Some(id) => Some(Savepoint { store: None, id }),
+            None => None,
+        };
+        // The savepoint's id names the lineage its checkpoints continue.
+        let run = restore_from.as_ref().map_or_else(|| DEFAULT_RUN.to_owned(), |s| s.id.clone());
         // Ids start at the clock (in µs) so a restarted instance's ids follow its predecessor's.
         let start = u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0);
-        Self {
+        Ok(Self {
             store,
             runtime,
             run,
-            restore_from: options.restore_from,
+            restore_from,
             retained: options.retained.max(1),
             tolerable_failures: options.tolerable_failures.max(1),
             next_id: AtomicU64::new(start),
             kept: Mutex::default(),
             health: Mutex::default(),
-        }
+        })
     }
 
     /// A new checkpoint id, larger than every one written or restored before.
@@ -186,8 +206,8 @@ impl Checkpointer {
             if !headers.is_empty() {
                 warn!(partition, "no checkpoint matches the committed offsets; starting from the committed offset");
             }
-            let Some(id) = &self.restore_from else { return Ok(None) };
-            let snapshot = self.store.get_savepoint(id, topic, partition).await?;
+            let Some(Savepoint { store, id }) = &self.restore_from else { return Ok(None) };
+            let snapshot = store.as_ref().unwrap_or(&self.store).get_savepoint(id, topic, partition).await?;
             match &snapshot {
                 Some(s) => {
                     self.next_id.fetch_max(s.header.checkpoint + 1, Ordering::SeqCst);

@@ -101,6 +101,20 @@ impl CheckpointStore {
         Ok(Self { store, local, root, url: format!("{}/{folder}", storage.trim_end_matches('/')) })
     }
 
+    /// The store of the savepoint at `url` (a savepoint's folder, as [`Self::savepoint_url`]
+    /// gives it: `<storage>/<job folder>/savepoints/<id>`) and its id, to restore from
+    /// another job's savepoint.
+    pub fn of_savepoint(url: &str) -> Result<(Self, String), StoreError> {
+        let bad = |reason: &str| StoreError::Url { url: url.to_owned(), reason: reason.to_owned() };
+        let layout = "not a savepoint's folder: <storage>/<job folder>/savepoints/<id>";
+        let (folder, id) = url.trim_end_matches('/').rsplit_once("/savepoints/").ok_or_else(|| bad(layout))?;
+        let (storage, group) = folder.rsplit_once('/').ok_or_else(|| bad(layout))?;
+        if id.is_empty() || id.contains('/') || group.is_empty() {
+            return Err(bad(layout));
+        }
+        Ok((Self::open(storage, group)?, id.to_owned()))
+    }
+
     fn checkpoint_dir(&self, run: &str, topic: &str, partition: i32) -> Path {
         let mut dir = child(&self.root, "checkpoints");
         for part in [segment(run), segment(topic), partition.to_string()] {
@@ -288,6 +302,23 @@ mod tests {
         assert_eq!(store.get_savepoint("sp-7", "pay/ments", 4).await.unwrap().unwrap().header.checkpoint, 5);
         assert!(store.get_savepoint("sp-7", "pay/ments", 5).await.unwrap().is_none());
         assert!(store.savepoint_url("sp-7").ends_with("/g/savepoints/sp-7"));
+    }
+
+    #[tokio::test]
+    async fn another_jobs_savepoint_is_found_by_its_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = format!("file://{}", dir.path().display());
+        let theirs = CheckpointStore::open(&storage, "other.job").unwrap();
+        theirs.put_savepoint("sp-9", &snapshot(2, 7)).await.unwrap();
+        let (store, id) = CheckpointStore::of_savepoint(&format!("{}/", theirs.savepoint_url("sp-9"))).unwrap();
+        assert_eq!(id, "sp-9");
+        assert_eq!(store.get_savepoint(&id, "pay/ments", 2).await.unwrap().unwrap().header.checkpoint, 7);
+        for bad in
+            [format!("{storage}/other.job"), format!("{storage}/other.job/savepoints/"), "file:///savepoints/x".into()]
+        {
+            let error = CheckpointStore::of_savepoint(&bad).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(&bad), "{error}");
+        }
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Job {
                     retained: usize::try_from(c.retained).unwrap_or(1),
                     tolerable_failures: u32::try_from(c.tolerable_failures).unwrap_or(1),
                 };
-                Some(Arc::new(Checkpointer::new(store, runtime.clone(), options)))
+                Some(Arc::new(Checkpointer::new(store, runtime.clone(), options)?))
             }
             None => None,
         };
