@@ -128,6 +128,50 @@ fn a_savepoint_asked_for_is_taken_while_the_job_runs_and_every_savepoint_is_list
     wait_for(&test.stack, "ledger-manual-2", "the savepoint taken once the job runs", |s| state(s) == "Completed");
 
     test.assert_exact_output(&[before, during].concat());
+
+    // With disposeOnDelete, deleting a savepoint removes its files first.
+    let mut disposable = savepoint("ledger-disposable", "ledger", None);
+    disposable["spec"]["disposeOnDelete"] = json!(true);
+    must(test.stack.apply(&disposable), "asking for a disposable savepoint");
+    let taken = wait_for(&test.stack, "ledger-disposable", "the savepoint taken with its finalizer", |s| {
+        state(s) == "Completed" && s["metadata"]["finalizers"] == json!(["weir.dev/dispose"])
+    });
+    let folder =
+        taken["status"]["path"].as_str().and_then(|p| p.strip_prefix("file://")).unwrap_or_default().to_owned();
+    assert!(std::path::Path::new(&folder).is_dir(), "the savepoint's files at {folder}");
+    must(test.stack.kubectl(["delete", "sjsp", "ledger-disposable", "--wait=false"]), "deleting the savepoint");
+    let gone = wait_until(WAIT, "the savepoint gone", || get(&test.stack, "ledger-disposable").is_none());
+    must(gone.map_err(|e| format!("{e}\n{}", test.stack.diagnostics())), "the savepoint gone");
+    assert!(!std::path::Path::new(&folder).exists(), "its files went first: {folder}");
+
+    // The savepoint the running pods restore from stays, whatever is asked.
+    let job = must(test.stack.job("ledger").ok_or("no job"), "reading the job");
+    let restored = job["status"]["savepointHistory"]
+        .as_array()
+        .and_then(|h| h.iter().find(|s| s["reason"] == "suspend"))
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let patch = r#"{"spec": {"disposeOnDelete": true}}"#;
+    must(test.stack.kubectl(["patch", "sjsp", restored.as_str(), "--type=merge", "-p", patch]), "disposeOnDelete");
+    wait_for(&test.stack, &restored, "the finalizer on it", |s| {
+        s["metadata"]["finalizers"] == json!(["weir.dev/dispose"])
+    });
+    must(test.stack.kubectl(["delete", "sjsp", restored.as_str(), "--wait=false"]), "deleting it");
+    let kept = wait_for(&test.stack, &restored, "the savepoint kept", |s| {
+        s["status"]["error"].as_str().is_some_and(|e| e.contains("restore from it"))
+    });
+    let path = kept["status"]["path"].as_str().and_then(|p| p.strip_prefix("file://")).unwrap_or_default().to_owned();
+    assert!(std::path::Path::new(&path).is_dir(), "its files stay: {path}");
+}
+
+#[test]
+fn a_savepoint_asked_of_a_job_that_does_not_exist_fails() {
+    let _one = ONE_AT_A_TIME.lock();
+    let stack = must(LocalStack::start(&[]), "starting the stack");
+    must(stack.apply(&savepoint("nobody-1", "nobody", None)), "asking for a savepoint");
+    let failed = wait_for(&stack, "nobody-1", "the savepoint failed", |s| state(s) == "Failed");
+    assert!(failed["status"]["error"].as_str().is_some_and(|e| e.contains("no StreamJob nobody")), "{failed:#}");
 }
 
 #[test]

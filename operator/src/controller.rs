@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use kube::{
     Api, Client, Resource,
     api::DynamicObject,
@@ -23,6 +23,7 @@ use crate::{
     keda::ScaledObject,
     pod_watch,
     reconcile::{Context, error_policy, reconcile},
+    savepoint_lifecycle,
 };
 
 /// Quiet time a StreamJob's triggers must leave before it is reconciled.
@@ -161,6 +162,9 @@ pub async fn run(
     each_kind(&mut watch);
     let WatchChildren { controller: Some(controller), stores, .. } = watch else { return };
     let ctx = Arc::new(ctx.with_children(Children { stores, pods, jobs: reader, savepoints }));
+    let shutdown = shutdown.shared();
+    let lifecycle = Arc::new(savepoint_lifecycle::Context::new(client.clone(), ctx.announcer.clone()));
+    let savepoints = tokio::spawn(savepoint_lifecycle::run(lifecycle, settings.namespace.clone(), shutdown.clone()));
     info!(namespace = namespace.unwrap_or("all"), "controller started");
     controller
         .graceful_shutdown_on(shutdown)
@@ -171,5 +175,6 @@ pub async fn run(
             }
         })
         .await;
+    let _ = savepoints.await;
     info!("controller stopped");
 }

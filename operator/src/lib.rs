@@ -29,6 +29,7 @@ pub mod pod_watch;
 pub mod reconcile;
 pub mod render;
 pub mod savepoint;
+pub mod savepoint_lifecycle;
 pub mod throttle;
 
 pub use error::Error;

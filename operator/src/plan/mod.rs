@@ -6,15 +6,17 @@
 pub mod assignment;
 pub mod failure;
 pub mod rollout;
+pub mod savepoint;
 pub mod status;
 
 #[cfg(test)]
 mod tests {
     /// The planners' sources, each by name.
-    const PLANNERS: [(&str, &str); 4] = [
+    const PLANNERS: [(&str, &str); 5] = [
         ("assignment.rs", include_str!("assignment.rs")),
         ("failure.rs", include_str!("failure.rs")),
         ("rollout.rs", include_str!("rollout.rs")),
+        ("savepoint.rs", include_str!("savepoint.rs")),
         ("status.rs", include_str!("status.rs")),
     ];
 

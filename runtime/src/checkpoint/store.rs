@@ -14,11 +14,7 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use object_store::{
-    ObjectStore, ObjectStoreExt, PutPayload, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
-    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path,
-};
-use url::Url;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, local::LocalFileSystem, path::Path};
 
 use super::format::{FormatError, PartitionSnapshot};
 
@@ -69,36 +65,18 @@ impl CheckpointStore {
     /// Cloud credentials and endpoints come from the environment, as each SDK reads them
     /// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
     pub fn open(storage: &str, group: &str) -> Result<Self, StoreError> {
-        let bad = |reason: String| StoreError::Url { url: storage.to_owned(), reason };
-        let url = Url::parse(storage).map_err(|e| bad(e.to_string()))?;
+        let opened = weir_storage::open(storage, true).map_err(|e| match e {
+            weir_storage::StorageError::Url { url, reason } => StoreError::Url { url, reason },
+            other => StoreError::Url { url: storage.to_owned(), reason: other.to_string() },
+        })?;
         let folder = segment(group);
-        let mut local = None;
-        let (store, prefix): (Arc<dyn ObjectStore>, Path) = match url.scheme() {
-            "file" => {
-                let dir = url.to_file_path().map_err(|()| bad("not an absolute file path".into()))?;
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-                let store = Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?);
-                local = Some(store.clone());
-                (store, Path::default())
-            }
-            "s3" | "s3a" => {
-                let s3 = AmazonS3Builder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
-                (Arc::new(s3), Path::from(url.path()))
-            }
-            "gs" => {
-                let gcs =
-                    GoogleCloudStorageBuilder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
-                (Arc::new(gcs), Path::from(url.path()))
-            }
-            "az" | "abfs" | "abfss" => {
-                let azure =
-                    MicrosoftAzureBuilder::from_env().with_url(storage).build().map_err(|e| bad(e.to_string()))?;
-                (Arc::new(azure), Path::from(url.path()))
-            }
-            other => return Err(bad(format!("unsupported scheme `{other}`"))),
-        };
-        let root = child(&prefix, &folder);
-        Ok(Self { store, local, root, url: format!("{}/{folder}", storage.trim_end_matches('/')) })
+        let root = child(&opened.prefix, &folder);
+        Ok(Self {
+            store: opened.store,
+            local: opened.local,
+            root,
+            url: format!("{}/{folder}", storage.trim_end_matches('/')),
+        })
     }
 
     /// The store of the savepoint at `url` (a savepoint's folder, as [`Self::savepoint_url`]
