@@ -40,6 +40,9 @@ use crate::{DeadLetter, Duration, Sink, Source, StreamJobStatus, pipeline::Step}
 #[x_kube(validation = Rule::new("!has(self.upgradeMode) || self.upgradeMode == 'stateless' || has(self.checkpoint)")
     .message("upgradeMode savepoint and lastState need checkpoint.storage")
     .field_path(".checkpoint"))]
+#[x_kube(validation = Rule::new("!has(self.savepoints) || has(self.checkpoint)")
+    .message("savepoints need checkpoint.storage")
+    .field_path(".savepoints"))]
 #[x_kube(validation = Rule::new("!has(self.restoreFrom) || has(self.checkpoint)")
     .message("restoreFrom needs checkpoint.storage: the job's checkpoints continue the savepoint")
     .field_path(".restoreFrom"))]
@@ -105,6 +108,32 @@ pub struct StreamJobSpec {
     /// cluster, with access to its storage). Read once, so it cannot change afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<RestoreFrom>,
+    /// Savepoints the operator takes on its own (periodic ones) and how many of its
+    /// savepoints are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoints: Option<SavepointPolicy>,
+}
+
+/// Periodic savepoints and the retention of the operator's savepoints (periodic and those of
+/// rollouts; a user's own StreamJobSavepoints are left alone). Retention deletes the
+/// StreamJobSavepoints, never the one the job's pods restore from.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointPolicy {
+    /// Take a savepoint this often while the job runs steadily, e.g. `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Keep at most this many of the operator's savepoints of the job, newest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_count: Option<i32>,
+    /// Delete the operator's savepoints older than this, e.g. `168h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Remove a savepoint's files when its StreamJobSavepoint is deleted (by retention or by
+    /// hand): `disposeOnDelete` on the ones the operator records.
+    #[serde(default)]
+    pub dispose_on_delete: bool,
 }
 
 /// Where a job's first pods take their state and offsets from.

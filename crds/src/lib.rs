@@ -21,8 +21,8 @@ pub mod validation;
 pub use document::{JobDocument, LoadError};
 pub use duration::{DURATION_PATTERN, Duration, MAX_DURATION, ParseDurationError};
 pub use job::{
-    Autoscaling, Checkpoint, LagTrigger, PodTemplateOverrides, RestoreFrom, StreamJob, StreamJobSpec, UpgradeMode,
-    quantity_bytes,
+    Autoscaling, Checkpoint, LagTrigger, PodTemplateOverrides, RestoreFrom, SavepointPolicy, StreamJob, StreamJobSpec,
+    UpgradeMode, quantity_bytes,
 };
 pub use kafka::{CreateTopic, Format, KafkaSecurity, Retry, SaslMechanism, SecurityProtocol};
 pub use pipeline::{AggregateFn, Aggregation, Step, Window};

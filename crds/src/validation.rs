@@ -46,6 +46,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<(), InvalidSpec> {
     check.sink(spec);
     check.checkpoint(spec);
     check.restore_from(spec);
+    check.savepoints(spec);
     check.autoscaling(spec);
     if check.problems.is_empty() { Ok(()) } else { Err(InvalidSpec(check.problems)) }
 }
@@ -483,6 +484,19 @@ impl Checker {
                     self.report("spec.checkpoint.storage", "must be a URL with scheme file, s3, gs, az, abfs or abfss");
                 }
             }
+        }
+    }
+
+    fn savepoints(&mut self, spec: &StreamJobSpec) {
+        let Some(policy) = &spec.savepoints else { return };
+        if spec.checkpoint.is_none() {
+            self.report("spec.savepoints", "savepoints need checkpoint.storage");
+        }
+        if policy.interval.as_ref().is_some_and(|i| i.get() < std::time::Duration::from_secs(1)) {
+            self.report("spec.savepoints.interval", "must be at least 1s");
+        }
+        if policy.max_age.as_ref().is_some_and(|a| a.get().is_zero()) {
+            self.report("spec.savepoints.maxAge", "must be longer than 0s");
         }
     }
 

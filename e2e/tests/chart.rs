@@ -95,7 +95,7 @@ fn operator_needs() -> BTreeSet<(String, String, String)> {
     add("weir.dev", "streamjobs", &["get", "list", "watch", "patch"]);
     add("weir.dev", "streamjobs/status", &["get", "patch"]);
     add("weir.dev", "streamjobs/finalizers", &["update"]);
-    add("weir.dev", "streamjobsavepoints", &["get", "list", "watch", "create", "patch"]);
+    add("weir.dev", "streamjobsavepoints", &["get", "list", "watch", "create", "patch", "delete"]);
     add("weir.dev", "streamjobsavepoints/status", &["get", "patch"]);
     // Every child kind: watched, server-side applied, deleted once no longer rendered.
     for (group, resource) in [

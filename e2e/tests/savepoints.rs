@@ -229,3 +229,45 @@ fn a_job_in_another_namespace_restored_from_a_savepoint_carries_on_where_it_was_
     let fork: Value = must(serde_json::from_slice(&fork), "the fork as JSON");
     assert_eq!(fork["metadata"]["namespace"], "forked");
 }
+
+#[test]
+fn periodic_savepoints_are_taken_and_retention_disposes_of_the_old_ones() {
+    let _one = ONE_AT_A_TIME.lock();
+    let stack = must(LocalStack::start(&[]), "starting the stack");
+    let test = WindowedJob::new(stack, "ticker", 3);
+    let policy = json!({"savepoints": {"interval": "3s", "maxCount": 2, "disposeOnDelete": true}});
+    test.apply(policy.clone());
+    test.wait("1 pod running", |j| settled_on(j, 1));
+    let producing = test.produce_until_stopped(0, 300);
+
+    // Every periodic savepoint seen, with its folder, oldest first.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut listed = Vec::new();
+    let rotated = wait_until(WAIT, "three periodic savepoints, the first disposed of", || {
+        listed = test.stack.list("streamjobsavepoints", "weir.dev/streamjob=ticker").unwrap_or_default();
+        for savepoint in &listed {
+            let (name, path) = (savepoint["metadata"]["name"].as_str(), savepoint["status"]["path"].as_str());
+            if let (Some(name), Some(path), "Completed", "periodic") =
+                (name, path, state(savepoint), savepoint["status"]["reason"].as_str().unwrap_or_default())
+                && !seen.iter().any(|(n, _)| n == name)
+            {
+                seen.push((name.to_owned(), path.to_owned()));
+            }
+        }
+        let first_gone = seen.first().is_some_and(|(name, _)| listed.iter().all(|s| s["metadata"]["name"] != *name));
+        seen.len() >= 3 && first_gone
+    });
+    let sent = producing.finish();
+    must(rotated.map_err(|e| format!("{e}\nseen: {seen:?}\n{}", test.stack.diagnostics())), "rotation");
+    test.step("periodic savepoints rotated");
+    let (first, folder) = &seen[0];
+    let folder = folder.strip_prefix("file://").unwrap_or_default();
+    assert!(!std::path::Path::new(folder).exists(), "the files of {first} went with it: {folder}");
+    // Retention keeps 2; one just taken may wait for the next reconcile to push one out.
+    let completed = listed.iter().filter(|s| state(s) == "Completed").count();
+    assert!(completed <= 3, "retention keeps 2 (and the newest): {listed:#?}");
+    for (name, _) in &seen {
+        assert!(name.starts_with("ticker-g1-periodic-"), "{name}");
+    }
+    test.assert_exact_output(&sent);
+}

@@ -85,10 +85,11 @@ to give them their partitions as soon as they start; write Events.
 - apiGroups: [weir.dev]
   resources: [streamjobs/finalizers]
   verbs: [update]
-# Savepoints: one recorded for every savepoint taken; the ones users ask for are taken.
+# Savepoints: one recorded for every savepoint taken, the ones users ask for taken, old
+# ones deleted by retention.
 - apiGroups: [weir.dev]
   resources: [streamjobsavepoints]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [weir.dev]
   resources: [streamjobsavepoints/status]
   verbs: [get, patch]

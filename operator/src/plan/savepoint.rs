@@ -1,5 +1,10 @@
 //! What becomes of a StreamJobSavepoint itself: the finalizer that disposes of its files
-//! when `disposeOnDelete` is set, and one asked of a job that does not exist.
+//! when `disposeOnDelete` is set, and one asked of a job that does not exist; when periodic
+//! savepoints are due, and which of the operator's savepoints retention deletes.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
 
 /// A savepoint as the plan sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,9 +60,69 @@ pub fn next(savepoint: &SavepointView) -> Next {
     }
 }
 
+/// One of the operator's completed savepoints of a job, for retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// Its name.
+    pub name: String,
+    /// When it completed.
+    pub completed_at: Timestamp,
+    /// The job's pods restore from it.
+    pub in_use: bool,
+}
+
+/// The savepoints retention deletes: past the newest `max_count`, or older than `max_age`;
+/// never one in use.
+pub fn expired(kept: &[Kept], max_count: Option<usize>, max_age: Option<Duration>, now: Timestamp) -> Vec<String> {
+    let mut newest_first: Vec<&Kept> = kept.iter().collect();
+    newest_first.sort_by_key(|k| std::cmp::Reverse(k.completed_at));
+    let too_old = |k: &Kept| max_age.is_some_and(|age| age_of(k.completed_at, now) > age);
+    newest_first
+        .iter()
+        .enumerate()
+        .filter(|(i, k)| !k.in_use && (max_count.is_some_and(|count| *i >= count) || too_old(k)))
+        .map(|(_, k)| k.name.clone())
+        .collect()
+}
+
+/// How long until the next periodic savepoint is due (zero: now), `interval` after the
+/// newest savepoint of the job, or after `since` (the job's creation) when it has none.
+pub fn until_periodic(newest: Option<Timestamp>, since: Timestamp, interval: Duration, now: Timestamp) -> Duration {
+    interval.saturating_sub(age_of(newest.unwrap_or(since), now))
+}
+
+fn age_of(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(at)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn kept(name: &str, completed: i64, in_use: bool) -> Kept {
+        Kept { name: name.into(), completed_at: at(completed), in_use }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_young_and_always_the_one_in_use() {
+        let all = [kept("a", 10, false), kept("b", 30, false), kept("c", 20, true), kept("d", 40, false)];
+        assert_eq!(expired(&all, Some(2), None, at(50)), ["a"], "c is in use");
+        assert_eq!(expired(&all, None, Some(Duration::from_secs(25)), at(50)), ["a"], "older than 25 s, c in use");
+        assert_eq!(expired(&all, Some(1), Some(Duration::from_secs(15)), at(50)), ["b", "a"]);
+        assert!(expired(&all, None, None, at(50)).is_empty(), "no retention: everything stays");
+    }
+
+    #[test]
+    fn a_periodic_savepoint_is_due_an_interval_after_the_newest() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(until_periodic(Some(at(0)), at(-100), hour, at(600)), Duration::from_secs(3000));
+        assert_eq!(until_periodic(Some(at(0)), at(-100), hour, at(4000)), Duration::ZERO);
+        assert_eq!(until_periodic(None, at(0), hour, at(60)), Duration::from_secs(3540), "from the job's creation");
+    }
 
     fn completed() -> SavepointView {
         SavepointView { path: Some("s3://b/g/savepoints/sp".into()), job_exists: true, ..SavepointView::default() }

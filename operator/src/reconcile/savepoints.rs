@@ -5,10 +5,12 @@
 //! reference: a job's history outlives it, so a deleted job can be recreated from its
 //! final savepoint.
 
+use std::time::Duration;
+
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::events::EventType,
 };
 use tracing::{info, warn};
@@ -21,8 +23,31 @@ use super::Context;
 use crate::{
     Error,
     labels::{FIELD_MANAGER, JobRef},
+    plan::savepoint as plan,
     savepoint::{self, Taken},
 };
+
+/// Marks a savepoint the operator asked for (periodic) with why, for when it is taken.
+const REASON_ANNOTATION: &str = "weir.dev/savepoint-reason";
+
+/// A StreamJobSavepoint of the job named `name`, labelled with the job, disposed of on
+/// deletion as `spec.savepoints` says.
+fn new_savepoint(job: &StreamJob, job_ref: &JobRef, name: &str) -> StreamJobSavepoint {
+    StreamJobSavepoint {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(job_ref.namespace.clone()),
+            labels: Some(job_ref.selector_labels()),
+            ..ObjectMeta::default()
+        },
+        spec: StreamJobSavepointSpec {
+            job_ref: JobReference { name: job_ref.name.clone() },
+            path: None,
+            dispose_on_delete: job.spec.savepoints.as_ref().is_some_and(|p| p.dispose_on_delete),
+        },
+        status: None,
+    }
+}
 
 /// Reason of `Degraded` while the savepoint a new job restores cannot be used.
 pub(super) const RESTORE_UNAVAILABLE: &str = "RestoreFromUnavailable";
@@ -64,20 +89,7 @@ pub(super) async fn record(
     partitions: Option<i32>,
 ) {
     let reason = SavepointReason::from_name(&info.reason).unwrap_or(SavepointReason::Manual);
-    let savepoint = StreamJobSavepoint {
-        metadata: ObjectMeta {
-            name: Some(info.id.clone()),
-            namespace: Some(job_ref.namespace.clone()),
-            labels: Some(job_ref.selector_labels()),
-            ..ObjectMeta::default()
-        },
-        spec: StreamJobSavepointSpec {
-            job_ref: JobReference { name: job_ref.name.clone() },
-            path: None,
-            dispose_on_delete: false,
-        },
-        status: None,
-    };
+    let savepoint = new_savepoint(job, job_ref, &info.id);
     let status = StreamJobSavepointStatus {
         state: Some(SavepointState::Completed),
         reason: Some(reason),
@@ -116,18 +128,19 @@ pub(super) async fn take_requested(
     let mut completed = Vec::new();
     for requested in open {
         let name = requested.name_any();
+        let reason = requested_reason(&requested);
         if requested.labels().get(JOB_LABEL) != Some(&job_ref.name) {
             label(&api, &name, job_ref).await?;
         }
         if let Some(path) = requested.spec.path.clone() {
-            let adopted = completed_status(job, path.clone(), Time(Timestamp::now()), None);
+            let adopted = completed_status(job, reason, path.clone(), Time(Timestamp::now()), None);
             write_status(&api, &name, &adopted).await?;
             info!(savepoint = %name, %path, "adopted the savepoint");
             completed.push(SavepointInfo {
                 id: name,
                 path,
                 completed_at: Time(Timestamp::now()),
-                reason: "manual".into(),
+                reason: reason.name().into(),
             });
             continue;
         }
@@ -140,7 +153,7 @@ pub(super) async fn take_requested(
         if let Some(why) = waiting {
             let pending = StreamJobSavepointStatus {
                 state: Some(SavepointState::Pending),
-                reason: Some(SavepointReason::Manual),
+                reason: Some(reason),
                 error: Some(format!("waiting: {why}")),
                 ..StreamJobSavepointStatus::default()
             };
@@ -151,7 +164,7 @@ pub(super) async fn take_requested(
         }
         let in_progress = StreamJobSavepointStatus {
             state: Some(SavepointState::InProgress),
-            reason: Some(SavepointReason::Manual),
+            reason: Some(reason),
             ..StreamJobSavepointStatus::default()
         };
         write_status(&api, &name, &in_progress).await?;
@@ -167,13 +180,13 @@ pub(super) async fn take_requested(
                 let note = format!("savepoint {name} of {} pods at {path}", running.len());
                 info!("{note}");
                 ctx.publish(job, EventType::Normal, "SavepointTaken", note);
-                let done = completed_status(job, path.clone(), Time(completed_at), partition_count);
+                let done = completed_status(job, reason, path.clone(), Time(completed_at), partition_count);
                 write_status(&api, &name, &done).await?;
                 completed.push(SavepointInfo {
                     id: name,
                     path,
                     completed_at: Time(completed_at),
-                    reason: "manual".into(),
+                    reason: reason.name().into(),
                 });
             }
             Err(failed) => {
@@ -182,7 +195,7 @@ pub(super) async fn take_requested(
                 ctx.publish(job, EventType::Warning, "SavepointFailed", note);
                 let failed = StreamJobSavepointStatus {
                     state: Some(SavepointState::Failed),
-                    reason: Some(SavepointReason::Manual),
+                    reason: Some(reason),
                     error: Some(failed.message),
                     job_generation: job.metadata.generation,
                     ..StreamJobSavepointStatus::default()
@@ -194,10 +207,16 @@ pub(super) async fn take_requested(
     Ok(completed)
 }
 
-fn completed_status(job: &StreamJob, path: String, at: Time, partitions: Option<i32>) -> StreamJobSavepointStatus {
+fn completed_status(
+    job: &StreamJob,
+    reason: SavepointReason,
+    path: String,
+    at: Time,
+    partitions: Option<i32>,
+) -> StreamJobSavepointStatus {
     StreamJobSavepointStatus {
         state: Some(SavepointState::Completed),
-        reason: Some(SavepointReason::Manual),
+        reason: Some(reason),
         path: Some(path),
         completed_at: Some(at),
         partitions,
@@ -206,10 +225,21 @@ fn completed_status(job: &StreamJob, path: String, at: Time, partitions: Option<
     }
 }
 
-/// The job's savepoints still to be taken or adopted: from the store when the controller
-/// watches them, else from the API server.
+/// Why a savepoint to take was asked for: the operator marks its periodic ones.
+fn requested_reason(savepoint: &StreamJobSavepoint) -> SavepointReason {
+    let marked = savepoint.annotations().get(REASON_ANNOTATION).and_then(|r| SavepointReason::from_name(r));
+    marked.unwrap_or(SavepointReason::Manual)
+}
+
+/// The job's savepoints still to be taken or adopted.
 async fn requested(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoint>, Error> {
-    let of_job = |s: &StreamJobSavepoint| s.spec.job_ref.name == job_ref.name && s.is_open();
+    Ok(of_job(ctx, job_ref).await?.into_iter().filter(StreamJobSavepoint::is_open).collect())
+}
+
+/// The job's savepoints: from the store when the controller watches them, else from the
+/// API server.
+async fn of_job(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoint>, Error> {
+    let of_job = |s: &StreamJobSavepoint| s.spec.job_ref.name == job_ref.name;
     if let Some(store) = ctx.savepoint_store() {
         let namespace = Some(job_ref.namespace.as_str());
         let stored = store.state().into_iter().filter(|s| s.namespace().as_deref() == namespace && of_job(s));
@@ -218,6 +248,78 @@ async fn requested(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavep
     let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
     let listed = api.list(&ListParams::default()).await.map_err(Error::api("listing the savepoints"))?;
     Ok(listed.items.into_iter().filter(of_job).collect())
+}
+
+/// Asks for a periodic savepoint when one is due (the job's reconcile takes it once the
+/// watch brings it back); returns how long until the next is due, to look again then.
+pub(super) async fn periodic(ctx: &Context, job: &StreamJob, job_ref: &JobRef) -> Result<Option<Duration>, Error> {
+    let Some(interval) = job.spec.savepoints.as_ref().and_then(|p| p.interval.as_ref()).map(|i| i.get()) else {
+        return Ok(None);
+    };
+    let savepoints = of_job(ctx, job_ref).await?;
+    if savepoints.iter().any(StreamJobSavepoint::is_open) {
+        return Ok(Some(interval));
+    }
+    let newest = savepoints.iter().filter_map(|s| s.status.as_ref()?.completed_at.as_ref().map(|t| t.0)).max();
+    let created = job.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0);
+    let now = Timestamp::now();
+    let wait = plan::until_periodic(newest, created, interval, now);
+    if !wait.is_zero() {
+        return Ok(Some(wait));
+    }
+    let generation = job.metadata.generation.unwrap_or_default();
+    let id = savepoint::savepoint_id(&job_ref.name, generation, SavepointReason::Periodic.name(), now);
+    let mut asked = new_savepoint(job, job_ref, &id);
+    asked.metadata.annotations =
+        Some([(REASON_ANNOTATION.to_owned(), SavepointReason::Periodic.name().to_owned())].into());
+    let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
+    api.patch(&id, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&asked))
+        .await
+        .map_err(Error::api("asking for a periodic savepoint"))?;
+    info!(savepoint = %id, "a periodic savepoint is due");
+    Ok(Some(interval))
+}
+
+/// Deletes the operator's completed savepoints of the job that `spec.savepoints` no longer
+/// keeps (never the one its pods restore from, `restoring`; never a user's own).
+pub(super) async fn retain(
+    ctx: &Context,
+    job: &StreamJob,
+    job_ref: &JobRef,
+    restoring: Option<&str>,
+) -> Result<(), Error> {
+    let Some(policy) = &job.spec.savepoints else { return Ok(()) };
+    let max_count = policy.max_count.and_then(|c| usize::try_from(c).ok());
+    let max_age = policy.max_age.as_ref().map(|a| a.get());
+    if max_count.is_none() && max_age.is_none() {
+        return Ok(());
+    }
+    let kept: Vec<plan::Kept> = of_job(ctx, job_ref)
+        .await?
+        .iter()
+        .filter_map(|s| {
+            let status = s.status.as_ref()?;
+            let operators = status.reason.is_some_and(|r| r != SavepointReason::Manual)
+                || requested_reason(s) != SavepointReason::Manual;
+            let completed_at = status.completed_at.as_ref()?.0;
+            let name = s.name_any();
+            let in_use = restoring.is_some_and(|r| r == name || Some(r) == status.path.as_deref());
+            (operators && status.state == Some(SavepointState::Completed)).then_some(plan::Kept {
+                name,
+                completed_at,
+                in_use,
+            })
+        })
+        .collect();
+    let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
+    for name in plan::expired(&kept, max_count, max_age, Timestamp::now()) {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => info!(savepoint = %name, "retention: deleted the savepoint"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => return Err(Error::Api { what: format!("deleting savepoint {name}"), source }),
+        }
+    }
+    Ok(())
 }
 
 /// Puts the job's label on a savepoint a user made, so a label selector lists the job's

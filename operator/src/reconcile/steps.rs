@@ -13,14 +13,14 @@ use kube::{
 use tracing::{info, warn};
 use weir_crds::{SavepointInfo, StreamJob};
 
-use super::{Context, REQUEUE_ASSIGNING, REQUEUE_PROGRESSING, requeue};
 use super::{
+    Context, MIN_REQUEUE, REQUEUE_ASSIGNING, REQUEUE_PROGRESSING,
     apply::{apply_held, read_deployment, roll},
     report::{
         Report, announce_failure, announce_phase, announce_savepoint, apply_failure, observe_and_report,
         record_savepoint, report_failed_apply, report_invalid, report_status, write_status,
     },
-    savepoints,
+    requeue, savepoints,
 };
 use crate::{
     Error, assignment,
@@ -33,6 +33,8 @@ use crate::{
     savepoint,
 };
 
+/// One reconcile of a job that is not being deleted: validate, render, plan the rollout
+/// step and take it, report, give the pods their slots, take the savepoints asked for.
 pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     if let Err(invalid) = weir_crds::validate(&job.spec) {
         return report_invalid(job, &invalid, ctx).await;
@@ -208,6 +210,12 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
         _ => Err("a rollout is in flight"),
     };
     let taken = savepoints::take_requested(ctx, job, &job_ref, steady, &reported.listed).await?;
+    if steady.is_ok() {
+        savepoints::retain(ctx, job, &job_ref, marks.restore_from.as_deref()).await?;
+        if let Some(due) = savepoints::periodic(ctx, job, &job_ref).await? {
+            after = after.min(due).max(MIN_REQUEUE);
+        }
+    }
     if !taken.is_empty() {
         let mut next = reported.status.clone();
         for info in taken {
