@@ -59,6 +59,17 @@ fn state(savepoint: &Value) -> &str {
     savepoint["status"]["state"].as_str().unwrap_or_default()
 }
 
+/// Job `name` on a stack of its own, on 2 pods over 3 partitions, with payments sent to it.
+fn running_with_input(name: &str) -> (WindowedJob, Vec<payments::Payment>) {
+    let stack = must(LocalStack::start(&[]), "starting the stack");
+    let job = WindowedJob::new(stack, name, 3);
+    job.apply(json!({"parallelism": 2}));
+    job.wait("2 pods running", |j| settled_on(j, 2));
+    let sent = payments::payments(1500, USERS, 0);
+    job.produce(&sent);
+    (job, sent)
+}
+
 fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
 }
@@ -66,12 +77,7 @@ fn words(line: &str) -> Vec<&str> {
 #[test]
 fn a_savepoint_asked_for_is_taken_while_the_job_runs_and_every_savepoint_is_listed() {
     let _one = ONE_AT_A_TIME.lock();
-    let stack = must(LocalStack::start(&[]), "starting the stack");
-    let test = WindowedJob::new(stack, "ledger", 3);
-    test.apply(json!({"parallelism": 2}));
-    test.wait("2 pods running", |j| settled_on(j, 2));
-    let before = payments::payments(1500, USERS, 0);
-    test.produce(&before);
+    let (test, before) = running_with_input("ledger");
 
     must(test.stack.apply(&savepoint("ledger-manual-1", "ledger", None)), "asking for a savepoint");
     let taken = wait_for(&test.stack, "ledger-manual-1", "the savepoint taken", |s| state(s) == "Completed");
@@ -177,12 +183,7 @@ fn a_savepoint_asked_of_a_job_that_does_not_exist_fails() {
 #[test]
 fn a_job_in_another_namespace_restored_from_a_savepoint_carries_on_where_it_was_taken() {
     let _one = ONE_AT_A_TIME.lock();
-    let stack = must(LocalStack::start(&[]), "starting the stack");
-    let origin = WindowedJob::new(stack, "origin", 3);
-    origin.apply(json!({"parallelism": 2}));
-    origin.wait("2 pods running", |j| settled_on(j, 2));
-    let before = payments::payments(1500, USERS, 0);
-    origin.produce(&before);
+    let (origin, before) = running_with_input("origin");
     origin.wait("the input consumed", |j| j["status"]["consumerLag"] == 0);
     must(origin.stack.apply(&savepoint("origin-fork-point", "origin", None)), "asking for a savepoint");
     let taken = wait_for(&origin.stack, "origin-fork-point", "the savepoint taken", |s| state(s) == "Completed");

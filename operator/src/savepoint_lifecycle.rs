@@ -107,17 +107,29 @@ async fn step(savepoint: &StreamJobSavepoint, ctx: &Context) -> Result<Action, E
     let name = savepoint.name_any();
     let api: Api<StreamJobSavepoint> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = &savepoint.spec.job_ref.name;
-    let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
-    let job = jobs.get_opt(job_name).await.map_err(Error::api("reading the savepoint's job"))?;
     let status = savepoint.status.clone().unwrap_or_default();
     let path = status.path.clone().filter(|_| status.state == Some(SavepointState::Completed));
+    let deleting = savepoint.metadata.deletion_timestamp.is_some();
+    let finalized = savepoint.finalizers().iter().any(|f| f == DISPOSE_FINALIZER);
+    // Only what the plan reads is asked of the API server: the job, when the savepoint is
+    // still open or its files may go; its Deployment, when they may go.
+    let open = savepoint.is_open();
+    let may_dispose = deleting && finalized && path.is_some();
+    let job_exists = if open || may_dispose {
+        let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
+        jobs.get_opt(job_name).await.map_err(Error::api("reading the savepoint's job"))?.is_some()
+    } else {
+        true
+    };
+    let in_use =
+        may_dispose && job_exists && restored_by_job(&ctx.client, &namespace, job_name, &name, path.as_deref()).await?;
     let view = SavepointView {
-        deleting: savepoint.metadata.deletion_timestamp.is_some(),
-        finalized: savepoint.finalizers().iter().any(|f| f == DISPOSE_FINALIZER),
+        deleting,
+        finalized,
         dispose_on_delete: savepoint.spec.dispose_on_delete,
-        open: savepoint.is_open(),
-        in_use: job.is_some() && restored_by_job(&ctx.client, &namespace, job_name, &name, path.as_deref()).await?,
-        job_exists: job.is_some(),
+        open,
+        in_use,
+        job_exists,
         path,
     };
     match next(&view) {

@@ -119,16 +119,17 @@ pub(super) async fn take_requested(
     ctx: &Context,
     job: &StreamJob,
     job_ref: &JobRef,
+    savepoints: &[StreamJobSavepoint],
     steady: Result<(), &str>,
     pods: &[Pod],
 ) -> Result<Vec<SavepointInfo>, Error> {
-    let mut open = requested(ctx, job_ref).await?;
+    let mut open: Vec<&StreamJobSavepoint> = savepoints.iter().filter(|s| s.is_open()).collect();
     open.sort_by_key(|s| (s.creation_timestamp(), s.name_any()));
     let api: Api<StreamJobSavepoint> = ctx.api(&job_ref.namespace);
     let mut completed = Vec::new();
     for requested in open {
         let name = requested.name_any();
-        let reason = requested_reason(&requested);
+        let reason = requested_reason(requested);
         if requested.labels().get(JOB_LABEL) != Some(&job_ref.name) {
             label(&api, &name, job_ref).await?;
         }
@@ -231,14 +232,9 @@ fn requested_reason(savepoint: &StreamJobSavepoint) -> SavepointReason {
     marked.unwrap_or(SavepointReason::Manual)
 }
 
-/// The job's savepoints still to be taken or adopted.
-async fn requested(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoint>, Error> {
-    Ok(of_job(ctx, job_ref).await?.into_iter().filter(StreamJobSavepoint::is_open).collect())
-}
-
 /// The job's savepoints: from the store when the controller watches them, else from the
 /// API server.
-async fn of_job(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoint>, Error> {
+pub(super) async fn of_job(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoint>, Error> {
     let of_job = |s: &StreamJobSavepoint| s.spec.job_ref.name == job_ref.name;
     if let Some(store) = ctx.savepoint_store() {
         let namespace = Some(job_ref.namespace.as_str());
@@ -252,11 +248,15 @@ async fn of_job(ctx: &Context, job_ref: &JobRef) -> Result<Vec<StreamJobSavepoin
 
 /// Asks for a periodic savepoint when one is due (the job's reconcile takes it once the
 /// watch brings it back); returns how long until the next is due, to look again then.
-pub(super) async fn periodic(ctx: &Context, job: &StreamJob, job_ref: &JobRef) -> Result<Option<Duration>, Error> {
+pub(super) async fn periodic(
+    ctx: &Context,
+    job: &StreamJob,
+    job_ref: &JobRef,
+    savepoints: &[StreamJobSavepoint],
+) -> Result<Option<Duration>, Error> {
     let Some(interval) = job.spec.savepoints.as_ref().and_then(|p| p.interval.as_ref()).map(|i| i.get()) else {
         return Ok(None);
     };
-    let savepoints = of_job(ctx, job_ref).await?;
     if savepoints.iter().any(StreamJobSavepoint::is_open) {
         return Ok(Some(interval));
     }
@@ -286,6 +286,7 @@ pub(super) async fn retain(
     ctx: &Context,
     job: &StreamJob,
     job_ref: &JobRef,
+    savepoints: &[StreamJobSavepoint],
     restoring: Option<&str>,
 ) -> Result<(), Error> {
     let Some(policy) = &job.spec.savepoints else { return Ok(()) };
@@ -294,13 +295,11 @@ pub(super) async fn retain(
     if max_count.is_none() && max_age.is_none() {
         return Ok(());
     }
-    let kept: Vec<plan::Kept> = of_job(ctx, job_ref)
-        .await?
+    let kept: Vec<plan::Kept> = savepoints
         .iter()
         .filter_map(|s| {
             let status = s.status.as_ref()?;
-            let operators = status.reason.is_some_and(|r| r != SavepointReason::Manual)
-                || requested_reason(s) != SavepointReason::Manual;
+            let operators = status.reason.is_some_and(|r| r != SavepointReason::Manual);
             let completed_at = status.completed_at.as_ref()?.0;
             let name = s.name_any();
             let in_use = restoring.is_some_and(|r| r == name || Some(r) == status.path.as_deref());

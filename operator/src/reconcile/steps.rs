@@ -209,10 +209,12 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context) -> Result<Action, Erro
         Step::Apply { change: None } if report.pods.settled() && !reported.progressing => Ok(()),
         _ => Err("a rollout is in flight"),
     };
-    let taken = savepoints::take_requested(ctx, job, &job_ref, steady, &reported.listed).await?;
+    // Read once: what the steps below write shows in the next reconcile.
+    let known = savepoints::of_job(ctx, &job_ref).await?;
+    let taken = savepoints::take_requested(ctx, job, &job_ref, &known, steady, &reported.listed).await?;
     if steady.is_ok() {
-        savepoints::retain(ctx, job, &job_ref, marks.restore_from.as_deref()).await?;
-        if let Some(due) = savepoints::periodic(ctx, job, &job_ref).await? {
+        savepoints::retain(ctx, job, &job_ref, &known, marks.restore_from.as_deref()).await?;
+        if let Some(due) = savepoints::periodic(ctx, job, &job_ref, &known).await? {
             after = after.min(due).max(MIN_REQUEUE);
         }
     }
